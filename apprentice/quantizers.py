@@ -1,0 +1,309 @@
+"""Quantizer math: weight and activation quantizers as pure functions, and their settings.
+
+Quantization is simulated in float during training ("fake quantization"): every forward pass
+quantizes the full-precision *shadow* weights, the backward pass goes straight through the rounding
+(straight-through estimator, Bengio et al. 2013), and the optimizer updates the shadow weights.
+
+Each weight quantizer returns ``(surrogate, codes, scale)``: ``codes`` are integers in ``[-n, n]``
+(stored as float), ``codes * scale`` is the quantized weight, and ``surrogate`` is the
+differentiable tensor whose gradient the STE passes on. The one STE idiom is :func:`ste`.
+
+References:
+    Li & Liu, "Ternary Weight Networks", 2016 (TWN ternarizer).
+    Mishra et al., "WRPN: Wide Reduced-Precision Networks", ICLR 2018 (clip-and-round weights, clipped-ReLU activations).
+    Zhou et al., "DoReFa-Net", 2016 (tanh weight normalisation).
+    Choi et al., "PACT: Parameterized Clipping Activation", 2018 (learned activation clip).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .errors import ApprenticeError, lookup
+
+FLOAT_BITS = 32
+MIN_BITS, MAX_BITS = 2, 8
+
+
+def ste(x: Tensor, q: Tensor) -> Tensor:
+    """Straight-through estimator: exactly the value of ``q``, the gradient of ``x``.
+
+    Written as ``q + (x − x)`` rather than ``x + (q − x)``: the latter is off by float rounding, so
+    a ternary layer would show more than three distinct values.
+    """
+    return q.detach() + (x - x.detach())
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight quantizers: f(w, spec) -> (surrogate, codes, scale); codes*scale is the quantized weight.
+# ---------------------------------------------------------------------------------------------
+
+
+def _rows(w: Tensor, per_channel: bool) -> Tensor:
+    """View ``w`` as [C_out, -1] (per channel) or [1, -1] (per layer) for row-wise statistics."""
+    return w.reshape(w.shape[0] if per_channel else 1, -1)
+
+
+def _unrows(stat: Tensor, w: Tensor, per_channel: bool) -> Tensor:
+    """Shape a per-row statistic [R, 1] to broadcast against ``w``: [C_out, 1, ...] or a scalar."""
+    return stat.reshape((w.shape[0],) + (1,) * (w.dim() - 1)) if per_channel else stat.reshape(())
+
+
+def ternary_twn(w: Tensor, spec: WeightQuant) -> tuple[Tensor, Tensor, Tensor]:
+    """Ternary Weight Networks (Li & Liu 2016).
+
+    Δ = t·mean|W|,  codes = sign(W)·[|W| > Δ],  α = mean(|W| over |W| > Δ),  W_t = α·codes,
+    with t = ``spec.threshold`` (0.7). Statistics per layer or per output channel. The gradient
+    passes to W unchanged (STE).
+
+    Example:
+        >>> w = torch.tensor([0.1, -0.5, 0.9, -0.05, 0.3, 0.0])
+        >>> _, codes, alpha = ternary_twn(w, WeightQuant("ternary", 2))
+        >>> codes.tolist(), round(alpha.item(), 4)   # Δ = 0.7·0.3083 = 0.2158
+        ([0.0, -1.0, 1.0, -0.0, 1.0, 0.0], 0.5667)
+    """
+    a = _rows(w, spec.per_channel).abs()
+    delta = spec.threshold * a.mean(dim=1, keepdim=True)
+    kept = (a > delta).to(w.dtype)
+    alpha = (a * kept).sum(dim=1, keepdim=True) / kept.sum(dim=1, keepdim=True).clamp(min=1)
+    codes = torch.sign(w) * kept.reshape(w.shape)
+    return w, codes, _unrows(alpha, w, spec.per_channel)
+
+
+def uniform_max(w: Tensor, spec: WeightQuant) -> tuple[Tensor, Tensor, Tensor]:
+    """Symmetric uniform k-bit weights with scale s = max|W| (per layer or per output channel).
+
+    n = 2^(k−1) − 1,  codes = round(clip(W/s, −1, 1)·n),  W_q = (s/n)·codes. Rounding is half to
+    even (torch.round). Nothing is clipped since s = max|W|, so the STE gradient is the identity.
+
+    Example:
+        >>> w = torch.tensor([0.7, -0.35, 0.1, -0.7])
+        >>> _, codes, scale = uniform_max(w, WeightQuant("uniform", 4))   # n = 7, s/n = 0.1
+        >>> codes.tolist(), round(scale.item(), 4)                     # -3.5 rounds to -4
+        ([7.0, -4.0, 1.0, -7.0], 0.1)
+    """
+    n = spec.levels
+    s = _rows(w, spec.per_channel).abs().amax(dim=1, keepdim=True)
+    s = _unrows(s, w, spec.per_channel).clamp(min=torch.finfo(w.dtype).tiny)
+    codes = torch.round((w / s).clamp(-1, 1) * n)
+    return w, codes, s / n
+
+
+def wrpn(w: Tensor, spec: WeightQuant) -> tuple[Tensor, Tensor, Tensor]:
+    """WRPN weights (Mishra et al. 2018): clip W to [−1, 1], round to n levels a side, no scale.
+
+    codes = round(clip(W, −1, 1)·n),  W_q = codes/n. At 2 bits this is the WRPN reading of ternary,
+    {−1, 0, +1}. Gradient: STE inside [−1, 1], zero outside. Beware: He-initialised weights have
+    |w| ≪ 0.5, so at 2 bits almost every weight rounds to 0 at the start of training.
+
+    Example:
+        >>> _, codes, scale = wrpn(torch.tensor([1.5, 0.6, 0.4, -0.51, -2.0]), WeightQuant("wrpn", 2))
+        >>> codes.tolist(), scale.item()
+        ([1.0, 1.0, 0.0, -1.0, -1.0], 1.0)
+    """
+    n = spec.levels
+    clipped = w.clamp(-1, 1)
+    return clipped, torch.round(clipped * n), w.new_tensor(1.0 / n)
+
+
+def dorefa(w: Tensor, spec: WeightQuant) -> tuple[Tensor, Tensor, Tensor]:
+    """DoReFa-style weights (Zhou et al. 2016), symmetric variant.
+
+    t = tanh(W) / max|tanh(W)| (per layer or per output channel),  codes = round(t·n),  W_q = codes/n.
+    DoReFa proper uses 2^k levels with no zero; we keep the symmetric 2^k − 1 levels so every
+    quantizer shares one integer code layout. The gradient flows through the tanh normalisation.
+
+    Example:
+        >>> _, codes, scale = dorefa(torch.tensor([0.5, -1.0, 2.0]), WeightQuant("dorefa", 2))
+        >>> codes.tolist(), scale.item()    # t = [0.479, -0.790, 1.0]
+        ([0.0, -1.0, 1.0], 1.0)
+    """
+    n = spec.levels
+    t = torch.tanh(w)
+    m = _rows(t, spec.per_channel).abs().amax(dim=1, keepdim=True)
+    t = t / _unrows(m, w, spec.per_channel).clamp(min=torch.finfo(w.dtype).tiny)
+    return t, torch.round(t * n), w.new_tensor(1.0 / n)
+
+
+WeightQuantizerFn = Callable[[Tensor, "WeightQuant"], tuple[Tensor, Tensor, Tensor]]
+WEIGHT_QUANTIZERS: dict[str, WeightQuantizerFn] = {
+    "ternary": ternary_twn,
+    "uniform": uniform_max,
+    "wrpn": wrpn,
+    "dorefa": dorefa,
+}
+# Quantizers whose scale is a fixed 1/n: a per-channel setting would silently do nothing.
+_FIXED_SCALE = {"wrpn"}
+
+
+def _check_bits(bits: object, what: str, allow_float: bool) -> None:
+    ok = isinstance(bits, int) and not isinstance(bits, bool)
+    ok = ok and (MIN_BITS <= bits <= MAX_BITS or (allow_float and bits == FLOAT_BITS))
+    if not ok:
+        allowed = f"{MIN_BITS}..{MAX_BITS}" + (f" or {FLOAT_BITS} (off)" if allow_float else "")
+        raise ApprenticeError(f"{what} must be an integer in {allowed}, got {bits!r}")
+
+
+@dataclass(frozen=True)
+class WeightQuant:
+    """Settings of one weight quantizer.
+
+    Args:
+        quantizer: name in ``WEIGHT_QUANTIZERS``: "ternary" (TWN), "uniform" (scale max|W|),
+            "wrpn" (clip to [−1, 1], no scale; at 2 bits the WRPN ternary), "dorefa" (tanh-normalised).
+        bits: 2..8. "ternary" takes 2 (three levels).
+        per_channel: one scale per output channel instead of one per layer.
+        threshold: TWN's t in Δ = t·mean|W|.
+    """
+
+    quantizer: str = "ternary"
+    bits: int = 2
+    per_channel: bool = False
+    threshold: float = 0.7
+
+    def __post_init__(self) -> None:
+        lookup(WEIGHT_QUANTIZERS, self.quantizer, "weight quantizer")
+        _check_bits(self.bits, "weight bits", allow_float=False)
+        if self.quantizer == "ternary" and self.bits != 2:
+            raise ApprenticeError(f"the 'ternary' quantizer has 3 levels and takes bits=2, got bits={self.bits}")
+        if self.per_channel and self.quantizer in _FIXED_SCALE:
+            raise ApprenticeError(f"per_channel has no effect with the {self.quantizer!r} quantizer (its scale is fixed)")
+        if not isinstance(self.threshold, (int, float)) or not 0 < self.threshold < 1.5:
+            raise ApprenticeError(f"threshold must be a number in (0, 1.5), got {self.threshold!r}")
+
+    @property
+    def levels(self) -> int:
+        """n: codes lie in [−n, n] (1 for ternary and 2 bits, 7 for 4 bits, 127 for 8 bits)."""
+        return 2 ** (self.bits - 1) - 1
+
+    def describe(self) -> str:
+        scope = "per-channel" if self.per_channel else "per-layer"
+        if self.quantizer == "ternary":
+            return f"ternary TWN {scope}"
+        return f"{self.bits}-bit {self.quantizer}" + ("" if self.quantizer in _FIXED_SCALE else f" {scope}")
+
+
+@dataclass(frozen=True)
+class ActQuant:
+    """Settings of the activation quantizer applied to a quantized layer's input.
+
+    Args:
+        bits: 2..8, or 32 for full precision (off).
+        clip: c of the clipped ReLU [0, c] (WRPN uses 1); the initial value when ``learned``.
+        learned: PACT: c is a trainable parameter (``act_clip``) of each quantized layer.
+    """
+
+    bits: int = FLOAT_BITS
+    clip: float = 1.0
+    learned: bool = False
+
+    def __post_init__(self) -> None:
+        _check_bits(self.bits, "activation bits", allow_float=True)
+        if not isinstance(self.clip, (int, float)) or isinstance(self.clip, bool) or not self.clip > 0:
+            raise ApprenticeError(f"activation clip must be a positive number, got {self.clip!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.bits != FLOAT_BITS
+
+    def describe(self) -> str:
+        if not self.enabled:
+            return "float"
+        return f"{self.bits}-bit PACT (c={self.clip:g})" if self.learned else f"{self.bits}-bit [0, {self.clip:g}]"
+
+
+def fake_quant_weight(w: Tensor, spec: WeightQuant) -> Tensor:
+    """Quantized weight ``codes * scale`` in the forward pass, the quantizer's STE gradient backward."""
+    surrogate, codes, scale = WEIGHT_QUANTIZERS[spec.quantizer](w, spec)
+    return ste(surrogate, codes * scale)
+
+
+@torch.no_grad()
+def weight_codes(w: Tensor, spec: WeightQuant) -> tuple[Tensor, Tensor]:
+    """Integer codes in [−n, n] (as float) and the scale, such that ``codes * scale`` is the weight.
+
+    The scale is a scalar tensor per layer or shaped [C_out, 1, ...] per channel.
+    """
+    _, codes, scale = WEIGHT_QUANTIZERS[spec.quantizer](w, spec)
+    return codes, scale
+
+
+def fake_quant_activation(x: Tensor, bits: int, clip: float | Tensor) -> Tensor:
+    """Clipped-ReLU k-bit activations (WRPN; PACT when ``clip`` is a learned tensor).
+
+    y = clip(x, 0, c),  A_q = c·round(y/c·(2^k − 1))/(2^k − 1). Gradient: STE inside [0, c], zero
+    outside; for a tensor c, ∂A_q/∂c = 1 where x ≥ c (PACT).
+
+    Example:
+        >>> fake_quant_activation(torch.tensor([-0.5, 0.1, 0.2, 0.5, 0.9, 1.5]), 2, 1.0).mul(3).tolist()
+        [0.0, 0.0, 1.0, 2.0, 3.0, 3.0]
+    """
+    if bits == FLOAT_BITS:
+        return x
+    steps = 2**bits - 1
+    if isinstance(clip, Tensor):
+        # A learned c could be pushed to or below 0 by a large step; keep the grid well defined.
+        c = clip.clamp(min=1e-3).to(x.dtype)
+        y = torch.minimum(x.clamp(min=0), c)
+    else:
+        c = clip
+        y = x.clamp(0, clip)
+    q = torch.round(y / c * steps) * (c / steps)
+    return ste(y, q)
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's precision notation
+# ---------------------------------------------------------------------------------------------
+
+_TOKEN = re.compile(r"^(\d+)([WA])$", re.IGNORECASE)
+
+
+def parse_precision(
+    text: str,
+    *,
+    quantizer: str | None = None,
+    per_channel: bool = False,
+    clip: float = 1.0,
+    learned: bool = False,
+) -> tuple[WeightQuant | None, ActQuant]:
+    """Read the paper's notation: "2W/32A" (ternary weights, float activations), "4W/8A", "8A, 4W".
+
+    2-bit weights mean the ternary (TWN) quantizer unless ``quantizer`` names another; 32W keeps
+    weights float; a missing activation part means 32A.
+
+    Example:
+        >>> parse_precision("4W/8A")
+        (WeightQuant(quantizer='uniform', bits=4, per_channel=False, threshold=0.7), ActQuant(bits=8, clip=1.0, learned=False))
+    """
+    bad = (f"precision {text!r} is not like '2W/32A' or '4W/8A' "
+           f"(weights {MIN_BITS}..{MAX_BITS} or {FLOAT_BITS}, activations {MIN_BITS}..{MAX_BITS} or {FLOAT_BITS})")
+    if not isinstance(text, str):
+        raise ApprenticeError(bad)
+    bits: dict[str, int] = {}
+    for token in filter(None, re.split(r"[\s,/]+", text.strip())):
+        m = _TOKEN.match(token)
+        if not m or m.group(2).upper() in bits:
+            raise ApprenticeError(bad)
+        bits[m.group(2).upper()] = int(m.group(1))
+    if "W" not in bits:
+        raise ApprenticeError(bad)
+    w_bits, a_bits = bits["W"], bits.get("A", FLOAT_BITS)
+    _check_bits(w_bits, f"weight bits in precision {text!r}", allow_float=True)
+    _check_bits(a_bits, f"activation bits in precision {text!r}", allow_float=True)
+    weights = None
+    if w_bits != FLOAT_BITS:
+        weights = WeightQuant(quantizer or ("ternary" if w_bits == 2 else "uniform"), w_bits, per_channel)
+    elif quantizer is not None:
+        raise ApprenticeError(f"quantizer {quantizer!r} given but precision {text!r} keeps weights in full precision")
+    return weights, ActQuant(a_bits, clip, learned)
+
+
+def format_precision(weights: WeightQuant | None, activations: ActQuant) -> str:
+    """The paper's notation for a layer's settings, e.g. "2W/8A"."""
+    return f"{FLOAT_BITS if weights is None else weights.bits}W/{activations.bits}A"

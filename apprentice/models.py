@@ -167,6 +167,9 @@ def _check_args(num_classes: Any, in_channels: Any, width: Any, **flags: Any) ->
             raise ApprenticeError(f"{name} must be true or false, got {value!r}")
 
 
+CIFAR_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
+
+
 class CifarResNet(nn.Module):
     """CIFAR ResNet of depth 6n+2 (He et al. 2016, sec. 4.2): 3 stages of n BasicBlocks.
 
@@ -195,8 +198,9 @@ class CifarResNet(nn.Module):
         zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
-            raise ApprenticeError(f"depth must be 6n+2 with n >= 1 (8, 14, 20, ...), got {depth!r}")
+        # Only the tabled depths: arch["name"] must rebuild this model (6·8+2 = 50 would name the ImageNet one).
+        if depth not in CIFAR_DEPTHS:
+            raise ApprenticeError(f"CIFAR ResNet depth must be one of {list(CIFAR_DEPTHS)} (6n+2), got {depth!r}")
         _check_args(num_classes, in_channels, width, zero_init_residual=zero_init_residual)
         if shortcut not in SHORTCUTS:
             raise ApprenticeError(f"shortcut must be one of {list(SHORTCUTS)}, got {shortcut!r}")
@@ -303,7 +307,6 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-CIFAR_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     **{f"resnet{d}": partial(CifarResNet, d) for d in CIFAR_DEPTHS},

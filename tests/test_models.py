@@ -313,6 +313,9 @@ def test_bad_arguments(build, argument):
     assert "\n" not in message
 
 
-def test_generic_cifar_depth():
-    assert CifarResNet(26).arch["name"] == "resnet26"
-    assert len(CifarResNet(26).layer1) == 4
+def test_cifar_depth_limited_to_table():
+    # An untabled 6n+2 depth could not be rebuilt from arch["name"]; 50 would even name the ImageNet model.
+    for depth in (26, 50):
+        with pytest.raises(ApprenticeError, match="depth must be one of"):
+            CifarResNet(depth)
+    assert len(CifarResNet(110).layer1) == 18

@@ -1,0 +1,350 @@
+"""Distillation schemes of Apprentice (Mishra & Marr, ICLR 2018) and the one `Distiller` module.
+
+Three schemes pair a low-precision student with a full-precision teacher (paper, section 4):
+
+- ``A``: teacher and student both start from random weights and train together; the loss has all
+  three terms α·H(y, p_T) + β·H(y, p_S) + γ·H(p_T, p_S).
+- ``B``: a trained teacher is frozen; the student trains from scratch with β·H(y, p_S) + γ·H(p_T, p_S).
+- ``C``: as B, but the student starts from a trained full-precision checkpoint of its own
+  architecture, which is then quantized (its recipes fine-tune at a lower learning rate).
+
+``baseline`` is the same student trained without a teacher (the paper's "no teacher" rows).
+
+The `Distiller` holds ``student`` and ``teacher`` as submodules (state dict keys ``student.*`` and
+``teacher.*``), runs both on a batch and returns the student logits and the loss dict of
+`apprentice.losses.apprentice_loss`. A frozen teacher is kept in eval mode with no gradients, so
+neither its weights nor its BatchNorm statistics ever change.
+
+Example:
+    >>> student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    >>> teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    >>> distiller = Distiller(student, teacher, scheme="B")
+    >>> logits, losses = distiller(torch.randn(2, 4), torch.tensor([0, 2]))
+    >>> sorted(losses)
+    ['ce_student', 'kd', 'loss']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from apprentice.errors import ApprenticeError, lookup
+from apprentice.losses import apprentice_loss, check_loss_weights
+from apprentice.quant import ActQuant, LayerPlan, WeightQuant, prepare, quantized_layers
+
+__all__ = ["SCHEMES", "Distiller", "Scheme", "make_student", "resolve_scheme"]
+
+_TEACHER_MODES = ("none", "joint", "frozen")
+_STUDENT_INITS = ("scratch", "pretrained")
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """How the teacher and the student are set up in one training scheme.
+
+    Attributes:
+        name: Key in `SCHEMES`.
+        teacher: ``"none"`` (no teacher), ``"joint"`` (teacher trains beside the student, scheme A)
+            or ``"frozen"`` (trained teacher, never updated, schemes B and C).
+        student_init: ``"scratch"`` (random init) or ``"pretrained"`` (trained full-precision
+            weights of the student's own architecture, loaded before quantization; scheme C).
+        description: One line for help texts and logs.
+    """
+
+    name: str
+    teacher: str
+    student_init: str
+    description: str
+
+    def __post_init__(self) -> None:
+        if self.teacher not in _TEACHER_MODES:
+            raise ApprenticeError(
+                f"Scheme.teacher must be one of {list(_TEACHER_MODES)}, got {self.teacher!r}"
+            )
+        if self.student_init not in _STUDENT_INITS:
+            raise ApprenticeError(
+                f"Scheme.student_init must be one of {list(_STUDENT_INITS)}, got {self.student_init!r}"
+            )
+
+    @property
+    def needs_teacher(self) -> bool:
+        """True for every scheme except the no-teacher baseline."""
+        return self.teacher != "none"
+
+    @property
+    def frozen_teacher(self) -> bool:
+        """True when the teacher is trained beforehand and never updated (B, C)."""
+        return self.teacher == "frozen"
+
+
+SCHEMES: dict[str, Scheme] = {
+    "baseline": Scheme(
+        "baseline", "none", "scratch", "no teacher: the low-precision student trained on labels alone"
+    ),
+    "A": Scheme("A", "joint", "scratch", "teacher trained from scratch jointly with the student"),
+    "B": Scheme("B", "frozen", "scratch", "frozen trained teacher, student trained from scratch"),
+    "C": Scheme(
+        "C",
+        "frozen",
+        "pretrained",
+        "frozen trained teacher, student initialised from its own trained full-precision checkpoint, "
+        "then quantized",
+    ),
+}
+
+
+def resolve_scheme(scheme: str | Scheme) -> Scheme:
+    """Return ``scheme`` itself or the `SCHEMES` entry of that name (ApprenticeError if unknown)."""
+    if isinstance(scheme, Scheme):
+        return scheme
+    return lookup(SCHEMES, scheme, "scheme")
+
+
+class Distiller(nn.Module):
+    """Student + teacher of one Apprentice scheme; ``forward`` returns logits and named losses.
+
+    Per scheme (see `SCHEMES`):
+
+    - ``baseline``: no teacher. Loss = (β+γ)·H(y, p_S). Fairness decision: the student's label
+      term is weighted β+γ (= 1 at the paper's 0.5/0.5), so its gradient p_S − y has the same scale
+      as the distilled student's (β+γ)·p_S − (β·y + γ·p_T); the comparison then differs only in the
+      target, not in the effective learning rate. This is done by data (``self.beta``), not by a
+      separate code path.
+    - ``A``: the teacher trains (its forward keeps the graph); loss has α, β and γ terms. The γ term
+      sees detached teacher logits unless ``teacher_grad_from_gamma``.
+    - ``B``, ``C``: the teacher is frozen: ``requires_grad_(False)``, eval mode forever (see
+      `train`), forward under ``torch.no_grad()`` (not inference mode, whose tensors cannot enter
+      the autograd graph of the loss). Its α term is a constant and is not computed (α = 0).
+
+    The effective weights passed to the loss are the attributes ``alpha``, ``beta``, ``gamma`` and
+    ``temperature``. The submodules are only ever called, so a training loop may wrap ``student``
+    (and, in scheme A, ``teacher``) in DistributedDataParallel after construction.
+
+    Args:
+        student: Student network (usually a quantized one, see `make_student`); returns logits [N, K].
+        teacher: Full-precision teacher returning logits [N, K]; None for ``baseline`` only.
+        scheme: A `SCHEMES` key or a `Scheme`.
+        alpha: Weight of the teacher's label term (scheme A only).
+        beta: Weight of the student's label term.
+        gamma: Weight of the distillation term.
+        temperature: Softmax temperature τ of the distillation term (τ² scaling, see losses).
+        teacher_grad_from_gamma: Scheme A: let the distillation term's gradient reach the teacher.
+
+    Raises:
+        ApprenticeError: Unknown scheme; a teacher missing for A/B/C or given to ``baseline``;
+            teacher and student ``num_classes`` attributes that differ; a bad weight or temperature.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None = None,
+        *,
+        scheme: str | Scheme = "B",
+        alpha: float = 1.0,
+        beta: float = 0.5,
+        gamma: float = 0.5,
+        temperature: float = 1.0,
+        teacher_grad_from_gamma: bool = False,
+    ) -> None:
+        super().__init__()
+        self.scheme = resolve_scheme(scheme)
+        check_loss_weights(alpha=alpha, beta=beta, gamma=gamma, temperature=temperature)
+        name = self.scheme.name
+        if not isinstance(student, nn.Module):
+            raise ApprenticeError(f"student must be an nn.Module, got {type(student).__name__}")
+        if self.scheme.needs_teacher:
+            if teacher is None:
+                raise ApprenticeError(
+                    f"scheme {name!r} needs a teacher; pass teacher=<trained or fresh model>"
+                )
+            if not isinstance(teacher, nn.Module):
+                raise ApprenticeError(f"teacher must be an nn.Module, got {type(teacher).__name__}")
+            if teacher is student:
+                raise ApprenticeError("teacher and student must be two different modules")
+            t_classes = getattr(teacher, "num_classes", None)
+            s_classes = getattr(student, "num_classes", None)
+            if t_classes is not None and s_classes is not None and t_classes != s_classes:
+                raise ApprenticeError(
+                    f"teacher has {t_classes} classes, student has {s_classes}; "
+                    "they must predict the same classes"
+                )
+        elif teacher is not None:
+            raise ApprenticeError(
+                f"scheme {name!r} trains without a teacher; pass teacher=None or choose scheme A, B or C"
+            )
+
+        self.student = student
+        self.teacher = teacher
+        if self.scheme.teacher == "joint":
+            self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
+        elif self.scheme.frozen_teacher:
+            self.alpha, self.beta, self.gamma = 0.0, float(beta), float(gamma)
+        else:  # baseline: label term only, weighted β+γ (see the class docstring)
+            self.alpha, self.beta, self.gamma = 0.0, float(beta) + float(gamma), 0.0
+        if self.beta == 0 and self.gamma == 0 and self.alpha == 0:
+            raise ApprenticeError(
+                f"scheme {name!r} with these weights has no loss term; make beta or gamma > 0"
+            )
+        self.temperature = float(temperature)
+        self.teacher_grad_from_gamma = bool(teacher_grad_from_gamma)
+
+        if teacher is not None and self.scheme.frozen_teacher:
+            teacher.requires_grad_(False)
+            teacher.eval()
+
+    def train(self, mode: bool = True) -> Distiller:
+        """Set training mode of the student (and a joint teacher); a frozen teacher stays in eval."""
+        super().train(mode)
+        if self.teacher is not None and self.scheme.frozen_teacher:
+            self.teacher.eval()
+        return self
+
+    def teacher_logits(self, images: Tensor) -> Tensor | None:
+        """Teacher logits for ``images``: None without a teacher, no graph for a frozen one."""
+        if self.teacher is None:
+            return None
+        if not self.scheme.frozen_teacher:
+            return self.teacher(images)
+        if self.teacher.training:  # someone called teacher.train() directly; its BN stats must not move
+            self.teacher.eval()
+        with torch.no_grad():
+            return self.teacher(images)
+
+    def forward(self, images: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Run student and teacher on a batch.
+
+        Args:
+            images: Input batch [N, C, H, W] (anything both networks accept).
+            labels: Class indices [N].
+
+        Returns:
+            ``(student_logits, losses)`` where ``losses`` is the dict of `apprentice_loss`
+            (``"loss"`` to back-propagate, raw terms ``"ce_student"``, ``"kd"``, ``"ce_teacher"``).
+
+        Raises:
+            ApprenticeError: Teacher and student logits with different class counts, or labels
+                out of range.
+        """
+        teacher_logits = self.teacher_logits(images)
+        student_logits = self.student(images)
+        losses = apprentice_loss(
+            student_logits,
+            labels,
+            teacher_logits,
+            alpha=self.alpha,
+            beta=self.beta,
+            gamma=self.gamma,
+            temperature=self.temperature,
+            teacher_grad_from_gamma=self.teacher_grad_from_gamma,
+        )
+        return student_logits, losses
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimizer should update: the student's, plus the teacher's in scheme A."""
+        params = list(self.student.parameters())
+        if self.teacher is not None and self.scheme.teacher == "joint":
+            params += list(self.teacher.parameters())
+        return params
+
+    def extra_repr(self) -> str:
+        return (
+            f"scheme={self.scheme.name!r}, alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}, "
+            f"temperature={self.temperature}, teacher_grad_from_gamma={self.teacher_grad_from_gamma}"
+        )
+
+
+def _load_float_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -> None:
+    """Strict load with a one-line ApprenticeError naming the first offending keys."""
+    if not isinstance(state_dict, Mapping):
+        raise ApprenticeError(
+            "init_state_dict must be a mapping of parameter names to tensors, "
+            f"got {type(state_dict).__name__}"
+        )
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state_dict
+        and hasattr(state_dict[k], "shape")
+        and hasattr(own[k], "shape")
+        and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+
+        def first(keys: list[str]) -> str:
+            more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+            return ", ".join(keys[:3]) + more
+
+        parts = []
+        if missing:
+            parts.append(f"missing {first(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {first(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatch {first(mismatched)}")
+        raise ApprenticeError(
+            "init_state_dict does not fit the student architecture (checkpoint vs model): " + "; ".join(parts)
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def make_student(
+    model: nn.Module,
+    *,
+    scheme: str | Scheme = "B",
+    precision: str | None = None,
+    weights: WeightQuant | None = None,
+    activations: ActQuant | None = None,
+    exclude: Sequence[str] | None = None,
+    init_state_dict: Mapping[str, Any] | None = None,
+) -> dict[str, LayerPlan]:
+    """Turn a float model into the low-precision student of ``scheme``, in place.
+
+    For a scheme whose ``student_init`` is ``"pretrained"`` (C), ``init_state_dict`` — the trained
+    full-precision weights of this same architecture — is loaded strictly into the *float* model
+    first, and only then does `apprentice.quant.prepare` swap the layers, so the quantized layers'
+    shadow weights start from the checkpoint. Scratch schemes (baseline, A, B) take no checkpoint.
+
+    Args:
+        model: Float model (not yet prepared); modified in place.
+        scheme: A `SCHEMES` key or a `Scheme`.
+        precision: Precision text such as ``"2W/32A"`` or ``"8A, 4W"``
+            (see `apprentice.quant.parse_precision`).
+        weights: Weight quantizer settings (instead of ``precision``, as in `apprentice.quant.prepare`).
+        activations: Activation quantizer settings (as in `apprentice.quant.prepare`).
+        exclude: Layer name patterns to keep float (default: first conv and last linear).
+        init_state_dict: Full-precision state dict of the student architecture (scheme C only).
+
+    Returns:
+        ``{layer_name: LayerPlan}`` of the quantized layers, as returned by `apprentice.quant.prepare`.
+
+    Raises:
+        ApprenticeError: Unknown scheme; ``init_state_dict`` missing for C or given to a scratch
+            scheme; a state dict of another architecture (names the missing / unexpected /
+            mismatched keys); a model that is already quantized; bad quantizer settings.
+    """
+    sch = resolve_scheme(scheme)
+    if quantized_layers(model):
+        raise ApprenticeError("make_student expects a float model, but this one already has quantized layers")
+    if sch.student_init == "pretrained":
+        if init_state_dict is None:
+            raise ApprenticeError(
+                f"scheme {sch.name!r} starts the student from its trained full-precision weights; "
+                "pass init_state_dict"
+            )
+        _load_float_state_dict(model, init_state_dict)
+    elif init_state_dict is not None:
+        pretrained = sorted(k for k, s in SCHEMES.items() if s.student_init == "pretrained")
+        raise ApprenticeError(
+            f"scheme {sch.name!r} trains the student from scratch; "
+            f"init_state_dict is only for schemes {pretrained}"
+        )
+    return prepare(model, precision, weights=weights, activations=activations, exclude=exclude)

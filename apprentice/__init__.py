@@ -1,3 +1,42 @@
-"""apprentice: low-precision CNNs trained with knowledge distillation (Mishra & Marr, ICLR 2018)."""
+"""apprentice: low-precision CNNs trained with knowledge distillation (Mishra & Marr, ICLR 2018).
+
+The public API in one place::
+
+    import apprentice as ap
+    student = ap.build_model("resnet20", num_classes=10, in_channels=1)
+    plan = ap.prepare(student, "2W/8A")                   # ternary weights, 8-bit activations
+    distiller = ap.Distiller(student, teacher, scheme="B")
+    logits, losses = distiller(images, labels)            # losses["loss"].backward()
+"""
+
+from .distill import SCHEMES, Distiller, Scheme, make_student
+from .errors import ApprenticeError
+from .losses import apprentice_loss, cross_entropy, soft_cross_entropy
+from .models import MODELS, build_model, count_parameters
+from .quant import (
+    DEFAULT_EXCLUDE,
+    WEIGHT_QUANTIZERS,
+    ActQuant,
+    LayerPlan,
+    QConv2d,
+    QLinear,
+    WeightQuant,
+    apply_plan,
+    fake_quant_activation,
+    fake_quant_weight,
+    parse_precision,
+    prepare,
+    quantized_layers,
+    to_float,
+    weight_codes,
+)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_EXCLUDE", "MODELS", "SCHEMES", "WEIGHT_QUANTIZERS", "ActQuant", "ApprenticeError", "Distiller",
+    "LayerPlan", "QConv2d", "QLinear", "Scheme", "WeightQuant", "__version__", "apply_plan", "apprentice_loss",
+    "build_model", "count_parameters", "cross_entropy", "fake_quant_activation", "fake_quant_weight",
+    "make_student", "parse_precision", "prepare", "quantized_layers", "soft_cross_entropy", "to_float",
+    "weight_codes",
+]

@@ -1,0 +1,517 @@
+"""Ship a genuinely small model: bit packing, the packed safetensors file, reload, size report.
+
+A trained student is fake-quantized: its weights are float shadow copies that each forward rounds
+to integer codes times a scale. Exporting keeps only what inference needs:
+
+* the integer codes, packed densely (`pack`: 2, 4 or 8 bits per weight; `pack_ternary_base3`:
+  5 ternary weights per byte, 1.6 bits per weight) plus one float scale per layer or per output
+  channel;
+* float tensors for everything that was never quantized (first conv, classifier, BatchNorm);
+* a JSON quantization map (safetensors metadata) saying how every layer was quantized, including
+  the learned PACT clip frozen as a number, and which architecture rebuilds the model.
+
+`load_packed` rebuilds the model from that one file (safetensors only, no pickle) with the
+dequantized weights already in place, so its logits equal the fake-quant model's. ONNX export
+lives in `apprentice.onnx_export`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx
+from safetensors import safe_open
+from safetensors.torch import save
+from torch import Tensor, nn
+
+from .errors import ApprenticeError
+from .models import build_model
+from .packing import (  # noqa: F401  (re-exported: packing is part of the export API)
+    PACKINGS,
+    pack_codes,
+    unpack_codes,
+    pack,
+    pack_ternary_base3,
+    packed_length,
+    unpack,
+    unpack_ternary_base3,
+)
+from .quant import ActQuant, LayerPlan, QConv2d, QLinear, apply_plan, format_precision
+
+__all__ = [
+    "FORMAT_VERSION", "MAP_KEY", "PACKINGS", "SizeRow", "find_conv_bn_pairs", "format_size_report",
+    "load_packed", "model_from_packed", "pack", "pack_ternary_base3", "package_version",
+    "packed_length", "packed_tensors", "read_packed", "save_packed", "size_report", "size_totals",
+    "unpack", "unpack_ternary_base3",
+]
+
+#: Version of the packed file layout; `load_packed` refuses any other.
+FORMAT_VERSION = 1
+
+# ----------------------------------------------------------------------------------------------
+# Model -> packed tensors + quantization map, and back
+# ----------------------------------------------------------------------------------------------
+
+#: Safetensors metadata key holding the JSON quantization map.
+MAP_KEY = "apprentice"
+_TERNARY_PACKINGS = ("base3", "2bit")
+_BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def _container(bits: int, ternary_packing: str) -> str:
+    """Packing for k-bit codes: base3 or 2 bits for three levels, else the smallest of 4/8 bits."""
+    if bits == 2:
+        return ternary_packing
+    return "4bit" if bits <= 4 else "8bit"
+
+
+def package_version() -> str:
+    """``apprentice.__version__``, else the installed ``apprentice-kd`` version, else "0+unknown"."""
+    import apprentice
+
+    version = getattr(apprentice, "__version__", None)
+    if isinstance(version, str):
+        return version
+    try:
+        return importlib.metadata.version("apprentice-kd")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _frozen_clip(mod: nn.Module) -> float:
+    """The clip the layer uses right now, as a number (a learned PACT clip is frozen here)."""
+    clip = getattr(mod, "act_clip", None)
+    if clip is None:
+        return float(mod.act_quant.clip)
+    # fake_quant_activation clamps a learned clip at 1e-3; freeze the value it actually uses.
+    return float(clip.detach().clamp(min=1e-3))
+
+
+def find_conv_bn_pairs(model: nn.Module) -> dict[str, str]:
+    """``{bn name: conv name}`` for every BatchNorm2d whose only input is a Conv2d used only by it.
+
+    Found by tracing the model with torch.fx (quantized layers are kept as leaves), so it holds for
+    any traceable model, not only for names like ``conv1``/``bn1``.
+    """
+    class _Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return isinstance(m, (QConv2d, QLinear)) or super().is_leaf_module(m, qualname)
+
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as e:  # noqa: BLE001 - any tracing failure means "cannot fold"
+        raise ApprenticeError(f"fold_bn needs a torch.fx-traceable model: {str(e).splitlines()[0]}") from None
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs = {}
+    for node in graph.nodes:
+        bn = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(bn, nn.BatchNorm2d) or bn.running_var is None or calls[node.target] != 1:
+            continue
+        src = node.args[0]
+        if (isinstance(src, torch.fx.Node) and src.op == "call_module" and len(src.users) == 1
+                and isinstance(modules[src.target], nn.Conv2d) and calls[src.target] == 1):
+            pairs[node.target] = src.target
+    return pairs
+
+
+@torch.no_grad()
+def packed_tensors(
+    model: nn.Module, *, ternary_packing: str = "base3", fold_bn: bool = False
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The tensors and the quantization map that `save_packed` writes, without writing them.
+
+    For each quantized layer ``L`` the float ``L.weight`` (and a PACT ``L.act_clip``) is replaced
+    by ``L.weight_codes`` (packed uint8) and ``L.weight_scale`` (float); every other state-dict
+    entry is kept as is. See `save_packed` for the arguments and the map layout.
+    """
+    if ternary_packing not in _TERNARY_PACKINGS:
+        raise ApprenticeError(f"ternary_packing must be one of {list(_TERNARY_PACKINGS)}, got {ternary_packing!r}")
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    layers: dict[str, Any] = {}
+    scales: dict[str, Tensor] = {}
+    for name, mod in model.named_modules():
+        if not isinstance(mod, (QConv2d, QLinear)):
+            continue
+        tensors.pop(f"{name}.act_clip", None)
+        acts = {"bits": mod.act_quant.bits, "clip": _frozen_clip(mod)}
+        entry: dict[str, Any] = {"kind": mod.kind, "weights": None, "activations": acts}
+        if mod.weight_quant is not None:
+            spec = mod.weight_quant
+            codes, scales[name] = mod.weight_codes()
+            packing = _container(spec.bits, ternary_packing)
+            tensors.pop(f"{name}.weight")
+            tensors[f"{name}.weight_codes"] = pack_codes(codes, packing)
+            entry["weights"] = {
+                "quantizer": spec.quantizer, "bits": spec.bits, "per_channel": spec.per_channel,
+                "threshold": spec.threshold, "shape": list(mod.weight.shape),
+                "count": mod.weight.numel(), "packing": packing,
+            }
+        layers[name] = entry
+    folded = find_conv_bn_pairs(model) if fold_bn else {}
+    modules = dict(model.named_modules())
+    for bn_name, conv_name in folded.items():
+        bn, conv = modules[bn_name], modules[conv_name]
+        # BatchNorm in eval mode is the per-channel affine y = x * alpha + (beta - mean * alpha).
+        alpha = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            alpha = alpha * bn.weight
+        shift = -bn.running_mean * alpha + (bn.bias if bn.bias is not None else 0)
+        if conv.bias is not None:
+            shift = shift + conv.bias * alpha
+        per_out = alpha.reshape(-1, 1, 1, 1)
+        if conv_name in scales:
+            # Codes stay exact; the BN scale goes into a per-output-channel weight scale.
+            scales[conv_name] = scales[conv_name] * per_out
+        else:
+            tensors[f"{conv_name}.weight"] = (conv.weight * per_out).contiguous()
+        tensors[f"{conv_name}.bias"] = shift.detach().clone().contiguous()
+        for key in _BN_KEYS:
+            tensors.pop(f"{bn_name}.{key}", None)
+    for name, scale in scales.items():
+        tensors[f"{name}.weight_scale"] = scale.detach().cpu().contiguous()
+        layers[name]["weights"]["scale_shape"] = list(scale.shape)
+    qmap = {
+        "format": "apprentice-packed", "format_version": FORMAT_VERSION,
+        "package_version": package_version(), "arch": getattr(model, "arch", None),
+        "layers": layers, "folded_bn": folded,
+    }
+    return tensors, qmap
+
+
+def _bad(where: str, what: str) -> ApprenticeError:
+    return ApprenticeError(f"packed model: {where}: {what}")
+
+
+def _get(mapping: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(mapping, dict) or key not in mapping:
+        raise _bad(where, f"quantization map lacks {key!r}")
+    value = mapping[key]
+    if not isinstance(value, kind) or isinstance(value, bool):  # bool is an int to isinstance
+        raise _bad(where, f"{key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _dequantize(name: str, w: dict, tensors: dict[str, Tensor], module: nn.Module) -> Tensor:
+    """Check one layer's map entry against its tensors and the module; return codes * scale."""
+    where = f"layer {name!r}"
+    bits = _get(w, "bits", int, where)
+    packing = _get(w, "packing", str, where)
+    allowed = _TERNARY_PACKINGS if bits == 2 else (_container(bits, ""),)
+    if not 2 <= bits <= 8 or packing not in allowed:
+        raise _bad(where, f"packing {packing!r} does not fit {bits}-bit codes")
+    shape, count = _get(w, "shape", list, where), _get(w, "count", int, where)
+    if shape != list(module.weight.shape) or count != math.prod(shape):
+        raise _bad(where, f"map says weight shape {shape} ({count} values), model has {list(module.weight.shape)}")
+    codes_t, scale = tensors.pop(f"{name}.weight_codes", None), tensors.pop(f"{name}.weight_scale", None)
+    if codes_t is None or scale is None:
+        raise _bad(where, f"missing tensor {name}.weight_codes or {name}.weight_scale")
+    scale_shape = _get(w, "scale_shape", list, where)
+    if list(scale.shape) != scale_shape or scale_shape not in ([], [shape[0]] + [1] * (len(shape) - 1)):
+        raise _bad(where, f"scale shape {list(scale.shape)} does not match the map ({scale_shape}) or the weight {shape}")
+    if not scale.is_floating_point():
+        raise _bad(where, f"scale has dtype {scale.dtype}, expected float")
+    try:
+        codes = unpack_codes(codes_t, packing, count)
+    except ApprenticeError as e:
+        raise _bad(where, str(e)) from None
+    n = 2 ** (bits - 1) - 1
+    if count and int(codes.abs().max()) > n:
+        raise _bad(where, f"codes exceed the {bits}-bit range [-{n}, {n}]")
+    return codes.view(shape).to(scale.dtype) * scale
+
+
+def model_from_packed(tensors: dict[str, Tensor], qmap: dict[str, Any]) -> nn.Module:
+    """Rebuild the eval-mode model from `packed_tensors` output (or a file's contents).
+
+    Quantized layers become QConv2d/QLinear with ``weights=None`` holding ``codes * scale``: the
+    weights are already quantized, and re-quantizing them would change them for quantizers that
+    are not idempotent (DoReFa). Their activation quantization uses the frozen clip.
+
+    Raises:
+        ApprenticeError: one line naming the key or layer that is missing, extra or inconsistent.
+    """
+    tensors = dict(tensors)
+    if not isinstance(qmap, dict) or qmap.get("format") != "apprentice-packed":
+        raise _bad("metadata", "not an apprentice packed model (format != 'apprentice-packed')")
+    if qmap.get("format_version") != FORMAT_VERSION:
+        raise _bad("metadata", f"unknown format_version {qmap.get('format_version')!r}; this apprentice reads {FORMAT_VERSION}")
+    arch = _get(qmap, "arch", dict, "metadata")
+    try:
+        model = build_model(**arch)
+    except TypeError as e:
+        raise _bad("arch", f"cannot build {arch!r}: {e}") from None
+    except ApprenticeError as e:
+        raise _bad("arch", str(e)) from None
+    # Come back in the dtype the model was saved in (float32 normally, float64 in exactness tests).
+    dtypes = [t.dtype for t in tensors.values() if t.is_floating_point()]
+    model.to(max(set(dtypes), key=dtypes.count) if dtypes else torch.float32)
+    for bn_name, conv_name in _get(qmap, "folded_bn", dict, "metadata").items():
+        bn, conv = _submodule(model, bn_name), _submodule(model, conv_name)
+        if not isinstance(bn, nn.BatchNorm2d) or type(conv) is not nn.Conv2d:
+            raise _bad(f"folded_bn {bn_name!r}", f"expected a BatchNorm2d after a Conv2d {conv_name!r}")
+        if conv.bias is None:
+            conv.bias = nn.Parameter(conv.weight.new_zeros(conv.out_channels))
+        _set_submodule(model, bn_name, nn.Identity())
+    layers = _get(qmap, "layers", dict, "metadata")
+    plan, weights = {}, {}
+    for name, entry in layers.items():
+        where = f"layer {name!r}"
+        module = _submodule(model, name)
+        kind = _get(entry, "kind", str, where)
+        if (kind, type(module)) not in (("conv2d", nn.Conv2d), ("linear", nn.Linear)):
+            raise _bad(where, f"map says {kind!r}, the model has {type(module).__name__}")
+        acts = _get(entry, "activations", dict, where)
+        try:
+            act = ActQuant(_get(acts, "bits", int, where), float(_get(acts, "clip", (int, float), where)))
+        except ApprenticeError as e:
+            raise _bad(where, str(e)) from None
+        plan[name] = LayerPlan(kind, None, act)
+        if entry.get("weights") is not None:
+            weights[f"{name}.weight"] = _dequantize(name, _get(entry, "weights", dict, where), tensors, module)
+    apply_plan(model, plan)
+    expected = model.state_dict()
+    for key in tensors:
+        if key not in expected:
+            raise _bad(f"tensor {key!r}", "not part of the model (extra tensor)")
+    tensors.update(weights)
+    for key, ref in expected.items():
+        if key not in tensors:
+            raise _bad(f"tensor {key!r}", "missing from the file")
+        if tensors[key].shape != ref.shape:
+            raise _bad(f"tensor {key!r}", f"shape {list(tensors[key].shape)}, the model expects {list(ref.shape)}")
+    model.load_state_dict(tensors, strict=True)
+    return model.eval()
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise _bad(f"layer {name!r}", "the model has no such module") from None
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+# ----------------------------------------------------------------------------------------------
+# The packed file
+# ----------------------------------------------------------------------------------------------
+
+
+def save_packed(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    ternary_packing: str = "base3",
+    fold_bn: bool = False,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the model as one small safetensors file: packed integer codes plus a JSON map.
+
+    Each quantized layer ``L`` (QConv2d/QLinear with weight quantization) is stored as
+    ``L.weight_codes`` (uint8: 5 ternary codes a byte with "base3", else 2/4/8 bits a code, 3-bit
+    codes in 4 bits and 5..7-bit codes in 8 bits) and ``L.weight_scale`` (the model's float dtype,
+    shape [] per layer or [C_out, 1, ...] per channel). Everything else (excluded layers, biases, BatchNorm
+    parameters and buffers) stays float. The safetensors metadata key ``"apprentice"`` holds the
+    JSON quantization map::
+
+        {"format": "apprentice-packed", "format_version": 1, "package_version": "0.1.0",
+         "arch": {"name": "resnet20", ...},          # build_model(**arch) rebuilds the float model
+         "layers": {"layer1.0.conv1": {"kind": "conv2d",
+                    "activations": {"bits": 8, "clip": 1.73},       # a learned PACT clip, frozen
+                    "weights": {"quantizer": "ternary", "bits": 2, "per_channel": false,
+                                "threshold": 0.7, "shape": [16, 16, 3, 3], "count": 2304,
+                                "packing": "base3", "scale_shape": []}}, ...},   # weights: null
+         "folded_bn": {"layer1.0.bn1": "layer1.0.conv1", ...},     # BN -> conv it was folded into
+         "metadata": {...}}                                        # the caller's dict
+
+    BatchNorm folding (``fold_bn=True``) replaces every BatchNorm2d that directly follows a conv
+    by that conv's bias. For a float conv the weights are scaled by gamma/sigma. For a quantized
+    conv the integer codes are kept exactly and gamma/sigma multiplies the scale, which therefore
+    becomes per output channel: ``conv(x, codes * s) * gamma/sigma == conv(x, codes * (s * gamma/sigma))``.
+    The folded model matches the unfolded one up to float rounding (the scale may be negative);
+    with quantized activations that rounding can move a value sitting on a rounding tie of the
+    activation grid by one step, so folded float32 logits are close rather than identical.
+
+    Args:
+        model: a model from `apprentice.models.build_model` (it needs the ``arch`` attribute),
+            usually after `apprentice.quant.prepare` and training. Not modified.
+        path: destination; written atomically (a temporary file in the same folder, then replaced).
+        ternary_packing: "base3" (1.6 bits a weight) or "2bit" for 2-bit / ternary codes.
+        fold_bn: fold BatchNorm into the preceding convs.
+        metadata: JSON-serialisable extras stored in the map (training config, accuracy, ...).
+
+    Returns:
+        The quantization map that was written.
+    """
+    if not isinstance(getattr(model, "arch", None), dict):
+        raise ApprenticeError("save_packed needs a model built by apprentice.models.build_model (no `arch` attribute)")
+    tensors, qmap = packed_tensors(model, ternary_packing=ternary_packing, fold_bn=fold_bn)
+    qmap["metadata"] = {} if metadata is None else metadata
+    try:
+        text = json.dumps(qmap, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as e:
+        raise ApprenticeError(f"save_packed metadata must be JSON-serialisable: {e}") from None
+    data = save(tensors, metadata={"format": "pt", MAP_KEY: text})
+    _write_atomic(os.fspath(path), data)
+    return qmap
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ApprenticeError(f"cannot write {path!r}: folder {folder!r} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_packed(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The tensors and the quantization map of a packed file (safetensors only, never pickle)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ApprenticeError(f"packed model file {path!r} does not exist")
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
+    except Exception as e:  # noqa: BLE001 - safetensors raises several error types for bad files
+        raise ApprenticeError(f"{path!r} is not a readable safetensors file: {str(e).splitlines()[0]}") from None
+    if MAP_KEY not in meta:
+        raise ApprenticeError(f"{path!r} has no apprentice quantization map (metadata key {MAP_KEY!r})")
+    try:
+        qmap = json.loads(meta[MAP_KEY])
+    except json.JSONDecodeError as e:
+        raise ApprenticeError(f"{path!r}: quantization map is not valid JSON ({e})") from None
+    return tensors, qmap
+
+
+def load_packed(path: str | os.PathLike) -> nn.Module:
+    """Rebuild the eval-mode model saved by `save_packed`; its logits equal the fake-quant model's.
+
+    Raises:
+        ApprenticeError: unreadable file, unknown format version or model, or tensors that do
+            not match the quantization map (one line naming the layer or key).
+    """
+    tensors, qmap = read_packed(path)
+    return model_from_packed(tensors, qmap)
+
+
+# ----------------------------------------------------------------------------------------------
+# Size report
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SizeRow:
+    """Storage of one Conv2d/Linear layer (or of all other tensors, ``name="(other)"``).
+
+    Attributes:
+        name: dotted layer name, or "(other)" for BatchNorm and every tensor outside the layers.
+        shape: weight shape (empty for "(other)").
+        precision: paper notation, e.g. "2W/8A"; "32W/32A" for a float layer.
+        packing: "base3", "2bit", "4bit", "8bit", or "float".
+        params: values stored (weight + bias, or all elements of the other tensors).
+        code_bytes: bytes of packed integer codes alone (0 for float layers).
+        packed_bytes: bytes in the packed file (codes + scales + bias, or float tensors).
+        fp32_bytes: bytes of the same values in the float32 model.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    precision: str
+    packing: str
+    params: int
+    code_bytes: int
+    packed_bytes: int
+    fp32_bytes: int
+
+    @property
+    def quantized(self) -> bool:
+        return self.packing != "float"
+
+
+def size_report(model: nn.Module, *, ternary_packing: str = "base3", fold_bn: bool = False) -> list[SizeRow]:
+    """Per-layer storage of the packed model against float32, from the very tensors `save_packed` writes.
+
+    Returns one row per Conv2d/Linear layer in module order, then one "(other)" row; see
+    `size_totals` for sums and ratios and `format_size_report` for a printable table.
+    """
+    tensors, qmap = packed_tensors(model, ternary_packing=ternary_packing, fold_bn=fold_bn)
+    # The float32 baseline is the float model's state dict (a PACT clip is not part of it).
+    fp32 = {k: v.numel() * 4 if v.is_floating_point() else v.nbytes
+            for k, v in model.state_dict().items() if not k.endswith(".act_clip")}
+    rows = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, (nn.Conv2d, nn.Linear)):
+            continue
+        entry = qmap["layers"].get(name)
+        weights = entry["weights"] if entry else None
+        parts = ("weight", "weight_codes", "weight_scale", "bias")
+        stored = {p: tensors.pop(f"{name}.{p}") for p in parts if f"{name}.{p}" in tensors}
+        params = mod.weight.numel() + (stored["bias"].numel() if "bias" in stored else 0)
+        precision = format_precision(mod.weight_quant, mod.act_quant) if entry else "32W/32A"
+        rows.append(SizeRow(
+            name, tuple(mod.weight.shape), precision, weights["packing"] if weights else "float", params,
+            stored["weight_codes"].nbytes if weights else 0, sum(t.nbytes for t in stored.values()),
+            sum(fp32.pop(f"{name}.{p}", 0) for p in ("weight", "bias")),
+        ))
+    rows.append(SizeRow("(other)", (), "", "float", sum(t.numel() for t in tensors.values()), 0,
+                        sum(t.nbytes for t in tensors.values()), sum(fp32.values())))
+    return rows
+
+
+def size_totals(rows: list[SizeRow]) -> dict[str, float]:
+    """Sums and compression ratios of `size_report` rows, for the whole model and the quantized layers.
+
+    Keys: ``params``, ``packed_bytes``, ``fp32_bytes``, ``ratio`` (fp32 / packed), and the same
+    with a ``quantized_`` prefix for the layers with quantized weights alone.
+    """
+    out: dict[str, float] = {}
+    for prefix, chosen in (("", rows), ("quantized_", [r for r in rows if r.quantized])):
+        packed, full = sum(r.packed_bytes for r in chosen), sum(r.fp32_bytes for r in chosen)
+        out[f"{prefix}params"] = sum(r.params for r in chosen)
+        out[f"{prefix}packed_bytes"], out[f"{prefix}fp32_bytes"] = packed, full
+        out[f"{prefix}ratio"] = full / packed if packed else float("nan")
+    return out
+
+
+def format_size_report(rows: list[SizeRow]) -> str:
+    """A plain-text table of `size_report` rows with totals for the quantized layers and the model."""
+    head = ("layer", "shape", "precision", "packing", "params", "packed B", "fp32 B", "ratio")
+    table = [head] + [
+        (r.name, "x".join(map(str, r.shape)), r.precision, r.packing, f"{r.params:,}",
+         f"{r.packed_bytes:,}", f"{r.fp32_bytes:,}",
+         f"{r.fp32_bytes / r.packed_bytes:.1f}x" if r.packed_bytes else "-")
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+             for line in table]
+    t = size_totals(rows)
+    for label, p in (("quantized layers", "quantized_"), ("whole model", "")):
+        ratio = f"{t[p + 'ratio']:.1f}x smaller" if t[p + "packed_bytes"] else "none"
+        lines.append(f"{label}: {int(t[p + 'params']):,} params, {int(t[p + 'packed_bytes']):,} B packed "
+                     f"vs {int(t[p + 'fp32_bytes']):,} B fp32 ({ratio})")
+    return "\n".join(lines)

@@ -1,0 +1,443 @@
+"""The `apprentice` command line: train, eval, info, export and compare.
+
+Each subcommand parses its arguments and calls library functions; nothing here knows how training
+or packing works. Errors a user can fix (an `ApprenticeError`, a missing file, bad YAML) print one
+line ``apprentice: error: <message>`` on stderr and exit 2; failures during a run (a non-finite
+loss, an out-of-memory error) exit 1; Ctrl-C exits 130, and a training run stopped by a signal
+after checkpointing exits with the status its `train.TrainingInterrupted` carries (130 or 143).
+``--debug`` adds the traceback.
+
+Example:
+    apprentice train configs/fashion_mnist/teacher.yaml optim.lr=0.05 train.epochs=1
+    apprentice eval runs/quickstart/teacher
+    apprentice export runs/quickstart/student_b --format packed --out student_b.safetensors
+    apprentice compare runs/quickstart/*
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from apprentice.errors import ApprenticeError
+
+PROG = "apprentice"
+EXIT_USER, EXIT_RUNTIME, EXIT_INTERRUPT = 2, 1, 130
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading runs, checkpoints and packed files
+
+
+def _is_packed(path: Path) -> bool:
+    """A packed model is a safetensors file: 8-byte header length, then a JSON header (``{``)."""
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """A model with what we know about it.
+
+    Attributes:
+        path: where it came from.
+        model: the eval-mode model (a packed file's has dequantized weights).
+        config: its training `Config`, or None for a packed file saved without one.
+        summary: the run's summary.json contents, if any.
+        kind: "run", "checkpoint" or "packed".
+        qmap: a packed file's quantization map (None otherwise).
+    """
+
+    path: Path
+    model: Any
+    config: Any
+    summary: dict | None
+    kind: str
+    qmap: dict | None = None
+
+
+def _load(path_text: str) -> Loaded:
+    """Load a run folder, a checkpoint file or a packed file (decided by content, not name)."""
+    path = Path(path_text)
+    if not path.exists():
+        raise ApprenticeError(f"{path_text!r} does not exist (expected a run folder, checkpoint or packed file)")
+    if _is_packed(path):
+        from apprentice import export
+        from apprentice.config import config_from_dict
+
+        tensors, qmap = export.read_packed(path)
+        model = export.model_from_packed(tensors, qmap)
+        meta = qmap.get("metadata") or {}
+        config = config_from_dict(meta["config"], check=False) if isinstance(meta.get("config"), dict) else None
+        return Loaded(path, model, config, meta.get("summary"), "packed", qmap)
+    from apprentice import train
+
+    run = train.load_run(str(path))
+    return Loaded(path, run.model, run.config, run.summary, "run" if path.is_dir() else "checkpoint")
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    """A plain text table with left-aligned text and right-aligned numbers."""
+    cells = [header] + rows
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+
+    def fmt(row: list[str]) -> str:
+        out = []
+        for i, c in enumerate(row):
+            numeric = c.replace(".", "", 1).replace("%", "").replace("x", "").lstrip("-").isdigit()
+            out.append(c.rjust(widths[i]) if numeric else c.ljust(widths[i]))
+        return "  ".join(out).rstrip()
+
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows])
+
+
+def _pct(x: Any) -> str:
+    return f"{float(x):.2f}" if isinstance(x, (int, float)) else "-"
+
+
+# ---------------------------------------------------------------------------------------------
+# Subcommands
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from apprentice.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    from apprentice import train
+
+    summary = train.fit(cfg, resume=args.resume, overwrite=args.overwrite)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only the first process reports
+        return 0
+    best, final = summary.get("best_top1"), summary.get("final_top1")
+    print(f"{PROG}: done: {cfg.train.out}  best top-1 {_pct(best)} %  final top-1 {_pct(final)} %")
+    return 0
+
+
+def _eval_batches(cfg: Any, split: str, *, data_dir: str | None, batch_size: int, device: str) -> Any:
+    """Normalised ``(images, labels)`` batches of one split, the way `train.fit` evaluates.
+
+    The holdout split uses seed 0, as fit does, so "holdout" names the same images here.
+    """
+    import torch
+
+    from apprentice import data
+    from apprentice.errors import lookup
+
+    dc = cfg.data
+    info = lookup(data.DATASETS, dc.name, "data set")
+    root = data_dir or dc.dir
+    if info.kind == "folder":
+        if split != "test":
+            raise ApprenticeError(f"{dc.name} runs are evaluated on its val folder only; use --split test")
+        if root is None:
+            raise ApprenticeError(f"--data-dir must name the {dc.name} folder (with val/ inside)")
+        val = data.ImageFolder(root, "val", image_size=dc.image_size, resize=round(dc.image_size / 0.875))
+        loader = torch.utils.data.DataLoader(val, batch_size=batch_size, num_workers=dc.workers)
+        return ((data.normalize(x.to(device), info.mean, info.std), y.to(device)) for x, y in loader)
+    if split == "holdout" and dc.holdout <= 0:
+        raise ApprenticeError("this run held out no training images (data.holdout=0); use --split test or train")
+    tensors = data.load_tensors(dc.name, split, data_dir=root, download=dc.download, holdout=dc.holdout,
+                                seed=0, limit=dc.limit if split == "train" else None)
+    return data.TensorLoader(tensors, batch_size=batch_size, shuffle=False, device=device)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    loaded = _load(args.path)
+    cfg = loaded.config
+    if cfg is None:
+        raise ApprenticeError(f"{args.path!r} carries no training config, so its data set is unknown")
+    device = _device(args.device)
+    batches = _eval_batches(cfg, args.split, data_dir=args.data_dir,
+                            batch_size=args.batch_size or cfg.data.eval_batch_size, device=device)
+    from apprentice import train
+
+    model = loaded.model.to(device).eval()
+    metrics = train.evaluate(model, batches, device=device, amp=args.amp)
+    result = {"path": str(loaded.path), "kind": loaded.kind, "data": cfg.data.name, "split": args.split,
+              "top1": metrics["top1"], "top5": metrics.get("top5"), "images": int(metrics["images"])}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{loaded.path} ({loaded.kind}) on {cfg.data.name} {args.split}: "
+              f"top-1 {_pct(result['top1'])} %  top-5 {_pct(result['top5'])} %  ({result['images']} images)")
+    return 0
+
+
+def _precision_rows(model: Any, qmap: dict | None = None) -> list[list[str]]:
+    """One row per Conv2d/Linear: name, kind, weights, activations, parameters.
+
+    A packed model holds dequantized float weights, so its weight precision comes from the map.
+    """
+    from torch import nn
+
+    from apprentice import quant
+
+    plans = quant.quantized_layers(model)
+    layers = (qmap or {}).get("layers", {})
+    rows = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, (nn.Conv2d, nn.Linear)):
+            continue
+        plan = plans.get(name)
+        wq = layers[name].get("weights") if name in layers else (
+            dataclasses.asdict(plan.weights) if plan is not None and plan.weights is not None else None)
+        w = "fp32" if not wq else (
+            f"{wq['quantizer']} {wq['bits']}-bit" + (" per-channel" if wq.get("per_channel") else "")
+            + (f" ({wq['packing']})" if "packing" in wq else ""))
+        clip = getattr(mod, "act_clip", None)  # the learned (PACT) value when there is one
+        clip = float(clip) if clip is not None else plan.activations.clip if plan else 0.0
+        a = "fp32" if plan is None or not plan.activations.enabled else (
+            f"{plan.activations.bits}-bit clip {clip:.3g}" + (" (learned)" if plan.activations.learned else ""))
+        kind = "conv2d" if isinstance(mod, nn.Conv2d) else "linear"
+        rows.append([name, kind, w, a, f"{sum(p.numel() for p in mod.parameters()):,}"])
+    return rows
+
+
+def _sizes(loaded: Loaded) -> tuple[int, int, str]:
+    """(packed bytes, fp32 bytes, printable report) of a run's model or of a packed file."""
+    from apprentice import export
+
+    if loaded.kind == "packed":
+        # The rebuilt model holds dequantized float weights, so measure the file's own tensors.
+        tensors, _ = export.read_packed(loaded.path)
+        packed = sum(t.nbytes for t in tensors.values())
+        fp32 = sum(v.numel() * 4 if v.is_floating_point() else v.nbytes
+                   for k, v in loaded.model.state_dict().items() if not k.endswith(".act_clip"))
+        text = (f"packed tensors: {packed:,} B (file {loaded.path.stat().st_size:,} B) "
+                f"vs {fp32:,} B fp32 ({fp32 / max(packed, 1):.1f}x smaller)")
+        return packed, fp32, text
+    rows = export.size_report(loaded.model)
+    totals = export.size_totals(rows)
+    return int(totals["packed_bytes"]), int(totals["fp32_bytes"]), export.format_size_report(rows)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    loaded = _load(args.path)
+    model = loaded.model
+    arch = dict(getattr(model, "arch", {}) or {})
+    name = arch.pop("name", type(model).__name__)
+    print(f"{loaded.path} ({loaded.kind})")
+    print(f"model: {name} " + " ".join(f"{k}={v}" for k, v in arch.items()))
+    if loaded.config is not None:
+        c = loaded.config
+        print(f"precision: {c.quant.precision}  scheme: {c.distill.scheme}  teacher: {_teacher(c)}  data: {c.data.name}")
+    print(f"parameters: {sum(p.numel() for p in model.parameters()):,}")
+    if loaded.summary:
+        s = loaded.summary
+        print(f"accuracy: best top-1 {_pct(s.get('best_top1'))} % (epoch {s.get('best_epoch', '-')})  "
+              f"final top-1 {_pct(s.get('final_top1'))} %  top-5 {_pct(s.get('final_top5'))} %")
+    print()
+    print(_table(_precision_rows(model, loaded.qmap), ["layer", "kind", "weights", "activations", "params"]))
+    print()
+    print(_sizes(loaded)[2])
+    return 0
+
+
+def _teacher(c: Any) -> str:
+    if c.distill.teacher:
+        return c.distill.teacher
+    return c.distill.teacher_model.name if c.distill.teacher_model is not None else "-"
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    loaded = _load(args.path)
+    if loaded.kind == "packed":
+        raise ApprenticeError(f"{args.path!r} is already a packed file; export a run folder or checkpoint")
+    from apprentice import export
+    from apprentice.config import config_to_dict
+
+    out = Path(args.out)
+    if args.format == "packed":
+        meta = {"config": config_to_dict(loaded.config), "summary": loaded.summary, "source": str(loaded.path)}
+        export.save_packed(loaded.model, out, ternary_packing=args.ternary_packing, fold_bn=args.fold_bn,
+                           metadata=json.loads(json.dumps(meta, default=str)))
+    else:
+        # export_onnx itself explains how to install onnx when it is missing.
+        from apprentice import data
+        from apprentice.onnx_export import export_onnx
+
+        cfg = loaded.config
+        info = data.DATASETS[cfg.data.name]
+        size = cfg.data.image_size if cfg.data.name == "imagenet" else info.image_size
+        export_onnx(loaded.model, out, input_shape=(1, info.channels, size, size), fold_bn=args.fold_bn)
+    print(f"{PROG}: wrote {out} ({out.stat().st_size:,} bytes, {args.format})")
+    return 0
+
+
+def _compare_row(path: str) -> dict[str, Any]:
+    loaded = _load(path)
+    c, s = loaded.config, loaded.summary or {}
+    packed, fp32, _ = _sizes(loaded)
+    return {
+        "run": path, "model": getattr(loaded.model, "arch", {}).get("name", "?"),
+        "precision": c.quant.precision if c else "?", "scheme": c.distill.scheme if c else "?",
+        "teacher": _teacher(c) if c else "?", "best_top1": s.get("best_top1"), "final_top1": s.get("final_top1"),
+        "fp32_mb": fp32 / 1e6, "packed_mb": packed / 1e6, "ratio": fp32 / max(packed, 1),
+    }
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    rows = [_compare_row(p) for p in args.runs]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    header = ["run", "model", "precision", "scheme", "teacher", "best top-1", "final top-1",
+              "FP32 MB", "packed MB", "ratio"]
+    print(_table([[r["run"], r["model"], r["precision"], r["scheme"], r["teacher"], _pct(r["best_top1"]),
+                   _pct(r["final_top1"]), f"{r['fp32_mb']:.2f}", f"{r['packed_mb']:.3f}", f"{r['ratio']:.1f}x"]
+                  for r in rows], header))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser and entry point
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of all subcommands."""
+    from apprentice.config import help_text
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback on errors")
+    parser = argparse.ArgumentParser(
+        prog=PROG, parents=[common],
+        description="Low-precision CNNs trained with knowledge distillation (Mishra & Marr, Apprentice, ICLR 2018).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "train", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="train a model from a YAML recipe",
+        description="Train from a YAML recipe; key=value arguments override its values\n"
+                    "(defaults < file < overrides; values are YAML: 0.05, [conv1,fc], null).",
+        epilog="config keys:\n" + help_text())
+    p.add_argument("config", help="YAML recipe, e.g. configs/fashion_mnist/teacher.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=0.05")
+    p.add_argument("--resume", action="store_true", help="continue the run in train.out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder train.out")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", parents=[common], help="evaluate a run, checkpoint or packed file",
+                       description="Top-1/top-5 accuracy of a run folder, checkpoint or packed model "
+                                   "on the data set it was trained on.")
+    p.add_argument("path", help="run folder, checkpoint (.pt) or packed file (.safetensors)")
+    p.add_argument("--data-dir", help="folder holding the data set (default: as in the run's config)")
+    p.add_argument("--split", default="test", choices=["test", "holdout", "train"], help="which images (default test)")
+    p.add_argument("--batch-size", type=_positive_int, help="images per batch (default data.eval_batch_size)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast (default off)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("info", parents=[common], help="architecture, per-layer precision and sizes",
+                       description="Model, per-layer precision, parameters, accuracy and export sizes.")
+    p.add_argument("path", help="run folder, checkpoint or packed file")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("export", parents=[common], help="write a packed (or ONNX) model",
+                       description="Export a trained run: 'packed' = safetensors with 2/4/8-bit or base-3 "
+                                   "packed integer codes and a quantization map; 'onnx' = ONNX graph.")
+    p.add_argument("path", help="run folder or checkpoint")
+    p.add_argument("--format", required=True, choices=["packed", "onnx"], help="output format")
+    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--ternary-packing", default="base3", choices=["base3", "2bit"],
+                   help="ternary layers: 5 weights per byte (base3, default) or 4 per byte (2bit)")
+    p.add_argument("--fold-bn", action="store_true", help="fold BatchNorm into the preceding convs")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("compare", parents=[common], help="table of runs: accuracy and sizes",
+                       description="Compare runs: model, precision, scheme, teacher, accuracy, FP32 and packed size.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or checkpoints / packed files)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_compare)
+    return parser
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        text = f"{e.strerror}: {e.filename!r}" if e.filename else e.strerror
+    elif isinstance(e, (ApprenticeError, OSError)):
+        text = str(e)
+    else:
+        text = f"{type(e).__name__}: {e}"
+    return " ".join(text.split()) or type(e).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 runtime failure, 2 bad input, 130 Ctrl-C)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        parser = build_parser()
+        try:
+            args, extra = parser.parse_known_args(argv)
+            if extra:
+                # key=value overrides may come after --resume and friends; argparse cannot intermix them.
+                if getattr(args, "command", None) == "train" and all("=" in x and not x.startswith("-") for x in extra):
+                    args.overrides += extra
+                else:
+                    parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        except SystemExit as e:  # --help (0) or a usage error (2, message already printed)
+            return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USER
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt as e:
+        # Ctrl-C, or train.TrainingInterrupted (a KeyboardInterrupt that says where the run's
+        # checkpoint is and carries 130 for SIGINT, 143 for SIGTERM).
+        if debug:
+            traceback.print_exc()
+        message = " ".join(str(e).split())
+        print(f"{PROG}: interrupted" + (f": {message}" if message else ""), file=sys.stderr)
+        code = getattr(e, "exit_code", None)
+        return code if isinstance(code, int) and not isinstance(code, bool) else EXIT_INTERRUPT
+    except Exception as e:  # noqa: BLE001 - the one place that turns errors into exit codes
+        import yaml
+
+        user = isinstance(e, (ApprenticeError, OSError, yaml.YAMLError))
+        # Failures that know their exit status (train.NonFiniteLossError) explain themselves;
+        # anything else unexpected gets its type and a pointer to --debug.
+        code = getattr(e, "exit_code", None)
+        known = user or (isinstance(code, int) and not isinstance(code, bool))
+        if debug:
+            traceback.print_exc()
+        text = _one_line(e) if user or not known else " ".join(str(e).split())
+        hint = "" if debug or known else " (run with --debug for the traceback)"
+        print(f"{PROG}: error: {text}{hint}", file=sys.stderr)
+        if known and not user:
+            return code
+        return EXIT_USER if user else EXIT_RUNTIME
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,411 @@
+"""The configuration tree: frozen dataclasses that hold values only.
+
+One schema serves YAML recipes, dotted command-line overrides and ``apprentice train --help``:
+every field carries a one-line help text in its metadata, and loading fills the tree generically
+from the type hints. Precedence is defaults < YAML file < overrides. Choices (model, data set,
+scheme, quantizer, schedule) are names checked against the modules' tables by `validate`, which
+imports them lazily: this module itself needs only PyYAML. File existence (teacher, student_init, data
+directory) is not checked here; `train.fit` checks it when it needs the files.
+
+Example:
+    >>> cfg = load_config(None, ["optim.lr=0.05", "quant.exclude=[conv1,fc]"])
+    >>> cfg.optim.lr, cfg.quant.exclude
+    (0.05, ('conv1', 'fc'))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from apprentice.errors import ApprenticeError, lookup
+from apprentice.typed_yaml import (
+    apply_override,
+    build,
+    field_types,
+    parse_override,
+    show,
+    split_optional,
+    to_plain,
+    type_name,
+    yaml_load,
+)
+
+__all__ = [
+    "Config", "DataConfig", "DistillConfig", "ModelConfig", "OptimConfig", "QuantConfig",
+    "TrainConfig", "config_from_dict", "config_to_dict", "diff_configs", "dump_yaml", "help_text",
+    "load_config", "parse_override", "validate",
+]
+
+
+def _f(default: Any, help: str) -> Any:
+    """A dataclass field holding an immutable value, with its help text."""
+    return field(default=default, metadata={"help": help})
+
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = _f("resnet20", "architecture, a models.MODELS key (resnet8..110 CIFAR-style, resnet18..152 ImageNet-style)")
+    width: float = _f(1.0, "channel multiplier applied to every layer")
+    shortcut: str | None = _f(None, "CIFAR depths only: 'A' parameter-free or 'B' 1x1 projection shortcuts; null = model default")
+    small_input: bool | None = _f(None, "ImageNet depths only: 3x3 stride-1 stem without max-pool for 28/32 px images; null = model default")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    precision: str = _f("32W/32A", "student precision in the paper's notation, e.g. 2W/32A (ternary), 4W/8A; 32W/32A = full precision")
+    quantizer: str | None = _f(None, "weight quantizer, a quant.WEIGHT_QUANTIZERS key; null = ternary at 2 bits, uniform otherwise")
+    per_channel: bool = _f(False, "one weight scale per output channel instead of one per layer")
+    act_clip: float = _f(1.0, "clip c of the clipped ReLU [0, c] before activation quantization (initial value if learned)")
+    learned_clip: bool = _f(False, "learn the activation clip per layer (PACT)")
+    exclude: tuple[str, ...] | None = _f(None, "layer-name patterns kept in float; null = first conv and last linear (@first, @last)")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    scheme: str = _f("baseline", "baseline (no teacher) | A (teacher trained jointly) | B (trained frozen teacher) | C (B + student starts from FP weights)")
+    teacher: str | None = _f(None, "schemes B/C: teacher run folder or state-dict file (.pt/.pth/.safetensors)")
+    teacher_model: ModelConfig | None = field(default=None, metadata={"help": "teacher architecture; needed for scheme A and for a plain state-dict teacher, else read from the teacher run"})
+    student_init: str | None = _f(None, "scheme C: run folder or FP state-dict file of the student architecture to start from")
+    alpha: float = _f(1.0, "weight of the teacher's cross-entropy with the labels (scheme A only)")
+    beta: float = _f(0.5, "weight of the student's cross-entropy with the labels (baseline: the label term is weighted beta+gamma)")
+    gamma: float = _f(0.5, "weight of the student's cross-entropy with the teacher's distribution")
+    temperature: float = _f(1.0, "softmax temperature of the distillation term (scaled by temperature^2)")
+    teacher_grad_from_gamma: bool = _f(False, "scheme A: let the distillation term's gradient reach the teacher too")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = _f("fashion_mnist", "data set, a data.DATASETS key")
+    dir: str | None = _f(None, "folder holding the data files; null = the standard place (downloaded if allowed)")
+    download: bool = _f(True, "download the data set when its files are missing (small sets only)")
+    batch_size: int = _f(128, "training images per step")
+    eval_batch_size: int = _f(1000, "images per evaluation batch")
+    augment: bool = _f(True, "training augmentation (pad + random crop + flip; random-resized crop on ImageNet)")
+    holdout: int = _f(0, "training images held out for tuning and evaluated as 'holdout'")
+    limit: int | None = _f(None, "use only the first N training images (quick runs); null = all")
+    workers: int = _f(4, "ImageNet DataLoader worker processes")
+    image_size: int = _f(224, "ImageNet crop size in pixels")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = _f("sgd", "optimizer: sgd | adamw")
+    lr: float = _f(0.1, "peak learning rate")
+    momentum: float = _f(0.9, "SGD momentum (adamw: beta1)")
+    nesterov: bool = _f(True, "Nesterov momentum (sgd)")
+    weight_decay: float = _f(1e-4, "weight decay (L2 for sgd, decoupled for adamw)")
+    decay_norm_and_bias: bool = _f(False, "apply weight decay to BatchNorm parameters and biases too")
+    schedule: str = _f("step", "learning-rate schedule: step | cosine | onecycle | constant")
+    milestones: tuple[float, ...] = _f((0.5, 0.75), "step schedule: fractions of the run where lr is multiplied by lr_decay")
+    lr_decay: float = _f(0.1, "step schedule: factor applied at each milestone")
+    warmup_epochs: float = _f(0.0, "linear warm-up length in epochs (fractions allowed)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = _f(10, "training epochs")
+    seed: int = _f(0, "random seed (initialisation, data order, augmentation)")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    amp: str = _f("off", "mixed precision autocast: off | bf16 | fp16")
+    channels_last: bool = _f(False, "use channels-last memory format (faster convolutions on recent GPUs)")
+    out: str = _f("runs/run", "run folder (config, metrics, checkpoints, summary)")
+    checkpoint_every: int = _f(0, "also checkpoint every N steps; 0 = only at epoch ends")
+    log_every: int = _f(50, "steps between metrics lines")
+    on_nonfinite: str = _f("stop", "what a NaN/inf loss does: stop (error) | skip (drop the step)")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "student architecture"})
+    quant: QuantConfig = field(default_factory=QuantConfig, metadata={"help": "student quantization"})
+    distill: DistillConfig = field(default_factory=DistillConfig, metadata={"help": "teacher, scheme and loss weights"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data set and batches"})
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimizer and learning-rate schedule"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "run length, device, outputs"})
+
+
+# Choices that only the config and fit() know about; the model, data set, scheme, quantizer and
+# schedule (train.LR_SCHEDULES) tables live in their modules.
+OPTIMIZERS = {"sgd": "SGD with momentum (Nesterov if optim.nesterov)", "adamw": "AdamW"}
+AMP_MODES = {"off": "float32", "bf16": "bfloat16 autocast", "fp16": "float16 autocast + grad scaler"}
+NONFINITE_POLICIES = {"stop": "raise an error", "skip": "skip the step"}
+SHORTCUTS = {"A": "parameter-free (zero-padded identity)", "B": "1x1 projection"}
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
+    """Load a YAML recipe, apply dotted overrides and validate.
+
+    Args:
+        path: YAML file of values (``yaml.safe_load`` semantics, no tags); None = defaults only.
+        overrides: ``section.key=value`` strings applied after the file, values parsed as YAML.
+
+    Returns:
+        The validated `Config`.
+
+    Raises:
+        ApprenticeError: unreadable file, bad YAML, unknown key, wrong type, bad value or an
+            impossible combination; the message names the file/line or the dotted key.
+    """
+    tree: Any = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ApprenticeError(f"cannot read config file {str(path)!r}: {e.strerror or e}") from None
+        tree = yaml_load(text, str(path))
+        if tree is None:
+            tree = {}
+        if not isinstance(tree, dict):
+            raise ApprenticeError(f"{path}: expected a mapping of sections at the top, got {show(tree)}")
+        try:
+            build(Config, tree, "")  # type errors here name the file, not an override
+        except ApprenticeError as e:
+            raise ApprenticeError(f"{path}: {e}") from None
+    for text in overrides:
+        apply_override(tree, text, Config)
+    cfg = build(Config, tree, "")
+    validate(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """The config as plain JSON/YAML-safe containers (tuples become lists)."""
+    return to_plain(cfg)
+
+
+def config_from_dict(d: Mapping[str, Any], *, check: bool = True) -> Config:
+    """Rebuild a `Config` from `config_to_dict` output (or any partial mapping; defaults fill in).
+
+    Args:
+        d: nested mapping of sections.
+        check: run `validate` (turn off to read an old run whose choices no longer exist).
+    """
+    cfg = build(Config, d, "")
+    if check:
+        validate(cfg)
+    return cfg
+
+
+def diff_configs(a: Config, b: Config, *, values: bool = True) -> list[str]:
+    """Dotted keys whose values differ between two configs, in schema order.
+
+    Args:
+        a: old config.
+        b: new config.
+        values: entries read ``"optim.lr: 0.1 -> 0.05"``; False gives bare keys (``"optim.lr"``).
+    """
+    out: list[str] = []
+
+    def walk(x: Any, y: Any, prefix: str) -> None:
+        if isinstance(x, dict) and isinstance(y, dict):
+            for k in x:
+                walk(x[k], y[k], f"{prefix}.{k}" if prefix else k)
+        elif x != y:
+            out.append(f"{prefix}: {show(x)} -> {show(y)}" if values else prefix)
+
+    walk(config_to_dict(a), config_to_dict(b), "")
+    return out
+
+
+def help_text() -> str:
+    """Every config key with its type, default and help (for ``apprentice train --help``).
+
+    Example:
+        >>> print(help_text().splitlines()[1])
+          model.name: string = 'resnet20'
+    """
+    lines = []
+
+    def walk(cls: type, default: Any, prefix: str) -> None:
+        hints = field_types(cls)
+        for f in dataclasses.fields(cls):
+            key = f"{prefix}.{f.name}" if prefix else f.name
+            inner, _ = split_optional(hints[f.name])
+            value = getattr(default, f.name)
+            if dataclasses.is_dataclass(inner) and not prefix:
+                lines.append(f"{key}: {f.metadata['help']}")
+            else:
+                kind = type_name(hints[f.name]).replace("a list of", "list of").replace("true or false", "bool")
+                kind = re.sub(r"^(a|an) ", "", kind)
+                lines.append(f"  {key}: {kind} = {show(value)}")
+                lines.append(f"      {f.metadata['help']}")
+            if dataclasses.is_dataclass(inner):
+                walk(inner, value if value is not None else inner(), key)
+
+    walk(Config, Config(), "")
+    return "\n".join(lines)
+
+
+# Value ranges by dotted key: (low, high, low allowed?, high allowed?); high None = unbounded.
+_POS, _NONNEG = (0, None, False, False), (0, None, True, False)
+_RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
+    **dict.fromkeys(("model.width", "quant.act_clip", "distill.temperature", "data.batch_size",
+                     "data.eval_batch_size", "data.limit", "data.image_size", "optim.lr",
+                     "train.epochs", "train.log_every"), _POS),
+    **dict.fromkeys(("distill.alpha", "distill.beta", "distill.gamma", "data.holdout", "data.workers",
+                     "optim.weight_decay", "optim.warmup_epochs", "train.seed",
+                     "train.checkpoint_every"), _NONNEG),
+    "optim.momentum": (0, 1, True, False),
+    "optim.lr_decay": (0, 1, False, True),
+}
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ApprenticeError(f"{key}: {message}")
+
+
+def _check_range(key: str, value: float | None) -> None:
+    lo, hi, lo_ok, hi_ok = _RANGES[key.replace("distill.teacher_model.", "model.")]
+    if value is None:
+        return
+    ok = math.isfinite(value) and (value >= lo if lo_ok else value > lo)
+    ok = ok and (hi is None or (value <= hi if hi_ok else value < hi))
+    if hi is None:
+        want = f"{'>=' if lo_ok else '>'} {lo}"
+    else:
+        want = f"in {'[' if lo_ok else '('}{lo}, {hi}{']' if hi_ok else ')'}"
+    _check(ok, key, f"must be {want}, got {value}")
+
+
+def _choice(table: Mapping[str, Any], value: str, what: str, key: str) -> None:
+    try:
+        lookup(table, value, what)
+    except ApprenticeError as e:
+        raise ApprenticeError(f"{key}: {e}") from None
+
+
+def _validate_model(m: ModelConfig, key: str) -> None:
+    from apprentice import (
+        models,  # lazily: importing torch is slow and config must import alone
+    )
+
+    _choice(models.MODELS, m.name, "model", f"{key}.name")
+    _check_range(f"{key}.width", m.width)
+    imagenet_style = _imagenet_style(m.name)
+    if m.shortcut is not None:
+        _check(not imagenet_style, f"{key}.shortcut",
+               f"only CIFAR-style ResNets take a shortcut option; {m.name!r} is ImageNet-style, set null")
+        _choice(SHORTCUTS, m.shortcut, "shortcut", f"{key}.shortcut")
+    if m.small_input is not None:
+        _check(imagenet_style, f"{key}.small_input",
+               f"only ImageNet-style ResNets take small_input; {m.name!r} is CIFAR-style, set null")
+
+
+def _imagenet_style(name: str) -> bool:
+    """ImageNet-style ResNets are the ones whose factory takes `small_input` (CIFAR ones take `shortcut`)."""
+    import inspect
+
+    from apprentice import models
+
+    return "small_input" in inspect.signature(models.MODELS[name]).parameters
+
+
+def validate(cfg: Config) -> None:
+    """Check value ranges, choices against the tables, and combinations of keys.
+
+    Does not touch the file system: teacher, student_init and data paths are checked by `fit`.
+
+    Raises:
+        ApprenticeError: naming the first offending dotted key and what is allowed.
+    """
+    from apprentice import data, distill, quant, train  # lazily, see _validate_model
+
+    for key in _RANGES:
+        if not key.startswith("model."):
+            _check_range(key, _get(cfg, key))
+    _validate_model(cfg.model, "model")
+    if cfg.distill.teacher_model is not None:
+        _validate_model(cfg.distill.teacher_model, "distill.teacher_model")
+    _choice(distill.SCHEMES, cfg.distill.scheme, "scheme", "distill.scheme")
+    _choice(data.DATASETS, cfg.data.name, "data set", "data.name")
+    _choice(OPTIMIZERS, cfg.optim.name, "optimizer", "optim.name")
+    _choice(train.LR_SCHEDULES, cfg.optim.schedule, "schedule", "optim.schedule")
+    _choice(AMP_MODES, cfg.train.amp, "amp mode", "train.amp")
+    _choice(NONFINITE_POLICIES, cfg.train.on_nonfinite, "non-finite policy", "train.on_nonfinite")
+    _check(bool(_DEVICE_RE.match(cfg.train.device)), "train.device",
+           f"unknown device {cfg.train.device!r}; choose from auto, cpu, cuda, cuda:N")
+    for key in ("distill.teacher", "distill.student_init", "data.dir", "train.out"):
+        v = _get(cfg, key)
+        _check(v is None or bool(v.strip()), key, "empty path; use null for none")
+
+    q = cfg.quant
+    if q.quantizer is not None:
+        _choice(quant.WEIGHT_QUANTIZERS, q.quantizer, "weight quantizer", "quant.quantizer")
+    try:
+        _, acts = quant.parse_precision(
+            q.precision, quantizer=q.quantizer, per_channel=q.per_channel,
+            clip=q.act_clip, learned=q.learned_clip,
+        )
+    except ApprenticeError as e:
+        with_q = "" if q.quantizer is None else f" with quant.quantizer={q.quantizer!r}"
+        raise ApprenticeError(f"quant.precision={q.precision!r}{with_q}: {e}") from None
+    _check(not q.learned_clip or acts.enabled, "quant.learned_clip",
+           f"needs quantized activations, but precision {q.precision!r} keeps them at 32 bits")
+    for i, pattern in enumerate(q.exclude or ()):
+        _check(bool(pattern.strip()), f"quant.exclude[{i}]", "empty layer pattern")
+
+    d = cfg.distill
+    s = distill.SCHEMES[d.scheme]  # the scheme's table entry says what it needs
+    if not s.needs_teacher:
+        for key in ("teacher", "teacher_model"):
+            _check(getattr(d, key) is None, f"distill.{key}",
+                   f"scheme {s.name!r} trains without a teacher; set it to null or choose scheme A, B or C")
+    _check(d.beta + d.gamma > 0, "distill.beta",
+           f"distill.beta and distill.gamma are both 0: scheme {s.name!r} would give the student no loss")
+    if s.needs_teacher and not s.frozen_teacher:
+        _check(d.teacher is None, "distill.teacher",
+               f"scheme {s.name!r} trains its teacher from random init; use scheme B or C for a trained teacher")
+        _check(d.teacher_model is not None, "distill.teacher_model",
+               f"scheme {s.name!r} needs the teacher architecture, e.g. distill.teacher_model.name=resnet56")
+    if s.frozen_teacher:
+        _check(d.teacher is not None, "distill.teacher",
+               f"scheme {s.name!r} needs a trained teacher: a run folder or state-dict file")
+    if s.student_init == "pretrained":
+        _check(d.student_init is not None, "distill.student_init",
+               f"scheme {s.name!r} starts from trained FP weights of the student: give a run folder or state-dict file")
+    else:
+        _check(d.student_init is None, "distill.student_init",
+               f"only scheme C starts from trained weights; scheme {s.name!r} starts from random init")
+    _check(not d.teacher_grad_from_gamma or (s.needs_teacher and not s.frozen_teacher),
+           "distill.teacher_grad_from_gamma", f"only scheme A trains the teacher; scheme {s.name!r} does not")
+
+    dc, o = cfg.data, cfg.optim
+    info = data.DATASETS[dc.name]
+    if info.kind == "folder":
+        for key in ("holdout", "limit"):
+            _check(getattr(dc, key) in (0, None), f"data.{key}", f"not supported for {dc.name}; set it to 0/null")
+    else:
+        _check(dc.holdout < info.sizes[0], "data.holdout",
+               f"holds out {dc.holdout} of only {info.sizes[0]} {dc.name} training images; nothing left to train on")
+    for i, m in enumerate(o.milestones):
+        _check(0 < m < 1, f"optim.milestones[{i}]", f"must be a fraction of the run in (0, 1), got {m}")
+    _check(list(o.milestones) == sorted(set(o.milestones)), "optim.milestones",
+           f"must be strictly increasing, got {show(o.milestones)}")
+    _check(o.warmup_epochs < cfg.train.epochs, "optim.warmup_epochs",
+           f"must be shorter than train.epochs={cfg.train.epochs}, got {o.warmup_epochs}")
+
+
+def dump_yaml(cfg: Config) -> str:
+    """The config as YAML text that `load_config` reads back to an equal config."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

@@ -1,0 +1,452 @@
+"""Config schema: defaults < YAML < overrides, every error names its key, every shipped config loads."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from apprentice.config import (
+    Config,
+    DistillConfig,
+    ModelConfig,
+    config_from_dict,
+    config_to_dict,
+    diff_configs,
+    dump_yaml,
+    help_text,
+    load_config,
+    parse_override,
+    validate,
+)
+from apprentice.errors import ApprenticeError
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "configs").rglob("*.yaml"))
+
+
+def write(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def error(*args, **kwargs) -> str:
+    with pytest.raises(ApprenticeError) as e:
+        load_config(*args, **kwargs)
+    message = str(e.value)
+    assert "\n" not in message
+    return message
+
+
+# -- defaults and precedence ------------------------------------------------------------------
+
+
+def test_defaults_match_contract():
+    cfg = load_config(None)
+    assert cfg == Config()
+    assert cfg.model.name == "resnet20" and cfg.quant.precision == "32W/32A"
+    assert cfg.distill == DistillConfig(scheme="baseline", alpha=1.0, beta=0.5, gamma=0.5, temperature=1.0)
+    assert cfg.optim.milestones == (0.5, 0.75) and cfg.data.batch_size == 128
+    assert cfg.train.epochs == 10 and cfg.train.out == "runs/run"
+
+
+def test_config_module_imports_no_heavy_modules():
+    # The choice tables are imported inside validate(), so config.py itself needs only yaml.
+    import ast
+
+    import apprentice.config as config_module
+
+    tree = ast.parse(Path(config_module.__file__).read_text())
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = {a.name for n in top if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in top if isinstance(n, ast.ImportFrom)}
+    assert not any(m.startswith("torch") for m in names)
+    assert {m for m in names if m.startswith("apprentice")} == {"apprentice.errors", "apprentice.typed_yaml"}
+
+
+def test_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Config().optim.lr = 1.0  # type: ignore[misc]
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = write(tmp_path, """
+        model: {name: resnet8, width: 0.5}
+        optim:
+          lr: 0.2
+          weight_decay: 5e-4     # YAML 1.2 float without a dot
+          milestones: [0.3, 0.6, 0.9]
+        data:
+          limit: 100
+    """)
+    cfg = load_config(path, ["optim.lr=0.05", "data.limit=null", "quant.exclude=[conv1, fc]"])
+    assert cfg.model == ModelConfig(name="resnet8", width=0.5)
+    assert cfg.optim.lr == 0.05  # override beats file
+    assert cfg.optim.weight_decay == 5e-4 and isinstance(cfg.optim.weight_decay, float)
+    assert cfg.optim.milestones == (0.3, 0.6, 0.9)
+    assert cfg.data.limit is None
+    assert cfg.quant.exclude == ("conv1", "fc")
+    assert cfg.optim.momentum == 0.9  # default kept
+
+
+def test_int_accepted_for_float_and_later_override_wins():
+    cfg = load_config(None, ["optim.lr=1", "optim.lr=0.5", "model.width=2"])
+    assert cfg.optim.lr == 0.5 and cfg.model.width == 2.0 and isinstance(cfg.model.width, float)
+
+
+def test_nested_optional_dataclass():
+    cfg = load_config(None, ["distill.scheme=A", "distill.teacher_model.name=resnet56"])
+    assert cfg.distill.teacher_model == ModelConfig(name="resnet56")
+    cfg = load_config(None, ["distill.scheme=A", "distill.teacher_model={name: resnet32, width: 2}"])
+    assert cfg.distill.teacher_model == ModelConfig(name="resnet32", width=2.0)
+
+
+def test_override_into_null_section_from_file(tmp_path):
+    path = write(tmp_path, "distill: {scheme: A, teacher_model: null}\n")
+    cfg = load_config(path, ["distill.teacher_model.name=resnet44"])
+    assert cfg.distill.teacher_model.name == "resnet44"
+
+
+def test_empty_file_and_empty_section(tmp_path):
+    assert load_config(write(tmp_path, "")) == Config()
+    assert load_config(write(tmp_path, "optim:\n  # lr: 0.3\n")) == Config()
+
+
+def test_parse_override():
+    assert parse_override("quant.exclude=[conv1,fc]") == (["quant", "exclude"], ["conv1", "fc"])
+    assert parse_override("data.limit=null") == (["data", "limit"], None)
+    assert parse_override("train.out=a=b") == (["train", "out"], "a=b")  # split at the first '='
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("lrr=1", "'lrr'"),
+        ("optim.lrr=1", "'optim.lrr'"),
+        ("distill.teacher_model.nam=resnet8", "'distill.teacher_model.nam'"),
+    ],
+)
+def test_unknown_key_in_override(override, key):
+    message = error(None, [override])
+    assert f"unknown key {key}" in message and "allowed:" in message and override in message
+
+
+@pytest.mark.parametrize(
+    "text, key, allowed",
+    [
+        ("foo: 1\n", "'foo'", "model, quant, distill"),
+        ("optim: {lrr: 0.1}\n", "'optim.lrr'", "name, lr, momentum"),
+        ("distill: {scheme: A, teacher_model: {nme: resnet8}}\n", "'distill.teacher_model.nme'", "name, width"),
+    ],
+)
+def test_unknown_key_in_file(tmp_path, text, key, allowed):
+    path = write(tmp_path, text)
+    message = error(path)
+    assert message.startswith(str(path)) and f"unknown key {key}; allowed: {allowed}" in message
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("optim.lr=abc", "optim.lr: expected a float, got 'abc'"),
+        ("optim.lr=true", "optim.lr: expected a float, got true"),
+        ("train.epochs=1.5", "train.epochs: expected an integer, got 1.5"),
+        ("train.epochs=null", "train.epochs: expected an integer, got null"),
+        ("model.name=5", "model.name: expected a string, got 5"),
+        ("data.limit=ten", "data.limit: expected an integer or null, got 'ten'"),
+        ("quant.exclude=conv1", "quant.exclude: expected a list of strings or null, got 'conv1'"),
+        ("quant.exclude=[conv1, 3]", "quant.exclude[1]: expected a string, got 3"),
+        ("optim.milestones=[0.5, x]", "optim.milestones[1]: expected a float, got 'x'"),
+        ("optim=3", "optim: expected a mapping of keys, got 3"),
+    ],
+)
+def test_wrong_types(override, expected):
+    assert expected in error(None, [override])
+
+
+@pytest.mark.parametrize("value", ["1", "0", "yes", "no", "on", "off", "'true'", "y"])
+def test_bool_only_true_false(value):
+    message = error(None, [f"data.augment={value}"])
+    assert "data.augment: expected true or false" in message
+
+
+@pytest.mark.parametrize("value, expected", [("true", True), ("false", False), ("True", True), ("FALSE", False)])
+def test_bool_accepted(value, expected):
+    assert load_config(None, [f"data.augment={value}"]).data.augment is expected
+
+
+def test_wrong_type_in_file_names_file_and_key(tmp_path):
+    path = write(tmp_path, "optim:\n  nesterov: yes\n")
+    message = error(path)
+    assert message == f"{path}: optim.nesterov: expected true or false, got 'yes'"
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.epochs=0", "train.epochs: must be > 0"),
+        ("data.batch_size=0", "data.batch_size: must be > 0"),
+        ("data.eval_batch_size=-1", "data.eval_batch_size: must be > 0"),
+        ("optim.lr=0", "optim.lr: must be > 0"),
+        ("optim.lr=.nan", "optim.lr: must be > 0"),
+        ("optim.weight_decay=-1e-4", "optim.weight_decay: must be >= 0"),
+        ("optim.momentum=1", "optim.momentum: must be in [0, 1)"),
+        ("optim.lr_decay=0", "optim.lr_decay: must be in (0, 1]"),
+        ("distill.alpha=-1", "distill.alpha: must be >= 0"),
+        ("distill.gamma=-0.5", "distill.gamma: must be >= 0"),
+        ("distill.temperature=0", "distill.temperature: must be > 0"),
+        ("model.width=0", "model.width: must be > 0"),
+        ("data.holdout=-1", "data.holdout: must be >= 0"),
+        ("data.limit=0", "data.limit: must be > 0"),
+        ("data.workers=-2", "data.workers: must be >= 0"),
+        ("quant.act_clip=0", "quant.act_clip: must be > 0"),
+        ("train.log_every=0", "train.log_every: must be > 0"),
+        ("train.checkpoint_every=-1", "train.checkpoint_every: must be >= 0"),
+        ("optim.milestones=[0.5, 1.5]", "optim.milestones[1]: must be a fraction"),
+        ("optim.milestones=[0.75, 0.5]", "optim.milestones: must be strictly increasing"),
+        ("optim.warmup_epochs=10", "optim.warmup_epochs: must be shorter than train.epochs=10"),
+    ],
+)
+def test_ranges(override, key):
+    assert key in error(None, [override])
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("model.name=resnet9", "model.name: unknown model 'resnet9'; choose from ["),
+        ("data.name=svhn", "data.name: unknown data set 'svhn'; choose from ["),
+        ("distill.scheme=D", "distill.scheme: unknown scheme 'D'; choose from ["),
+        ("optim.name=lamb", "optim.name: unknown optimizer 'lamb'; choose from ['adamw', 'sgd']"),
+        ("optim.schedule=poly", "optim.schedule: unknown schedule 'poly'"),
+        ("train.amp=fp8", "train.amp: unknown amp mode 'fp8'"),
+        ("train.on_nonfinite=ignore", "train.on_nonfinite: unknown non-finite policy 'ignore'"),
+        ("train.device=gpu", "train.device: unknown device 'gpu'"),
+        ("model.shortcut=C", "model.shortcut: unknown shortcut 'C'"),
+        ("quant.quantizer=lsq", "quant.quantizer: unknown weight quantizer 'lsq'"),
+        ("quant.precision=2X", "quant.precision='2X'"),
+        ("quant.precision=1W/32A", "quant.precision='1W/32A'"),
+    ],
+)
+def test_choices(override, expected):
+    assert expected in error(None, [override])
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["distill.scheme=B"], "distill.teacher: scheme 'B' needs a trained teacher"),
+        (["distill.scheme=C", "distill.teacher=t"], "distill.student_init: scheme 'C'"),
+        (["distill.scheme=A"], "distill.teacher_model: scheme 'A' needs the teacher architecture"),
+        (["distill.scheme=A", "distill.teacher_model.name=resnet56", "distill.teacher=t"], "distill.teacher:"),
+        (["distill.teacher=runs/t"], "distill.teacher: scheme 'baseline' trains without a teacher"),
+        (["distill.teacher_model.name=resnet56"], "distill.teacher_model: scheme 'baseline'"),
+        (["distill.scheme=B", "distill.teacher=t", "distill.student_init=s"], "distill.student_init: only scheme C"),
+        (["distill.scheme=B", "distill.teacher=t", "distill.teacher_grad_from_gamma=true"],
+         "distill.teacher_grad_from_gamma"),
+        (["distill.scheme=B", "distill.teacher=t", "distill.beta=0", "distill.gamma=0"], "distill.beta"),
+        (["distill.scheme=B", "distill.teacher="], "distill.teacher: scheme 'B' needs"),
+        (["distill.scheme=B", "distill.teacher=' '"], "distill.teacher: empty path"),
+        (["distill.scheme=A", "distill.teacher_model.name=resnet18", "distill.teacher_model.shortcut=B"],
+         "distill.teacher_model.shortcut: only CIFAR-style"),
+        (["model.name=resnet18", "model.shortcut=A"], "model.shortcut: only CIFAR-style"),
+        (["model.small_input=true"], "model.small_input: only ImageNet-style"),
+        (["quant.learned_clip=true"], "quant.learned_clip: needs quantized activations"),
+        (["quant.quantizer=uniform"], "quant.precision='32W/32A' with quant.quantizer='uniform'"),
+        (["quant.precision=4W/32A", "quant.quantizer=ternary"], "with quant.quantizer='ternary'"),
+        (["quant.exclude=['']"], "quant.exclude[0]: empty layer pattern"),
+        (["data.holdout=60000"], "data.holdout: holds out 60000 of only 60000 fashion_mnist training images"),
+        (["data.name=imagenet", "data.limit=100"], "data.limit: not supported for imagenet"),
+        (["data.name=imagenet", "data.holdout=100"], "data.holdout: not supported for imagenet"),
+        (["train.out=''"], "train.out: empty path"),
+    ],
+)
+def test_combinations(overrides, key):
+    assert key in error(None, overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["distill.scheme=A", "distill.teacher_model.name=resnet56", "distill.teacher_grad_from_gamma=true"],
+        ["distill.scheme=B", "distill.teacher=no/such/run"],  # existence is checked by fit, not here
+        ["distill.scheme=C", "distill.teacher=no/such/run", "distill.student_init=no/such.pt"],
+        ["quant.precision=4W/8A", "quant.learned_clip=true", "quant.per_channel=true"],
+        ["quant.precision=2W/32A", "quant.quantizer=wrpn"],
+        ["model.name=resnet18", "model.small_input=true"],
+        ["model.shortcut=B"],
+        ["optim.momentum=0"],  # fit turns Nesterov off without momentum
+        ["optim.name=adamw", "optim.lr=1e-3", "optim.schedule=onecycle", "optim.warmup_epochs=0.5"],
+        ["distill.beta=0"],  # baseline weighs its label term beta+gamma
+        ["data.limit=100", "data.holdout=5000"],  # the holdout comes out of the full set, then the limit
+    ],
+)
+def test_valid_combinations(overrides):
+    load_config(None, overrides)
+
+
+def test_yaml_tag_refused_with_line(tmp_path):
+    path = write(tmp_path, "optim:\n  lr: !!python/object/apply:os.system [echo hacked]\n")
+    message = error(path)
+    assert message.startswith(f"{path}:2: YAML tag !!python/object/apply:os.system is not allowed")
+
+
+def test_yaml_tag_refused_in_override():
+    assert "YAML tag !!python/name:os.system is not allowed" in error(None, ["optim.lr=!!python/name:os.system ''"])
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    path = write(tmp_path, "optim:\n  lr: 0.1\n  milestones: [0.5\n")
+    assert error(path).startswith(f"{path}:4: invalid YAML:")
+
+
+def test_duplicate_key_refused(tmp_path):
+    path = write(tmp_path, "optim:\n  lr: 0.1\n  lr: 0.2\n")
+    assert error(path) == f"{path}:3: invalid YAML: duplicate key 'lr'"
+
+
+def test_top_level_must_be_mapping(tmp_path):
+    assert "expected a mapping of sections" in error(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_missing_file():
+    assert "cannot read config file 'no/such.yaml'" in error("no/such.yaml")
+
+
+@pytest.mark.parametrize("bad", ["optim.lr", "=3", "optim..lr=1", "optim.lr 0.1", "1x.y=2"])
+def test_bad_override_syntax(bad):
+    message = error(None, [bad])
+    assert f"bad override {bad!r}" in message and "section.key=value" in message
+
+
+def test_override_into_a_value():
+    assert "'optim.lr' is a value, not a section" in error(None, ["optim.lr.x=1"])
+
+
+# -- dicts, diffs, help ---------------------------------------------------------------------
+
+
+def test_round_trip_dict_and_yaml(tmp_path):
+    cfg = load_config(None, ["distill.scheme=A", "distill.teacher_model.name=resnet56",
+                             "quant.exclude=[conv1]", "optim.milestones=[0.3, 0.6]"])
+    d = config_to_dict(cfg)
+    assert d["quant"]["exclude"] == ["conv1"] and d["optim"]["milestones"] == [0.3, 0.6]
+    assert isinstance(d["distill"]["teacher_model"], dict)
+    assert config_from_dict(d) == cfg
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_yaml(cfg))
+    assert load_config(path) == cfg
+    import json
+
+    assert config_from_dict(json.loads(json.dumps(d))) == cfg
+
+
+def test_config_from_dict_partial_and_errors():
+    assert config_from_dict({"optim": {"lr": 0.3}}).optim.lr == 0.3
+    with pytest.raises(ApprenticeError, match="unknown key 'optim.lrr'"):
+        config_from_dict({"optim": {"lrr": 0.3}})
+    with pytest.raises(ApprenticeError, match="model.name"):
+        config_from_dict({"model": {"name": "nope"}})
+    assert config_from_dict({"model": {"name": "nope"}}, check=False).model.name == "nope"
+
+
+def test_diff_configs():
+    a = Config()
+    b = load_config(None, ["optim.lr=0.05", "distill.scheme=A", "distill.teacher_model.name=resnet56",
+                           "quant.exclude=[conv1]"])
+    diff = diff_configs(a, b)
+    assert "optim.lr: 0.1 -> 0.05" in diff
+    assert "distill.scheme: 'baseline' -> 'A'" in diff
+    assert "quant.exclude: null -> ['conv1']" in diff
+    assert any(d.startswith("distill.teacher_model: null -> {name: 'resnet56'") for d in diff)
+    assert diff_configs(a, b, values=False) == ["quant.exclude", "distill.scheme", "distill.teacher_model", "optim.lr"]
+    c = load_config(None, ["distill.scheme=A", "distill.teacher_model.name=resnet44"])
+    assert diff_configs(c, load_config(None, ["distill.scheme=A", "distill.teacher_model.name=resnet56"])) == [
+        "distill.teacher_model.name: 'resnet44' -> 'resnet56'"
+    ]
+    assert diff_configs(a, Config()) == []
+
+
+def _leaf_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    import typing
+
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        keys.append(key)
+        tp = hints[f.name]
+        inner = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+        if dataclasses.is_dataclass(inner[0]):
+            keys += _leaf_keys(inner[0], key + ".")
+    return keys
+
+
+def test_every_field_has_help_and_help_text_lists_it():
+    text = help_text()
+    for key in _leaf_keys():
+        assert key in text, key
+    for cls in (Config, *(f.type for f in dataclasses.fields(Config))):
+        cls = cls if isinstance(cls, type) else getattr(sys.modules["apprentice.config"], cls)
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
+    assert "optim.lr: float = 0.1" in text and "data.limit: integer or null = null" in text
+
+
+def test_validate_is_idempotent_on_defaults():
+    validate(Config())
+
+
+# -- shipped configs --------------------------------------------------------------------------
+
+
+def test_configs_are_shipped():
+    names = {p.relative_to(ROOT / "configs").as_posix() for p in SHIPPED}
+    for required in ("smoke.yaml", "fashion_mnist/teacher.yaml", "fashion_mnist/student_baseline.yaml",
+                     "fashion_mnist/student_a.yaml", "fashion_mnist/student_b.yaml", "fashion_mnist/student_c.yaml",
+                     "imagenet/resnet18_2w32a_baseline.yaml", "imagenet/resnet18_2w32a_b_resnet50.yaml",
+                     "imagenet/resnet50_fp.yaml", "cifar10/resnet56_fp.yaml"):
+        assert required in names, required
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.relative_to(ROOT / "configs").as_posix())
+def test_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+    # Recipes name their run folder after themselves, so two recipes never share one.
+    assert cfg.train.out.startswith("runs/")
+    if path.parent.name == "imagenet" and cfg.distill.scheme != "C":
+        assert (cfg.optim.lr, cfg.data.batch_size, cfg.train.epochs) == (0.1, 256, 90)
+    if path.parent.name == "cifar10" and cfg.distill.scheme != "C":
+        assert (cfg.optim.lr, cfg.data.batch_size, cfg.train.epochs) == (0.1, 128, 160)
+
+
+def test_shipped_run_folders_are_unique():
+    outs = [load_config(p).train.out for p in SHIPPED]
+    assert len(outs) == len(set(outs))
+
+
+def test_shipped_filenames_match_contents():
+    for path in SHIPPED:
+        cfg = load_config(path)
+        parts = path.stem.split("_")
+        if path.parent.name in ("imagenet", "cifar10"):
+            assert parts[0] == cfg.model.name, path
+            if parts[1] == "fp":
+                assert cfg.quant.precision == "32W/32A"
+                continue
+            w, a = parts[1].upper().split("W")
+            assert cfg.quant.precision == f"{w}W/{a}", path
+            scheme = "baseline" if parts[2] == "baseline" else parts[2].upper()
+            assert cfg.distill.scheme == scheme, path
+            if scheme == "A":
+                assert cfg.distill.teacher_model.name == parts[3]
+            elif scheme in ("B", "C"):
+                assert cfg.distill.teacher.endswith(f"/{parts[3]}_fp"), path

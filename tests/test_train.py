@@ -1,0 +1,549 @@
+"""Tests of apprentice.train (and the run-folder helpers in checkpoint/progress).
+
+Everything runs on the CPU with the synthetic data set (1x16x16, 10 classes) and resnet8 at width
+0.25, so each fit takes a second or two. Subprocess tests (SIGTERM + resume, torchrun) use one
+thread per process so that a busy machine does not change which step the signal lands on much.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from apprentice import checkpoint as ck
+from apprentice import train
+from apprentice.config import config_to_dict, load_config
+from apprentice.errors import ApprenticeError
+from apprentice.models import build_model
+from apprentice.train import (
+    LR_SCHEDULES,
+    NonFiniteLossError,
+    TrainingInterrupted,
+    evaluate,
+    fit,
+    load_run,
+    load_state_dict_file,
+    lr_factor,
+    param_groups,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["model.name=resnet8", "model.width=0.25", "data.name=synthetic", "data.download=false",
+        "data.limit=128", "data.batch_size=32", "data.eval_batch_size=512", "train.epochs=1",
+        "train.log_every=2", "train.device=cpu", "optim.lr=0.05"]
+
+
+def tiny(out: Path, *extra: str):
+    return load_config(None, [*TINY, f"train.out={out}", *extra])
+
+
+def yaml_for(path: Path, *extra: str) -> Path:
+    """A recipe file holding the TINY settings plus ``extra`` (for the command line)."""
+    from apprentice.config import dump_yaml
+
+    path.write_text(dump_yaml(load_config(None, [*TINY, *extra])))
+    return path
+
+
+def records(run: Path, kind: str) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["type"] == kind]
+
+
+def params_sha256(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(name.encode() + p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra}
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory) -> Path:
+    """A finished full-precision baseline run: the teacher of the scheme B/C tests."""
+    out = tmp_path_factory.mktemp("runs") / "teacher"
+    fit(tiny(out, "data.holdout=32"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces
+
+
+@pytest.mark.parametrize("schedule", sorted(LR_SCHEDULES))
+def test_lr_schedules_warm_up_and_stay_in_range(schedule):
+    total, warmup = 100, 10
+    f = [lr_factor(t, schedule=schedule, total_steps=total, warmup_steps=warmup, milestones=(0.5, 0.75),
+                   decay=0.1) for t in range(total)]
+    assert all(0 < x <= 1 for x in f)
+    assert max(f) == pytest.approx(1.0)
+    if schedule != "onecycle":
+        assert f[:warmup] == pytest.approx([(t + 1) / warmup for t in range(warmup)])
+    else:
+        assert f[0] == pytest.approx(1 / 25) and f[warmup] == pytest.approx(1.0)
+    if schedule == "step":
+        assert f[49] == 1 and f[50] == pytest.approx(0.1) and f[75] == pytest.approx(0.01)
+    if schedule in ("cosine", "onecycle"):
+        assert f[-1] < 0.01 and all(a >= b for a, b in zip(f[warmup:], f[warmup + 1:]))
+
+
+def test_lr_factor_unknown_schedule():
+    with pytest.raises(ApprenticeError, match="unknown schedule 'linear'"):
+        lr_factor(0, schedule="linear", total_steps=10)
+
+
+def test_param_groups_skip_norm_bias_and_pact_clip():
+    from apprentice.quant import ActQuant, prepare
+
+    model = build_model("resnet8", num_classes=10, in_channels=1, width=0.25)
+    prepare(model, activations=ActQuant(8, 1.0, learned=True))  # PACT clips on the inner convs
+    groups = param_groups([model], weight_decay=1e-4)
+    decayed = {id(p) for p in groups[0]["params"]}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert groups[0]["weight_decay"] == 1e-4 and groups[1]["weight_decay"] == 0
+    assert all(names[i].endswith("weight") and "bn" not in names[i] for i in decayed)
+    undecayed = [names[id(p)] for p in groups[1]["params"]]
+    assert any(n.endswith("act_clip") for n in undecayed) and "fc.bias" in undecayed and "bn1.weight" in undecayed
+    all_in = param_groups([model], weight_decay=1e-4, decay_norm_and_bias=True)
+    assert [names[id(p)] for p in all_in[1]["params"]] == [n for n in undecayed if n.endswith("act_clip")]
+
+
+def test_evaluate_percentages_and_top5_only_from_five_classes():
+    x = torch.eye(4)
+    model = nn.Linear(4, 4, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(4))
+    batches = [(x, torch.tensor([0, 1, 2, 0]))]
+    r = evaluate(model, batches, device="cpu")
+    assert r["top1"] == 75.0 and r["images"] == 4 and "top5" not in r and r["loss"] > 0
+    model6 = nn.Linear(4, 6)
+    r6 = evaluate(model6.train(), batches, device="cpu")
+    assert 0 <= r6["top1"] <= r6["top5"] <= 100 and model6.training  # mode restored
+
+
+# ---------------------------------------------------------------------------------------------
+# The run folder
+
+
+def test_fit_writes_every_file_with_the_right_fields(teacher_run):
+    run = teacher_run
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run / name).is_file(), name
+    assert any((run / "tb").iterdir())  # tensorboard is installed in the test environment
+    assert load_config(str(run / "config.yaml")) == tiny(run, "data.holdout=32")
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("final_top1", "final_top5", "best_top1", "best_top5", "holdout_top1", "epochs", "steps",
+                "wall_time_s", "version", "git_commit", "torch", "device", "world_size", "scheme", "precision",
+                "parameters"):
+        assert key in summary, key
+    assert summary["epochs"] == 1 and summary["steps"] == 4  # data.limit=128 training images / 32
+    assert summary["world_size"] == 1 and summary["device"] == "cpu" and summary["scheme"] == "baseline"
+    steps, epochs = records(run, "step"), records(run, "epoch")
+    assert [r["step"] for r in steps] == [2, 4] and len(epochs) == 1
+    assert {"epoch", "step", "lr", "loss", "ce_student", "images_per_s"} <= set(steps[0])
+    assert {"train_loss", "test_top1", "test_top5", "holdout_top1", "epoch_time_s"} <= set(epochs[0])
+    assert epochs[0]["test_top1"] == summary["final_top1"]
+    ckpt = torch.load(run / "checkpoints/last.pt", weights_only=True)
+    for key in ("format", "config", "arch", "plan", "epoch", "step", "model", "optimizer", "scheduler", "data",
+                "rng", "best_top1", "top1"):
+        assert key in ckpt, key
+    assert ckpt["config"] == config_to_dict(tiny(run, "data.holdout=32")) and ckpt["plan"] == {}
+    assert (ckpt["epoch"], ckpt["step"], ckpt["data"]) == (1, 4, {"epoch": 1, "step": 0})
+
+
+def test_refuses_a_finished_run_and_overwrite_starts_again(teacher_run, tmp_path):
+    with pytest.raises(ApprenticeError, match="already holds a finished run") as e:
+        fit(tiny(teacher_run, "data.holdout=32"))
+    assert str(teacher_run) in str(e.value) and "--overwrite" in str(e.value) and "--resume" in str(e.value)
+    copy = tmp_path / "copy"
+    shutil.copytree(teacher_run, copy)
+    (copy / "summary.json").unlink()
+    with pytest.raises(ApprenticeError, match=r"checkpoints \(best.pt\)"):
+        fit(tiny(copy))
+    fit(tiny(copy), overwrite=True)
+    assert len(records(copy, "epoch")) == 1 and not (copy / "checkpoints" / ".tmp").exists()
+
+
+def test_resume_with_another_config_names_the_keys(teacher_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(teacher_run, copy)
+    (copy / "summary.json").unlink()  # as if stopped after the last epoch's checkpoint
+    with pytest.raises(ApprenticeError, match="differs") as e:
+        fit(tiny(copy, "data.holdout=32", "optim.lr=0.2", "train.log_every=7", "quant.precision=2W/32A"), resume=True)
+    msg = str(e.value)
+    assert "optim.lr: 0.05 -> 0.2" in msg and "quant.precision" in msg and "log_every" not in msg
+    summary = fit(tiny(copy, "data.holdout=32", "train.log_every=7"), resume=True)  # nothing left to train
+    assert summary["steps"] == 4 and (copy / "summary.json").is_file()
+    with pytest.raises(ApprenticeError, match="finished run"):
+        fit(tiny(copy, "data.holdout=32"), resume=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schemes
+
+
+def test_scheme_b_from_a_run_folder_logs_separate_terms(teacher_run, tmp_path):
+    out = tmp_path / "b"
+    summary = fit(tiny(out, "distill.scheme=B", f"distill.teacher={teacher_run}", "quant.precision=2W/32A"))
+    assert summary["scheme"] == "B" and summary["teacher"] == str(teacher_run)
+    step = records(out, "step")[0]
+    assert {"loss", "ce_student", "kd"} <= set(step) and "ce_teacher" not in step
+    assert {"train_ce_student", "train_kd"} <= set(records(out, "epoch")[0])
+    assert load_run(out).plan  # the student is ternary
+
+
+def test_scheme_b_from_safetensors_and_mismatches_name_the_file(teacher_run, tmp_path):
+    from safetensors.torch import save_file
+
+    file = tmp_path / "teacher.safetensors"
+    save_file(load_state_dict_file(teacher_run), str(file))
+    arch = ["distill.scheme=B", f"distill.teacher={file}", "distill.teacher_model.name=resnet8",
+            "distill.teacher_model.width=0.25"]
+    fit(tiny(tmp_path / "b", *arch))
+    assert "kd" in records(tmp_path / "b", "step")[0]
+
+    with pytest.raises(ApprenticeError, match="set distill.teacher_model"):
+        fit(tiny(tmp_path / "x", "distill.scheme=B", f"distill.teacher={file}"))
+    five = tmp_path / "five.safetensors"
+    save_file(build_model("resnet8", num_classes=5, in_channels=1, width=0.25).state_dict(), str(five))
+    with pytest.raises(ApprenticeError, match="predicts 5 classes") as e:
+        fit(tiny(tmp_path / "x", *arch[:1], f"distill.teacher={five}", *arch[2:]))
+    assert str(five) in str(e.value)
+    with pytest.raises(ApprenticeError, match=r"does not fit resnet14.*missing layer1\.1\.") as e:
+        fit(tiny(tmp_path / "x", *arch[:2], "distill.teacher_model.name=resnet14", arch[3]))
+    assert str(file) in str(e.value)
+    with pytest.raises(ApprenticeError, match="teacher_model does not match teacher run"):
+        fit(tiny(tmp_path / "x", "distill.scheme=B", f"distill.teacher={teacher_run}",
+                 "distill.teacher_model.name=resnet14"))
+
+
+def test_scheme_c_starts_from_the_runs_weights(teacher_run, tmp_path):
+    out = tmp_path / "c"
+    # A vanishing learning rate: the trained shadow weights must still be the initial ones.
+    fit(tiny(out, "distill.scheme=C", f"distill.teacher={teacher_run}", f"distill.student_init={teacher_run}",
+             "quant.precision=2W/32A", "optim.lr=1e-12", "optim.weight_decay=0"))
+    student = dict(load_run(out).model.named_parameters())
+    init = load_state_dict_file(teacher_run)
+    assert student.keys() <= init.keys()
+    for name, p in student.items():
+        torch.testing.assert_close(p.detach(), init[name], rtol=0, atol=1e-8)
+
+
+def test_scheme_a_trains_and_checkpoints_the_teacher(tmp_path):
+    out = tmp_path / "a"
+    fit(tiny(out, "distill.scheme=A", "distill.teacher_model.name=resnet8", "distill.teacher_model.width=0.5"))
+    assert {"ce_teacher", "ce_student", "kd"} <= set(records(out, "step")[0])
+    ckpt = ck.read_checkpoint(out / "checkpoints/last.pt")
+    assert ckpt["teacher_arch"]["width"] == 0.5 and "conv1.weight" in ckpt["teacher"]
+    n_student = sum(p.numel() for p in load_run(out).model.parameters())
+    n_state = sum(len(s["momentum_buffer"].flatten()) for s in ckpt["optimizer"]["state"].values())
+    assert n_state > n_student  # the optimizer also updates the teacher
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-finite losses
+
+
+@pytest.fixture
+def nan_at(monkeypatch):
+    """Make the loss of the given (1-based) steps NaN."""
+    from apprentice import distill
+
+    def install(*steps: int) -> None:
+        original, calls = distill.apprentice_loss, [0]
+
+        def patched(*args, **kwargs):
+            losses = original(*args, **kwargs)
+            calls[0] += 1
+            if calls[0] in steps:
+                losses["loss"] = losses["loss"] * float("nan")
+            return losses
+
+        monkeypatch.setattr(distill, "apprentice_loss", patched)
+
+    return install
+
+
+def test_nonfinite_stop_names_the_step_and_keeps_the_last_good_checkpoint(nan_at, tmp_path):
+    out = tmp_path / "nan"
+    nan_at(3)
+    with pytest.raises(NonFiniteLossError, match=r"step 3 \(epoch 1, batch 3/4\)") as e:
+        fit(tiny(out, "train.checkpoint_every=2"))
+    assert e.value.step == 3 and e.value.exit_code == 1 and e.value.checkpoint == str(out / "checkpoints/last.pt")
+    ckpt = ck.read_checkpoint(out / "checkpoints/last.pt")
+    assert ckpt["step"] == 2 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert not (out / "summary.json").exists()
+    assert records(out, "nonfinite")[0]["step"] == 3
+
+
+def test_nonfinite_skip_counts_and_rolls_back(nan_at, tmp_path):
+    out = tmp_path / "skip"
+    nan_at(2, 3)
+    summary = fit(tiny(out, "train.on_nonfinite=skip", "train.epochs=2"))
+    assert summary["skipped_steps"] == 2 and summary["steps"] == 8
+    assert records(out, "step")[-1]["skipped"] == 2 and records(out, "epoch")[-1]["skipped"] == 2
+    model = load_run(out).model
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+
+
+# ---------------------------------------------------------------------------------------------
+# Stop and resume
+
+
+def test_sigterm_then_resume_is_bit_identical(tmp_path):
+    recipe = yaml_for(tmp_path / "r.yaml", "data.limit=1024", "data.batch_size=16", "train.epochs=2",
+                      "train.checkpoint_every=5", "train.log_every=10", "quant.precision=2W/8A",
+                      "optim.schedule=cosine", "optim.warmup_epochs=0.5", "data.holdout=64")
+    cli = [sys.executable, "-m", "apprentice", "train", str(recipe)]
+    env = subprocess_env()
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    subprocess.run([*cli, f"train.out={ref}"], env=env, check=True, capture_output=True, timeout=300)
+
+    proc = subprocess.Popen([*cli, f"train.out={cut}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    last, deadline = cut / "checkpoints" / "last.pt", time.monotonic() + 120
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    err = err.decode()
+    assert proc.returncode == train.EXIT_SIGTERM == 143, err
+    assert "Traceback" not in err and "stopped by SIGTERM at step" in err
+    stopped = ck.read_checkpoint(last)["step"]
+    assert 5 <= stopped < 124 and not (cut / "summary.json").exists()
+
+    done = subprocess.run([*cli, f"train.out={cut}", "--resume"], check=False, env=env, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()
+    a, b = ck.read_checkpoint(ref / "checkpoints/last.pt"), ck.read_checkpoint(last)
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    ra, rb = records(ref, "epoch"), records(cut, "epoch")
+    assert [(r["train_loss"], r["test_top1"], r["holdout_top1"]) for r in ra] == \
+        [(r["train_loss"], r["test_top1"], r["holdout_top1"]) for r in rb]
+    assert [r["step"] for r in records(cut, "step")] == [r["step"] for r in records(ref, "step")]
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_in_process_checkpoints_the_step_and_carries_the_exit_code(tmp_path, monkeypatch, sig, code):
+    out = tmp_path / "sig"
+    original = train.train_step
+
+    def signalling_step(*args, **kwargs):
+        result = original(*args, **kwargs)
+        os.kill(os.getpid(), sig)  # a real signal, delivered to fit's handler
+        return result
+
+    monkeypatch.setattr(train, "train_step", signalling_step)
+    before = signal.getsignal(sig)
+    with pytest.raises(TrainingInterrupted) as e:
+        fit(tiny(out))
+    assert e.value.exit_code == code and e.value.step == 1 and isinstance(e.value, KeyboardInterrupt)
+    assert ck.read_checkpoint(out / "checkpoints/last.pt")["data"] == {"epoch": 0, "step": 1}
+    assert records(out, "stopped")[0]["signal"] == sig.name
+    assert signal.getsignal(sig) is before  # fit's handler is gone again
+
+
+def test_the_same_signal_twice_stops_at_once(tmp_path, monkeypatch):
+    original = train.train_step
+
+    def impatient_step(*args, **kwargs):
+        result = original(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(train, "train_step", impatient_step)
+    with pytest.raises(TrainingInterrupted, match="twice") as e:
+        fit(tiny(tmp_path / "x"))
+    assert e.value.checkpoint is None and not (tmp_path / "x" / "checkpoints" / "last.pt").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Several processes
+
+
+def test_torchrun_two_processes_average_gradients(tmp_path):
+    recipe = yaml_for(tmp_path / "r.yaml", "data.limit=256", "quant.precision=2W/32A")
+    out, dump = tmp_path / "ddp", tmp_path / "dump"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "apprentice", "train", str(recipe), f"train.out={out}"]
+    done = subprocess.run(cmd, check=False, env=subprocess_env(APPRENTICE_DEBUG_DUMP=str(dump)), capture_output=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert done.stdout.decode().count("done:") == 1  # only rank 0 reports
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 8  # 256 images / global batch 32
+    r0, r1 = (json.loads((dump / f"rank{r}.json").read_text()) for r in (0, 1))
+    # Different images on each process, yet the same weights: the gradients were averaged.
+    assert len(r0["epoch0_indices"]) == len(r1["epoch0_indices"]) == 128
+    assert not set(r0["epoch0_indices"]) & set(r1["epoch0_indices"])
+    assert r0["params_sha256"] == r1["params_sha256"] == params_sha256(load_run(out / "checkpoints/last.pt").model)
+    assert len(records(out, "epoch")) == 1  # only rank 0 logs
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading runs and files
+
+
+def test_load_run_from_folder_and_file(teacher_run):
+    a, b = load_run(teacher_run), load_run(teacher_run / "checkpoints" / "last.pt")
+    assert not a.model.training and a.config == tiny(teacher_run, "data.holdout=32")
+    assert a.summary is not None and a.summary == b.summary and a.checkpoint_path.endswith("best.pt")
+    x = torch.randn(3, 1, 16, 16)
+    torch.testing.assert_close(a.model(x), b.model(x), rtol=0, atol=0)
+    assert a.model.arch["num_classes"] == 10
+
+
+class _Payload:
+    """Unpickling this creates a file: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_pickle_payload_is_refused_and_never_runs(tmp_path):
+    marker, evil = tmp_path / "pwned", tmp_path / "evil.pt"
+    torch.save({"format": 1, "model": {"w": _Payload(marker)}}, evil)
+    # The payload is real: an unsafe load would create a second marker.
+    probe = tmp_path / "probe.pt"
+    torch.save(_Payload(tmp_path / "probe-ran"), probe)
+    torch.load(probe, weights_only=False).close()
+    assert (tmp_path / "probe-ran").exists()
+    for call in (lambda: load_run(evil), lambda: load_state_dict_file(evil),
+                 lambda: fit(tiny(tmp_path / "x", "distill.scheme=B", f"distill.teacher={evil}"))):
+        with pytest.raises(ApprenticeError, match="never unpickled") as e:
+            call()
+        assert str(evil) in str(e.value)
+        assert not marker.exists()
+
+
+def test_truncated_and_foreign_files_name_the_file(teacher_run, tmp_path):
+    data = (teacher_run / "checkpoints" / "last.pt").read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(data[: len(data) // 2])
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    bad_st = tmp_path / "bad.safetensors"
+    bad_st.write_bytes(b"\x00" * 20)
+    for path, call in ((cut, load_run), (text, load_run), (text, load_state_dict_file),
+                       (bad_st, load_state_dict_file), (tmp_path / "missing.pt", load_run)):
+        with pytest.raises(ApprenticeError) as e:
+            call(path)
+        assert str(path) in str(e.value)
+    plain = tmp_path / "plain.pt"
+    torch.save({"module.w": torch.ones(2)}, plain)
+    assert list(load_state_dict_file(plain)) == ["w"]  # DDP prefix removed
+    with pytest.raises(ApprenticeError, match="not an apprentice checkpoint"):
+        load_run(plain)
+    with pytest.raises(ApprenticeError, match="no checkpoint"):
+        load_run(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision options and reporting
+
+
+def test_bf16_autocast_and_channels_last_run_on_cpu(tmp_path):
+    summary = fit(tiny(tmp_path / "bf16", "train.amp=bf16", "train.channels_last=true", "quant.precision=4W/8A"))
+    assert summary["steps"] == 4 and 0 <= summary["final_top1"] <= 100
+    with pytest.raises(ApprenticeError, match="fp16 needs CUDA"):
+        fit(tiny(tmp_path / "fp16", "train.amp=fp16"))
+
+
+def test_progress_bar_on_a_tty_and_lines_elsewhere():
+    import io
+
+    from apprentice.progress import Progress, bar_text
+
+    text = bar_text(epoch=2, epochs=5, step=3, steps=6, loss=1.23456, images_per_s=99.6, width=4)
+    assert text == "epoch 2/5 [##..] 3/6 loss 1.235 100 img/s"
+    tty = io.StringIO()
+    p = Progress(tty, tty=True, min_interval=0)
+    p.step("first step", log=False)
+    p.step("second", log=False)
+    p.line("epoch done")
+    p.close()
+    assert tty.getvalue().startswith("\rfirst step\rsecond    ") and tty.getvalue().count("\n") == 1
+    plain = io.StringIO()
+    p = Progress(plain, tty=False)
+    p.step("not logged", log=False)
+    p.step("logged", log=True)
+    assert plain.getvalue() == "logged\n"
+    quiet = io.StringIO()
+    Progress(quiet, enabled=False).line("rank 1 says nothing")
+    assert quiet.getvalue() == ""
+
+
+def test_trim_metrics_drops_steps_after_the_checkpoint(tmp_path):
+    from apprentice.progress import trim_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"type": "step", "step": s}) + "\n" for s in (2, 4, 6)) + '{"type": "st')
+    trim_metrics(path, 4)
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [2, 4]
+
+
+def test_metrics_without_tensorboard_print_one_notice(tmp_path, monkeypatch):
+    from apprentice.progress import MetricsWriter
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # makes the import fail
+    notices: list[str] = []
+    writer = MetricsWriter(tmp_path, notice=notices.append)
+    writer.write({"type": "step", "step": 1, "loss": float("nan"), "lr": 0.1})
+    writer.close()
+    assert len(notices) == 1 and "tensorboard" in notices[0] and not (tmp_path / "tb").exists()
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"type": "step", "step": 1, "loss": None, "lr": 0.1}
+
+
+def test_image_folder_runs_stop_and_resume_through_the_dataloader_path(tmp_path, monkeypatch):
+    PIL = pytest.importorskip("PIL.Image")
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 6), ("val", 3)):
+        for c in ("cat", "dog"):
+            (tmp_path / "inet" / split / c).mkdir(parents=True)
+            for i in range(n):
+                pixels = torch.randint(0, 256, (20, 24, 3), generator=g, dtype=torch.uint8).numpy()
+                PIL.fromarray(pixels).save(tmp_path / "inet" / split / c / f"{i}.png")
+    out = tmp_path / "run"
+    cfg = load_config(None, ["model.name=resnet18", "model.width=0.125", "model.small_input=true",
+                             "data.name=imagenet", f"data.dir={tmp_path / 'inet'}", "data.image_size=16",
+                             "data.workers=0", "data.batch_size=4", "data.eval_batch_size=4", "train.epochs=2",
+                             "train.device=cpu", f"train.out={out}", "train.log_every=1", "quant.precision=4W/8A"])
+    original, calls = train.train_step, [0]
+
+    def stop_at_step_2(*args, **kwargs):
+        result = original(*args, **kwargs)
+        calls[0] += 1
+        if calls[0] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(train, "train_step", stop_at_step_2)
+    with pytest.raises(TrainingInterrupted):
+        fit(cfg)
+    assert ck.read_checkpoint(out / "checkpoints/last.pt")["data"] == {"epoch": 0, "step": 2}
+    summary = fit(cfg, resume=True)
+    assert summary["steps"] == 6 and summary["final_top5"] is None  # 12 images / 4; 2 classes: no top-5
+    assert [r["step"] for r in records(out, "step")] == [1, 2, 3, 4, 5, 6]
+    assert load_run(out).model.arch["num_classes"] == 2

@@ -11,6 +11,7 @@ The public API in one place::
 
 from .distill import SCHEMES, Distiller, Scheme, make_student
 from .errors import ApprenticeError
+from .export import load_packed, save_packed
 from .losses import apprentice_loss, cross_entropy, soft_cross_entropy
 from .models import MODELS, build_model, count_parameters
 from .quant import (
@@ -36,7 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_EXCLUDE", "MODELS", "SCHEMES", "WEIGHT_QUANTIZERS", "ActQuant", "ApprenticeError", "Distiller",
     "LayerPlan", "QConv2d", "QLinear", "Scheme", "WeightQuant", "__version__", "apply_plan", "apprentice_loss",
-    "build_model", "count_parameters", "cross_entropy", "fake_quant_activation", "fake_quant_weight",
+    "build_model", "count_parameters", "load_packed", "save_packed", "cross_entropy", "fake_quant_activation", "fake_quant_weight",
     "make_student", "parse_precision", "prepare", "quantized_layers", "soft_cross_entropy", "to_float",
     "weight_codes",
 ]

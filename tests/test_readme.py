@@ -1,0 +1,65 @@
+"""The README's promises: its API example runs as written, its quickstart runs (short form), and CI
+runs exactly its test command."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _block_after(marker: str) -> str:
+    m = re.search(re.escape(marker) + r"\s*```python\n(.*?)```", README, re.S)
+    assert m, f"README has no python block after {marker}"
+    return m.group(1)
+
+
+def test_api_example_runs_as_written(tmp_path):
+    code = _block_after("<!-- README-TEST: api -->")
+    assert len(code.strip().splitlines()) <= 16  # "a 15-line example" (plus imports' blank line)
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert [ln.split()[0] for ln in lines[:3]] == ["0", "1", "2"]
+    assert all("'loss'" in ln and "'kd'" in ln and "'ce_student'" in ln for ln in lines[:3])
+    preds = eval(lines[3])  # a list of 4 class indices from the reloaded packed model
+    assert len(preds) == 4 and all(0 <= p < 10 for p in preds)
+    assert (tmp_path / "student.safetensors").stat().st_size < 30_000  # ternary resnet8: ~22 kB
+
+
+def _readme_commands() -> list[str]:
+    first_screen = re.search(r"```bash\n(.*?)```", README, re.S).group(1)
+    return [ln for ln in first_screen.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def test_first_screen_has_two_commands_and_ci_runs_the_test_one():
+    main, tests = _readme_commands()
+    assert main == "./quickstart.sh"
+    assert "pytest" in tests and "constraints.txt" in tests
+    ci = [ln for ln in (ROOT / ".ci/run").read_text().splitlines() if ln and not ln.startswith(("#", "set ", "cd "))]
+    assert ci == [tests]
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist (the README's test command installs it)")
+def test_quickstart_short_form(tmp_path):
+    """The real quickstart script on real data, cut to a few hundred steps' worth of work."""
+    env = dict(os.environ, OUT=str(tmp_path / "qs"), QS_ARGS="train.epochs=1 data.limit=1024 model.width=0.5")
+    env["PATH"] = f"{ROOT / '.venv/bin'}:{env['PATH']}"
+    out = subprocess.run(["bash", str(ROOT / "quickstart.sh")], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    table = out.stdout[out.stdout.index("run "):]
+    for run in ("teacher", "baseline", "student", "student.safetensors"):
+        assert f"qs/{run} " in table
+    assert "2W/32A" in table and "32W/32A" in table
+    packed = tmp_path / "qs" / "student.safetensors"
+    assert packed.is_file() and packed.stat().st_size < 20_000
+    for run in ("teacher", "baseline", "student"):
+        assert (tmp_path / "qs" / run / "summary.json").is_file()

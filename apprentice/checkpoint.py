@@ -51,10 +51,10 @@ from apprentice.quant import LayerPlan, apply_plan
 
 __all__ = [
     "BEST", "CHECKPOINT_DIR", "FORMAT", "LAST", "LoadedRun", "as_state_dict", "atomic_copy",
-    "atomic_write_text", "build_from_config", "check_checkpoint", "check_run_dir", "clear_run",
-    "find_checkpoint", "is_checkpoint", "load_run", "load_state_dict_file", "load_strict", "load_teacher",
-    "model_from_checkpoint", "read_checkpoint", "rng_state", "run_files", "save_checkpoint",
-    "set_rng_state", "torch_load",
+    "atomic_write_bytes", "atomic_write_text", "build_from_config", "check_checkpoint", "check_run_dir",
+    "clear_run", "find_checkpoint", "is_checkpoint", "load_run", "load_state_dict_file", "load_strict",
+    "load_teacher", "model_from_checkpoint", "read_checkpoint", "rng_state", "run_files", "save_checkpoint",
+    "set_rng_state", "stored_config", "torch_load",
 ]
 
 FORMAT = 1
@@ -96,10 +96,15 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> None:
         torch.save(dict(obj), f)
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    with _atomic(Path(path)) as f:
+        f.write(data)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically."""
-    with _atomic(Path(path)) as f:
-        f.write(text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
@@ -314,6 +319,14 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], path: str | Path, *, key: str
     return model, plan
 
 
+def stored_config(ckpt: Mapping[str, Any], file: str | os.PathLike) -> Config:
+    """The training config a checkpoint (read from ``file``) holds, unvalidated: it was valid when written."""
+    try:
+        return config_from_dict(ckpt["config"], check=False)
+    except ApprenticeError as e:
+        raise ApprenticeError(f"checkpoint {str(file)!r} holds a config this version cannot read: {e}") from None
+
+
 def load_run(path: str | os.PathLike) -> LoadedRun:
     """Load the trained student of a run folder (its best checkpoint, else the last) or a checkpoint file.
 
@@ -327,10 +340,7 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
     file = find_checkpoint(p) if p.is_dir() else p
     run_dir = p if p.is_dir() else (p.parent.parent if p.parent.name == CHECKPOINT_DIR else None)
     ckpt = read_checkpoint(file)
-    try:
-        config = config_from_dict(ckpt["config"], check=False)
-    except ApprenticeError as e:
-        raise ApprenticeError(f"checkpoint {str(file)!r} holds a config this version cannot read: {e}") from None
+    config = stored_config(ckpt, file)
     model, plan = model_from_checkpoint(ckpt, file)
     model.eval()
     summary = None

@@ -4,7 +4,7 @@ Each subcommand parses its arguments and calls library functions; nothing here k
 or packing works. Errors a user can fix (an `ApprenticeError`, a missing file, bad YAML) print one
 line ``apprentice: error: <message>`` on stderr and exit 2; failures during a run (a non-finite
 loss, an out-of-memory error) exit 1; Ctrl-C exits 130, and a training run stopped by a signal
-after checkpointing exits with the status its `train.TrainingInterrupted` carries (130 or 143).
+after checkpointing exits with the status its `runtime.TrainingInterrupted` carries (130 or 143).
 ``--debug`` adds the traceback.
 
 Example:
@@ -80,9 +80,9 @@ def _load(path_text: str) -> Loaded:
         meta = qmap.get("metadata") or {}
         config = config_from_dict(meta["config"], check=False) if isinstance(meta.get("config"), dict) else None
         return Loaded(path, model, config, meta.get("summary"), "packed", qmap)
-    from apprentice import train
+    from apprentice.checkpoint import load_run
 
-    run = train.load_run(str(path))
+    run = load_run(str(path))
     return Loaded(path, run.model, run.config, run.summary, "run" if path.is_dir() else "checkpoint")
 
 
@@ -135,46 +135,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_batches(cfg: Any, split: str, *, data_dir: str | None, batch_size: int, device: str) -> Any:
-    """Normalised ``(images, labels)`` batches of one split, the way `train.fit` evaluates.
-
-    The holdout split uses seed 0, as fit does, so "holdout" names the same images here.
-    """
-    import torch
-
-    from apprentice import data
-    from apprentice.errors import lookup
-
-    dc = cfg.data
-    info = lookup(data.DATASETS, dc.name, "data set")
-    root = data_dir or dc.dir
-    if info.kind == "folder":
-        if split != "test":
-            raise ApprenticeError(f"{dc.name} runs are evaluated on its val folder only; use --split test")
-        if root is None:
-            raise ApprenticeError(f"--data-dir must name the {dc.name} folder (with val/ inside)")
-        val = data.ImageFolder(root, "val", image_size=dc.image_size, resize=round(dc.image_size / 0.875))
-        loader = torch.utils.data.DataLoader(val, batch_size=batch_size, num_workers=dc.workers)
-        return ((data.normalize(x.to(device), info.mean, info.std), y.to(device)) for x, y in loader)
-    if split == "holdout" and dc.holdout <= 0:
-        raise ApprenticeError("this run held out no training images (data.holdout=0); use --split test or train")
-    tensors = data.load_tensors(dc.name, split, data_dir=root, download=dc.download, holdout=dc.holdout,
-                                seed=0, limit=dc.limit if split == "train" else None)
-    return data.TensorLoader(tensors, batch_size=batch_size, shuffle=False, device=device)
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     loaded = _load(args.path)
     cfg = loaded.config
     if cfg is None:
         raise ApprenticeError(f"{args.path!r} carries no training config, so its data set is unknown")
     device = _device(args.device)
-    batches = _eval_batches(cfg, args.split, data_dir=args.data_dir,
-                            batch_size=args.batch_size or cfg.data.eval_batch_size, device=device)
-    from apprentice import train
+    from apprentice.step import evaluate
+    from apprentice.train import eval_batches
 
+    batches = eval_batches(cfg, args.split, data_dir=args.data_dir, batch_size=args.batch_size, device=device)
     model = loaded.model.to(device).eval()
-    metrics = train.evaluate(model, batches, device=device, amp=args.amp)
+    metrics = evaluate(model, batches, device=device, amp=args.amp)
     result = {"path": str(loaded.path), "kind": loaded.kind, "data": cfg.data.name, "split": args.split,
               "top1": metrics["top1"], "top5": metrics.get("top5"), "images": int(metrics["images"])}
     if args.json:
@@ -206,10 +178,9 @@ def _precision_rows(model: Any, qmap: dict | None = None) -> list[list[str]]:
         w = "fp32" if not wq else (
             f"{wq['quantizer']} {wq['bits']}-bit" + (" per-channel" if wq.get("per_channel") else "")
             + (f" ({wq['packing']})" if "packing" in wq else ""))
-        clip = getattr(mod, "act_clip", None)  # the learned (PACT) value when there is one
-        clip = float(clip) if clip is not None else plan.activations.clip if plan else 0.0
-        a = "fp32" if plan is None or not plan.activations.enabled else (
-            f"{plan.activations.bits}-bit clip {clip:.3g}" + (" (learned)" if plan.activations.learned else ""))
+        acts = plan.activations if plan is not None else None  # a learned clip: its value now
+        a = "fp32" if acts is None or not acts.enabled else (
+            f"{acts.bits}-bit clip {acts.clip:.3g}" + (" (learned)" if acts.learned else ""))
         kind = "conv2d" if isinstance(mod, nn.Conv2d) else "linear"
         rows.append([name, kind, w, a, f"{sum(p.numel() for p in mod.parameters()):,}"])
     return rows
@@ -217,20 +188,22 @@ def _precision_rows(model: Any, qmap: dict | None = None) -> list[list[str]]:
 
 def _sizes(loaded: Loaded) -> tuple[int, int, str]:
     """(packed bytes, fp32 bytes, printable report) of a run's model or of a packed file."""
-    from apprentice import export
+    from apprentice import export, sizes
 
     if loaded.kind == "packed":
         # The rebuilt model holds dequantized float weights, so measure the file's own tensors.
         tensors, _ = export.read_packed(loaded.path)
         packed = sum(t.nbytes for t in tensors.values())
-        fp32 = sum(v.numel() * 4 if v.is_floating_point() else v.nbytes
-                   for k, v in loaded.model.state_dict().items() if not k.endswith(".act_clip"))
+        # The map records the float model's size; a folded file's model has lost its BatchNorm.
+        fp32 = (loaded.qmap or {}).get("fp32_bytes")
+        if not isinstance(fp32, int) or isinstance(fp32, bool):  # written before the map had it
+            fp32 = sum(export.fp32_bytes(loaded.model).values())
         text = (f"packed tensors: {packed:,} B (file {loaded.path.stat().st_size:,} B) "
                 f"vs {fp32:,} B fp32 ({fp32 / max(packed, 1):.1f}x smaller)")
         return packed, fp32, text
-    rows = export.size_report(loaded.model)
-    totals = export.size_totals(rows)
-    return int(totals["packed_bytes"]), int(totals["fp32_bytes"]), export.format_size_report(rows)
+    rows = sizes.size_report(loaded.model)
+    totals = sizes.size_totals(rows)
+    return int(totals["packed_bytes"]), int(totals["fp32_bytes"]), sizes.format_size_report(rows)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -413,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USER
         return int(args.func(args) or 0)
     except KeyboardInterrupt as e:
-        # Ctrl-C, or train.TrainingInterrupted (a KeyboardInterrupt that says where the run's
+        # Ctrl-C, or runtime.TrainingInterrupted (a KeyboardInterrupt that says where the run's
         # checkpoint is and carries 130 for SIGINT, 143 for SIGTERM).
         if debug:
             traceback.print_exc()
@@ -425,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import yaml
 
         user = isinstance(e, (ApprenticeError, OSError, yaml.YAMLError))
-        # Failures that know their exit status (train.NonFiniteLossError) explain themselves;
+        # Failures that know their exit status (step.NonFiniteLossError) explain themselves;
         # anything else unexpected gets its type and a pointer to --debug.
         code = getattr(e, "exit_code", None)
         known = user or (isinstance(code, int) and not isinstance(code, bool))

@@ -133,9 +133,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "run length, device, outputs"})
 
 
-# Choices that only the config and fit() know about; the model, data set, scheme, quantizer and
-# schedule (train.LR_SCHEDULES) tables live in their modules.
-OPTIMIZERS = {"sgd": "SGD with momentum (Nesterov if optim.nesterov)", "adamw": "AdamW"}
+# Choices that only the config and fit() know about; the model, data set, scheme, quantizer,
+# optimizer and schedule (optim.OPTIMIZERS, optim.LR_SCHEDULES) tables live in their modules.
 AMP_MODES = {"off": "float32", "bf16": "bfloat16 autocast", "fp16": "float16 autocast + grad scaler"}
 NONFINITE_POLICIES = {"stop": "raise an error", "skip": "skip the step"}
 SHORTCUTS = {"A": "parameter-free (zero-padded identity)", "B": "1x1 projection"}
@@ -329,7 +328,7 @@ def validate(cfg: Config) -> None:
     Raises:
         ApprenticeError: naming the first offending dotted key and what is allowed.
     """
-    from apprentice import data, distill, quant, train  # lazily, see _validate_model
+    from apprentice import data, distill, optim, quant  # lazily, see _validate_model
 
     for key in _RANGES:
         if not key.startswith("model."):
@@ -339,8 +338,8 @@ def validate(cfg: Config) -> None:
         _validate_model(cfg.distill.teacher_model, "distill.teacher_model")
     _choice(distill.SCHEMES, cfg.distill.scheme, "scheme", "distill.scheme")
     _choice(data.DATASETS, cfg.data.name, "data set", "data.name")
-    _choice(OPTIMIZERS, cfg.optim.name, "optimizer", "optim.name")
-    _choice(train.LR_SCHEDULES, cfg.optim.schedule, "schedule", "optim.schedule")
+    _choice(optim.OPTIMIZERS, cfg.optim.name, "optimizer", "optim.name")
+    _choice(optim.LR_SCHEDULES, cfg.optim.schedule, "schedule", "optim.schedule")
     _choice(AMP_MODES, cfg.train.amp, "amp mode", "train.amp")
     _choice(NONFINITE_POLICIES, cfg.train.on_nonfinite, "non-finite policy", "train.on_nonfinite")
     _check(bool(_DEVICE_RE.match(cfg.train.device)), "train.device",
@@ -402,6 +401,9 @@ def validate(cfg: Config) -> None:
         _check(0 < m < 1, f"optim.milestones[{i}]", f"must be a fraction of the run in (0, 1), got {m}")
     _check(list(o.milestones) == sorted(set(o.milestones)), "optim.milestones",
            f"must be strictly increasing, got {show(o.milestones)}")
+    # torch's SGD refuses Nesterov without momentum; say so here rather than train something else.
+    _check(not (o.name == "sgd" and o.nesterov and o.momentum == 0), "optim.nesterov",
+           "Nesterov momentum needs optim.momentum > 0; set optim.nesterov=false or give a momentum")
     _check(o.warmup_epochs < cfg.train.epochs, "optim.warmup_epochs",
            f"must be shorter than train.epochs={cfg.train.epochs}, got {o.warmup_epochs}")
 

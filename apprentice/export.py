@@ -1,4 +1,4 @@
-"""Ship a genuinely small model: bit packing, the packed safetensors file, reload, size report.
+"""Ship a genuinely small model: bit packing, the packed safetensors file, reload.
 
 A trained student is fake-quantized: its weights are float shadow copies that each forward rounds
 to integer codes times a scale. Exporting keeps only what inference needs:
@@ -12,7 +12,7 @@ to integer codes times a scale. Exporting keeps only what inference needs:
 
 `load_packed` rebuilds the model from that one file (safetensors only, no pickle) with the
 dequantized weights already in place, so its logits equal the fake-quant model's. ONNX export
-lives in `apprentice.onnx_export`.
+lives in `apprentice.onnx_export`, the size report in `apprentice.sizes`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import importlib.metadata
 import json
 import math
 import os
-import tempfile
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,25 +29,25 @@ from safetensors import safe_open
 from safetensors.torch import save
 from torch import Tensor, nn
 
+from .checkpoint import atomic_write_bytes
 from .errors import ApprenticeError
 from .models import build_model
-from .packing import (  # noqa: F401  (re-exported: packing is part of the export API)
+from .packing import (  # re-exported (see __all__): packing is part of the export API
     PACKINGS,
-    pack_codes,
-    unpack_codes,
     pack,
+    pack_codes,
     pack_ternary_base3,
     packed_length,
     unpack,
+    unpack_codes,
     unpack_ternary_base3,
 )
-from .quant import ActQuant, LayerPlan, QConv2d, QLinear, apply_plan, format_precision
+from .quant import ActQuant, LayerPlan, QConv2d, QLinear, apply_plan
 
 __all__ = [
-    "FORMAT_VERSION", "MAP_KEY", "PACKINGS", "SizeRow", "find_conv_bn_pairs", "format_size_report",
-    "load_packed", "model_from_packed", "pack", "pack_ternary_base3", "package_version",
-    "packed_length", "packed_tensors", "read_packed", "save_packed", "size_report", "size_totals",
-    "unpack", "unpack_ternary_base3",
+    "FORMAT_VERSION", "MAP_KEY", "PACKINGS", "find_conv_bn_pairs", "fp32_bytes", "load_packed",
+    "model_from_packed", "pack", "pack_ternary_base3", "package_version", "packed_length",
+    "packed_tensors", "read_packed", "save_packed", "unpack", "unpack_ternary_base3",
 ]
 
 #: Version of the packed file layout; `load_packed` refuses any other.
@@ -85,13 +83,13 @@ def package_version() -> str:
         return "0+unknown"
 
 
-def _frozen_clip(mod: nn.Module) -> float:
-    """The clip the layer uses right now, as a number (a learned PACT clip is frozen here)."""
-    clip = getattr(mod, "act_clip", None)
-    if clip is None:
-        return float(mod.act_quant.clip)
-    # fake_quant_activation clamps a learned clip at 1e-3; freeze the value it actually uses.
-    return float(clip.detach().clamp(min=1e-3))
+def fp32_bytes(model: nn.Module) -> dict[str, int]:
+    """Bytes of each state-dict entry in the float32 model, the baseline the packed size is compared with.
+
+    A PACT clip is left out: exporting freezes it into the map as a number.
+    """
+    return {k: v.numel() * 4 if v.is_floating_point() else v.nbytes
+            for k, v in model.state_dict().items() if not k.endswith(".act_clip")}
 
 
 def find_conv_bn_pairs(model: nn.Module) -> dict[str, str]:
@@ -144,7 +142,7 @@ def packed_tensors(
         if not isinstance(mod, (QConv2d, QLinear)):
             continue
         tensors.pop(f"{name}.act_clip", None)
-        acts = {"bits": mod.act_quant.bits, "clip": _frozen_clip(mod)}
+        acts = {"bits": mod.act_quant.bits, "clip": mod.activation_clip()}  # a learned clip is frozen here
         entry: dict[str, Any] = {"kind": mod.kind, "weights": None, "activations": acts}
         if mod.weight_quant is not None:
             spec = mod.weight_quant
@@ -185,6 +183,8 @@ def packed_tensors(
         "format": "apprentice-packed", "format_version": FORMAT_VERSION,
         "package_version": package_version(), "arch": getattr(model, "arch", None),
         "layers": layers, "folded_bn": folded,
+        # Recorded because a reloaded folded model has lost its BatchNorm tensors.
+        "fp32_bytes": sum(fp32_bytes(model).values()),
     }
     return tensors, qmap
 
@@ -336,6 +336,7 @@ def save_packed(
                                 "threshold": 0.7, "shape": [16, 16, 3, 3], "count": 2304,
                                 "packing": "base3", "scale_shape": []}}, ...},   # weights: null
          "folded_bn": {"layer1.0.bn1": "layer1.0.conv1", ...},     # BN -> conv it was folded into
+         "fp32_bytes": 1100304,                                    # the float32 model's state dict
          "metadata": {...}}                                        # the caller's dict
 
     BatchNorm folding (``fold_bn=True``) replaces every BatchNorm2d that directly follows a conv
@@ -374,17 +375,7 @@ def _write_atomic(path: str, data: bytes) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ApprenticeError(f"cannot write {path!r}: folder {folder!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, data)
 
 
 def read_packed(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -416,102 +407,3 @@ def load_packed(path: str | os.PathLike) -> nn.Module:
     """
     tensors, qmap = read_packed(path)
     return model_from_packed(tensors, qmap)
-
-
-# ----------------------------------------------------------------------------------------------
-# Size report
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SizeRow:
-    """Storage of one Conv2d/Linear layer (or of all other tensors, ``name="(other)"``).
-
-    Attributes:
-        name: dotted layer name, or "(other)" for BatchNorm and every tensor outside the layers.
-        shape: weight shape (empty for "(other)").
-        precision: paper notation, e.g. "2W/8A"; "32W/32A" for a float layer.
-        packing: "base3", "2bit", "4bit", "8bit", or "float".
-        params: values stored (weight + bias, or all elements of the other tensors).
-        code_bytes: bytes of packed integer codes alone (0 for float layers).
-        packed_bytes: bytes in the packed file (codes + scales + bias, or float tensors).
-        fp32_bytes: bytes of the same values in the float32 model.
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    precision: str
-    packing: str
-    params: int
-    code_bytes: int
-    packed_bytes: int
-    fp32_bytes: int
-
-    @property
-    def quantized(self) -> bool:
-        return self.packing != "float"
-
-
-def size_report(model: nn.Module, *, ternary_packing: str = "base3", fold_bn: bool = False) -> list[SizeRow]:
-    """Per-layer storage of the packed model against float32, from the very tensors `save_packed` writes.
-
-    Returns one row per Conv2d/Linear layer in module order, then one "(other)" row; see
-    `size_totals` for sums and ratios and `format_size_report` for a printable table.
-    """
-    tensors, qmap = packed_tensors(model, ternary_packing=ternary_packing, fold_bn=fold_bn)
-    # The float32 baseline is the float model's state dict (a PACT clip is not part of it).
-    fp32 = {k: v.numel() * 4 if v.is_floating_point() else v.nbytes
-            for k, v in model.state_dict().items() if not k.endswith(".act_clip")}
-    rows = []
-    for name, mod in model.named_modules():
-        if not isinstance(mod, (nn.Conv2d, nn.Linear)):
-            continue
-        entry = qmap["layers"].get(name)
-        weights = entry["weights"] if entry else None
-        parts = ("weight", "weight_codes", "weight_scale", "bias")
-        stored = {p: tensors.pop(f"{name}.{p}") for p in parts if f"{name}.{p}" in tensors}
-        params = mod.weight.numel() + (stored["bias"].numel() if "bias" in stored else 0)
-        precision = format_precision(mod.weight_quant, mod.act_quant) if entry else "32W/32A"
-        rows.append(SizeRow(
-            name, tuple(mod.weight.shape), precision, weights["packing"] if weights else "float", params,
-            stored["weight_codes"].nbytes if weights else 0, sum(t.nbytes for t in stored.values()),
-            sum(fp32.pop(f"{name}.{p}", 0) for p in ("weight", "bias")),
-        ))
-    rows.append(SizeRow("(other)", (), "", "float", sum(t.numel() for t in tensors.values()), 0,
-                        sum(t.nbytes for t in tensors.values()), sum(fp32.values())))
-    return rows
-
-
-def size_totals(rows: list[SizeRow]) -> dict[str, float]:
-    """Sums and compression ratios of `size_report` rows, for the whole model and the quantized layers.
-
-    Keys: ``params``, ``packed_bytes``, ``fp32_bytes``, ``ratio`` (fp32 / packed), and the same
-    with a ``quantized_`` prefix for the layers with quantized weights alone.
-    """
-    out: dict[str, float] = {}
-    for prefix, chosen in (("", rows), ("quantized_", [r for r in rows if r.quantized])):
-        packed, full = sum(r.packed_bytes for r in chosen), sum(r.fp32_bytes for r in chosen)
-        out[f"{prefix}params"] = sum(r.params for r in chosen)
-        out[f"{prefix}packed_bytes"], out[f"{prefix}fp32_bytes"] = packed, full
-        out[f"{prefix}ratio"] = full / packed if packed else float("nan")
-    return out
-
-
-def format_size_report(rows: list[SizeRow]) -> str:
-    """A plain-text table of `size_report` rows with totals for the quantized layers and the model."""
-    head = ("layer", "shape", "precision", "packing", "params", "packed B", "fp32 B", "ratio")
-    table = [head] + [
-        (r.name, "x".join(map(str, r.shape)), r.precision, r.packing, f"{r.params:,}",
-         f"{r.packed_bytes:,}", f"{r.fp32_bytes:,}",
-         f"{r.fp32_bytes / r.packed_bytes:.1f}x" if r.packed_bytes else "-")
-        for r in rows
-    ]
-    widths = [max(len(line[i]) for line in table) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
-             for line in table]
-    t = size_totals(rows)
-    for label, p in (("quantized layers", "quantized_"), ("whole model", "")):
-        ratio = f"{t[p + 'ratio']:.1f}x smaller" if t[p + "packed_bytes"] else "none"
-        lines.append(f"{label}: {int(t[p + 'params']):,} params, {int(t[p + 'packed_bytes']):,} B packed "
-                     f"vs {int(t[p + 'fp32_bytes']):,} B fp32 ({ratio})")
-    return "\n".join(lines)

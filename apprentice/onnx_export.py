@@ -37,11 +37,11 @@ from torch.nn import functional as F
 
 from .errors import ApprenticeError
 from .export import (
-    unpack_codes,
     _write_atomic,
     model_from_packed,
     packed_tensors,
     read_packed,
+    unpack_codes,
 )
 from .quant import FLOAT_BITS, QConv2d, QLinear, fake_quant_activation
 

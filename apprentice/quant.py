@@ -20,10 +20,12 @@ from .quantizers import (  # noqa: F401  (re-exported: the public quantization A
     FLOAT_BITS,
     MAX_BITS,
     MIN_BITS,
+    MIN_LEARNED_CLIP,
     WEIGHT_QUANTIZERS,
     ActQuant,
     WeightQuant,
     dorefa,
+    effective_clip,
     fake_quant_activation,
     fake_quant_weight,
     format_precision,
@@ -109,10 +111,17 @@ class _QuantMixin:
             raise ApprenticeError("this layer's weights are not quantized; it has no integer codes")
         return weight_codes(self.weight, self.weight_quant)
 
+    def activation_clip(self) -> float:
+        """The clip c the forward uses now, as a number: a learned (PACT) clip as clamped by
+        :func:`effective_clip`, else the fixed setting. Plans and exported maps record this value."""
+        if self.act_clip is None:
+            return float(self.act_quant.clip)
+        return float(effective_clip(self.act_clip.detach()))
+
     def plan(self) -> LayerPlan:
         acts = self.act_quant
         if self.act_clip is not None:
-            acts = ActQuant(acts.bits, float(self.act_clip.detach()), learned=True)
+            acts = ActQuant(acts.bits, self.activation_clip(), learned=True)
         return LayerPlan(self.kind, self.weight_quant, acts)
 
     @classmethod

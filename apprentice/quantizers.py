@@ -28,6 +28,8 @@ from .errors import ApprenticeError, lookup
 
 FLOAT_BITS = 32
 MIN_BITS, MAX_BITS = 2, 8
+# A learned clip could be pushed to or below 0 by a large step; keep the activation grid defined.
+MIN_LEARNED_CLIP = 1e-3
 
 
 def ste(x: Tensor, q: Tensor) -> Tensor:
@@ -233,6 +235,18 @@ def weight_codes(w: Tensor, spec: WeightQuant) -> tuple[Tensor, Tensor]:
     return codes, scale
 
 
+def effective_clip(clip: float | Tensor) -> float | Tensor:
+    """The c that `fake_quant_activation` uses: a learned (tensor) clip held at >= MIN_LEARNED_CLIP.
+
+    A fixed (float) clip is used as given; `ActQuant` already requires it to be positive.
+
+    Example:
+        >>> round(effective_clip(torch.tensor(-0.2)).item(), 6), effective_clip(0.5)
+        (0.001, 0.5)
+    """
+    return clip.clamp(min=MIN_LEARNED_CLIP) if isinstance(clip, Tensor) else clip
+
+
 def fake_quant_activation(x: Tensor, bits: int, clip: float | Tensor) -> Tensor:
     """Clipped-ReLU k-bit activations (WRPN; PACT when ``clip`` is a learned tensor).
 
@@ -247,8 +261,7 @@ def fake_quant_activation(x: Tensor, bits: int, clip: float | Tensor) -> Tensor:
         return x
     steps = 2**bits - 1
     if isinstance(clip, Tensor):
-        # A learned c could be pushed to or below 0 by a large step; keep the grid well defined.
-        c = clip.clamp(min=1e-3).to(x.dtype)
+        c = effective_clip(clip).to(x.dtype)
         y = torch.minimum(x.clamp(min=0), c)
     else:
         c = clip

@@ -142,7 +142,8 @@ def test_runtime_failure_exit_1_and_interrupt_130(monkeypatch, capsys):
 
 def test_training_stop_codes_come_from_the_exception(monkeypatch, capsys):
     from apprentice import cli
-    from apprentice.train import NonFiniteLossError, TrainingInterrupted
+    from apprentice.runtime import TrainingInterrupted
+    from apprentice.step import NonFiniteLossError
 
     def nonfinite(args):
         raise NonFiniteLossError("non-finite loss at step 2", step=2, checkpoint=None)
@@ -261,6 +262,16 @@ def test_export_onnx(smoke_run, tmp_path, capsys):
     assert out.is_file() and "onnx" in capsys.readouterr().out
 
 
+def test_export_onnx_passes_fold_bn(smoke_run, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ops = {}
+    for name, flags in (("plain", []), ("folded", ["--fold-bn"])):
+        out = tmp_path / f"{name}.onnx"
+        assert main(["export", str(smoke_run), "--format", "onnx", "--out", str(out), *flags]) == 0
+        ops[name] = {node.op_type for node in onnx.load(str(out)).graph.node}
+    assert "BatchNormalization" in ops["plain"] and "BatchNormalization" not in ops["folded"]
+
+
 def test_compare(smoke_run, tmp_path, capsys):
     packed = tmp_path / "smoke.safetensors"
     assert main(["export", str(smoke_run), "--format", "packed", "--out", str(packed)]) == 0
@@ -274,3 +285,38 @@ def test_compare(smoke_run, tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)
     summary = json.loads((smoke_run / "summary.json").read_text())
     assert rows[0]["best_top1"] == summary["best_top1"] and rows[0]["ratio"] > 1
+
+
+def test_packed_fp32_size_comes_from_the_map_also_when_bn_was_folded(smoke_run, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from apprentice.export import MAP_KEY, read_packed
+
+    plain, folded, old = (tmp_path / f"{n}.safetensors" for n in ("plain", "folded", "old"))
+    assert main(["export", str(smoke_run), "--format", "packed", "--out", str(plain)]) == 0
+    assert main(["export", str(smoke_run), "--format", "packed", "--out", str(folded), "--fold-bn"]) == 0
+    tensors, qmap = read_packed(plain)
+    del qmap["fp32_bytes"]  # a file written before the map recorded the float size
+    save_file(tensors, str(old), metadata={"format": "pt", MAP_KEY: json.dumps(qmap)})
+    capsys.readouterr()
+    assert main(["compare", str(smoke_run), str(plain), str(folded), str(old), "--json"]) == 0
+    run, *packed = json.loads(capsys.readouterr().out)
+    assert [r["fp32_mb"] for r in packed] == [run["fp32_mb"]] * 3  # folding BN does not shrink the FP32 model
+    assert packed[1]["packed_mb"] < packed[0]["packed_mb"]
+
+
+def test_eval_of_a_model_with_fewer_than_five_classes(tmp_path, capsys, image_folder):
+    from apprentice.config import load_config
+    from apprentice.train import fit
+
+    out = tmp_path / "run"
+    fit(load_config(None, ["model.name=resnet18", "model.width=0.125", "model.small_input=true",
+                           "data.name=imagenet", f"data.dir={image_folder}", "data.image_size=16",
+                           "data.workers=0", "data.batch_size=4", "data.eval_batch_size=4", "train.epochs=1",
+                           "train.device=cpu", f"train.out={out}"]))
+    capsys.readouterr()
+    assert main(["eval", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 6 and result["top5"] is None and 0 <= result["top1"] <= 100
+    assert main(["eval", str(out), "--batch-size", "2"]) == 0
+    assert "top-5 - %" in capsys.readouterr().out

@@ -266,6 +266,7 @@ def test_choices(override, expected):
         (["data.name=imagenet", "data.limit=100"], "data.limit: not supported for imagenet"),
         (["data.name=imagenet", "data.holdout=100"], "data.holdout: not supported for imagenet"),
         (["train.out=''"], "train.out: empty path"),
+        (["optim.momentum=0"], "optim.nesterov: Nesterov momentum needs optim.momentum > 0"),
     ],
 )
 def test_combinations(overrides, key):
@@ -282,10 +283,12 @@ def test_combinations(overrides, key):
         ["quant.precision=2W/32A", "quant.quantizer=wrpn"],
         ["model.name=resnet18", "model.small_input=true"],
         ["model.shortcut=B"],
-        ["optim.momentum=0"],  # fit turns Nesterov off without momentum
+        ["optim.momentum=0", "optim.nesterov=false"],  # plain SGD
+        ["optim.name=adamw", "optim.momentum=0"],  # optim.nesterov is SGD's alone
         ["optim.name=adamw", "optim.lr=1e-3", "optim.schedule=onecycle", "optim.warmup_epochs=0.5"],
         ["distill.beta=0"],  # baseline weighs its label term beta+gamma
         ["data.limit=100", "data.holdout=5000"],  # the holdout comes out of the full set, then the limit
+        ["data.limit=128", "data.holdout=200"],  # so a holdout larger than the limit is fine
     ],
 )
 def test_valid_combinations(overrides):

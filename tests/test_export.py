@@ -1,10 +1,9 @@
-"""Tests of apprentice.export: lossless packing, the packed file, reload equality, sizes, ONNX."""
+"""Tests of apprentice.export (and onnx_export): lossless packing, the packed file, reload equality, ONNX."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import warnings
 
@@ -16,7 +15,6 @@ from apprentice.errors import ApprenticeError
 from apprentice.export import (
     MAP_KEY,
     find_conv_bn_pairs,
-    format_size_report,
     load_packed,
     model_from_packed,
     pack,
@@ -25,23 +23,11 @@ from apprentice.export import (
     packed_tensors,
     read_packed,
     save_packed,
-    size_report,
-    size_totals,
     unpack,
     unpack_ternary_base3,
 )
 from apprentice.models import MODELS, build_model
 from apprentice.quant import QConv2d, QLinear, parse_precision, prepare, weight_codes
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: extra intra-op threads only add contention (10x slower on a busy 2-core box).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # ----------------------------------------------------------------------------------------------
 # Packing
@@ -444,62 +430,6 @@ def test_find_conv_bn_pairs_uses_the_graph() -> None:
     # A BN that does not directly follow a conv is left alone.
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.BatchNorm2d(2))
     assert find_conv_bn_pairs(net) == {}
-
-
-# ----------------------------------------------------------------------------------------------
-# Size report
-# ----------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("precision", "options", "ternary", "per_byte"),
-                         [("2W/8A", {}, "base3", 5), ("2W/8A", {}, "2bit", 4),
-                          ("2W/32A", {"quantizer": "wrpn"}, "base3", 5), ("4W/8A", {}, "base3", 2),
-                          ("3W/8A", {}, "base3", 2), ("8W/8A", {"per_channel": True}, "base3", 1)])
-def test_size_report_bytes(precision, options, ternary, per_byte) -> None:
-    model, _ = _student("resnet20", precision, options)
-    rows = size_report(model, ternary_packing=ternary)
-    quantized = {n for n, m in model.named_modules() if isinstance(m, QConv2d)}
-    assert {r.name for r in rows if r.quantized} == quantized
-    assert [r.name for r in rows][-1] == "(other)"
-    for r in rows:
-        if r.quantized:
-            n = math.prod(r.shape)
-            assert r.code_bytes == math.ceil(n / per_byte)
-            scales = r.shape[0] if options.get("per_channel") else 1
-            assert r.packed_bytes == r.code_bytes + 4 * scales
-            assert r.fp32_bytes == 4 * n and r.precision == precision
-        elif r.name != "(other)":
-            assert r.packed_bytes == r.fp32_bytes == 4 * r.params and r.precision == "32W/32A"
-    totals = size_totals(rows)
-    assert totals["packed_bytes"] == sum(r.packed_bytes for r in rows)
-    assert totals["quantized_ratio"] == pytest.approx(
-        sum(r.fp32_bytes for r in rows if r.quantized) / sum(r.packed_bytes for r in rows if r.quantized))
-    text = format_size_report(rows)
-    assert "layer3.2.conv2" in text and "whole model" in text and "quantized layers" in text
-
-
-def test_packed_file_is_genuinely_small(tmp_path) -> None:
-    from safetensors.torch import save_file
-
-    model, _ = _student("resnet20", "2W/8A")
-    rows = size_report(model)
-    totals = size_totals(rows)
-    path = tmp_path / "packed.safetensors"
-    save_packed(model, path)
-    header = int.from_bytes(path.read_bytes()[:8], "little")
-    # The file is the 8-byte length, the JSON header (tensor index + map) and exactly the payload
-    # the size report predicts.
-    assert os.path.getsize(path) == 8 + header + totals["packed_bytes"]
-    float_model = build_model(**model.arch)
-    float_model.load_state_dict({k: v for k, v in model.state_dict().items() if not k.endswith("act_clip")})
-    save_file(float_model.state_dict(), str(tmp_path / "fp32.safetensors"))
-    fp32_size = os.path.getsize(tmp_path / "fp32.safetensors")
-    assert totals["fp32_bytes"] <= fp32_size <= totals["fp32_bytes"] * 1.05
-    # Ternary inner convs at 1.6 bits: ~20x on those layers, ~16x on the payload of the whole
-    # ResNet-20 (float conv1/fc/BN), a bit less on disk because of the JSON header.
-    assert 19.5 <= totals["quantized_ratio"] <= 20.1
-    assert totals["ratio"] >= 15
-    assert fp32_size / os.path.getsize(path) >= 0.75 * totals["ratio"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -285,6 +285,25 @@ def test_from_float_shares_shadow_weights_and_keeps_mode():
     assert torch.allclose(q(x), expected)
 
 
+@pytest.mark.parametrize("learned_value", [1e-5, -0.5])
+def test_a_clip_pushed_below_the_floor_is_reported_as_the_forward_uses_it(learned_value):
+    from apprentice.export import packed_tensors
+    from apprentice.quant import MIN_LEARNED_CLIP
+
+    model = _resnet()
+    prepare(model, weights=WeightQuant("uniform", 4), activations=ActQuant(4, 1.0, learned=True))
+    q = model.get_submodule("layer1.0.conv1")
+    with torch.no_grad():
+        q.act_clip.fill_(learned_value)
+    used = q.activation_clip()
+    assert used == pytest.approx(MIN_LEARNED_CLIP)
+    assert q.plan().activations.clip == used  # the plan records the clip the forward uses
+    x = torch.randn(2, q.in_channels, 8, 8)
+    assert torch.allclose(q.quantize_input(x), fake_quant_activation(x, 4, used), rtol=0, atol=1e-9)
+    _, qmap = packed_tensors(model)
+    assert qmap["layers"]["layer1.0.conv1"]["activations"]["clip"] == used  # and so does the export
+
+
 def test_plan_round_trip_and_apply_plan():
     model = _resnet()
     plan = prepare(model, weights=WeightQuant("dorefa", 3, True), activations=ActQuant(4, 1.5, True))

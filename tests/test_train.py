@@ -23,20 +23,13 @@ from torch import nn
 
 from apprentice import checkpoint as ck
 from apprentice import train
+from apprentice.checkpoint import load_run, load_state_dict_file
 from apprentice.config import config_to_dict, load_config
 from apprentice.errors import ApprenticeError
 from apprentice.models import build_model
-from apprentice.train import (
-    LR_SCHEDULES,
-    NonFiniteLossError,
-    TrainingInterrupted,
-    evaluate,
-    fit,
-    load_run,
-    load_state_dict_file,
-    lr_factor,
-    param_groups,
-)
+from apprentice.runtime import EXIT_SIGTERM, TrainingInterrupted
+from apprentice.step import NonFiniteLossError
+from apprentice.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.name=resnet8", "model.width=0.25", "data.name=synthetic", "data.download=false",
@@ -80,61 +73,6 @@ def teacher_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "teacher"
     fit(tiny(out, "data.holdout=32"))
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Pieces
-
-
-@pytest.mark.parametrize("schedule", sorted(LR_SCHEDULES))
-def test_lr_schedules_warm_up_and_stay_in_range(schedule):
-    total, warmup = 100, 10
-    f = [lr_factor(t, schedule=schedule, total_steps=total, warmup_steps=warmup, milestones=(0.5, 0.75),
-                   decay=0.1) for t in range(total)]
-    assert all(0 < x <= 1 for x in f)
-    assert max(f) == pytest.approx(1.0)
-    if schedule != "onecycle":
-        assert f[:warmup] == pytest.approx([(t + 1) / warmup for t in range(warmup)])
-    else:
-        assert f[0] == pytest.approx(1 / 25) and f[warmup] == pytest.approx(1.0)
-    if schedule == "step":
-        assert f[49] == 1 and f[50] == pytest.approx(0.1) and f[75] == pytest.approx(0.01)
-    if schedule in ("cosine", "onecycle"):
-        assert f[-1] < 0.01 and all(a >= b for a, b in zip(f[warmup:], f[warmup + 1:]))
-
-
-def test_lr_factor_unknown_schedule():
-    with pytest.raises(ApprenticeError, match="unknown schedule 'linear'"):
-        lr_factor(0, schedule="linear", total_steps=10)
-
-
-def test_param_groups_skip_norm_bias_and_pact_clip():
-    from apprentice.quant import ActQuant, prepare
-
-    model = build_model("resnet8", num_classes=10, in_channels=1, width=0.25)
-    prepare(model, activations=ActQuant(8, 1.0, learned=True))  # PACT clips on the inner convs
-    groups = param_groups([model], weight_decay=1e-4)
-    decayed = {id(p) for p in groups[0]["params"]}
-    names = {id(p): n for n, p in model.named_parameters()}
-    assert groups[0]["weight_decay"] == 1e-4 and groups[1]["weight_decay"] == 0
-    assert all(names[i].endswith("weight") and "bn" not in names[i] for i in decayed)
-    undecayed = [names[id(p)] for p in groups[1]["params"]]
-    assert any(n.endswith("act_clip") for n in undecayed) and "fc.bias" in undecayed and "bn1.weight" in undecayed
-    all_in = param_groups([model], weight_decay=1e-4, decay_norm_and_bias=True)
-    assert [names[id(p)] for p in all_in[1]["params"]] == [n for n in undecayed if n.endswith("act_clip")]
-
-
-def test_evaluate_percentages_and_top5_only_from_five_classes():
-    x = torch.eye(4)
-    model = nn.Linear(4, 4, bias=False)
-    with torch.no_grad():
-        model.weight.copy_(torch.eye(4))
-    batches = [(x, torch.tensor([0, 1, 2, 0]))]
-    r = evaluate(model, batches, device="cpu")
-    assert r["top1"] == 75.0 and r["images"] == 4 and "top5" not in r and r["loss"] > 0
-    model6 = nn.Linear(4, 6)
-    r6 = evaluate(model6.train(), batches, device="cpu")
-    assert 0 <= r6["top1"] <= r6["top5"] <= 100 and model6.training  # mode restored
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,7 +260,7 @@ def test_sigterm_then_resume_is_bit_identical(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     err = err.decode()
-    assert proc.returncode == train.EXIT_SIGTERM == 143, err
+    assert proc.returncode == EXIT_SIGTERM == 143, err
     assert "Traceback" not in err and "stopped by SIGTERM at step" in err
     stopped = ck.read_checkpoint(last)["step"]
     assert 5 <= stopped < 124 and not (cut / "summary.json").exists()
@@ -516,18 +454,10 @@ def test_metrics_without_tensorboard_print_one_notice(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"type": "step", "step": 1, "loss": None, "lr": 0.1}
 
 
-def test_image_folder_runs_stop_and_resume_through_the_dataloader_path(tmp_path, monkeypatch):
-    PIL = pytest.importorskip("PIL.Image")
-    g = torch.Generator().manual_seed(0)
-    for split, n in (("train", 6), ("val", 3)):
-        for c in ("cat", "dog"):
-            (tmp_path / "inet" / split / c).mkdir(parents=True)
-            for i in range(n):
-                pixels = torch.randint(0, 256, (20, 24, 3), generator=g, dtype=torch.uint8).numpy()
-                PIL.fromarray(pixels).save(tmp_path / "inet" / split / c / f"{i}.png")
+def test_image_folder_runs_stop_and_resume_through_the_dataloader_path(tmp_path, monkeypatch, image_folder):
     out = tmp_path / "run"
     cfg = load_config(None, ["model.name=resnet18", "model.width=0.125", "model.small_input=true",
-                             "data.name=imagenet", f"data.dir={tmp_path / 'inet'}", "data.image_size=16",
+                             "data.name=imagenet", f"data.dir={image_folder}", "data.image_size=16",
                              "data.workers=0", "data.batch_size=4", "data.eval_batch_size=4", "train.epochs=2",
                              "train.device=cpu", f"train.out={out}", "train.log_every=1", "quant.precision=4W/8A"])
     original, calls = train.train_step, [0]

@@ -1,0 +1,182 @@
+"""Training and evaluation batches of one data set, for one process of possibly several.
+
+`train_batches` gives the shuffled, augmented training batches with a resumable position
+(``set_epoch``, ``state_dict``, ``load_state_dict``, ``step``); `eval_batches` gives the
+unaugmented batches of one split. Both take plain arguments; `apprentice.train` maps the config
+onto them.
+
+Decisions:
+
+- ``batch_size`` of `train_batches` is the *global* batch. With N processes each takes
+  ``batch_size / N`` images per step from its share of the same seeded permutation, so global
+  batch k holds the same images for any N and the learning rate means the same thing.
+- Evaluation is sharded without padding: process ``rank`` takes images ``rank, rank + N, ...``,
+  so counts summed over processes are exact.
+- The holdout images are drawn with `HOLDOUT_SEED`, never the training seed: every seed tunes on
+  the same images, and ``apprentice eval --split holdout`` finds them again.
+- Small data sets are tensors augmented on the device (`apprentice.data.TensorLoader`); ImageNet
+  folders go through a DataLoader wrapped to the same interface (`FolderBatches`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from apprentice import data
+from apprentice.errors import ApprenticeError, lookup
+
+__all__ = ["HOLDOUT_SEED", "FolderBatches", "TrainSet", "eval_batches", "train_batches"]
+
+HOLDOUT_SEED = 0
+
+
+class TrainSet(NamedTuple):
+    """What `train_batches` returns: the batches and what the model needs to know of the data."""
+
+    batches: Any  # a TensorLoader or FolderBatches: iterable, len, set_epoch, state_dict, step
+    num_classes: int
+    channels: int
+    images: int
+
+
+class FolderBatches:
+    """An ImageNet training DataLoader with TensorLoader's interface (set_epoch, position, normalised batches)."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, *, device: torch.device, seed: int) -> None:
+        self.loader, self.device, self.seed, self.epoch, self.step = loader, device, seed, 0, 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.step = epoch, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "step": self.step}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        epoch, loader = self.epoch, self.loader
+        loader.sampler.set_epoch(epoch)
+        if self.step:  # resume mid-epoch: the rest of this epoch's order, without decoding the skipped images
+            loader = torch.utils.data.DataLoader(
+                loader.dataset, batch_size=loader.batch_size, sampler=list(loader.sampler)[self.step * loader.batch_size:],
+                num_workers=loader.num_workers, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
+                generator=torch.Generator().manual_seed(self.seed + 1000003 * epoch + self.step))
+        for batch in _normalized(loader, self.device):
+            self.step += 1
+            yield batch
+        if self.epoch == epoch:
+            self.epoch, self.step = epoch + 1, 0
+
+
+def _normalized(loader: Iterable[tuple[Tensor, Tensor]], device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    info = data.DATASETS["imagenet"]
+    for images, labels in loader:
+        yield data.normalize(images.to(device, non_blocking=True), info.mean, info.std), labels.to(device, non_blocking=True)
+
+
+class _Reiterable:
+    """Makes a generator function iterable more than once (one evaluation per epoch)."""
+
+    def __init__(self, make: Callable[[], Iterator]) -> None:
+        self.make = make
+
+    def __iter__(self) -> Iterator:
+        return self.make()
+
+
+def _is_folder(name: str, data_dir: str | None) -> bool:
+    if lookup(data.DATASETS, name, "data set").kind != "folder":
+        return False
+    if data_dir is None:
+        raise ApprenticeError(f"data.dir must name the {name} folder (with train/ and val/ inside)")
+    return True
+
+
+def _resize(image_size: int) -> int:
+    return round(image_size / 0.875)  # the usual 224 -> 256 short side before the centre crop
+
+
+def eval_batches(name: str, split: str = "test", *, batch_size: int, data_dir: str | None = None,
+                 download: bool = False, holdout: int = 0, limit: int | None = None, image_size: int = 224,
+                 workers: int = 0, device: str | torch.device = "cpu", rank: int = 0,
+                 world_size: int = 1) -> Iterable[tuple[Tensor, Tensor]]:
+    """Unaugmented, normalised batches of one split, re-iterable (one pass per evaluation).
+
+    Args:
+        name: data set, an `apprentice.data.DATASETS` key.
+        split: "test", "holdout" or "train" ("val" of an ImageNet folder is its "test").
+        batch_size: images per batch (per process).
+        data_dir: folder of the data files (None: the standard place; required for folders).
+        download: fetch missing files of a small data set.
+        holdout: training images the run set aside (drawn with `HOLDOUT_SEED`).
+        limit: the run's training-set limit; applies to the "train" split only.
+        image_size: crop size of a folder data set.
+        workers: DataLoader worker processes of a folder data set.
+        device: where the batches go.
+        rank: this process's share is images ``rank, rank + world_size, ...``.
+        world_size: number of processes sharing the split.
+    """
+    device = torch.device(device)
+    if _is_folder(name, data_dir):
+        sub = lookup({"test": "val", "val": "val", "train": "train"}, split, f"{name} split")
+        images = data.ImageFolder(data_dir, sub, image_size=image_size, resize=_resize(image_size), train=False)
+        loader = torch.utils.data.DataLoader(images, batch_size=batch_size, sampler=list(range(rank, len(images), world_size)),
+                                             num_workers=workers, pin_memory=device.type == "cuda")
+        return _Reiterable(lambda: _normalized(loader, device))
+    if split == "holdout" and holdout <= 0:
+        raise ApprenticeError("this run held out no training images (data.holdout=0); use the test or train split")
+    split_data = data.load_tensors(name, split, data_dir=data_dir, download=download, holdout=holdout,
+                                   seed=HOLDOUT_SEED, limit=limit if split == "train" else None)
+    share = split_data.subset(torch.arange(rank, len(split_data), world_size)) if world_size > 1 else split_data
+    return data.TensorLoader(share, batch_size=batch_size, shuffle=False, device=device)
+
+
+def train_batches(name: str, *, batch_size: int, seed: int, data_dir: str | None = None, download: bool = False,
+                  holdout: int = 0, limit: int | None = None, augment: bool = True, image_size: int = 224,
+                  workers: int = 0, device: str | torch.device = "cpu", rank: int = 0,
+                  world_size: int = 1) -> TrainSet:
+    """This process's shuffled (and augmented) training batches, resumable mid-epoch.
+
+    Args:
+        name: data set, an `apprentice.data.DATASETS` key.
+        batch_size: the global batch; each of the ``world_size`` processes takes an equal share.
+        seed: shuffling and augmentation seed.
+        data_dir: folder of the data files (None: the standard place; required for folders).
+        download: fetch missing files of a small data set.
+        holdout: training images set aside (drawn with `HOLDOUT_SEED`); not for folders.
+        limit: keep the first ``limit`` images left after the holdout; not for folders.
+        augment: pad + random crop + flip for tensor data sets (a folder's training images are
+            always random-resized crops).
+        image_size: crop size of a folder data set.
+        workers: DataLoader worker processes of a folder data set.
+        device: where the batches go.
+        rank: this process's index.
+        world_size: number of processes.
+    """
+    device = torch.device(device)
+    if batch_size % world_size:
+        raise ApprenticeError(f"data.batch_size={batch_size} (the global batch) must be divisible by the "
+                              f"{world_size} processes")
+    per_rank = batch_size // world_size
+    if _is_folder(name, data_dir):
+        if holdout or limit:
+            raise ApprenticeError(f"data.holdout and data.limit are not supported for {name}; set them to 0 and null")
+        loader = data.imagenet_loader(data_dir, "train", batch_size=per_rank, workers=workers, shuffle=True,
+                                      seed=seed, rank=rank, world_size=world_size,
+                                      image_size=image_size, resize=_resize(image_size))
+        return TrainSet(FolderBatches(loader, device=device, seed=seed), len(loader.dataset.classes), 3,
+                        len(loader.dataset))
+    train = data.load_tensors(name, "train", data_dir=data_dir, download=download, holdout=holdout,
+                              seed=HOLDOUT_SEED, limit=limit)
+    loader = data.TensorLoader(train, batch_size=per_rank, shuffle=True, augment=augment, device=device,
+                               seed=seed, drop_last=True, rank=rank, world_size=world_size)
+    return TrainSet(loader, train.num_classes, int(train.images.shape[1]), len(train))

@@ -1,0 +1,88 @@
+"""The optimizer and its learning-rate schedule, from plain arguments.
+
+Decisions:
+
+- Weight decay skips 1-D parameters (BatchNorm, biases) unless ``decay_norm_and_bias``, and
+  never touches PACT clips (``act_clip``): decay would shrink the activation range for no reason
+  found in the data.
+- The learning rate is a pure function of the global step (`lr_factor`), set before every step,
+  so a resumed run is on the exact schedule.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from apprentice.errors import lookup
+
+__all__ = ["LR_SCHEDULES", "OPTIMIZERS", "lr_factor", "make_optimizer", "param_groups"]
+
+
+def _onecycle(t: int, total: int, warmup: int) -> float:
+    start, end = 1 / 25, 1 / 25 / 1e4  # torch's OneCycleLR: from lr/25 up to lr, cosine down to lr/25e4
+    peak = warmup if warmup > 0 else round(0.3 * total)
+    if t < peak:
+        return start + (1 - start) * t / peak
+    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * (t - peak) / max(1, total - peak)))
+
+
+LR_SCHEDULES: dict[str, Callable[..., float]] = {
+    "step": lambda t, total, warmup, milestones, decay: decay ** sum(t >= round(m * total) for m in milestones),
+    "cosine": lambda t, total, warmup, milestones, decay: 0.5 * (1 + math.cos(math.pi * (t - warmup) / max(1, total - warmup))),
+    "onecycle": lambda t, total, warmup, milestones, decay: _onecycle(t, total, warmup),
+    "constant": lambda t, total, warmup, milestones, decay: 1.0,
+}
+
+
+def lr_factor(step: int, *, schedule: str, total_steps: int, warmup_steps: int = 0,
+              milestones: Sequence[float] = (), decay: float = 0.1) -> float:
+    """Multiplier of the peak learning rate for the optimizer step with 0-based index ``step``.
+
+    Every schedule starts with a linear warm-up ``(step + 1) / warmup_steps``, except ``onecycle``,
+    whose own ramp from lr/25 lasts ``warmup_steps`` (30 % of the run if 0). ``step``: × ``decay``
+    at each milestone (fractions of ``total_steps``: 0.5 of 160 epochs is the start of epoch 81);
+    ``cosine``: half a cosine from 1 to 0 after the warm-up; ``constant``: 1.
+
+    Example:
+        >>> [lr_factor(t, schedule="step", total_steps=8, milestones=(0.5, 0.75), decay=0.5) for t in range(8)]
+        [1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+        >>> [lr_factor(t, schedule="constant", total_steps=8, warmup_steps=4) for t in range(5)]
+        [0.25, 0.5, 0.75, 1.0, 1.0]
+    """
+    fn = lookup(LR_SCHEDULES, schedule, "schedule")
+    if schedule != "onecycle" and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return fn(step, total_steps, warmup_steps, milestones, decay)
+
+
+def param_groups(modules: Iterable[nn.Module], *, weight_decay: float,
+                 decay_norm_and_bias: bool = False) -> list[dict[str, Any]]:
+    """Trainable parameters split into a decayed and an undecayed group (see the module notes)."""
+    decay, no_decay = [], []
+    for module in modules:
+        for name, p in module.named_parameters():
+            if p.requires_grad:
+                skip = name.rsplit(".", 1)[-1] == "act_clip" or (p.ndim <= 1 and not decay_norm_and_bias)
+                (no_decay if skip else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+OPTIMIZERS = {"sgd": "SGD with momentum (Nesterov if optim.nesterov)", "adamw": "AdamW"}
+
+
+def make_optimizer(name: str, groups: list[dict[str, Any]], *, lr: float, momentum: float,
+                   nesterov: bool) -> torch.optim.Optimizer:
+    """SGD (``momentum``, ``nesterov``) or AdamW (``momentum`` is its beta1) over ``groups``.
+
+    Nesterov needs a momentum > 0; torch's SGD refuses it otherwise (config.validate says so first).
+    """
+    lookup(OPTIMIZERS, name, "optimizer")
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)

@@ -1,0 +1,57 @@
+"""Tests of apprentice.optim: learning-rate schedules and parameter groups."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from apprentice.errors import ApprenticeError
+from apprentice.models import build_model
+from apprentice.optim import LR_SCHEDULES, lr_factor, make_optimizer, param_groups
+
+
+@pytest.mark.parametrize("schedule", sorted(LR_SCHEDULES))
+def test_lr_schedules_warm_up_and_stay_in_range(schedule):
+    total, warmup = 100, 10
+    f = [lr_factor(t, schedule=schedule, total_steps=total, warmup_steps=warmup, milestones=(0.5, 0.75),
+                   decay=0.1) for t in range(total)]
+    assert all(0 < x <= 1 for x in f)
+    assert max(f) == pytest.approx(1.0)
+    if schedule != "onecycle":
+        assert f[:warmup] == pytest.approx([(t + 1) / warmup for t in range(warmup)])
+    else:
+        assert f[0] == pytest.approx(1 / 25) and f[warmup] == pytest.approx(1.0)
+    if schedule == "step":
+        assert f[49] == 1 and f[50] == pytest.approx(0.1) and f[75] == pytest.approx(0.01)
+    if schedule in ("cosine", "onecycle"):
+        assert f[-1] < 0.01 and all(a >= b for a, b in zip(f[warmup:], f[warmup + 1:]))
+
+
+def test_lr_factor_unknown_schedule():
+    with pytest.raises(ApprenticeError, match="unknown schedule 'linear'"):
+        lr_factor(0, schedule="linear", total_steps=10)
+
+
+def test_param_groups_skip_norm_bias_and_pact_clip():
+    from apprentice.quant import ActQuant, prepare
+
+    model = build_model("resnet8", num_classes=10, in_channels=1, width=0.25)
+    prepare(model, activations=ActQuant(8, 1.0, learned=True))  # PACT clips on the inner convs
+    groups = param_groups([model], weight_decay=1e-4)
+    decayed = {id(p) for p in groups[0]["params"]}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert groups[0]["weight_decay"] == 1e-4 and groups[1]["weight_decay"] == 0
+    assert all(names[i].endswith("weight") and "bn" not in names[i] for i in decayed)
+    undecayed = [names[id(p)] for p in groups[1]["params"]]
+    assert any(n.endswith("act_clip") for n in undecayed) and "fc.bias" in undecayed and "bn1.weight" in undecayed
+    all_in = param_groups([model], weight_decay=1e-4, decay_norm_and_bias=True)
+    assert [names[id(p)] for p in all_in[1]["params"]] == [n for n in undecayed if n.endswith("act_clip")]
+
+
+def test_sgd_nesterov_without_momentum_is_refused_not_silently_dropped():
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(2))]}]
+    assert make_optimizer("sgd", groups, lr=0.1, momentum=0.9, nesterov=True).defaults["nesterov"]
+    with pytest.raises(ValueError, match="Nesterov"):
+        make_optimizer("sgd", groups, lr=0.1, momentum=0.0, nesterov=True)
+    with pytest.raises(ApprenticeError, match="unknown optimizer 'adam'; choose from"):
+        make_optimizer("adam", groups, lr=0.1, momentum=0.9, nesterov=False)

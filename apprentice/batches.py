@@ -177,6 +177,11 @@ def train_batches(name: str, *, batch_size: int, seed: int, data_dir: str | None
                         len(loader.dataset))
     train = data.load_tensors(name, "train", data_dir=data_dir, download=download, holdout=holdout,
                               seed=HOLDOUT_SEED, limit=limit)
+    if len(train) < batch_size:
+        held = f" after data.holdout={holdout}" if holdout else ""
+        limited = f" (data.limit={limit})" if limit is not None and limit <= len(train) else ""
+        raise ApprenticeError(f"data.batch_size={batch_size} is larger than the {len(train)} training images{held}"
+                              f"{limited}: an epoch would have no step; lower data.batch_size")
     loader = data.TensorLoader(train, batch_size=per_rank, shuffle=True, augment=augment, device=device,
                                seed=seed, drop_last=True, rank=rank, world_size=world_size)
     return TrainSet(loader, train.num_classes, int(train.images.shape[1]), len(train))

@@ -1,8 +1,9 @@
 """Run folders and checkpoints: atomic writes, safe loading, models rebuilt from files, RNG state.
 
 Every file a run writes goes through a temporary file in the same folder that is flushed, fsynced
-and then renamed over the target (``os.replace`` is atomic on POSIX and Windows), so a crash or a
-``kill -9`` leaves either the old file or the new one, never half of one.
+and then renamed over the target (`apprentice.atomic`), so a crash or a ``kill -9`` leaves either
+the old file or the new one, never half of one; a failed checkpoint write (a full disk) raises
+`CheckpointWriteError` and leaves the previous checkpoint as it was.
 
 Checkpoints hold plain containers and tensors only, and every load uses
 ``torch.load(..., weights_only=True)``: a file that would need arbitrary unpickling (a pickled
@@ -30,31 +31,39 @@ student's ``model.arch``), ``plan`` ({layer: LayerPlan.to_dict()}), ``epoch`` (e
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
+import re
 import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from apprentice.atomic import (
+    atomic_copy,
+    atomic_file,
+    atomic_write_bytes,
+    atomic_write_text,
+    remove_stale_temps,
+)
 from apprentice.config import Config, ModelConfig, config_from_dict
 from apprentice.errors import ApprenticeError
 from apprentice.models import build_model
 from apprentice.quant import LayerPlan, apply_plan
 
 __all__ = [
-    "BEST", "CHECKPOINT_DIR", "FORMAT", "LAST", "LoadedRun", "as_state_dict", "atomic_copy",
-    "atomic_write_bytes", "atomic_write_text", "build_from_config", "check_checkpoint", "check_run_dir",
-    "clear_run", "find_checkpoint", "is_checkpoint", "load_run", "load_state_dict_file", "load_strict",
-    "load_teacher", "model_from_checkpoint", "read_checkpoint", "rng_state", "run_files", "save_checkpoint",
-    "set_rng_state", "stored_config", "torch_load",
+    "BEST", "CHECKPOINT_DIR", "FORMAT", "LAST", "CheckpointWriteError", "LoadedRun", "as_state_dict", "atomic_copy",
+    "atomic_write_bytes", "atomic_write_text", "build_from_config", "check_checkpoint", "check_finite",
+    "check_run_dir", "clear_run", "find_checkpoint", "is_checkpoint", "load_run", "load_state_dict_file",
+    "load_strict", "load_teacher", "model_from_checkpoint", "read_checkpoint", "remove_stale_temps", "rng_state",
+    "run_files", "save_checkpoint", "set_rng_state", "stored_config", "torch_load",
 ]
 
 FORMAT = 1
@@ -65,74 +74,83 @@ BEST = "best.pt"
 REQUIRED_KEYS = ("format", "config", "arch", "plan", "epoch", "step", "model")
 
 
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[IO[bytes]]:
-    """Yield a binary file that replaces ``path`` only if the block finishes without an error."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    # The rename itself lives in the directory entry; fsync the folder so it survives a power
-    # loss too (not possible on Windows, where opening a folder fails).
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+class CheckpointWriteError(RuntimeError):
+    """Writing a checkpoint failed (disk full, permissions); the previous checkpoint is intact.
+
+    Attributes:
+        exit_code: 1 (a failure during the run, not bad input).
+        path: the checkpoint that was being written.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """``torch.save`` ``obj`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
-    with _atomic(Path(path)) as f:
-        torch.save(dict(obj), f)
+    """``torch.save`` ``obj`` to ``path`` atomically (temp file in the same folder, fsync, rename).
 
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
-    with _atomic(Path(path)) as f:
-        f.write(data)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Copy ``src`` to ``dst`` atomically (``best.pt`` is a copy of the ``last.pt`` just written)."""
-    with open(src, "rb") as s, _atomic(Path(dst)) as d:
-        shutil.copyfileobj(s, d, length=1 << 20)
+    Raises:
+        CheckpointWriteError: the disk is full or the file cannot be written; one line naming the
+            file and saying whether an earlier checkpoint there is kept (it always is, untouched).
+    """
+    p = Path(path)
+    try:
+        with atomic_file(p) as f:
+            torch.save(dict(obj), f)
+    except OSError as e:
+        kept = "the previous checkpoint is kept" if p.is_file() else "no earlier checkpoint exists there"
+        if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            what = "no space left on device" if e.errno == errno.ENOSPC else "disk quota exceeded"
+            message = f"{what} while writing checkpoint {str(p)!r}; {kept}"
+        else:
+            message = f"cannot write checkpoint {str(p)!r}: {e.strerror or e}; {kept}"
+        raise CheckpointWriteError(message, path=str(p)) from e
 
 
 def torch_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)`` with one-line errors.
 
+    Args:
+        path: the file.
+        what: how the error messages name it ("checkpoint", "teacher file", ...).
+
     Raises:
-        ApprenticeError: missing, unreadable, truncated or foreign file, or one that needs
+        ApprenticeError: missing, empty, truncated, corrupt or foreign file, or one that needs
             arbitrary unpickling (refused without running any of its code); names the file.
     """
     p = Path(path)
+    if p.is_dir():
+        raise ApprenticeError(f"{what} {str(p)!r} is a folder, not a file")
     if not p.is_file():
-        raise ApprenticeError(f"{what} file {str(p)!r} does not exist")
+        raise ApprenticeError(f"{what} {str(p)!r} does not exist")
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors...
-        reason = " ".join(str(e).split()) or type(e).__name__
-        if "weights_only" in reason or "Unsupported global" in reason or "Unpickl" in type(e).__name__:
-            reason = ("it holds pickled objects other than tensors and plain containers, which are "
-                      "never unpickled (weights_only=True)")
-        elif len(reason) > 200:
-            reason = reason[:200] + "..."
-        raise ApprenticeError(f"cannot read {what} {str(p)!r}: {reason}") from None
+        raise ApprenticeError(f"cannot read {what} {str(p)!r}: {_load_failure(e, p)}") from None
+
+
+def _load_failure(e: Exception, p: Path) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in words for the person who gave the file."""
+    text = " ".join(str(e).split())
+    if "Weights only load failed" in text or "weights_only" in text:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if found:
+            return (f"it refers to the Python object {found.group(1)}; files are never unpickled beyond tensors "
+                    f"and plain containers (weights_only=True), so nothing in it ran")
+        return ("it is not a PyTorch tensor file, or it holds pickled objects other than tensors and plain "
+                "containers, which are never unpickled (weights_only=True)")
+    with contextlib.suppress(OSError):
+        if p.stat().st_size == 0:
+            return "the file is empty"
+    detail = text.split(". ")[0] or type(e).__name__
+    if isinstance(e, (KeyError, OSError, EOFError)) or len(detail) < 8:
+        detail = f"{type(e).__name__}: {detail}" if text else type(e).__name__
+    if len(detail) > 120:
+        detail = detail[:117] + "..."
+    return f"the file is truncated or corrupt, or not a PyTorch file ({detail})"
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -284,14 +302,18 @@ def _describe(arch: Mapping[str, Any]) -> str:
 
 def load_strict(model: nn.Module, sd: Mapping[str, Tensor], source: str) -> None:
     """``load_state_dict(strict=True)`` with one error line naming the file and the first bad keys."""
+    def first(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+
+    not_tensors = [f"{k} ({type(v).__name__})" for k, v in sd.items() if not isinstance(v, Tensor)]
+    if not_tensors:
+        raise ApprenticeError(f"{source} holds weights that are not tensors: {first(not_tensors)}")
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
               if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shapes:
-        def first(keys: list[str]) -> str:
-            return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
         parts = [f"{what} {first(keys)}" for what, keys in
                  (("missing", missing), ("unexpected", unexpected), ("shape mismatch (file vs model)", shapes)) if keys]
         arch = getattr(model, "arch", None)
@@ -306,9 +328,12 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], path: str | Path, *, key: str
     arch = ckpt.get(arch_key)
     if not isinstance(arch, Mapping) or "name" not in arch:
         raise ApprenticeError(f"checkpoint {str(path)!r} has no architecture ({arch_key!r} entry)")
+    plans = (ckpt.get(plan_key) or {}) if plan_key else {}
+    if not isinstance(plans, Mapping):
+        raise ApprenticeError(f"checkpoint {str(path)!r} has a malformed quantization plan ({plan_key!r} entry)")
     try:
         model = build_model(**arch)
-        plan = {n: LayerPlan.from_dict(d) for n, d in (ckpt.get(plan_key) or {}).items()} if plan_key else {}
+        plan = {n: LayerPlan.from_dict(d) for n, d in plans.items()}
         apply_plan(model, plan)
     except ApprenticeError as e:
         raise ApprenticeError(f"checkpoint {str(path)!r}: {e}") from None
@@ -386,6 +411,8 @@ def load_teacher(path: str, model_cfg: ModelConfig | None, *, num_classes: int, 
     if is_checkpoint(loaded):
         ckpt = check_checkpoint(loaded, p)
         arch = ckpt["arch"]
+        if not isinstance(arch, Mapping):
+            raise ApprenticeError(f"teacher {path!r} has no architecture ('arch' entry)")
         if arch.get("num_classes") != num_classes or arch.get("in_channels") != in_channels:
             raise ApprenticeError(
                 f"teacher {path!r} was trained for {arch.get('num_classes')} classes and {arch.get('in_channels')} "
@@ -398,6 +425,7 @@ def load_teacher(path: str, model_cfg: ModelConfig | None, *, num_classes: int, 
             if diff:
                 raise ApprenticeError(f"distill.teacher_model does not match teacher run {path!r}: {', '.join(diff)}")
         model, _ = model_from_checkpoint(ckpt, p)
+        check_finite(model.state_dict(), f"teacher {path!r}")
         return model.eval()
     if model_cfg is None:
         raise ApprenticeError(f"distill.teacher {path!r} is a plain weights file; set distill.teacher_model "
@@ -409,7 +437,17 @@ def load_teacher(path: str, model_cfg: ModelConfig | None, *, num_classes: int, 
                               f"but the data set has {num_classes}")
     model = build_from_config(model_cfg, num_classes=num_classes, in_channels=in_channels)
     load_strict(model, sd, f"teacher {path!r}")
+    check_finite(sd, f"teacher {path!r}")
     return model.eval()
+
+
+def check_finite(sd: Mapping[str, Tensor], source: str) -> None:
+    """Raise naming the first tensors of ``sd`` that hold NaN or inf (a teacher or init that diverged)."""
+    bad = [k for k, v in sd.items() if isinstance(v, Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise ApprenticeError(f"{source} holds non-finite values (NaN or inf) in {', '.join(bad[:3])}{more}; "
+                              f"it cannot teach or initialise anything")
 
 
 # ---------------------------------------------------------------------------------------------

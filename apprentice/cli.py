@@ -3,9 +3,9 @@
 Each subcommand parses its arguments and calls library functions; nothing here knows how training
 or packing works. Errors a user can fix (an `ApprenticeError`, a missing file, bad YAML) print one
 line ``apprentice: error: <message>`` on stderr and exit 2; failures during a run (a non-finite
-loss, an out-of-memory error) exit 1; Ctrl-C exits 130, and a training run stopped by a signal
+loss, a full disk while checkpointing, a lost torchrun peer, an out-of-memory error) exit 1; Ctrl-C exits 130, and a training run stopped by a signal
 after checkpointing exits with the status its `runtime.TrainingInterrupted` carries (130 or 143).
-``--debug`` adds the traceback.
+``--debug`` adds the traceback. docs/bad-inputs.md lists the bad inputs the tests try and what each prints.
 
 Example:
     apprentice train configs/fashion_mnist/teacher.yaml optim.lr=0.05 train.epochs=1
@@ -45,6 +45,19 @@ def _is_packed(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
+def _is_packed_export(path: Path) -> bool:
+    """Whether ``path`` is a packed file written by apprentice (its safetensors header has our map)."""
+    from apprentice.export import MAP_KEY
+
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size)) if 0 < size < 1 << 26 else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(header, dict) and MAP_KEY in (header.get("__metadata__") or {})
+
+
 @dataclasses.dataclass(frozen=True)
 class Loaded:
     """A model with what we know about it.
@@ -77,9 +90,17 @@ def _load(path_text: str) -> Loaded:
 
         tensors, qmap = export.read_packed(path)
         model = export.model_from_packed(tensors, qmap)
-        meta = qmap.get("metadata") or {}
-        config = config_from_dict(meta["config"], check=False) if isinstance(meta.get("config"), dict) else None
-        return Loaded(path, model, config, meta.get("summary"), "packed", qmap)
+        meta = qmap.get("metadata")
+        meta = meta if isinstance(meta, dict) else {}  # the caller's extras: optional, never trusted
+        config = None
+        if isinstance(meta.get("config"), dict):
+            try:
+                config = config_from_dict(meta["config"], check=False)
+            except ApprenticeError as e:
+                raise ApprenticeError(f"{path_text!r}: the training config stored in the packed file is "
+                                      f"unreadable: {e}") from None
+        summary = meta.get("summary") if isinstance(meta.get("summary"), dict) else None
+        return Loaded(path, model, config, summary, "packed", qmap)
     from apprentice.checkpoint import load_run
 
     run = load_run(str(path))
@@ -87,11 +108,21 @@ def _load(path_text: str) -> Loaded:
 
 
 def _device(name: str) -> str:
-    if name != "auto":
-        return name
+    import re
+
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise ApprenticeError(f"--device {name!r}: choose from auto, cpu, cuda, cuda:N")
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name.partition(":")[2] or 0)
+        if index >= count:
+            raise ApprenticeError(f"--device {name}: CUDA is not available" if not count else
+                                  f"--device {name}: there are only {count} GPUs (cuda:0..cuda:{count - 1})")
+    return name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,7 +137,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     def fmt(row: list[str]) -> str:
         out = []
         for i, c in enumerate(row):
-            numeric = c.replace(".", "", 1).replace("%", "").replace("x", "").lstrip("-").isdigit()
+            numeric = c.replace(",", "").replace(".", "", 1).replace("%", "").replace("x", "").lstrip("-").isdigit()
             out.append(c.rjust(widths[i]) if numeric else c.ljust(widths[i]))
         return "  ".join(out).rstrip()
 
@@ -241,7 +272,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from apprentice import export
     from apprentice.config import config_to_dict
 
-    out = Path(args.out)
+    out = _export_target(args.out, args.format, loaded.path)
     if args.format == "packed":
         meta = {"config": config_to_dict(loaded.config), "summary": loaded.summary, "source": str(loaded.path)}
         export.save_packed(loaded.model, out, ternary_packing=args.ternary_packing, fold_bn=args.fold_bn,
@@ -257,6 +288,25 @@ def cmd_export(args: argparse.Namespace) -> int:
         export_onnx(loaded.model, out, input_shape=(1, info.channels, size, size), fold_bn=args.fold_bn)
     print(f"{PROG}: wrote {out} ({out.stat().st_size:,} bytes, {args.format})")
     return 0
+
+
+def _export_target(text: str, fmt: str, source: Path) -> Path:
+    """``--out`` as a path, refusing to replace anything but an earlier export of the same format."""
+    out = Path(text)
+    if out.is_dir():
+        raise ApprenticeError(f"--out {text!r} is a folder; give a file name, e.g. {str(out / ('model.' + _SUFFIX[fmt]))!r}")
+    if not out.exists():
+        return out
+    inside = out.resolve() == source.resolve() or (source.is_dir() and out.resolve().is_relative_to(source.resolve()))
+    if out.resolve() != source.resolve() and (_is_packed_export(out) if fmt == "packed" else out.suffix == ".onnx"):
+        return out  # replacing an earlier export is what re-exporting means
+    if inside:
+        raise ApprenticeError(f"--out {text!r} would overwrite the run being exported; choose another file")
+    raise ApprenticeError(f"--out {text!r} already exists and is not an earlier {fmt} export; "
+                          f"refusing to overwrite it (choose another file or remove it)")
+
+
+_SUFFIX = {"packed": "safetensors", "onnx": "onnx"}
 
 
 def _compare_row(path: str) -> dict[str, Any]:

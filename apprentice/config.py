@@ -165,6 +165,9 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
             text = Path(path).read_text(encoding="utf-8")
         except OSError as e:
             raise ApprenticeError(f"cannot read config file {str(path)!r}: {e.strerror or e}") from None
+        except UnicodeDecodeError:
+            raise ApprenticeError(f"config file {str(path)!r} is not UTF-8 text (a checkpoint or other binary "
+                                  f"file?); give a YAML recipe") from None
         tree = yaml_load(text, str(path))
         if tree is None:
             tree = {}
@@ -311,6 +314,13 @@ def _validate_model(m: ModelConfig, key: str) -> None:
                f"only ImageNet-style ResNets take small_input; {m.name!r} is CIFAR-style, set null")
 
 
+def _total_stride(m: ModelConfig) -> int:
+    """How many input pixels one pixel of the model's last stage covers along a side."""
+    if not _imagenet_style(m.name):
+        return 4  # three stages, two of them stride 2
+    return 8 if m.small_input else 32  # the 7x7/2 stem and max-pool add a factor 4
+
+
 def _imagenet_style(name: str) -> bool:
     """ImageNet-style ResNets are the ones whose factory takes `small_input` (CIFAR ones take `shortcut`)."""
     import inspect
@@ -394,6 +404,14 @@ def validate(cfg: Config) -> None:
     if info.kind == "folder":
         for key in ("holdout", "limit"):
             _check(getattr(dc, key) in (0, None), f"data.{key}", f"not supported for {dc.name}; set it to 0/null")
+        for key, m in (("model", cfg.model), ("distill.teacher_model", cfg.distill.teacher_model)):
+            if m is None:
+                continue
+            stride = _total_stride(m)
+            _check(dc.image_size >= stride, "data.image_size",
+                   f"{dc.image_size} px is smaller than the total stride of {key} {m.name} ({stride} px): its last "
+                   f"stage would see padding only; use at least {stride}"
+                   + (f" or {key}.small_input=true" if stride == 32 else ""))
     else:
         _check(dc.holdout < info.sizes[0], "data.holdout",
                f"holds out {dc.holdout} of only {info.sizes[0]} {dc.name} training images; nothing left to train on")

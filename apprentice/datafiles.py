@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .atomic import new_file_mode
 from .errors import ApprenticeError
 
 if TYPE_CHECKING:
@@ -58,6 +59,10 @@ def _find(name: str, info: DatasetInfo, wanted: Sequence[str], data_dir: str | N
         return None
 
     found = search()
+    if data_dir and not Path(data_dir).is_dir() and (found is not None or download):
+        # A mistyped folder must not silently fall back to another copy (or a download).
+        what = "is a file, not a folder" if Path(data_dir).exists() else "does not exist"
+        raise ApprenticeError(f"data folder {data_dir!r} (data.dir or --data-dir) {what}")
     if found is None and download:
         _fetch(name, info)
         found = search()
@@ -93,6 +98,7 @@ def _download(url: str, path: Path, md5: str) -> None:
     """Fetch ``url`` to ``path`` through a temp file that is renamed only once the md5 matches, so an
     interrupted or corrupt download never looks like data."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
+    os.chmod(tmp, new_file_mode(path))  # mkstemp's 0600 would hide the data from other users
     digest = hashlib.md5(usedforsecurity=False)
     try:
         with os.fdopen(fd, "wb") as out, urlopen(url, timeout=60) as response:

@@ -58,11 +58,15 @@ class LayerPlan:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> LayerPlan:
+        if not isinstance(d, Mapping):
+            raise ApprenticeError(f"malformed layer plan {d!r}: expected a mapping")
         try:
             kind = d["kind"]
             weights = None if d.get("weights") is None else WeightQuant(**d["weights"])
             activations = ActQuant(**d["activations"])
-        except (KeyError, TypeError) as e:
+        except KeyError as e:
+            raise ApprenticeError(f"malformed layer plan {dict(d)!r}: missing {e}") from None
+        except TypeError as e:
             raise ApprenticeError(f"malformed layer plan {dict(d)!r}: {e}") from None
         lookup(_QMODULES, kind, "layer kind")
         return cls(kind, weights, activations)

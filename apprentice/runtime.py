@@ -5,16 +5,26 @@ group; `teardown` leaves it again. `agree` and `raise_from_rank0` keep every pro
 `StopSignals` turns SIGTERM/SIGINT into a flag that the loop checks after every step, so the
 current step can be checkpointed before the run ends with `TrainingInterrupted`.
 
+A process that dies or hangs must not hold the others forever: every collective waits at most
+`collective_timeout` (10 minutes; ``APPRENTICE_COLLECTIVE_TIMEOUT=<seconds>`` changes it), and a
+failed collective becomes `PeerLostError`, which names the ranks found dead on this machine (each
+process's host and pid are exchanged at `setup`). torchrun itself stops the remaining processes of
+a node once one has failed and prints which rank that was. (NCCL honours the timeout only with its
+asynchronous error handling, the default since torch 2.2.)
+
 Exit codes (`apprentice.cli`): `TrainingInterrupted` subclasses KeyboardInterrupt (a stop request,
 not an error; ``except Exception`` does not swallow it) and carries ``exit_code`` 143 (SIGTERM) or
-130 (SIGINT), the shell's 128 + signal.
+130 (SIGINT), the shell's 128 + signal; `PeerLostError` carries 1.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -24,14 +34,19 @@ import torch.distributed as dist
 
 from apprentice.errors import ApprenticeError
 
-__all__ = ["EXIT_SIGINT", "EXIT_SIGTERM", "Runtime", "StopSignals", "TrainingInterrupted", "agree",
+__all__ = ["DEFAULT_TIMEOUT", "EXIT_SIGINT", "EXIT_SIGTERM", "TIMEOUT_ENV", "PeerLostError", "Runtime",
+           "StopSignals", "TrainingInterrupted", "agree", "collective_timeout", "is_collective_failure", "peer_lost",
            "raise_from_rank0", "setup", "teardown"]
 
 EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
 EXIT_SIGINT = 128 + signal.SIGINT  # 130
-# A dead peer should end the job, not hold the machines: 30 min covers the longest thing one
-# process does alone (rank 0 writing a large checkpoint).
-GROUP_TIMEOUT = timedelta(minutes=30)
+# How long a collective (all-reduce, barrier, broadcast) waits for a process that does not come:
+# a hung or unreachable peer ends the job after this instead of holding the machines forever. It
+# must cover the longest thing one process does while the others wait (rank 0 writing a large
+# checkpoint: seconds to a minute). A peer that dies outright is noticed sooner: torchrun stops the
+# others, and gloo sees the closed connection at once.
+TIMEOUT_ENV = "APPRENTICE_COLLECTIVE_TIMEOUT"
+DEFAULT_TIMEOUT = timedelta(minutes=10)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -57,6 +72,40 @@ class Runtime:
     world_size: int
     device: torch.device
     owns_group: bool
+    peers: tuple[tuple[str, int], ...] = ()  # (host name, pid) of every rank, to name a dead one
+
+
+class PeerLostError(RuntimeError):
+    """A collective operation failed: another training process died, hangs or cannot be reached.
+
+    Attributes:
+        exit_code: 1.
+        dead: the ranks found dead (same machine only; empty if none could be identified).
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, dead: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.dead = dead
+
+
+def collective_timeout() -> timedelta:
+    """`DEFAULT_TIMEOUT` (10 min), or ``$APPRENTICE_COLLECTIVE_TIMEOUT`` seconds (> 0).
+
+    Raises:
+        ApprenticeError: the variable is set to something that is not a positive number.
+    """
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ApprenticeError(f"{TIMEOUT_ENV}={text!r}: expected a number of seconds > 0")
+    return timedelta(seconds=seconds)
 
 
 def setup(device_name: str) -> Runtime:
@@ -78,8 +127,59 @@ def setup(device_name: str) -> Runtime:
         return Runtime(0, 1, device, False)
     if dist.is_initialized():
         return Runtime(dist.get_rank(), dist.get_world_size(), device, False)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=GROUP_TIMEOUT)
-    return Runtime(dist.get_rank(), dist.get_world_size(), device, True)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=collective_timeout())
+    peers: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(peers, (socket.gethostname(), os.getpid()))
+    return Runtime(dist.get_rank(), dist.get_world_size(), device, True, tuple(map(tuple, peers)))
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` of this machine has exited (a zombie awaiting its parent counts)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+    except (OSError, IndexError):  # no /proc (not Linux): ask the kernel instead
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
+
+
+def is_collective_failure(e: BaseException) -> bool:
+    """Whether ``e`` came from the process group (a peer died, hung or is unreachable)."""
+    text = str(e)
+    return isinstance(e, getattr(dist, "DistError", ())) or any(
+        word in text for word in ("gloo", "NCCL", "ProcessGroup", "Connection reset", "Connection closed"))
+
+
+def peer_lost(rt: Runtime, e: BaseException) -> PeerLostError:
+    """The error to raise for a failed collective ``e``: names the dead ranks on this machine if any."""
+    host = socket.gethostname()
+    local = [(r, pid) for r, (h, pid) in enumerate(rt.peers) if r != rt.rank and h == host]
+    detail = " ".join(str(e).split())
+    detail = re.sub(r"^\[[^\]]*\] ?", "", detail).split(". ")[0][:160]  # drop the C++ source location
+    timed_out = "timed out" in detail.lower() or "timeout" in detail.lower()
+    dead: tuple[int, ...] = ()
+    for _ in range(1 if timed_out else 20):  # a killed peer's sockets close a moment before it is gone
+        dead = tuple(r for r, pid in local if _gone(pid))
+        if dead or timed_out:
+            break
+        time.sleep(0.1)
+    other = f"rank {1 - rt.rank}" if rt.world_size == 2 else "another process"
+    if dead:
+        what = ", ".join(f"rank {r} (pid {rt.peers[r][1]})" for r in dead) + f" of {rt.world_size} died"
+    elif timed_out:
+        what = (f"no answer from {other} within the collective timeout "
+                f"({collective_timeout().total_seconds():g} s, ${TIMEOUT_ENV})")
+    else:
+        what = f"{other} died or cannot be reached"
+    return PeerLostError(f"rank {rt.rank} stops: {what} ({detail}); the launcher's report names the failed "
+                         f"rank; the last checkpoint is kept, continue with --resume", dead=dead)
 
 
 def teardown(rt: Runtime) -> None:

@@ -19,12 +19,19 @@ Decisions:
 - A non-finite loss or gradient stops the run (``train.on_nonfinite=stop``; nothing of that step
   is saved) or, with ``skip``, drops the update and rolls back that batch's BatchNorm statistics;
   the step still counts for the schedule and the data position.
+- A kill (even ``kill -9`` inside a checkpoint write) loses at most the steps since the last
+  checkpoint: files are replaced atomically (`apprentice.atomic`), the next start removes the temp
+  files a kill left, and a new run in a folder where one died before its first checkpoint drops
+  that run's metrics. A failed checkpoint write (`checkpoint.CheckpointWriteError`, e.g. a full
+  disk) stops the run and keeps the previous checkpoint.
 - On CPU a run stopped by SIGTERM/SIGINT mid-epoch and resumed ends bit-identical to an
   uninterrupted one. ImageNet folders resume at the right batch in the same order, but the
   workers' augmentation draws differ; cuDNN autotuning makes CUDA runs nondeterministic anyway.
 
 Exit codes (`apprentice.cli`): a signal ends the run with `runtime.TrainingInterrupted` (143 for
-SIGTERM, 130 for SIGINT); a non-finite loss with `step.NonFiniteLossError` (1).
+SIGTERM, 130 for SIGINT); a non-finite loss with `step.NonFiniteLossError` (1); a failed checkpoint
+write with `checkpoint.CheckpointWriteError` (1); a dead or hung peer under torchrun with
+`runtime.PeerLostError` (1).
 """
 
 from __future__ import annotations
@@ -133,11 +140,18 @@ def fit(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> dict[s
                                         (cfg.train.device == "auto" and torch.cuda.is_available())):
         raise ApprenticeError("train.amp=fp16 needs CUDA (its GradScaler); use train.amp=bf16 or off on the CPU")
     d = runtime.setup(cfg.train.device)
+    lost = False
     try:
         with StopSignals() as signals:
             return _fit(cfg, d, signals, resume=resume, overwrite=overwrite)
+    except RuntimeError as e:
+        if d.world_size > 1 and not isinstance(e, runtime.PeerLostError) and runtime.is_collective_failure(e):
+            lost = True
+            raise runtime.peer_lost(d, e) from e
+        raise
     finally:
-        runtime.teardown(d)
+        if not lost:  # leaving a broken group can block on the dead peer; the process ends anyway
+            runtime.teardown(d)
 
 
 def _read_resume_state(cfg: Config, out: Path, resume: bool, progress: Progress) -> dict[str, Any] | None:
@@ -170,6 +184,11 @@ def _fit(cfg: Config, d: Runtime, signals: StopSignals, *, resume: bool, overwri
     last = out / CHECKPOINT_DIR / LAST
     progress = Progress(enabled=main)
     runtime.raise_from_rank0(ck.check_run_dir(out, resume=resume, overwrite=overwrite) if main else None, d)
+    if main:  # a run killed inside an atomic write leaves its temp file; nothing else writes here
+        stale = ck.remove_stale_temps(out) + ck.remove_stale_temps(out / CHECKPOINT_DIR)
+        if stale:
+            progress.line(f"removed {len(stale)} temporary file(s) left by an interrupted write: "
+                          + ", ".join(p.name for p in stale))
     state = _read_resume_state(cfg, out, resume, progress)
 
     # ---- data and models, seeded alike on every process
@@ -184,7 +203,13 @@ def _fit(cfg: Config, d: Runtime, signals: StopSignals, *, resume: bool, overwri
         evals["holdout"] = eval_batches(cfg, "holdout", device=d.device, rank=d.rank, world_size=d.world_size)
     scheme, dc, q, o = resolve_scheme(cfg.distill.scheme), cfg.distill, cfg.quant, cfg.optim
     student = ck.build_from_config(cfg.model, num_classes=num_classes, in_channels=channels)
-    init = load_state_dict_file(dc.student_init) if scheme.student_init == "pretrained" else None  # type: ignore[arg-type]
+    init = None
+    if scheme.student_init == "pretrained":
+        try:
+            init = load_state_dict_file(dc.student_init)  # type: ignore[arg-type]
+            ck.check_finite(init, repr(dc.student_init))
+        except ApprenticeError as e:
+            raise ApprenticeError(f"distill.student_init: {e}") from None
     weights, acts = parse_precision(q.precision, quantizer=q.quantizer, per_channel=q.per_channel,
                                     clip=q.act_clip, learned=q.learned_clip)
     try:
@@ -227,28 +252,42 @@ def _fit(cfg: Config, d: Runtime, signals: StopSignals, *, resume: bool, overwri
     epoch_meter = Meter()
     if state is not None:
         ck.load_strict(student, state["model"], f"checkpoint {str(last)!r}")
-        if teacher_trains:
-            ck.load_strict(teacher, state["teacher"], f"checkpoint {str(last)!r} (teacher)")
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        train_batches.load_state_dict(state["data"])
-        step, done_epochs, skipped, elapsed = state["step"], state["epoch"], state["skipped"], state["elapsed"]
-        best, epoch_meter = dict(state["best"]), Meter.from_state_dict(state["meter"])
-        ck.set_rng_state(state["rng"])
-        if state["world_size"] != d.world_size:
+        try:  # a damaged or hand-edited checkpoint must not fail half way with a KeyError
+            if teacher_trains:
+                ck.load_strict(teacher, state["teacher"], f"checkpoint {str(last)!r} (teacher)")
+            optimizer.load_state_dict(state["optimizer"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            train_batches.load_state_dict(state["data"])
+            step, done_epochs, skipped, elapsed = (int(state["step"]), int(state["epoch"]), int(state["skipped"]),
+                                                   float(state["elapsed"]))
+            best, epoch_meter = dict(state["best"]), Meter.from_state_dict(state["meter"])
+            ck.set_rng_state(state["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            what = f"missing {e}" if isinstance(e, KeyError) else " ".join(str(e).split())[:200]
+            raise ApprenticeError(f"checkpoint {str(last)!r} cannot be resumed ({what}); --overwrite starts the "
+                                  f"run again") from None
+        if state.get("world_size") != d.world_size:
             progress.line(f"note: resuming a {state['world_size']}-process run with {d.world_size}: the batches "
                           f"stay the same, augmentation draws change")
 
     # ---- run folder: rank 0 writes, the others only train
+    leftovers = False
     if main:
         if overwrite:
             ck.clear_run(out)
-        (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+        try:
+            (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ApprenticeError(f"cannot create the run folder {str(out)!r} (train.out): {e.strerror or e}") from None
         ck.atomic_write_text(out / "config.yaml", dump_yaml(cfg))
-        if state is not None:
+        # A resumed run re-logs the steps after its checkpoint; a new run in a folder where one was
+        # killed before its first checkpoint drops that run's lines (and TensorBoard events) too.
+        leftovers = state is None and (out / "metrics.jsonl").is_file()
+        if state is not None or leftovers:
             trim_metrics(out / "metrics.jsonl", step)
-    metrics = MetricsWriter(out, enabled=main, purge_step=step + 1 if state is not None else None, notice=progress.line)
+    purge = step + 1 if state is not None or leftovers else None
+    metrics = MetricsWriter(out, enabled=main, purge_step=purge, notice=progress.line)
     if d.world_size > 1:  # average the gradients of what trains; a frozen teacher is never wrapped
         from torch.nn.parallel import DistributedDataParallel as DDP
 

@@ -320,3 +320,12 @@ def test_eval_of_a_model_with_fewer_than_five_classes(tmp_path, capsys, image_fo
     assert result["images"] == 6 and result["top5"] is None and 0 <= result["top1"] <= 100
     assert main(["eval", str(out), "--batch-size", "2"]) == 0
     assert "top-5 - %" in capsys.readouterr().out
+
+
+def test_table_right_aligns_numbers_with_thousands_separators():
+    from apprentice.cli import _table
+
+    text = _table([["conv1", "2,304", "-1.5", "12.3%", "4.0x"], ["layer1.0.conv1", "36", "10", "9%", "12.5x"]],
+                  ["layer", "params", "delta", "share", "ratio"])
+    assert text.splitlines()[2:] == ["conv1            2,304   -1.5  12.3%   4.0x",
+                                     "layer1.0.conv1      36     10     9%  12.5x"]

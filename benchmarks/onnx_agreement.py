@@ -1,0 +1,148 @@
+"""Does the exported model predict what the trained PyTorch student predicts? (full test set)
+
+Loads a trained run (``apprentice.checkpoint.load_run``: the fake-quant student, ``eval()``), runs the
+whole Fashion-MNIST test set (10,000 images, normalised by ``TensorLoader(shuffle=False)``) through
+
+* the PyTorch fake-quant student (the reference),
+* the ONNX file from ``export_onnx`` in ONNX Runtime (CPUExecutionProvider, default options),
+* the packed file from ``save_packed`` reloaded with ``load_packed``,
+
+and reports top-1 agreement with the reference, the largest absolute logit difference and every
+model's accuracy. ``--fold-bn`` adds the same checks for exports written with ``fold_bn=True``.
+The export issue requires >= 99.9 % ONNX/PyTorch agreement.
+
+    .venv/bin/python benchmarks/onnx_agreement.py runs/qs1/student      # ~1 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _stamp import markdown_table, stamp, stamp_markdown
+
+from apprentice.data import TensorLoader, load_tensors
+from apprentice.export import load_packed, save_packed
+from apprentice.onnx_export import export_onnx
+
+try:  # load_run is defined in apprentice.checkpoint; apprentice.train re-exported it before the split
+    from apprentice.checkpoint import load_run
+except ImportError:
+    from apprentice.train import load_run
+
+REQUIRED = 0.999
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def compare(name: str, logits: np.ndarray, reference: np.ndarray, labels: np.ndarray, **extra: Any) -> dict:
+    pred, ref_pred = logits.argmax(1), reference.argmax(1)
+    agree = float((pred == ref_pred).mean())
+    disagree = np.flatnonzero(pred != ref_pred)
+    # Margin of the reference between its top two logits where the two disagree: a near-tie explains a flip.
+    top2 = np.sort(reference, axis=1)[:, -2:]
+    margins = (top2[:, 1] - top2[:, 0])[disagree]
+    return {
+        "model": name, "images": len(labels), "top1_agreement": agree,
+        "disagreements": len(disagree), "disagreeing_indices": disagree[:50].tolist(),
+        "reference_margin_at_disagreements": [round(float(m), 6) for m in margins[:50]],
+        "max_abs_logit_diff": float(np.abs(logits - reference).max()),
+        "mean_abs_logit_diff": float(np.abs(logits - reference).mean()),
+        "accuracy": float((pred == labels).mean()),
+        "meets_99_9": agree >= REQUIRED, **extra,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run", nargs="?", default="runs/qs1/student", help="run folder or checkpoint (default runs/qs1/student)")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "onnx_agreement.json"),
+                   help="result JSON; a .md table is written next to it (default benchmarks/results/onnx_agreement.json)")
+    p.add_argument("--dataset", default="fashion_mnist")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--fold-bn", action="store_true", help="also check exports written with fold_bn=True")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    args = p.parse_args(argv)
+    import onnxruntime as ort
+
+    torch.set_num_threads(args.threads)
+    st = stamp()
+    t0 = time.perf_counter()
+    loaded = load_run(args.run)
+    model = loaded.model.eval()
+    data = load_tensors(args.dataset, "test", data_dir=args.data_dir)
+    batches = list(TensorLoader(data, batch_size=args.batch_size, shuffle=False))
+    labels = torch.cat([y for _, y in batches]).numpy()
+    with torch.inference_mode():
+        reference = torch.cat([model(x) for x, _ in batches]).numpy()
+    results = [compare("pytorch fake-quant (reference)", reference, reference, labels, fold_bn=False)]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for fold in ([False, True] if args.fold_bn else [False]):
+            suffix = "-foldbn" if fold else ""
+            onnx_path = os.path.join(tmp, f"model{suffix}.onnx")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                export_onnx(model, onnx_path, input_shape=tuple(data.images.shape[1:]), fold_bn=fold)
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = args.threads
+            sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+            logits = np.concatenate([sess.run(None, {"input": x.numpy()})[0] for x, _ in batches])
+            results.append(compare(f"onnxruntime{suffix}", logits, reference, labels, fold_bn=fold,
+                                   file_bytes=os.path.getsize(onnx_path), sha256=sha256(onnx_path)))
+            del sess
+
+            packed_path = os.path.join(tmp, f"model{suffix}.safetensors")
+            save_packed(model, packed_path, fold_bn=fold)
+            reloaded = load_packed(packed_path).eval()
+            with torch.inference_mode():
+                logits = torch.cat([reloaded(x) for x, _ in batches]).numpy()
+            results.append(compare(f"load_packed{suffix}", logits, reference, labels, fold_bn=fold,
+                                   file_bytes=os.path.getsize(packed_path), sha256=sha256(packed_path)))
+
+    summary = loaded.summary or {}
+    run_info = {"run": args.run, "checkpoint": loaded.checkpoint_path, "checkpoint_sha256": sha256(loaded.checkpoint_path),
+                "precision": summary.get("precision"), "model": summary.get("model"),
+                "scheme": summary.get("scheme"), "run_git_commit": summary.get("git_commit"),
+                "summary_top1": summary.get("final_top1")}
+    out = {"benchmark": "onnx_agreement", "stamp": st, "onnxruntime": ort.__version__, "run": run_info,
+           "dataset": args.dataset, "split": "test", "required_agreement": REQUIRED,
+           "seconds": round(time.perf_counter() - t0, 1), "results": results}
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    table = markdown_table(
+        ["model", "images", "top-1 agreement", "disagreements", "max |logit diff|", "accuracy", ">= 99.9 %"],
+        [[r["model"], r["images"], f"{100 * r['top1_agreement']:.2f} %", r["disagreements"],
+          f"{r['max_abs_logit_diff']:.3g}", f"{100 * r['accuracy']:.2f} %", "yes" if r["meets_99_9"] else "NO"]
+         for r in results])
+    md = (f"# ONNX / packed reload agreement with the PyTorch student\n\n{stamp_markdown(st)}\n\n"
+          f"Run `{args.run}` ({run_info['model']}, {run_info['precision']}, scheme {run_info['scheme']}; "
+          f"checkpoint `{loaded.checkpoint_path}` sha256 `{run_info['checkpoint_sha256'][:16]}…`), {args.dataset} test "
+          f"set, onnxruntime {ort.__version__}.\n\n{table}\n")
+    path.with_suffix(".md").write_text(md)
+    print("\n" + table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """apprentice: low-precision CNNs trained with knowledge distillation (Mishra & Marr, ICLR 2018).
 
-The public API in one place::
+The public API in one place (`fit`, `load_config`, `load_run`, `evaluate` are what the command line uses)::
 
     import apprentice as ap
     student = ap.build_model("resnet20", num_classes=10, in_channels=1)
@@ -9,6 +9,8 @@ The public API in one place::
     logits, losses = distiller(images, labels)            # losses["loss"].backward()
 """
 
+from .checkpoint import LoadedRun, load_run
+from .config import Config, load_config
 from .distill import SCHEMES, Distiller, Scheme, make_student
 from .errors import ApprenticeError
 from .export import load_packed, save_packed
@@ -31,13 +33,45 @@ from .quant import (
     to_float,
     weight_codes,
 )
+from .step import evaluate
+from .train import fit
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_EXCLUDE", "MODELS", "SCHEMES", "WEIGHT_QUANTIZERS", "ActQuant", "ApprenticeError", "Distiller",
-    "LayerPlan", "QConv2d", "QLinear", "Scheme", "WeightQuant", "__version__", "apply_plan", "apprentice_loss",
-    "build_model", "count_parameters", "load_packed", "save_packed", "cross_entropy", "fake_quant_activation", "fake_quant_weight",
-    "make_student", "parse_precision", "prepare", "quantized_layers", "soft_cross_entropy", "to_float",
+    "ActQuant",
+    "ApprenticeError",
+    "Config",
+    "DEFAULT_EXCLUDE",
+    "Distiller",
+    "LayerPlan",
+    "LoadedRun",
+    "MODELS",
+    "QConv2d",
+    "QLinear",
+    "SCHEMES",
+    "Scheme",
+    "WEIGHT_QUANTIZERS",
+    "WeightQuant",
+    "__version__",
+    "apply_plan",
+    "apprentice_loss",
+    "build_model",
+    "count_parameters",
+    "cross_entropy",
+    "evaluate",
+    "fake_quant_activation",
+    "fake_quant_weight",
+    "fit",
+    "load_config",
+    "load_packed",
+    "load_run",
+    "make_student",
+    "parse_precision",
+    "prepare",
+    "quantized_layers",
+    "save_packed",
+    "soft_cross_entropy",
+    "to_float",
     "weight_codes",
 ]

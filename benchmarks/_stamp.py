@@ -8,6 +8,7 @@ keeps ``git status`` from refreshing the index).
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import shlex
@@ -118,3 +119,12 @@ def stamp_markdown(s: dict[str, Any]) -> str:
             f"({s['cpu_count']} CPUs; {', '.join(s['cpu_flags']) or 'no AVX flags'}), "
             f"Python {s['python']}, torch {s['torch']}, {s['utc_time']} UTC.\n\n"
             f"Command: `{s['command']}`")
+
+
+def write_results(out: str | Path, result: dict[str, Any], markdown: str, table: str) -> None:
+    """Write the JSON result to ``out`` and the markdown next to it (``.md``), then print the table."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    path.with_suffix(".md").write_text(markdown)
+    print("\n" + table)

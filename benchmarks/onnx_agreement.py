@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import sys
 import tempfile
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stamp import markdown_table, stamp, stamp_markdown
+from _stamp import markdown_table, stamp, stamp_markdown, write_results
 
 from apprentice.data import TensorLoader, load_tensors
 from apprentice.export import load_packed, save_packed
@@ -127,9 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     out = {"benchmark": "onnx_agreement", "stamp": st, "onnxruntime": ort.__version__, "run": run_info,
            "dataset": args.dataset, "split": "test", "required_agreement": REQUIRED,
            "seconds": round(time.perf_counter() - t0, 1), "results": results}
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
     table = markdown_table(
         ["model", "images", "top-1 agreement", "disagreements", "max |logit diff|", "accuracy", ">= 99.9 %"],
         [[r["model"], r["images"], f"{100 * r['top1_agreement']:.2f} %", r["disagreements"],
@@ -139,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
           f"Run `{args.run}` ({run_info['model']}, {run_info['precision']}, scheme {run_info['scheme']}; "
           f"checkpoint `{loaded.checkpoint_path}` sha256 `{run_info['checkpoint_sha256'][:16]}…`), {args.dataset} test "
           f"set, onnxruntime {ort.__version__}.\n\n{table}\n")
-    path.with_suffix(".md").write_text(md)
-    print("\n" + table)
+    write_results(args.out, out, md, table)
     return 0
 
 

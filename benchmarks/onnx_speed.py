@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stamp import load_average, markdown_table, stamp, stamp_markdown
+from _stamp import load_average, markdown_table, stamp, stamp_markdown, write_results
 
 import apprentice as ap
 from apprentice.onnx_export import export_onnx
@@ -256,9 +256,6 @@ def main(argv: list[str] | None = None) -> int:
                 "torch_config_mkldnn": torch.backends.mkldnn.is_available()}
     out = {"benchmark": "onnx_speed", "stamp": st, "settings": settings, "quiet_wait": quiet,
            "load_average_end": load_average(), "seconds": round(time.perf_counter() - t0, 1), "results": rows}
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
 
     fp32 = {(r["model"], r["batch"]): r["median_ms"] for r in rows if r["variant"] == "torch-fp32"}
     table = markdown_table(
@@ -277,8 +274,7 @@ def main(argv: list[str] | None = None) -> int:
           + (f"; waited {quiet['waited_s']} s for load < {quiet['threshold']} "
              f"({'reached' if quiet['quiet'] else 'NOT reached: numbers contaminated by other work'})" if quiet else "")
           + f".\n\n{table}\n")
-    path.with_suffix(".md").write_text(md)
-    print("\n" + table)
+    write_results(args.out, out, md, table)
     return 0
 
 

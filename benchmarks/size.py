@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stamp import markdown_table, stamp, stamp_markdown
+from _stamp import markdown_table, stamp, stamp_markdown, write_results
 
 import apprentice as ap
 from apprentice.export import save_packed
@@ -112,9 +111,6 @@ def main(argv: list[str] | None = None) -> int:
                       f"file {r['file_ratio']:6.2f}x  quantized layers {r['quantized_ratio']:6.2f}x", flush=True)
     out = {"benchmark": "size", "stamp": st, "size_report_from": size_report.__module__, "goal": f"ternary quantized layers >= {GOAL}x smaller than float32",
            "seconds": round(time.perf_counter() - t0, 1), "results": results}
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
     table = markdown_table(
         ["model", "weights", "packing", "FP32 file B", "packed file B", "file ratio",
          "quantized layers FP32 B", "quantized layers packed B", "quantized ratio", ">= 19x"],
@@ -127,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
           f"activations (they do not change the file). \"Quantized ratio\" is float32 bytes of the quantized "
           f"layers over their packed bytes (codes + scale + bias), from the size report. "
           f"Goal: ternary >= {GOAL}x.\n\n{table}\n")
-    path.with_suffix(".md").write_text(md)
-    print("\n" + table)
+    write_results(args.out, out, md, table)
     return 0
 
 

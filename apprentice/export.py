@@ -42,7 +42,7 @@ from .packing import (  # re-exported (see __all__): packing is part of the expo
     unpack_codes,
     unpack_ternary_base3,
 )
-from .quant import ActQuant, LayerPlan, QConv2d, QLinear, apply_plan
+from .quant import ActQuant, LayerPlan, QConv2d, QLinear, apply_plan, replace_module
 
 __all__ = [
     "FORMAT_VERSION", "MAP_KEY", "PACKINGS", "find_conv_bn_pairs", "fp32_bytes", "load_packed",
@@ -262,7 +262,7 @@ def model_from_packed(tensors: dict[str, Tensor], qmap: dict[str, Any]) -> nn.Mo
             raise _bad(f"folded_bn {bn_name!r}", f"expected a BatchNorm2d after a Conv2d {conv_name!r}")
         if conv.bias is None:
             conv.bias = nn.Parameter(conv.weight.new_zeros(conv.out_channels))
-        _set_submodule(model, bn_name, nn.Identity())
+        replace_module(model, bn_name, nn.Identity())
     layers = _get(qmap, "layers", dict, "metadata")
     plan, weights = {}, {}
     for name, entry in layers.items():
@@ -299,11 +299,6 @@ def _submodule(model: nn.Module, name: str) -> nn.Module:
         return model.get_submodule(name)
     except AttributeError:
         raise _bad(f"layer {name!r}", "the model has no such module") from None
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from .export import (
     read_packed,
     unpack_codes,
 )
-from .quant import FLOAT_BITS, QConv2d, QLinear, fake_quant_activation
+from .quant import FLOAT_BITS, QConv2d, QLinear, fake_quant_activation, replace_module
 
 DEFAULT_OPSET = 17
 MIN_OPSET, MAX_OPSET = 11, 20  # Clip with min/max inputs needs 11; TorchScript exporter stops at 20
@@ -135,8 +135,7 @@ def _onnx_module(tensors: dict[str, Tensor], qmap: dict[str, Any], opset: int) -
                 raise ApprenticeError(
                     f"layer {name!r} has per-channel scales, which need opset >= {PER_AXIS_MIN_OPSET}, got {opset}"
                 )
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, _OnnxLayer(module, codes, scale))
+        replace_module(model, name, _OnnxLayer(module, codes, scale))
     return model.eval()
 
 

@@ -262,7 +262,8 @@ def prepare(
     return plan
 
 
-def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` in place of the submodule at dotted ``name`` (the one module-swap primitive)."""
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
@@ -278,7 +279,7 @@ def apply_plan(model: nn.Module, plan: Mapping[str, LayerPlan]) -> None:
         if type(mod) is not float_cls:
             raise ApprenticeError(f"quantization plan says layer {name!r} is a float {lp.kind}, "
                                   f"but the model has {type(mod).__name__}")
-        _swap(model, name, q_cls.from_float(mod, lp.weights, lp.activations))
+        replace_module(model, name, q_cls.from_float(mod, lp.weights, lp.activations))
 
 
 def quantized_layers(model: nn.Module) -> dict[str, LayerPlan]:
@@ -290,5 +291,5 @@ def to_float(model: nn.Module) -> list[str]:
     """Swap every quantized layer back to its float module (shadow weights), in place; return their names."""
     names = [n for n, m in model.named_modules() if isinstance(m, _QuantMixin)]
     for n in names:
-        _swap(model, n, model.get_submodule(n).to_float())
+        replace_module(model, n, model.get_submodule(n).to_float())
     return names

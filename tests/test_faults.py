@@ -26,25 +26,13 @@ import torch
 from apprentice import checkpoint as ck
 from apprentice import runtime
 from apprentice.cli import main
-from apprentice.config import dump_yaml, load_config
 from apprentice.errors import ApprenticeError
 from apprentice.step import NonFiniteLossError
 from apprentice.train import fit
+from tiny_runs import recipe, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = ROOT / "tests" / "fault_hooks.py"
-TINY = ["model.name=resnet8", "model.width=0.25", "data.name=synthetic", "data.download=false",
-        "data.limit=128", "data.batch_size=32", "data.eval_batch_size=512", "train.epochs=1",
-        "train.log_every=2", "train.device=cpu", "optim.lr=0.05"]
-
-
-def tiny(out: Path, *extra: str):
-    return load_config(None, [*TINY, f"train.out={out}", *extra])
-
-
-def recipe(path: Path, *extra: str) -> Path:
-    path.write_text(dump_yaml(load_config(None, [*TINY, *extra])))
-    return path
 
 
 def env(**extra: str) -> dict[str, str]:

@@ -30,23 +30,9 @@ from apprentice.models import build_model
 from apprentice.runtime import EXIT_SIGTERM, TrainingInterrupted
 from apprentice.step import NonFiniteLossError
 from apprentice.train import fit
+from tiny_runs import recipe, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model.name=resnet8", "model.width=0.25", "data.name=synthetic", "data.download=false",
-        "data.limit=128", "data.batch_size=32", "data.eval_batch_size=512", "train.epochs=1",
-        "train.log_every=2", "train.device=cpu", "optim.lr=0.05"]
-
-
-def tiny(out: Path, *extra: str):
-    return load_config(None, [*TINY, f"train.out={out}", *extra])
-
-
-def yaml_for(path: Path, *extra: str) -> Path:
-    """A recipe file holding the TINY settings plus ``extra`` (for the command line)."""
-    from apprentice.config import dump_yaml
-
-    path.write_text(dump_yaml(load_config(None, [*TINY, *extra])))
-    return path
 
 
 def records(run: Path, kind: str) -> list[dict]:
@@ -245,10 +231,10 @@ def test_nonfinite_skip_counts_and_rolls_back(nan_at, tmp_path):
 
 
 def test_sigterm_then_resume_is_bit_identical(tmp_path):
-    recipe = yaml_for(tmp_path / "r.yaml", "data.limit=1024", "data.batch_size=16", "train.epochs=2",
+    recipe_file = recipe(tmp_path / "r.yaml", "data.limit=1024", "data.batch_size=16", "train.epochs=2",
                       "train.checkpoint_every=5", "train.log_every=10", "quant.precision=2W/8A",
                       "optim.schedule=cosine", "optim.warmup_epochs=0.5", "data.holdout=64")
-    cli = [sys.executable, "-m", "apprentice", "train", str(recipe)]
+    cli = [sys.executable, "-m", "apprentice", "train", str(recipe_file)]
     env = subprocess_env()
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     subprocess.run([*cli, f"train.out={ref}"], env=env, check=True, capture_output=True, timeout=300)
@@ -319,10 +305,10 @@ def test_the_same_signal_twice_stops_at_once(tmp_path, monkeypatch):
 
 
 def test_torchrun_two_processes_average_gradients(tmp_path):
-    recipe = yaml_for(tmp_path / "r.yaml", "data.limit=256", "quant.precision=2W/32A")
+    recipe_file = recipe(tmp_path / "r.yaml", "data.limit=256", "quant.precision=2W/32A")
     out, dump = tmp_path / "ddp", tmp_path / "dump"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "apprentice", "train", str(recipe), f"train.out={out}"]
+           "-m", "apprentice", "train", str(recipe_file), f"train.out={out}"]
     done = subprocess.run(cmd, check=False, env=subprocess_env(APPRENTICE_DEBUG_DUMP=str(dump)), capture_output=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr.decode()[-3000:]

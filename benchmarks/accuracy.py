@@ -1,0 +1,253 @@
+"""Accuracy grid on Fashion-MNIST: FP teacher, FP twin, and 2W/32A, 2W/8A, 4W/8A students trained
+without a teacher and with schemes A, B and C, over several seeds; plus a gamma/temperature sweep of
+scheme B chosen on held-out training images.
+
+    .venv/bin/python benchmarks/accuracy.py                 # the whole grid (~80 min on 2 cores)
+    .venv/bin/python benchmarks/accuracy.py --report-only   # rebuild json/md/png from finished runs
+
+Every cell is one `apprentice train` run (a subprocess, so a crash or Ctrl-C loses at most the
+current step: runs checkpoint and a rerun of this command resumes them; finished runs are reused).
+Results: ``benchmarks/results/accuracy.json`` (one row per run), ``accuracy.md`` (tables) and
+``accuracy_epochs.png`` / ``accuracy_size.png`` (plots), written after every finished run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _stamp import REPO, stamp  # noqa: E402
+
+import accuracy_report  # noqa: E402
+
+PRECISIONS = ("2W/32A", "2W/8A", "4W/8A")
+SCHEMES = ("baseline", "A", "B", "C")
+SWEEP_GAMMA = (0.5, 1.0, 2.0)
+SWEEP_TEMPERATURE = (1.0, 2.0, 4.0)
+DEFAULT = {"gamma": 0.5, "temperature": 1.0}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run: its folder name, its overrides on the base recipe, the runs it needs."""
+
+    name: str
+    overrides: dict[str, Any]
+    needs: tuple[str, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _slug(precision: str) -> str:
+    return precision.replace("/", "").lower()
+
+
+def common(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """Overrides every run shares: data size, holdout, schedule, seed (the student's own recipe)."""
+    return {
+        "model.name": args.student, "data.name": "fashion_mnist", "data.holdout": args.holdout,
+        "data.limit": args.train_images, "data.batch_size": 128, "optim.name": "sgd", "optim.lr": 0.1,
+        "optim.schedule": "cosine", "optim.weight_decay": 1e-4, "optim.warmup_epochs": 0.0,
+        "train.epochs": args.epochs, "train.seed": seed, "train.checkpoint_every": 0,
+        "distill.beta": 0.5, "distill.gamma": DEFAULT["gamma"], "distill.temperature": DEFAULT["temperature"],
+    }
+
+
+def grid_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
+    """Teacher first, then seed by seed (so a partial grid is balanced): FP twin, then each precision's
+    baseline, A, B, C. B and C need the teacher; C also needs the same seed's FP twin."""
+    teacher = Job("teacher", {**common(args, 0), "model.name": args.teacher, "quant.precision": "32W/32A",
+                              "distill.scheme": "baseline"}, meta={"role": "teacher", "precision": "32W/32A",
+                                                                    "scheme": "baseline", "seed": 0})
+    jobs = [teacher]
+    for seed in args.seeds:
+        twin = f"fp-s{seed}"
+        jobs.append(Job(twin, {**common(args, seed), "quant.precision": "32W/32A", "distill.scheme": "baseline"},
+                        meta={"role": "fp_twin", "precision": "32W/32A", "scheme": "baseline", "seed": seed}))
+        for precision in args.precisions:
+            for scheme in SCHEMES:
+                o = {**common(args, seed), "quant.precision": precision, "distill.scheme": scheme}
+                needs: tuple[str, ...] = ()
+                if scheme == "A":
+                    o["distill.teacher_model.name"] = args.teacher
+                if scheme in ("B", "C"):
+                    o["distill.teacher"] = str(runs / "teacher")
+                    needs = ("teacher",)
+                if scheme == "C":
+                    o["distill.student_init"] = str(runs / twin)
+                    o["optim.lr"] = args.c_lr
+                    needs = ("teacher", twin)
+                jobs.append(Job(f"{_slug(precision)}-{scheme}-s{seed}", o, needs,
+                                {"role": "student", "precision": precision, "scheme": scheme, "seed": seed}))
+    return jobs
+
+
+def sweep_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
+    """Scheme B at 2W/32A, seed 0, over gamma x temperature (the default cell is the grid's own run)."""
+    jobs = []
+    for g in SWEEP_GAMMA:
+        for t in SWEEP_TEMPERATURE:
+            if {"gamma": g, "temperature": t} == DEFAULT:
+                continue
+            o = {**common(args, 0), "quant.precision": "2W/32A", "distill.scheme": "B",
+                 "distill.teacher": str(runs / "teacher"), "distill.gamma": g, "distill.temperature": t}
+            jobs.append(Job(f"sweep-g{g:g}-t{t:g}", o, ("teacher",),
+                            {"role": "sweep", "precision": "2W/32A", "scheme": "B", "seed": 0,
+                             "gamma": g, "temperature": t}))
+    return jobs
+
+
+# ----------------------------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------------------------
+
+
+def _override_args(o: dict[str, Any]) -> list[str]:
+    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in o.items()]
+
+
+def state(folder: Path, job: Job) -> str:
+    """'done', 'resume', 'fresh' (no folder) or 'restart' (a folder without a checkpoint).
+
+    A folder made for other overrides is an error rather than silently reused or replaced.
+    """
+    spec = folder / "job.json"
+    if spec.exists():
+        old = json.loads(spec.read_text())
+        if old != job.overrides:
+            diff = sorted(k for k in set(old) | set(job.overrides) if old.get(k) != job.overrides.get(k))
+            raise SystemExit(f"accuracy: {folder} was run with other settings ({', '.join(diff)}); "
+                             "use another --runs-dir or delete that folder")
+    summary = folder / "summary.json"
+    if summary.exists() and json.loads(summary.read_text()).get("status") == "finished":
+        return "done"
+    if (folder / "checkpoints" / "last.pt").exists():
+        return "resume"
+    return "restart" if folder.exists() else "fresh"
+
+
+def launch(job: Job, runs: Path, threads: int) -> subprocess.Popen:
+    folder = runs / job.name
+    how = state(folder, job)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "job.json").write_text(json.dumps(job.overrides, indent=1))
+    flag = {"resume": ["--resume"], "restart": ["--overwrite"], "fresh": ["--overwrite"]}[how]
+    cmd = [sys.executable, "-m", "apprentice", "train", str(REPO / "configs/fashion_mnist/student_baseline.yaml"),
+           *flag, *_override_args(job.overrides), f"train.out={folder}"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    log = open(runs / "logs" / f"{job.name}.log", "a")
+    log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {how}: {' '.join(cmd)}\n")
+    log.flush()
+    print(f"[{time.strftime('%H:%M:%S')}] start {job.name} ({how})", flush=True)
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                            start_new_session=True)
+
+
+def _safely(fn) -> None:
+    """A report that fails (a plotting bug, a full disk) must not orphan the running trainings."""
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - reported, and the grid goes on
+        print(f"accuracy: report not written: {type(e).__name__}: {e}", flush=True)
+
+
+def run_jobs(jobs: list[Job], runs: Path, workers: int, threads: int, on_done) -> list[str]:
+    """Run jobs in order as their needs finish, ``workers`` at a time; returns the names that failed.
+
+    SIGINT/SIGTERM are passed on to the running trainings (they checkpoint and stop), then this exits.
+    """
+    pending = [j for j in jobs if state(runs / j.name, j) != "done"]
+    done = {j.name for j in jobs if j not in pending}
+    failed: list[str] = []
+    running: dict[str, tuple[Job, subprocess.Popen]] = {}
+    stop: list[int] = []
+
+    def handler(signum, _frame):
+        stop.append(signum)
+        for _, p in running.values():
+            p.send_signal(signal.SIGTERM)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while (pending or running) and not stop:
+            for j in list(pending):
+                if len(running) >= workers:
+                    break
+                if any(n in failed for n in j.needs):
+                    pending.remove(j)
+                    failed.append(j.name)
+                    print(f"skip {j.name}: needs a failed run", flush=True)
+                elif all(n in done for n in j.needs):
+                    pending.remove(j)
+                    running[j.name] = (j, launch(j, runs, threads))
+            time.sleep(1.0)
+            for name, (j, p) in list(running.items()):
+                if p.poll() is None:
+                    continue
+                del running[name]
+                if p.returncode == 0 and state(runs / name, j) == "done":
+                    done.add(name)
+                    print(f"[{time.strftime('%H:%M:%S')}] done {name}", flush=True)
+                    _safely(on_done)
+                elif not stop:
+                    failed.append(name)
+                    print(f"FAILED {name} (exit {p.returncode}); see {runs / 'logs' / (name + '.log')}", flush=True)
+        for _, p in running.values():
+            p.wait()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if stop:
+        _safely(on_done)
+        print("accuracy: interrupted; the runs checkpointed, rerun the same command to resume", flush=True)
+        raise SystemExit(128 + stop[0])
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="benchmarks/results/accuracy.json")
+    ap.add_argument("--runs-dir", default="runs/accuracy", help="run folders (resumed when rerun)")
+    ap.add_argument("--student", default="resnet8")
+    ap.add_argument("--teacher", default="resnet14")
+    ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--train-images", type=int, default=10000, help="training images after the holdout")
+    ap.add_argument("--holdout", type=int, default=5000, help="training images held out for the sweep")
+    ap.add_argument("--c-lr", type=float, default=0.01, help="scheme C's (fine-tuning) learning rate")
+    ap.add_argument("--workers", type=int, default=2, help="trainings at once")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per training")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the gamma/temperature sweep")
+    ap.add_argument("--report-only", action="store_true", help="only rebuild the results from finished runs")
+    args = ap.parse_args(argv)
+    runs = (REPO / args.runs_dir).resolve()
+    (runs / "logs").mkdir(parents=True, exist_ok=True)
+    jobs = grid_jobs(args, runs) + ([] if args.no_sweep else sweep_jobs(args, runs))
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "report_only")}
+    info = {"stamp": stamp(argv), "settings": settings}
+
+    def report() -> None:
+        accuracy_report.write(REPO / args.out, jobs, runs, info)
+
+    if args.report_only:
+        report()
+        return 0
+    t0 = time.time()
+    failed = run_jobs(jobs, runs, args.workers, args.threads, report)
+    report()
+    print(f"accuracy: {len(jobs) - len(failed)}/{len(jobs)} runs finished, {(time.time() - t0) / 60:.1f} min "
+          f"this invocation; results in {args.out}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

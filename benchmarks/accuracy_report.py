@@ -1,0 +1,278 @@
+"""Rows, analysis, markdown and plots of the accuracy grid (`accuracy.py`), from its run folders.
+
+Everything here reads finished runs only (``summary.json`` with status "finished") and can be
+rebuilt at any time with ``accuracy.py --report-only``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from _stamp import markdown_table, stamp_markdown
+
+from apprentice.atomic import atomic_write_bytes, atomic_write_text
+
+SCHEMES = ("baseline", "A", "B", "C")
+# The paper's ImageNet ResNet-18 top-1 error (Mishra & Marr 2018; ../shared/design/method.md §4).
+PAPER_RESNET18 = {"FP": 30.4, "2W/32A": {"baseline": 33.4, "teacher": 31.5},
+                  "2W/8A": {"baseline": None, "teacher": 32.0}, "4W/8A": {"baseline": None, "teacher": 29.6}}
+
+
+def _epochs(folder: Path) -> list[dict[str, Any]]:
+    """Epoch records of a run's metrics.jsonl, the last one for each epoch (a resumed run may repeat one)."""
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for line in (folder / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line) if line.strip() else {}
+        if rec.get("type") == "epoch":
+            by_epoch[rec["epoch"]] = rec
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def collect(jobs: list, runs: Path) -> list[dict[str, Any]]:
+    """One row per finished run: the job's settings, per-epoch and final accuracies, times, commit."""
+    rows = []
+    for job in jobs:
+        folder = runs / job.name
+        try:
+            summary = json.loads((folder / "summary.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if summary.get("status") != "finished":
+            continue
+        epochs = _epochs(folder)
+        rows.append({
+            "name": job.name, **job.meta,
+            "gamma": job.overrides.get("distill.gamma"), "temperature": job.overrides.get("distill.temperature"),
+            "config": {"recipe": "configs/fashion_mnist/student_baseline.yaml", "overrides": job.overrides},
+            "test_top1_per_epoch": [e.get("test_top1") for e in epochs],
+            "holdout_top1_per_epoch": [e.get("holdout_top1") for e in epochs],
+            "final_top1": summary.get("final_top1"), "best_top1": summary.get("best_top1"),
+            "best_epoch": summary.get("best_epoch"), "final_holdout_top1": summary.get("holdout_top1"),
+            "epoch_to_99pct": epoch_to_fraction([e.get("test_top1") for e in epochs], 0.99),
+            "wall_time_s": summary.get("wall_time_s"),
+            "train_time_s": sum(e.get("epoch_time_s", 0.0) for e in epochs),
+            "commit": summary.get("git_commit"), "torch": summary.get("torch"), "device": summary.get("device"),
+            "parameters": summary.get("parameters"), "train_images": summary.get("train_images"),
+        })
+    return rows
+
+
+def epoch_to_fraction(curve: list[float | None], fraction: float) -> int | None:
+    """First epoch (1-based) whose accuracy reaches ``fraction`` of the final epoch's."""
+    if not curve or curve[-1] is None:
+        return None
+    return next(i + 1 for i, v in enumerate(curve) if v is not None and v >= fraction * curve[-1])
+
+
+def _ms(values: list[float]) -> dict[str, Any]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": round(statistics.fmean(vals), 3), "std": round(statistics.stdev(vals), 3) if len(vals) > 1 else None,
+            "n": len(vals)}
+
+
+def _fmt(ms: dict[str, Any], digits: int = 2) -> str | None:
+    if ms["mean"] is None:
+        return None
+    return f"{ms['mean']:.{digits}f}" + (f" ± {ms['std']:.{digits}f}" if ms["std"] is not None else "") + \
+        (f" (n={ms['n']})" if ms["n"] != 3 else "")
+
+
+def analyse(rows: list[dict[str, Any]], precisions: list[str]) -> dict[str, Any]:
+    """Per precision: quantization gap, each scheme's recovery (paired by seed), convergence epochs."""
+    grid = [r for r in rows if r["role"] in ("fp_twin", "student")]
+    fp = {r["seed"]: r for r in grid if r["role"] == "fp_twin"}
+    teacher = next((r for r in rows if r["role"] == "teacher"), None)
+    out: dict[str, Any] = {"teacher_top1": teacher and teacher["final_top1"],
+                           "fp_twin": _ms([r["final_top1"] for r in fp.values()]),
+                           "fp_twin_epoch_to_99pct": _ms([r["epoch_to_99pct"] for r in fp.values()]),
+                           "precisions": {}}
+    for p in precisions:
+        cells = {s: {r["seed"]: r for r in grid if r["role"] == "student" and r["precision"] == p and r["scheme"] == s}
+                 for s in SCHEMES}
+        base = cells["baseline"]
+        gap = [fp[s]["final_top1"] - base[s]["final_top1"] for s in base if s in fp]
+        entry: dict[str, Any] = {"gap_points": _ms(gap), "schemes": {}}
+        for s in SCHEMES:
+            runs = cells[s]
+            rec = [runs[k]["final_top1"] - base[k]["final_top1"] for k in runs if k in base]
+            gap_mean = entry["gap_points"]["mean"]
+            entry["schemes"][s] = {
+                "final_top1": _ms([r["final_top1"] for r in runs.values()]),
+                "best_top1": _ms([r["best_top1"] for r in runs.values()]),
+                "recovered_points": _ms(rec) if s != "baseline" else None,
+                "recovered_fraction_of_gap": (round(statistics.fmean(rec) / gap_mean, 3)
+                                              if s != "baseline" and rec and gap_mean else None),
+                "epoch_to_99pct": _ms([r["epoch_to_99pct"] for r in runs.values()]),
+                "vs_fp_twin_points": _ms([runs[k]["final_top1"] - fp[k]["final_top1"] for k in runs if k in fp]),
+            }
+        out["precisions"][p] = entry
+    return out
+
+
+def sweep_table(rows: list[dict[str, Any]]) -> tuple[list[list[Any]], dict[str, Any] | None]:
+    """The gamma/temperature sweep (scheme B, 2W/32A, seed 0), chosen on the holdout split."""
+    cand = [r for r in rows if r["role"] == "sweep"
+            or (r["role"] == "student" and r["precision"] == "2W/32A" and r["scheme"] == "B" and r["seed"] == 0)]
+    cand = [r for r in cand if r["final_holdout_top1"] is not None]
+    cand.sort(key=lambda r: (r["gamma"], r["temperature"]))
+    table = [[r["gamma"], r["temperature"], r["final_holdout_top1"], r["final_top1"]] for r in cand]
+    best = max(cand, key=lambda r: r["final_holdout_top1"]) if cand else None
+    return table, (best and {"gamma": best["gamma"], "temperature": best["temperature"],
+                             "holdout_top1": best["final_holdout_top1"], "test_top1": best["final_top1"]})
+
+
+def markdown(info: dict[str, Any], rows: list[dict[str, Any]], an: dict[str, Any], sweep: list, chosen) -> tuple[str, str]:
+    """The full markdown report and the main table alone."""
+    st = info["settings"]
+    fp = an["fp_twin"]
+    head = ["precision", "scheme", "test top-1 %", "vs no teacher (pts)", "share of gap", "epoch to 99 %",
+            "vs FP twin (pts)"]
+    table = [["32W/32A", "FP twin", _fmt(fp), None, None, _fmt(an["fp_twin_epoch_to_99pct"], 1), None]]
+    for p, e in an["precisions"].items():
+        for s, v in e["schemes"].items():
+            share = v["recovered_fraction_of_gap"]
+            table.append([p, "no teacher" if s == "baseline" else s, _fmt(v["final_top1"]),
+                          _fmt(v["recovered_points"]) if v["recovered_points"] else None,
+                          None if share is None else f"{100 * share:.0f} %", _fmt(v["epoch_to_99pct"], 1),
+                          _fmt(v["vs_fp_twin_points"])])
+    main = markdown_table(head, table)
+    gaps = markdown_table(["precision", "quantization gap: FP twin − no teacher (pts)"],
+                          [[p, _fmt(e["gap_points"])] for p, e in an["precisions"].items()])
+    paper = markdown_table(
+        ["ImageNet ResNet-18 (paper)", "no teacher", "with teacher", "FP"],
+        [[p, None if PAPER_RESNET18[p]["baseline"] is None else f"{100 - PAPER_RESNET18[p]['baseline']:.1f}",
+          f"{100 - PAPER_RESNET18[p]['teacher']:.1f}", f"{100 - PAPER_RESNET18['FP']:.1f}"]
+         for p in ("2W/32A", "2W/8A", "4W/8A")])
+    text = [
+        "# Accuracy grid: Fashion-MNIST (not ImageNet)", "",
+        stamp_markdown(info["stamp"]), "",
+        f"Student `{st['student']}` (1×28×28 inputs, option-A shortcuts), teacher `{st['teacher']}` (FP, trained "
+        f"once, seed 0: test top-1 {an['teacher_top1']} %). Training images: the first {st['train_images']:,} "
+        f"after setting aside {st['holdout']:,} for the sweep's choice; test: the 10,000 test images. "
+        f"{st['epochs']} epochs, batch 128, SGD Nesterov momentum 0.9, lr 0.1 cosine (scheme C {st['c_lr']}, "
+        f"starting from the same seed's FP twin), weight decay 1e-4, paper loss weights α=1, β=γ=0.5, τ=1. "
+        f"Seeds {st['seeds']}; {st['workers']} runs at a time, {st['threads']} torch thread each. "
+        "Final-epoch test top-1 (never the best epoch, which would select on the test set), mean ± std over seeds; "
+        "'vs no teacher' is paired by seed.", "",
+        main, "", gaps, "",
+        "For comparison only (a different data set, network and schedule): the paper's ImageNet ResNet-18 top-1 "
+        "accuracy (100 − its error):", "", paper, "",
+    ]
+    if sweep:
+        text += ["## γ / τ sweep (scheme B, 2W/32A, seed 0), chosen on the holdout split", "",
+                 markdown_table(["γ", "τ", "holdout top-1 %", "test top-1 %"], sweep), "",
+                 f"Chosen on holdout: γ={chosen['gamma']}, τ={chosen['temperature']}." if chosen else "", ""]
+    text += ["Per-run rows (per-epoch curves, times, commits) are in the JSON file next to this one.", ""]
+    return "\n".join(text), main
+
+
+def plots(out: Path, rows: list[dict[str, Any]], an: dict[str, Any], precisions: list[str], sizes: dict[str, int]) -> list[str]:
+    """accuracy vs epoch per scheme (a panel per precision) and accuracy vs packed model size."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    plt.close("all")
+    fig, axes = plt.subplots(1, len(precisions), figsize=(5 * len(precisions), 4), sharey=True, squeeze=False)
+    fp_curves = [r["test_top1_per_epoch"] for r in rows if r["role"] == "fp_twin"]
+    for ax, p in zip(axes[0], precisions):
+        series = [("FP twin", fp_curves)] + [
+            ("no teacher" if s == "baseline" else f"scheme {s}",
+             [r["test_top1_per_epoch"] for r in rows if r["role"] == "student" and r["precision"] == p and r["scheme"] == s])
+            for s in SCHEMES]
+        for label, curves in series:
+            curves = [c for c in curves if c and None not in c]
+            if not curves:
+                continue
+            n = min(len(c) for c in curves)
+            mean = [statistics.fmean(c[i] for c in curves) for i in range(n)]
+            ax.plot(range(1, n + 1), mean, marker="o", ms=3, label=label, ls="--" if label == "FP twin" else "-")
+        ax.set_title(f"{p} student (mean over seeds)")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test top-1 % (Fashion-MNIST)")
+    axes[0][0].legend()
+    # Zoom past the first epochs (a third of the run), where the curves are far below the rest.
+    late = [v for r in rows for c in [r["test_top1_per_epoch"]] for v in c[len(c) // 3:] if v is not None]
+    if late:
+        axes[0][0].set_ylim(bottom=max(min(late) - 1, 0))
+    fig.tight_layout()
+    written = [_savefig(fig, out.with_name(out.stem + "_epochs.png"))]
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    pts = [("FP twin", sizes.get("32W/32A"), an["fp_twin"]["mean"])]
+    if an["teacher_top1"] is not None:
+        pts.append(("teacher", sizes.get("teacher"), an["teacher_top1"]))
+    for label, x, y in pts:
+        if x and y is not None:
+            ax.scatter([x / 1024], [y], marker="*", s=120)
+            ax.annotate(label, (x / 1024, y), textcoords="offset points", xytext=(5, 5))
+    for s, marker in zip(SCHEMES, "osD^"):
+        xs, ys = [], []
+        for p in precisions:
+            v = an["precisions"][p]["schemes"][s]["final_top1"]["mean"]
+            if v is not None:
+                xs.append(sizes[p] / 1024)
+                ys.append(v)
+        ax.plot(xs, ys, marker=marker, ls="", label="no teacher" if s == "baseline" else f"scheme {s}")
+    for p in precisions:
+        ax.axvline(sizes[p] / 1024, color="grey", lw=0.5)
+        ax.annotate(p, (sizes[p] / 1024, ax.get_ylim()[0]), fontsize=7, rotation=90, va="bottom")
+    ax.set_xscale("log")
+    ax.set_xlabel("packed model file, KiB (log)")
+    ax.set_ylabel("test top-1 % (mean over seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    written.append(_savefig(fig, out.with_name(out.stem + "_size.png")))
+    plt.close(fig)
+    return written
+
+
+def _savefig(fig, path: Path) -> str:
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(path, buf.getvalue())
+    return path.name
+
+
+def model_sizes(student: str, teacher: str, precisions: list[str]) -> dict[str, int]:
+    """Bytes of each student's packed file (base-3 ternary) and of the FP32 teacher/twin, from the size report."""
+    from apprentice import build_model, prepare
+    from apprentice.sizes import size_report, size_totals
+
+    out = {}
+    for p in ["32W/32A", *precisions]:
+        m = build_model(student, num_classes=10, in_channels=1)
+        if p != "32W/32A":
+            prepare(m, p)  # in place
+        out[p] = int(size_totals(size_report(m))["packed_bytes"])
+    out["teacher"] = int(size_totals(size_report(build_model(teacher, num_classes=10, in_channels=1)))["packed_bytes"])
+    return out
+
+
+def write(out: Path, jobs: list, runs: Path, info: dict[str, Any]) -> None:
+    """Collect finished runs and write ``out`` (JSON), ``out.md`` and the PNG plots, atomically."""
+    precisions = info["settings"]["precisions"]
+    rows = collect(jobs, runs)
+    an = analyse(rows, precisions)
+    sweep, chosen = sweep_table(rows)
+    sizes = model_sizes(info["settings"]["student"], info["settings"]["teacher"], precisions)
+    text, _ = markdown(info, rows, an, sweep, chosen)
+    figs = plots(out, rows, an, precisions, sizes)
+    result = {**info, "finished_runs": len(rows), "planned_runs": len(jobs), "model_bytes": sizes,
+              "analysis": an, "sweep": {"rows": [dict(zip(("gamma", "temperature", "holdout_top1", "test_top1"), r))
+                                                 for r in sweep], "chosen_on_holdout": chosen},
+              "plots": figs, "rows": rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out.with_suffix(".md"), text)

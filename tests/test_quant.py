@@ -141,6 +141,38 @@ def test_activation_ste_and_pact_clip_gradient():
     assert c.grad.item() == 2.0  # PACT: one for each x ≥ c
 
 
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_fixed_clip_activation_equals_the_clamp_reference(bits):
+    # The fixed-clip path computes levels in place outside the graph and masks the gradient in the
+    # STE; it must give the same values and gradients as the plain clamp -> round -> STE formula,
+    # including at the clip's edges (clamp passes the gradient at x == 0 and x == c).
+    torch.manual_seed(bits)
+    x = torch.cat([torch.randn(4000) * 0.8, torch.tensor([0.0, -0.0, 1.0, 1.0 + 1e-7, -1e-7])]).requires_grad_()
+    g = torch.randn_like(x)
+    (fake_quant_activation(x, bits, 1.0) * g).sum().backward()
+    steps = 2**bits - 1
+    x_ref = x.detach().clone().requires_grad_()
+    y = x_ref.clamp(0, 1.0)
+    q = torch.round(y / 1.0 * steps) * (1.0 / steps)
+    ref = q.detach() + (y - y.detach())
+    (ref * g).sum().backward()
+    assert torch.equal(fake_quant_activation(x.detach(), bits, 1.0), ref.detach())
+    assert torch.equal(x.grad, x_ref.grad)
+
+
+def test_ste_mask_and_no_graph_without_grad():
+    from apprentice.quantizers import ste
+    x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    q = torch.tensor([0.0, 5.0, 5.0])
+    out = ste(x, q, torch.tensor([True, False, True]))
+    assert torch.equal(out.detach(), q)
+    (out * torch.tensor([2.0, 3.0, 4.0])).sum().backward()
+    assert x.grad.tolist() == [2.0, 0.0, 4.0]
+    with torch.no_grad():
+        assert not ste(x, q).requires_grad
+    assert not ste(x.detach(), q).requires_grad
+
+
 # --- per-channel vs per-layer scales -----------------------------------------------------------
 
 

@@ -47,7 +47,7 @@ class _StraightThrough(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         if ctx.has_mask:
             (mask,) = ctx.saved_tensors
-            return grad * mask, None, None
+            return torch.where(mask, grad, 0.0), None, None  # no float copy of the bool mask
         return grad, None, None
 
 
@@ -294,8 +294,9 @@ def fake_quant_activation(x: Tensor, bits: int, clip: float | Tensor) -> Tensor:
     # a third of the full-size passes (benchmarks/speed.py records before/after).
     needs_grad = x.requires_grad and torch.is_grad_enabled()
     with torch.no_grad():
-        q = x.clamp(0, clip).div_(clip).mul_(steps).round_().mul_(clip / steps)
-        mask = (x >= 0).logical_and_(x <= clip) if needs_grad else None
+        y = x.clamp(0, clip)
+        mask = y == x if needs_grad else None  # [0 <= x <= c] in one pass (NaN: False, as clamp's)
+        q = y.div_(clip).mul_(steps).round_().mul_(clip / steps)
     return ste(x, q, mask)
 
 

@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stamp import REPO, stamp  # noqa: E402
-
-import accuracy_report  # noqa: E402
+import accuracy_report
+from _stamp import REPO, stamp
 
 PRECISIONS = ("2W/32A", "2W/8A", "4W/8A")
 SCHEMES = ("baseline", "A", "B", "C")
@@ -143,12 +142,12 @@ def launch(job: Job, runs: Path, threads: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "apprentice", "train", str(REPO / "configs/fashion_mnist/student_baseline.yaml"),
            *flag, *_override_args(job.overrides), f"train.out={folder}"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    log = open(runs / "logs" / f"{job.name}.log", "a")
-    log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {how}: {' '.join(cmd)}\n")
-    log.flush()
-    print(f"[{time.strftime('%H:%M:%S')}] start {job.name} ({how})", flush=True)
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                            start_new_session=True)
+    with open(runs / "logs" / f"{job.name}.log", "a") as log:  # the child keeps its own descriptor
+        log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {how}: {' '.join(cmd)}\n")
+        log.flush()
+        print(f"[{time.strftime('%H:%M:%S')}] start {job.name} ({how})", flush=True)
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                start_new_session=True)
 
 
 def _safely(fn) -> None:

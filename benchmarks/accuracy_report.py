@@ -151,17 +151,17 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]], an: dict[str, Any
     text = [
         "# Accuracy grid: Fashion-MNIST (not ImageNet)", "",
         stamp_markdown(info["stamp"]), "",
-        f"Student `{st['student']}` (1×28×28 inputs, option-A shortcuts), teacher `{st['teacher']}` (FP, trained "
+        (f"Student `{st['student']}` (1×28×28 inputs, option-A shortcuts), teacher `{st['teacher']}` (FP, trained "
         f"once, seed 0: test top-1 {an['teacher_top1']} %). Training images: the first {st['train_images']:,} "
         f"after setting aside {st['holdout']:,} for the sweep's choice; test: the 10,000 test images. "
         f"{st['epochs']} epochs, batch 128, SGD Nesterov momentum 0.9, lr 0.1 cosine (scheme C {st['c_lr']}, "
         f"starting from the same seed's FP twin), weight decay 1e-4, paper loss weights α=1, β=γ=0.5, τ=1. "
         f"Seeds {st['seeds']}; {st['workers']} runs at a time, {st['threads']} torch thread each. "
         "Final-epoch test top-1 (never the best epoch, which would select on the test set), mean ± std over seeds; "
-        "'vs no teacher' is paired by seed.", "",
+        "'vs no teacher' is paired by seed."), "",
         main, "", gaps, "",
-        "For comparison only (a different data set, network and schedule): the paper's ImageNet ResNet-18 top-1 "
-        "accuracy (100 − its error):", "", paper, "",
+        ("For comparison only (a different data set, network and schedule): the paper's ImageNet ResNet-18 top-1 "
+         "accuracy (100 − its error):"), "", paper, "",
     ]
     if sweep:
         text += ["## γ / τ sweep (scheme B, 2W/32A, seed 0), chosen on the holdout split", "",

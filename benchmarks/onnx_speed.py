@@ -31,7 +31,6 @@ import collections
 import copy
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _stamp import load_average, markdown_table, stamp, stamp_markdown, write_results
+from _timing import summarize, wait_quiet
 
 import apprentice as ap
 from apprentice.onnx_export import export_onnx
@@ -62,10 +62,6 @@ ORT_VARIANTS = {
 }
 
 
-def percentile(xs: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(xs), q))
-
-
 def time_it(fn: Callable[[], Any], *, warmup: int, runs: int) -> dict[str, Any]:
     """Wall-clock milliseconds of ``fn()``: warm-up runs discarded, then ``runs`` timed runs."""
     load_before = load_average()
@@ -76,13 +72,7 @@ def time_it(fn: Callable[[], Any], *, warmup: int, runs: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
-    return {
-        "median_ms": round(statistics.median(times), 3), "p10_ms": round(percentile(times, 10), 3),
-        "p90_ms": round(percentile(times, 90), 3), "mean_ms": round(statistics.fmean(times), 3),
-        "min_ms": round(min(times), 3), "max_ms": round(max(times), 3), "runs": runs, "warmup": warmup,
-        "times_ms": [round(t, 3) for t in times],
-        "load_average_before": load_before, "load_average_after": load_average(),
-    }
+    return {**summarize(times), "warmup": warmup, "load_average_before": load_before}
 
 
 def ort_session(path: str, config: dict[str, str], threads: int, *, optimized: str | None = None,
@@ -130,36 +120,6 @@ def kernel_profile(path: str, config: dict[str, str], threads: int, x: np.ndarra
     total = sum(dur.values()) or 1.0
     return {op: {"nodes": len(nodes[op]), "time_share": round(d / total, 4)}
             for op, d in sorted(dur.items(), key=lambda kv: -kv[1])}
-
-
-def busy_processes(words: tuple[str, ...] = ("pytest", "apprentice")) -> list[str]:
-    """Command lines of other visible processes that look like test suites or training runs."""
-    me, found = os.getpid(), []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        if int(pid) == me:
-            continue
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        if any(w in cmd for w in words) and "onnx_speed.py" not in cmd:
-            found.append(f"{pid}: {cmd[:120]}")
-    return found
-
-
-def wait_quiet(threshold: float, max_wait: float) -> dict[str, Any]:
-    """Sleep until the 1-minute load average is below ``threshold`` and no test/training process runs."""
-    t0 = time.monotonic()
-    while True:
-        load, busy = os.getloadavg()[0], busy_processes()
-        quiet = load < threshold and not busy
-        waited = time.monotonic() - t0
-        if quiet or waited >= max_wait:
-            return {"threshold": threshold, "waited_s": round(waited), "quiet": quiet,
-                    "load_1min": round(load, 2), "busy_processes": busy}
-        print(f"waiting for a quiet machine: load {load:.2f}, {len(busy)} busy processes "
-              f"({waited:.0f}/{max_wait:.0f} s)", flush=True)
-        time.sleep(15)
 
 
 def bench_model(model_name: str, precisions: list[str], batches: list[int], variants: list[str],

@@ -1,0 +1,64 @@
+"""Timing helpers shared by the speed benchmarks: summary statistics and waiting for a quiet machine.
+
+Timings on a shared 2-core machine are only worth recording when nothing else runs: a parallel
+test suite or training run doubles step times. `wait_quiet` waits for that and says how it went.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _stamp import load_average
+
+
+def percentile(xs: list[float], q: float) -> float:
+    """The q-th percentile (linear interpolation, as numpy's default)."""
+    s = sorted(xs)
+    k = (len(s) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def summarize(times_ms: list[float]) -> dict[str, Any]:
+    """Median, p10, p90, mean, min, max (ms) and the raw times of one timed series."""
+    r = lambda v: round(v, 3)
+    return {"median_ms": r(statistics.median(times_ms)), "p10_ms": r(percentile(times_ms, 10)),
+            "p90_ms": r(percentile(times_ms, 90)), "mean_ms": r(statistics.fmean(times_ms)),
+            "min_ms": r(min(times_ms)), "max_ms": r(max(times_ms)), "runs": len(times_ms),
+            "times_ms": [r(t) for t in times_ms], "load_average_after": load_average()}
+
+
+def busy_processes(words: tuple[str, ...] = ("pytest", "apprentice")) -> list[str]:
+    """Command lines of other visible processes that look like test suites or training runs
+    (this benchmark's own processes, named by its script, are not counted)."""
+    me, script, found = os.getpid(), Path(sys.argv[0]).name, []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if int(pid) == me:
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if any(w in cmd for w in words) and script not in cmd:
+            found.append(f"{pid}: {cmd[:120]}")
+    return found
+
+
+def wait_quiet(threshold: float, max_wait: float) -> dict[str, Any]:
+    """Sleep until the 1-minute load average is below ``threshold`` and no test/training process runs."""
+    t0 = time.monotonic()
+    while True:
+        load, busy = os.getloadavg()[0], busy_processes()
+        quiet = load < threshold and not busy
+        waited = time.monotonic() - t0
+        if quiet or waited >= max_wait:
+            return {"threshold": threshold, "waited_s": round(waited), "quiet": quiet,
+                    "load_1min": round(load, 2), "busy_processes": busy}
+        print(f"waiting for a quiet machine: load {load:.2f}, {len(busy)} busy processes "
+              f"({waited:.0f}/{max_wait:.0f} s)", flush=True)
+        time.sleep(15)

@@ -1,0 +1,335 @@
+"""Training cost on this CPU: median wall time of one training step of the same student in full
+precision, fake-quantized (ternary weights; ternary + 8-bit activations), with a frozen teacher's
+forward (scheme B) and with the teacher trained alongside (scheme A); the same network quantized
+with Brevitas and with torch.ao.quantization fake-quant as peer references; and the fake-quant
+steps of an earlier commit (``--before``), to record what the optimisation of that path bought.
+
+    .venv/bin/python benchmarks/speed.py --before 91f2ef2 --wait-load 0.5
+
+One step = `apprentice.step.train_step` (zero_grad, forward of student and teacher, the Apprentice
+loss, backward, gradient norm, SGD update), the loop `apprentice train` runs, on one fixed random
+batch (data loading is not part of the step). Every case runs in a fresh subprocess per round
+(``--rounds``), the rounds interleave the cases and the before/after code so slow drift of the
+machine hits all alike; in each, ``--warmup`` steps are discarded and ``--steps`` are timed; the
+median over all rounds' timed steps is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _stamp import REPO, _git, markdown_table, stamp, stamp_markdown, write_results
+from _timing import summarize, wait_quiet
+
+#: case -> (student precision, scheme); "fp" is the reference every ratio is taken against.
+CASES: dict[str, tuple[str, str]] = {
+    "fp": ("32W/32A", "baseline"),
+    "ternary": ("2W/32A", "baseline"),
+    "ternary_8a": ("2W/8A", "baseline"),
+    "ternary_B": ("2W/32A", "B"),
+    "ternary_8a_B": ("2W/8A", "B"),
+    "ternary_A": ("2W/32A", "A"),
+    "ternary_8a_A": ("2W/8A", "A"),
+}
+#: peer -> (library, precision): the same network and layers, quantized by another library.
+PEERS: dict[str, tuple[str, str]] = {
+    "brevitas_ternary": ("brevitas", "2W/32A"),
+    "brevitas_ternary_8a": ("brevitas", "2W/8A"),
+    "torch_ao_ternary_8a": ("torch.ao", "2W/8A"),
+}
+#: the cases timed again with the ``--before`` code
+BEFORE_CASES = ("ternary", "ternary_8a", "ternary_B", "ternary_8a_B")
+
+
+# ----------------------------------------------------------------------------------------------
+# Inside one subprocess: build a case, time its steps
+# ----------------------------------------------------------------------------------------------
+
+
+def _quantized_names(model, precision: str) -> list[str]:
+    """Names of the layers apprentice quantizes by default (first conv and classifier excluded)."""
+    import copy
+
+    from apprentice import prepare
+    return list(prepare(copy.deepcopy(model), precision))
+
+
+def brevitas_student(model, precision: str):
+    """Swap the same layers for Brevitas QuantConv2d: 2-bit narrow-range weights ({-1, 0, 1}·scale, a
+    per-tensor float scale), and for 8A an unsigned 8-bit input quantizer (per-tensor, learned scale)."""
+    from brevitas.nn import QuantConv2d
+    from brevitas.quant import Int8WeightPerTensorFloat, Uint8ActPerTensorFloat
+
+    from apprentice.quant import replace_module
+    act8 = precision.endswith("/8A")
+    for name in _quantized_names(model, precision):
+        m = model.get_submodule(name)
+        q = QuantConv2d(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=m.padding,
+                        bias=m.bias is not None, weight_quant=Int8WeightPerTensorFloat, weight_bit_width=2,
+                        input_quant=Uint8ActPerTensorFloat if act8 else None,
+                        **({"input_bit_width": 8} if act8 else {}))
+        q.weight.data.copy_(m.weight.data)
+        replace_module(model, name, q)
+    return model
+
+
+def torch_ao_student(model, precision: str):
+    """torch.ao.quantization eager QAT on the same layers: per-tensor symmetric weight fake-quant with
+    quant range [-1, 1] (ternary levels), and 8-bit (quint8, moving-average min/max) fake-quant of the
+    layer's output where apprentice quantizes its input: one activation quantizer per layer either way."""
+    from torch.ao import quantization as tq
+    weight = tq.FakeQuantize.with_args(observer=tq.MovingAverageMinMaxObserver, quant_min=-1, quant_max=1,
+                                       dtype=__import__("torch").qint8, qscheme=__import__("torch").per_tensor_symmetric)
+    act = tq.FakeQuantize.with_args(observer=tq.MovingAverageMinMaxObserver, quant_min=0, quant_max=255,
+                                    dtype=__import__("torch").quint8)
+    names = set(_quantized_names(model, precision))
+    for name, m in model.named_modules():
+        m.qconfig = tq.QConfig(activation=act, weight=weight) if name in names else None
+    tq.prepare_qat(model, inplace=True)
+    return model
+
+
+def build_case(name: str, args: argparse.Namespace):
+    """(distiller, optimizer, teacher_or_None) of one case, in train mode."""
+    import torch
+
+    from apprentice import Distiller, build_model, make_student
+    from apprentice.optim import make_optimizer, param_groups
+    c, h, w = args.input
+    torch.manual_seed(0)
+    student = build_model(args.model, num_classes=args.classes, in_channels=c)
+    if name in PEERS:
+        lib, precision = PEERS[name]
+        scheme = "baseline"
+        student = (brevitas_student if lib == "brevitas" else torch_ao_student)(student, precision)
+    else:
+        precision, scheme = CASES[name]
+        if precision != "32W/32A":
+            make_student(student, scheme="baseline", precision=precision)
+    teacher = build_model(args.teacher, num_classes=args.classes, in_channels=c) if scheme != "baseline" else None
+    d = Distiller(student, teacher, scheme=scheme)
+    d.train()
+    modules = [d.student] + ([d.teacher] if scheme == "A" else [])
+    opt = make_optimizer("sgd", param_groups(modules, weight_decay=1e-4), lr=0.1, momentum=0.9, nesterov=True)
+    return d, opt, teacher
+
+
+def time_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Per-step wall times (ms) of one case; for B also the frozen teacher's forward alone."""
+    import torch
+
+    from apprentice.step import train_step
+    torch.set_num_threads(args.threads)
+    d, opt, teacher = build_case(name, args)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(args.batch, *args.input, generator=g)
+    y = torch.randint(0, args.classes, (args.batch,), generator=g)
+    out: dict[str, Any] = {}
+    for _ in range(args.warmup):
+        train_step(d, opt, x, y, lr=0.1)
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        train_step(d, opt, x, y, lr=0.1)
+        times.append((time.perf_counter() - t0) * 1e3)
+    out["step_ms"] = times
+    if teacher is not None and CASES.get(name, ("", ""))[1] == "B":
+        tt = []
+        for _ in range(args.steps):
+            t0 = time.perf_counter()
+            d.teacher_logits(x)
+            tt.append((time.perf_counter() - t0) * 1e3)
+        out["teacher_forward_ms"] = tt
+    if args.profile and name == "ternary_8a":
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU]) as p:
+            for _ in range(5):
+                train_step(d, opt, x, y, lr=0.1)
+        ops = sorted(p.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
+        out["profile_top_ops"] = [{"op": e.key, "self_ms_per_step": round(e.self_cpu_time_total / 5e3, 2),
+                                   "calls_per_step": e.count // 5} for e in ops]
+    return out
+
+
+def child(args: argparse.Namespace) -> int:
+    warnings.filterwarnings("ignore")
+    results = {}
+    for name in args.cases:
+        try:
+            results[name] = time_case(name, args)
+        except ImportError as e:
+            results[name] = {"error": f"{type(e).__name__}: {e}"}
+    print("SPEED-JSON " + json.dumps(results), flush=True)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The parent: rounds of subprocesses, then the tables
+# ----------------------------------------------------------------------------------------------
+
+
+def run_child(src: Path, cases: list[str], args: argparse.Namespace, profile: bool) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--cases", *cases,
+           "--model", args.model, "--teacher", args.teacher, "--input", *map(str, args.input),
+           "--classes", str(args.classes), "--batch", str(args.batch), "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--threads", str(args.threads)] + (["--profile"] if profile else [])
+    env = {**os.environ, "PYTHONPATH": str(src)}  # `import apprentice` resolves to src's copy
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=src, check=False)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("SPEED-JSON ")), None)
+    if out.returncode != 0 or line is None:
+        raise SystemExit(f"speed: the timing subprocess failed ({src}):\n{out.stderr[-3000:]}")
+    return json.loads(line[len("SPEED-JSON "):])
+
+
+@contextlib.contextmanager
+def checkout(ref: str | None):
+    """A temporary git worktree of ``ref`` (None: this tree)."""
+    if ref is None:
+        yield REPO, _git("rev-parse", "HEAD")
+        return
+    commit = _git("rev-parse", ref)
+    if commit is None:
+        raise SystemExit(f"speed: --before {ref!r} is not a commit of this repository")
+    tmp = tempfile.mkdtemp(prefix="apprentice-before-")
+    subprocess.run(["git", "worktree", "add", "--detach", tmp, commit], cwd=REPO, check=True, capture_output=True)
+    try:
+        yield Path(tmp), commit
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", tmp], cwd=REPO, check=False, capture_output=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="benchmarks/results/speed.json")
+    ap.add_argument("--model", default="resnet8", help="the student (the accuracy grid's)")
+    ap.add_argument("--teacher", default="resnet14")
+    ap.add_argument("--input", type=int, nargs=3, default=[1, 28, 28], metavar=("C", "H", "W"))
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per case and round (>= 30)")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cases", nargs="+", default=[*CASES, *PEERS])
+    ap.add_argument("--before", default=None, metavar="COMMIT", help="also time the fake-quant cases at this commit")
+    ap.add_argument("--wait-load", type=float, default=None, metavar="LOAD",
+                    help="first wait until the 1-minute load average is below LOAD and no pytest/apprentice runs")
+    ap.add_argument("--wait-max", type=float, default=1800)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    unknown = [c for c in args.cases if c not in CASES and c not in PEERS]
+    if unknown:
+        ap.error(f"unknown cases {unknown}; choose from {[*CASES, *PEERS]}")
+    if args.child:
+        return child(args)
+    if args.steps < 30:
+        ap.error("--steps must be at least 30")
+    quiet = wait_quiet(args.wait_load, args.wait_max) if args.wait_load is not None else None
+    st = stamp(argv)
+    raw: dict[str, dict[str, list]] = {"after": {}, "before": {}}
+    before_cases = [c for c in BEFORE_CASES if c in args.cases] if args.before else []
+    profiles: dict[str, Any] = {}
+    with checkout(args.before) if args.before else contextlib.nullcontext((None, None)) as (before_src, before_commit):
+        for r in range(args.rounds):
+            order = [("after", REPO, args.cases), ("before", before_src, before_cases)]
+            for label, src, cases in (order if r % 2 == 0 else order[::-1]):
+                if not cases:
+                    continue
+                print(f"round {r + 1}/{args.rounds}: {label} ({len(cases)} cases)", flush=True)
+                res = run_child(src, cases, args, profile=(r == 0))
+                for case, v in res.items():
+                    if "error" in v:
+                        raw[label].setdefault(case, {"error": v["error"]})
+                        continue
+                    if "profile_top_ops" in v:
+                        profiles[label] = v["profile_top_ops"]
+                    for k in ("step_ms", "teacher_forward_ms"):
+                        if k in v:
+                            raw[label].setdefault(case, {}).setdefault(k, []).extend(v[k])
+    result = analyse(raw, args)
+    out = {"benchmark": "speed", "stamp": st, "quiet_wait": quiet,
+           "settings": {k: v for k, v in vars(args).items() if k not in ("child", "profile", "out")},
+           "before_commit": before_commit, **result, "profile_ternary_8a": profiles}
+    md, table = markdown(out)
+    write_results(REPO / args.out, out, md, table)
+    return 0
+
+
+def analyse(raw: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    after = raw["after"]
+    med = {c: summarize(v["step_ms"]) for c, v in after.items() if "step_ms" in v}
+    fp = med.get("fp", {}).get("median_ms")
+    cases = {}
+    for c, s in med.items():
+        entry = {**s, "ratio_to_fp": round(s["median_ms"] / fp, 3) if fp else None}
+        if c in CASES:
+            entry["precision"], entry["scheme"] = CASES[c]
+        else:
+            entry["library"], entry["precision"] = PEERS[c]
+        if "teacher_forward_ms" in after[c]:
+            tf = summarize(after[c]["teacher_forward_ms"])
+            entry["teacher_forward"] = tf
+            entry["teacher_share"] = round(tf["median_ms"] / s["median_ms"], 3)
+        base = {"ternary_A": "ternary", "ternary_8a_A": "ternary_8a"}.get(c)
+        if base in med:  # A: the step minus the same student's step without a teacher
+            entry["teacher_share"] = round(1 - med[base]["median_ms"] / s["median_ms"], 3)
+        cases[c] = entry
+    errors = {c: v["error"] for c, v in after.items() if "error" in v}
+    before_after = {}
+    for c, v in raw["before"].items():
+        if "step_ms" in v and c in med:
+            b = summarize(v["step_ms"])
+            before_after[c] = {"before_median_ms": b["median_ms"], "after_median_ms": med[c]["median_ms"],
+                               "speedup": round(b["median_ms"] / med[c]["median_ms"], 3),
+                               "before_ratio_to_fp": round(b["median_ms"] / fp, 3) if fp else None,
+                               "before_times_ms": b["times_ms"]}
+    return {"cases": cases, "peer_errors": errors, "before_after": before_after}
+
+
+def markdown(out: dict[str, Any]) -> tuple[str, str]:
+    s = out["settings"]
+    rows = []
+    for c, e in out["cases"].items():
+        what = f"{e['precision']} {e['scheme']}" if "scheme" in e else f"{e['precision']} ({e['library']})"
+        rows.append([c, what, e["median_ms"], e["p10_ms"], e["p90_ms"], e["ratio_to_fp"],
+                     None if "teacher_share" not in e else f"{100 * e['teacher_share']:.0f} %"])
+    table = markdown_table(["case", "student / scheme", "median ms", "p10", "p90", "× FP step", "teacher share"], rows)
+    text = ["# Training step cost on this CPU", "", stamp_markdown(out["stamp"]), "",
+            (f"Student `{s['model']}` ({'×'.join(map(str, s['input']))} inputs, {s['classes']} classes), teacher "
+             f"`{s['teacher']}`, batch {s['batch']}, {s['threads']} torch threads; per case {s['rounds']} rounds × "
+             f"{s['steps']} timed steps after {s['warmup']} warm-up steps, each round a fresh process. Teacher share: "
+             "scheme B, the frozen teacher's forward alone over the step; scheme A, 1 − (the step without teacher) / "
+             "(the step)."), ""]
+    if out.get("quiet_wait"):
+        q = out["quiet_wait"]
+        text += [f"Waited {q['waited_s']} s for a quiet machine (load {q['load_1min']}, quiet: {q['quiet']}).", ""]
+    text += [table, ""]
+    if out["peer_errors"]:
+        text += ["Peers not measured: " + "; ".join(f"{c}: {e}" for c, e in out["peer_errors"].items()), ""]
+    if out["before_after"]:
+        text += [f"## Fake-quant path, before (commit `{out['before_commit'][:10]}`) and after", "",
+                 markdown_table(["case", "before ms", "after ms", "speed-up", "× FP before", "× FP after"],
+                                [[c, v["before_median_ms"], v["after_median_ms"], v["speedup"],
+                                  v["before_ratio_to_fp"], out["cases"][c]["ratio_to_fp"]]
+                                 for c, v in out["before_after"].items()]), ""]
+    for label, ops in out.get("profile_ternary_8a", {}).items():
+        text += [f"Profile of `ternary_8a`, {label} (self CPU ms per step, top ops):", "",
+                 markdown_table(["op", "self ms / step", "calls / step"],
+                                [[o["op"], o["self_ms_per_step"], o["calls_per_step"]] for o in ops]), ""]
+    return "\n".join(text), table
+
+
+if __name__ == "__main__":
+    sys.exit(main())

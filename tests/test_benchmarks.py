@@ -1,0 +1,113 @@
+"""The benchmark scripts' own logic: the accuracy grid's job plan, resume states and analysis, and
+the speed benchmark's timing subprocess. Tiny settings only; the real runs are by hand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import accuracy  # noqa: E402
+import accuracy_report  # noqa: E402
+
+
+def _args(**kw) -> argparse.Namespace:
+    base = {"student": "resnet8", "teacher": "resnet14", "precisions": ["2W/32A", "4W/8A"], "seeds": [0, 1],
+            "epochs": 2, "train_images": 100, "holdout": 50, "c_lr": 0.01}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_grid_plan_dependencies_and_order(tmp_path):
+    jobs = accuracy.grid_jobs(_args(), tmp_path)
+    names = [j.name for j in jobs]
+    assert names[0] == "teacher" and len(jobs) == 1 + 2 * (1 + 2 * 4)
+    # seed-major: every seed-0 run comes before any seed-1 run, so a cut-short grid stays balanced
+    assert max(i for i, n in enumerate(names) if n.endswith("-s0")) < min(i for i, n in enumerate(names) if n.endswith("-s1"))
+    by = {j.name: j for j in jobs}
+    assert by["2w32a-C-s1"].needs == ("teacher", "fp-s1")
+    assert by["2w32a-C-s1"].overrides["distill.student_init"] == str(tmp_path / "fp-s1")
+    assert by["2w32a-C-s1"].overrides["optim.lr"] == 0.01
+    assert by["4w8a-B-s0"].needs == ("teacher",) and by["4w8a-A-s0"].needs == ()
+    assert by["4w8a-A-s0"].overrides["distill.teacher_model.name"] == "resnet14"
+    sweep = accuracy.sweep_jobs(_args(), tmp_path)
+    assert len(sweep) == 8  # 3 x 3 minus the default cell, which is the grid's own run
+    assert all(j.overrides["data.holdout"] == 50 for j in jobs + sweep)
+
+
+def test_run_states_and_changed_settings(tmp_path):
+    job = accuracy.Job("x", {"train.epochs": 2})
+    folder = tmp_path / "x"
+    assert accuracy.state(folder, job) == "fresh"
+    folder.mkdir()
+    assert accuracy.state(folder, job) == "restart"
+    (folder / "job.json").write_text(json.dumps(job.overrides))
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "last.pt").write_bytes(b"")
+    assert accuracy.state(folder, job) == "resume"
+    (folder / "summary.json").write_text(json.dumps({"status": "interrupted"}))
+    assert accuracy.state(folder, job) == "resume"
+    (folder / "summary.json").write_text(json.dumps({"status": "finished"}))
+    assert accuracy.state(folder, job) == "done"
+    with pytest.raises(SystemExit, match="train.epochs"):
+        accuracy.state(folder, accuracy.Job("x", {"train.epochs": 3}))
+
+
+def test_epoch_to_fraction():
+    assert accuracy_report.epoch_to_fraction([50.0, 80.0, 89.5, 90.0], 0.99) == 3
+    assert accuracy_report.epoch_to_fraction([91.0, 80.0, 90.0], 0.99) == 1
+    assert accuracy_report.epoch_to_fraction([], 0.99) is None
+
+
+def _row(role, precision, scheme, seed, final):
+    return {"role": role, "precision": precision, "scheme": scheme, "seed": seed, "final_top1": final,
+            "best_top1": final, "epoch_to_99pct": 2, "test_top1_per_epoch": [final - 5, final],
+            "final_holdout_top1": None, "gamma": 0.5, "temperature": 1.0}
+
+
+def test_analysis_gap_and_recovery_are_paired_by_seed():
+    rows = [_row("teacher", "32W/32A", "baseline", 0, 92.0)]
+    for seed, (fp, base, b) in enumerate([(90.0, 86.0, 89.0), (91.0, 88.0, 89.0)]):
+        rows += [_row("fp_twin", "32W/32A", "baseline", seed, fp), _row("student", "2W/32A", "baseline", seed, base),
+                 _row("student", "2W/32A", "B", seed, b)]
+    an = accuracy_report.analyse(rows, ["2W/32A"])
+    p = an["precisions"]["2W/32A"]
+    assert p["gap_points"]["mean"] == pytest.approx(3.5)  # (4 + 3) / 2
+    assert p["schemes"]["B"]["recovered_points"]["mean"] == pytest.approx(2.0)  # (3 + 1) / 2
+    assert p["schemes"]["B"]["recovered_fraction_of_gap"] == pytest.approx(2.0 / 3.5, abs=1e-3)
+    assert p["schemes"]["B"]["vs_fp_twin_points"]["mean"] == pytest.approx(-1.5)
+    assert p["schemes"]["A"]["final_top1"]["n"] == 0  # missing cells are reported as missing, not zero
+    assert an["teacher_top1"] == 92.0
+
+
+def test_tiny_grid_runs_then_resumes_without_rerunning(tmp_path):
+    out = tmp_path / "acc.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks/accuracy.py"), "--epochs", "1", "--train-images", "256",
+           "--holdout", "128", "--seeds", "0", "--precisions", "2W/32A", "--no-sweep",
+           "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["finished_runs"] == result["planned_runs"] == 6
+    assert {r["name"] for r in result["rows"]} >= {"teacher", "fp-s0", "2w32a-C-s0"}
+    assert all(len(r["test_top1_per_epoch"]) == 1 for r in result["rows"])
+    assert (tmp_path / "acc.md").exists() and (tmp_path / "acc_epochs.png").stat().st_size > 0
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert second.returncode == 0 and " start " not in second.stdout  # nothing re-trained
+
+
+def test_speed_child_times_each_case():
+    cmd = [sys.executable, str(ROOT / "benchmarks/speed.py"), "--child", "--cases", "fp", "ternary_8a", "ternary_B",
+           "--steps", "3", "--warmup", "1", "--batch", "4", "--threads", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("SPEED-JSON "))[11:])
+    assert set(res) == {"fp", "ternary_8a", "ternary_B"}
+    assert all(len(v["step_ms"]) == 3 and min(v["step_ms"]) > 0 for v in res.values())
+    assert len(res["ternary_B"]["teacher_forward_ms"]) == 3 and "teacher_forward_ms" not in res["fp"]

@@ -47,15 +47,15 @@ class _StraightThrough(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         if ctx.has_mask:
             (mask,) = ctx.saved_tensors
-            return torch.where(mask, grad, 0.0), None, None  # no float copy of the bool mask
+            return grad * mask, None, None
         return grad, None, None
 
 
 def ste(x: Tensor, q: Tensor, mask: Tensor | None = None) -> Tensor:
     """Straight-through estimator: exactly the value of ``q``, the gradient of ``x``.
 
-    The gradient reaching ``x`` is the incoming one, multiplied by ``mask`` (a bool tensor shaped
-    like ``x``) where a mask is given: a clip can say where it passes the gradient without a
+    The gradient reaching ``x`` is the incoming one, multiplied by ``mask`` (0/1 values shaped like
+    ``x``, best in its dtype) where a mask is given: a clip can say where it passes the gradient without a
     clamp of its own in the graph. One autograd node, and ``q`` is returned as is: neither
     ``q + (x − x.detach())`` (two extra full-size passes forward and backward) nor
     ``x + (q − x).detach()`` (off by float rounding: a ternary layer shows more than three
@@ -295,7 +295,10 @@ def fake_quant_activation(x: Tensor, bits: int, clip: float | Tensor) -> Tensor:
     needs_grad = x.requires_grad and torch.is_grad_enabled()
     with torch.no_grad():
         y = x.clamp(0, clip)
-        mask = y == x if needs_grad else None  # [0 <= x <= c] in one pass (NaN: False, as clamp's)
+        # [0 <= x <= c] (NaN: 0, as clamp's backward), as 0/1 in x's dtype: one comparison pass, and a
+        # float multiply backward, both several times faster on CPU than bool masks or torch.where;
+        # the memory equals that of the x the clamp's backward used to keep.
+        mask = torch.eq(y, x, out=torch.empty_like(x)) if needs_grad else None
         q = y.div_(clip).mul_(steps).round_().mul_(clip / steps)
     return ste(x, q, mask)
 

@@ -20,6 +20,8 @@ import argparse
 import contextlib
 import json
 import os
+import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -100,13 +102,17 @@ def torch_ao_student(model, precision: str):
     return model
 
 
-def build_case(name: str, args: argparse.Namespace):
-    """(distiller, optimizer, teacher_or_None) of one case, in train mode."""
-    import torch
+def build_case(name: str, args: argparse.Namespace, pkg=None):
+    """(distiller, optimizer, teacher_or_None) of one case, in train mode, built with ``pkg``
+    (the `apprentice` package, or the ``--before`` commit's copy of it)."""
+    import importlib
 
-    from apprentice import Distiller, build_model, make_student
-    from apprentice.optim import make_optimizer, param_groups
-    c, h, w = args.input
+    import torch
+    pkg = pkg or importlib.import_module("apprentice")
+    Distiller, build_model, make_student = pkg.Distiller, pkg.build_model, pkg.make_student
+    optim = importlib.import_module(pkg.__name__ + ".optim")
+    make_optimizer, param_groups = optim.make_optimizer, optim.param_groups
+    c, _h, _w = args.input
     torch.manual_seed(0)
     student = build_model(args.model, num_classes=args.classes, in_channels=c)
     if name in PEERS:
@@ -151,14 +157,6 @@ def time_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
             d.teacher_logits(x)
             tt.append((time.perf_counter() - t0) * 1e3)
         out["teacher_forward_ms"] = tt
-    if args.profile and name == "ternary_8a":
-        from torch.profiler import ProfilerActivity, profile
-        with profile(activities=[ProfilerActivity.CPU]) as p:
-            for _ in range(5):
-                train_step(d, opt, x, y, lr=0.1)
-        ops = sorted(p.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
-        out["profile_top_ops"] = [{"op": e.key, "self_ms_per_step": round(e.self_cpu_time_total / 5e3, 2),
-                                   "calls_per_step": e.count // 5} for e in ops]
     return out
 
 
@@ -174,39 +172,108 @@ def child(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile(step, steps: int = 5) -> list[dict[str, Any]]:
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as p:
+        for _ in range(steps):
+            step()
+    ops = sorted(p.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
+    return [{"op": e.key, "self_ms_per_step": round(e.self_cpu_time_total / (steps * 1e3), 2),
+             "calls_per_step": e.count // steps} for e in ops]
+
+
+def _alternate(fns: dict[str, Any], n: int) -> dict[str, list[float]]:
+    """Time each of ``fns`` ``n`` times, alternating them call by call (and their order pair by
+    pair), so the machine's drift hits both sides alike."""
+    keys, times = list(fns), {k: [] for k in fns}
+    for i in range(n):
+        for k in (keys if i % 2 == 0 else keys[::-1]):
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def pair_child(args: argparse.Namespace) -> int:
+    """Before/after in one process: the current package and the ``--before`` copy
+    (``apprentice_before``), step by step alternately; plus the activation and weight fake-quant
+    ops alone (forward + backward) and a profile of the 2W/8A step for each."""
+    import importlib
+
+    import torch
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, args.before_path)
+    pkgs = {"after": importlib.import_module("apprentice"), "before": importlib.import_module("apprentice_before")}
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(args.batch, *args.input, generator=g)
+    y = torch.randint(0, args.classes, (args.batch,), generator=g)
+    out: dict[str, Any] = {"steps": {}, "ops": {}, "profiles": {}}
+    for name in BEFORE_CASES:
+        if name not in args.cases:
+            continue
+        fns = {}
+        for label, pkg in pkgs.items():
+            d, opt, _ = build_case(name, args, pkg)
+            train_step = importlib.import_module(pkg.__name__ + ".step").train_step
+            fns[label] = (lambda d=d, opt=opt, ts=train_step: ts(d, opt, x, y, lr=0.1))
+            for _ in range(args.warmup):
+                fns[label]()
+            if name == "ternary_8a":
+                out["profiles"][label] = _profile(fns[label])
+        out["steps"][name] = _alternate(fns, args.steps)
+    # The ops alone, at the student's largest quantized activation and a 3x3 weight of its last stage.
+    a = torch.randn(args.batch, 16, *args.input[1:], generator=g).requires_grad_()
+    w = torch.randn(64, 64, 3, 3, generator=g).requires_grad_()
+    ops = {}
+    for label, pkg in pkgs.items():
+        qz = importlib.import_module(pkg.__name__ + ".quantizers")
+        spec = qz.WeightQuant("ternary", 2)
+        ops[f"activation_8bit/{label}"] = lambda qz=qz: qz.fake_quant_activation(a, 8, 1.0).sum().backward()
+        ops[f"weight_ternary/{label}"] = lambda qz=qz, spec=spec: qz.fake_quant_weight(w, spec).sum().backward()
+    for fn in ops.values():  # first call outside the timing
+        fn()
+    times = _alternate(ops, max(args.steps, 50))
+    out["ops"] = {k: v for k, v in times.items()}
+    print("SPEED-JSON " + json.dumps(out), flush=True)
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------
 # The parent: rounds of subprocesses, then the tables
 # ----------------------------------------------------------------------------------------------
 
 
-def run_child(src: Path, cases: list[str], args: argparse.Namespace, profile: bool) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--cases", *cases,
+def run_child(cases: list[str], args: argparse.Namespace, before_path: str | None = None) -> dict[str, Any]:
+    mode = ["--pair-child", "--before-path", before_path] if before_path else ["--child"]
+    cmd = [sys.executable, str(Path(__file__).resolve()), *mode, "--cases", *cases,
            "--model", args.model, "--teacher", args.teacher, "--input", *map(str, args.input),
            "--classes", str(args.classes), "--batch", str(args.batch), "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--threads", str(args.threads)] + (["--profile"] if profile else [])
-    env = {**os.environ, "PYTHONPATH": str(src)}  # `import apprentice` resolves to src's copy
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=src, check=False)
+           "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # this tree's apprentice, whatever is installed
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("SPEED-JSON ")), None)
     if out.returncode != 0 or line is None:
-        raise SystemExit(f"speed: the timing subprocess failed ({src}):\n{out.stderr[-3000:]}")
+        raise SystemExit(f"speed: the timing subprocess failed:\n{out.stderr[-3000:]}")
     return json.loads(line[len("SPEED-JSON "):])
 
 
 @contextlib.contextmanager
-def checkout(ref: str | None):
-    """A temporary git worktree of ``ref`` (None: this tree)."""
-    if ref is None:
-        yield REPO, _git("rev-parse", "HEAD")
-        return
-    commit = _git("rev-parse", ref)
+def package_at(ref: str):
+    """The ``apprentice`` package of commit ``ref``, copied to a temporary folder as
+    ``apprentice_before`` (absolute imports rewritten) so both codes load in one process."""
+    commit = _git("rev-parse", "--verify", f"{ref}^{{commit}}")
     if commit is None:
         raise SystemExit(f"speed: --before {ref!r} is not a commit of this repository")
-    tmp = tempfile.mkdtemp(prefix="apprentice-before-")
-    subprocess.run(["git", "worktree", "add", "--detach", tmp, commit], cwd=REPO, check=True, capture_output=True)
-    try:
-        yield Path(tmp), commit
-    finally:
-        subprocess.run(["git", "worktree", "remove", "--force", tmp], cwd=REPO, check=False, capture_output=True)
+    with tempfile.TemporaryDirectory(prefix="apprentice-before-") as tmp:
+        archive = subprocess.run(["git", "archive", commit, "apprentice"], cwd=REPO, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        pkg = Path(tmp) / "apprentice_before"
+        (Path(tmp) / "apprentice").rename(pkg)
+        for f in pkg.glob("*.py"):
+            text = re.sub(r"^(\s*)(from|import) apprentice\b", r"\1\2 apprentice_before", f.read_text(), flags=re.MULTILINE)
+            f.write_text(text)
+        yield tmp, commit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,49 +294,46 @@ def main(argv: list[str] | None = None) -> int:
                     help="first wait until the 1-minute load average is below LOAD and no pytest/apprentice runs")
     ap.add_argument("--wait-max", type=float, default=1800)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--pair-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--before-path", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     unknown = [c for c in args.cases if c not in CASES and c not in PEERS]
     if unknown:
         ap.error(f"unknown cases {unknown}; choose from {[*CASES, *PEERS]}")
     if args.child:
         return child(args)
+    if args.pair_child:
+        return pair_child(args)
     if args.steps < 30:
         ap.error("--steps must be at least 30")
     quiet = wait_quiet(args.wait_load, args.wait_max) if args.wait_load is not None else None
     st = stamp(argv)
-    raw: dict[str, dict[str, list]] = {"after": {}, "before": {}}
-    before_cases = [c for c in BEFORE_CASES if c in args.cases] if args.before else []
-    profiles: dict[str, Any] = {}
-    with checkout(args.before) if args.before else contextlib.nullcontext((None, None)) as (before_src, before_commit):
-        for r in range(args.rounds):
-            order = [("after", REPO, args.cases), ("before", before_src, before_cases)]
-            for label, src, cases in (order if r % 2 == 0 else order[::-1]):
-                if not cases:
-                    continue
-                print(f"round {r + 1}/{args.rounds}: {label} ({len(cases)} cases)", flush=True)
-                res = run_child(src, cases, args, profile=(r == 0))
-                for case, v in res.items():
-                    if "error" in v:
-                        raw[label].setdefault(case, {"error": v["error"]})
-                        continue
-                    if "profile_top_ops" in v:
-                        profiles[label] = v["profile_top_ops"]
-                    for k in ("step_ms", "teacher_forward_ms"):
-                        if k in v:
-                            raw[label].setdefault(case, {}).setdefault(k, []).extend(v[k])
-    result = analyse(raw, args)
+    raw: dict[str, dict[str, Any]] = {}
+    for r in range(args.rounds):
+        print(f"round {r + 1}/{args.rounds}: {len(args.cases)} cases", flush=True)
+        for case, v in run_child(args.cases, args).items():
+            if "error" in v:
+                raw.setdefault(case, {"error": v["error"]})
+                continue
+            for k in ("step_ms", "teacher_forward_ms"):
+                if k in v:
+                    raw.setdefault(case, {}).setdefault(k, []).extend(v[k])
+    pair, before_commit = None, None
+    if args.before:
+        with package_at(args.before) as (path, before_commit):
+            print(f"before/after: {before_commit[:10]} against this tree, step by step", flush=True)
+            pair = run_child(args.cases, args, before_path=path)
+    result = analyse(raw, pair)
     out = {"benchmark": "speed", "stamp": st, "quiet_wait": quiet,
-           "settings": {k: v for k, v in vars(args).items() if k not in ("child", "profile", "out")},
-           "before_commit": before_commit, **result, "profile_ternary_8a": profiles}
+           "settings": {k: v for k, v in vars(args).items() if k not in ("child", "pair_child", "before_path", "out")},
+           "before_commit": before_commit, **result}
     md, table = markdown(out)
     write_results(REPO / args.out, out, md, table)
     return 0
 
 
-def analyse(raw: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
-    after = raw["after"]
-    med = {c: summarize(v["step_ms"]) for c, v in after.items() if "step_ms" in v}
+def analyse(raw: dict[str, Any], pair: dict[str, Any] | None) -> dict[str, Any]:
+    med = {c: summarize(v["step_ms"]) for c, v in raw.items() if "step_ms" in v}
     fp = med.get("fp", {}).get("median_ms")
     cases = {}
     for c, s in med.items():
@@ -278,24 +342,28 @@ def analyse(raw: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[st
             entry["precision"], entry["scheme"] = CASES[c]
         else:
             entry["library"], entry["precision"] = PEERS[c]
-        if "teacher_forward_ms" in after[c]:
-            tf = summarize(after[c]["teacher_forward_ms"])
+        if "teacher_forward_ms" in raw[c]:
+            tf = summarize(raw[c]["teacher_forward_ms"])
             entry["teacher_forward"] = tf
             entry["teacher_share"] = round(tf["median_ms"] / s["median_ms"], 3)
         base = {"ternary_A": "ternary", "ternary_8a_A": "ternary_8a"}.get(c)
         if base in med:  # A: the step minus the same student's step without a teacher
             entry["teacher_share"] = round(1 - med[base]["median_ms"] / s["median_ms"], 3)
         cases[c] = entry
-    errors = {c: v["error"] for c, v in after.items() if "error" in v}
-    before_after = {}
-    for c, v in raw["before"].items():
-        if "step_ms" in v and c in med:
-            b = summarize(v["step_ms"])
-            before_after[c] = {"before_median_ms": b["median_ms"], "after_median_ms": med[c]["median_ms"],
-                               "speedup": round(b["median_ms"] / med[c]["median_ms"], 3),
-                               "before_ratio_to_fp": round(b["median_ms"] / fp, 3) if fp else None,
-                               "before_times_ms": b["times_ms"]}
-    return {"cases": cases, "peer_errors": errors, "before_after": before_after}
+    errors = {c: v["error"] for c, v in raw.items() if "error" in v}
+    before_after: dict[str, Any] = {}
+    for group in ("steps", "ops"):
+        items = (pair or {}).get(group, {})
+        names = items if group == "steps" else sorted({k.split("/")[0] for k in items})
+        for name in names:
+            b, a = (items[name]["before"], items[name]["after"]) if group == "steps" else \
+                (items[f"{name}/before"], items[f"{name}/after"])
+            ratios = [x / y for x, y in zip(b, a)]  # pairwise: neighbours in time share the drift
+            before_after[name] = {"kind": "training step" if group == "steps" else "op, forward + backward",
+                                  "before": summarize(b), "after": summarize(a),
+                                  "speedup_median_of_pairs": round(statistics.median(ratios), 3)}
+    return {"cases": cases, "peer_errors": errors, "before_after": before_after,
+            "profile_ternary_8a": (pair or {}).get("profiles", {})}
 
 
 def markdown(out: dict[str, Any]) -> tuple[str, str]:
@@ -319,11 +387,11 @@ def markdown(out: dict[str, Any]) -> tuple[str, str]:
     if out["peer_errors"]:
         text += ["Peers not measured: " + "; ".join(f"{c}: {e}" for c, e in out["peer_errors"].items()), ""]
     if out["before_after"]:
-        text += [f"## Fake-quant path, before (commit `{out['before_commit'][:10]}`) and after", "",
-                 markdown_table(["case", "before ms", "after ms", "speed-up", "× FP before", "× FP after"],
-                                [[c, v["before_median_ms"], v["after_median_ms"], v["speedup"],
-                                  v["before_ratio_to_fp"], out["cases"][c]["ratio_to_fp"]]
-                                 for c, v in out["before_after"].items()]), ""]
+        text += [f"## Fake-quant path: before (commit `{out['before_commit'][:10]}`) and after", "",
+                 "Both codes in one process, called alternately; speed-up = median over pairs of before/after.", "",
+                 markdown_table(["what", "kind", "before median ms", "after median ms", "speed-up"],
+                                [[c, v["kind"], v["before"]["median_ms"], v["after"]["median_ms"],
+                                  v["speedup_median_of_pairs"]] for c, v in out["before_after"].items()]), ""]
     for label, ops in out.get("profile_ternary_8a", {}).items():
         text += [f"Profile of `ternary_8a`, {label} (self CPU ms per step, top ops):", "",
                  markdown_table(["op", "self ms / step", "calls / step"],

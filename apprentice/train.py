@@ -309,7 +309,7 @@ def _fit(cfg: Config, d: Runtime, signals: StopSignals, *, resume: bool, overwri
                 "epoch": done_epochs, "step": step, "model": student.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": {"schedule": o.schedule, "step": step, "total_steps": total_steps, "warmup_steps": warmup_steps},
                 "data": train_batches.state_dict(), "rng": ck.rng_state(), "best_top1": best["top1"], "best": best,
-                "top1": top1, "meter": epoch_meter.state_dict(), "skipped": skipped, "world_size": d.world_size,
+                "top1": top1, "results": results, "meter": epoch_meter.state_dict(), "skipped": skipped, "world_size": d.world_size,
                 "elapsed": elapsed + time.perf_counter() - t_start}
         if scheme.teacher == "joint":
             blob.update(teacher=teacher.state_dict(), teacher_arch=teacher.arch)
@@ -408,7 +408,8 @@ def _fit(cfg: Config, d: Runtime, signals: StopSignals, *, resume: bool, overwri
         metrics.close()
 
     if not results:  # resumed a run that had finished its last epoch but not written its summary
-        results = {"test": {"top1": ck.read_checkpoint(last).get("top1")}}
+        saved = ck.read_checkpoint(last)  # its last evaluation (every split), else the test top-1 alone
+        results = saved.get("results") or {"test": {"top1": saved.get("top1")}}
     test = results["test"]
     summary = {
         "status": "finished", "final_top1": test.get("top1"), "final_top5": test.get("top5"),

@@ -463,3 +463,14 @@ def test_image_folder_runs_stop_and_resume_through_the_dataloader_path(tmp_path,
     assert summary["steps"] == 6 and summary["final_top5"] is None  # 12 images / 4; 2 classes: no top-5
     assert [r["step"] for r in records(out, "step")] == [1, 2, 3, 4, 5, 6]
     assert load_run(out).model.arch["num_classes"] == 2
+
+
+def test_resume_after_the_last_checkpoint_keeps_every_split_in_the_summary(tmp_path):
+    # A stop between the final epoch's checkpoint and summary.json: the resumed run has no epoch
+    # left to train and must report the last evaluation as it was (holdout, top-5, loss included).
+    cfg = tiny(tmp_path / "run", "data.holdout=32")
+    first = fit(cfg)
+    (tmp_path / "run" / "summary.json").unlink()
+    again = fit(cfg, resume=True)
+    for key in ("final_top1", "final_top5", "final_loss", "holdout_top1"):
+        assert again[key] == first[key], key

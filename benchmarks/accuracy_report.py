@@ -50,7 +50,7 @@ def collect(jobs: list, runs: Path) -> list[dict[str, Any]]:
             "test_top1_per_epoch": [e.get("test_top1") for e in epochs],
             "holdout_top1_per_epoch": [e.get("holdout_top1") for e in epochs],
             "final_top1": summary.get("final_top1"), "best_top1": summary.get("best_top1"),
-            "best_epoch": summary.get("best_epoch"), "final_holdout_top1": summary.get("holdout_top1"),
+            "best_epoch": summary.get("best_epoch"), "final_holdout_top1": epochs[-1].get("holdout_top1") if epochs else None,
             "epoch_to_99pct": epoch_to_fraction([e.get("test_top1") for e in epochs], 0.99),
             "wall_time_s": summary.get("wall_time_s"),
             "train_time_s": sum(e.get("epoch_time_s", 0.0) for e in epochs),

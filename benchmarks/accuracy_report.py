@@ -167,8 +167,47 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]], an: dict[str, Any
         text += ["## γ / τ sweep (scheme B, 2W/32A, seed 0), chosen on the holdout split", "",
                  markdown_table(["γ", "τ", "holdout top-1 %", "test top-1 %"], sweep), "",
                  f"Chosen on holdout: γ={chosen['gamma']}, τ={chosen['temperature']}." if chosen else "", ""]
-    text += ["Per-run rows (per-epoch curves, times, commits) are in the JSON file next to this one.", ""]
+    text += ["## Findings (generated from the rows above)", "", *findings(an), "",
+             "Per-run rows (per-epoch curves, times, commits) are in the JSON file next to this one.", ""]
     return "\n".join(text), main
+
+
+def findings(an: dict[str, Any]) -> list[str]:
+    """Plain sentences answering the issue's questions, from the analysis (so no number is typed by hand)."""
+    out = []
+    fp = an["fp_twin"]["mean"]
+    for p, e in an["precisions"].items():
+        sch, gap = e["schemes"], e["gap_points"]["mean"]
+        if gap is None:
+            continue
+        gains = {s: v["recovered_points"]["mean"] for s, v in sch.items() if v["recovered_points"] and v["recovered_points"]["mean"] is not None}
+        helped = [s for s, g in gains.items() if g > 0]
+        best = max(gains, key=gains.get) if gains else None
+        line = f"- **{p}**: quantization gap {gap:+.2f} points (FP twin − no teacher). "
+        if best is not None:
+            v = sch[best]["recovered_points"]
+            line += (f"Distillation {'helps' if helped else 'does not help'} at the paper's defaults: "
+                     f"schemes with a mean gain: {', '.join(helped) or 'none'}; best {best}, "
+                     f"{v['mean']:+.2f} ± {v['std'] or 0:.2f} points over the baseline")
+            share = sch[best]["recovered_fraction_of_gap"]
+            line += f" ({100 * share:.0f} % of the gap). " if share is not None and gap > 0 else ". "
+        ea, eb = sch["A"]["epoch_to_99pct"]["mean"], sch["B"]["epoch_to_99pct"]["mean"]
+        ec = sch["C"]["epoch_to_99pct"]["mean"]
+        if ea and eb:
+            line += (f"Epoch reaching 99 % of final: A {ea:.1f}, B {eb:.1f}"
+                     + (f", C {ec:.1f}" if ec else "") + f" (B {100 * (1 - eb / ea):+.0f} % sooner than A).")
+        out.append(line)
+    e4 = an["precisions"].get("4W/8A")
+    if e4 and fp is not None:
+        best = max(("A", "B", "C"), key=lambda s: e4["schemes"][s]["final_top1"]["mean"] or -1)
+        v, d = e4["schemes"][best]["final_top1"], e4["schemes"][best]["vs_fp_twin_points"]
+        if v["mean"] is not None:
+            out.append(f"- **4W/8A with a teacher vs the FP twin**: best scheme {best} {v['mean']:.2f} % vs FP twin "
+                       f"{fp:.2f} % ({d['mean']:+.2f} ± {d['std'] or 0:.2f} points, paired by seed): "
+                       + ("beats it" if d["mean"] > 0 else "does not beat it")
+                       + (" by more than one standard deviation." if d["std"] is not None and d["mean"] - d["std"] > 0 else
+                          "; within seed noise." if d["std"] is not None and abs(d["mean"]) <= d["std"] else "."))
+    return out
 
 
 def plots(out: Path, rows: list[dict[str, Any]], an: dict[str, Any], precisions: list[str], sizes: dict[str, int]) -> list[str]:

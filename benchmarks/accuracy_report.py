@@ -194,8 +194,10 @@ def findings(an: dict[str, Any]) -> list[str]:
         ea, eb = sch["A"]["epoch_to_99pct"]["mean"], sch["B"]["epoch_to_99pct"]["mean"]
         ec = sch["C"]["epoch_to_99pct"]["mean"]
         if ea and eb:
+            pct = 100 * (1 - eb / ea)
+            when = f"{abs(pct):.0f} % {'sooner' if pct > 0 else 'later'} than A" if round(pct) else "at the same epoch as A"
             line += (f"Epoch reaching 99 % of final: A {ea:.1f}, B {eb:.1f}"
-                     + (f", C {ec:.1f}" if ec else "") + f" (B {100 * (1 - eb / ea):+.0f} % sooner than A).")
+                     + (f", C {ec:.1f}" if ec else "") + f" (B {when}).")
         out.append(line)
     e4 = an["precisions"].get("4W/8A")
     if e4 and fp is not None:
@@ -204,9 +206,9 @@ def findings(an: dict[str, Any]) -> list[str]:
         if v["mean"] is not None:
             out.append(f"- **4W/8A with a teacher vs the FP twin**: best scheme {best} {v['mean']:.2f} % vs FP twin "
                        f"{fp:.2f} % ({d['mean']:+.2f} ± {d['std'] or 0:.2f} points, paired by seed): "
-                       + ("beats it" if d["mean"] > 0 else "does not beat it")
-                       + (" by more than one standard deviation." if d["std"] is not None and d["mean"] - d["std"] > 0 else
-                          "; within seed noise." if d["std"] is not None and abs(d["mean"]) <= d["std"] else "."))
+                       + ("no difference beyond seed noise (|mean| ≤ one standard deviation)."
+                          if d["std"] is not None and abs(d["mean"]) <= d["std"]
+                          else "beats it." if d["mean"] > 0 else "does not beat it."))
     return out
 
 

@@ -216,6 +216,7 @@ def plots(out: Path, rows: list[dict[str, Any]], an: dict[str, Any], precisions:
     """accuracy vs epoch per scheme (a panel per precision) and accuracy vs packed model size."""
     try:
         import matplotlib
+        import matplotlib.ticker
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -248,7 +249,7 @@ def plots(out: Path, rows: list[dict[str, Any]], an: dict[str, Any], precisions:
     written = [_savefig(fig, out.with_name(out.stem + "_epochs.png"))]
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 5))
     pts = [("FP twin", sizes.get("32W/32A"), an["fp_twin"]["mean"])]
     if an["teacher_top1"] is not None:
         pts.append(("teacher", sizes.get("teacher"), an["teacher_top1"]))
@@ -256,21 +257,27 @@ def plots(out: Path, rows: list[dict[str, Any]], an: dict[str, Any], precisions:
         if x and y is not None:
             ax.scatter([x / 1024], [y], marker="*", s=120)
             ax.annotate(label, (x / 1024, y), textcoords="offset points", xytext=(5, 5))
-    for s, marker in zip(SCHEMES, "osD^"):
-        xs, ys = [], []
-        for p in precisions:
+    # Colour = scheme, marker = precision: 2W/32A and 2W/8A files have the same size (activations
+    # do not change the file), so their points share an x.
+    colours = dict(zip(SCHEMES, ("tab:grey", "tab:green", "tab:red", "tab:purple")))
+    for p, marker in zip(precisions, "os^DvP"):
+        for s in SCHEMES:
             v = an["precisions"][p]["schemes"][s]["final_top1"]["mean"]
             if v is not None:
-                xs.append(sizes[p] / 1024)
-                ys.append(v)
-        ax.plot(xs, ys, marker=marker, ls="", label="no teacher" if s == "baseline" else f"scheme {s}")
+                ax.scatter([sizes[p] / 1024], [v], marker=marker, color=colours[s], s=40,
+                           label=f"{p}, {'no teacher' if s == 'baseline' else 'scheme ' + s}")
+    by_size: dict[int, list[str]] = {}
     for p in precisions:
-        ax.axvline(sizes[p] / 1024, color="grey", lw=0.5)
-        ax.annotate(p, (sizes[p] / 1024, ax.get_ylim()[0]), fontsize=7, rotation=90, va="bottom")
+        by_size.setdefault(sizes[p], []).append(p)
+    for size, ps in by_size.items():
+        ax.axvline(size / 1024, color="grey", lw=0.5)
+        ax.annotate(" / ".join(ps), (size / 1024, ax.get_ylim()[0]), fontsize=7, rotation=90, va="bottom")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("packed model file, KiB (log)")
     ax.set_ylabel("test top-1 % (mean over seeds)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=6, ncol=2, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     written.append(_savefig(fig, out.with_name(out.stem + "_size.png")))

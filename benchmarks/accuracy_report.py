@@ -119,6 +119,8 @@ def sweep_table(rows: list[dict[str, Any]]) -> tuple[list[list[Any]], dict[str, 
     cand = [r for r in rows if r["role"] == "sweep"
             or (r["role"] == "student" and r["precision"] == "2W/32A" and r["scheme"] == "B" and r["seed"] == 0)]
     cand = [r for r in cand if r["final_holdout_top1"] is not None]
+    if not any(r["role"] == "sweep" for r in cand):  # the grid's own cell alone is no sweep
+        return [], None
     cand.sort(key=lambda r: (r["gamma"], r["temperature"]))
     table = [[r["gamma"], r["temperature"], r["final_holdout_top1"], r["final_top1"]] for r in cand]
     best = max(cand, key=lambda r: r["final_holdout_top1"]) if cand else None

@@ -3,7 +3,7 @@ without a teacher and with schemes A, B and C, over several seeds; plus a gamma/
 scheme B chosen on held-out training images.
 
     .venv/bin/python benchmarks/accuracy.py --no-sweep      # the 40-run grid (~90 min on 2 cores)
-    .venv/bin/python benchmarks/accuracy.py                 # plus the gamma/temperature sweep (~20 min more)
+    .venv/bin/python benchmarks/accuracy.py                 # plus the gamma/temperature sweep (~15 min more)
     .venv/bin/python benchmarks/accuracy.py --report-only   # rebuild json/md/png from finished runs
 
 Every cell is one `apprentice train` run (a subprocess, so a crash or Ctrl-C loses at most the

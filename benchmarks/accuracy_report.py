@@ -114,18 +114,25 @@ def analyse(rows: list[dict[str, Any]], precisions: list[str]) -> dict[str, Any]
     return out
 
 
-def sweep_table(rows: list[dict[str, Any]]) -> tuple[list[list[Any]], dict[str, Any] | None]:
-    """The gamma/temperature sweep (scheme B, 2W/32A, seed 0), chosen on the holdout split."""
+def sweep_table(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The gamma/temperature sweep (scheme B, 2W/32A, seed 0), chosen on the holdout split: one dict per
+    setting (the grid's own B cell is the γ=0.5, τ=1 point), and the choice with the same seed's
+    no-teacher run beside it as the yardstick, since the sweep asks where distillation helps."""
     cand = [r for r in rows if r["role"] == "sweep"
             or (r["role"] == "student" and r["precision"] == "2W/32A" and r["scheme"] == "B" and r["seed"] == 0)]
     cand = [r for r in cand if r["final_holdout_top1"] is not None]
     if not any(r["role"] == "sweep" for r in cand):  # the grid's own cell alone is no sweep
         return [], None
     cand.sort(key=lambda r: (r["gamma"], r["temperature"]))
-    table = [[r["gamma"], r["temperature"], r["final_holdout_top1"], r["final_top1"]] for r in cand]
-    best = max(cand, key=lambda r: r["final_holdout_top1"]) if cand else None
-    return table, (best and {"gamma": best["gamma"], "temperature": best["temperature"],
-                             "holdout_top1": best["final_holdout_top1"], "test_top1": best["final_top1"]})
+    table = [{"gamma": r["gamma"], "temperature": r["temperature"], "holdout_top1": r["final_holdout_top1"],
+              "test_top1": r["final_top1"], "run": r["name"]} for r in cand]
+    chosen = dict(max(table, key=lambda r: r["holdout_top1"]))
+    base = [r for r in rows if r["role"] == "student" and r["precision"] == "2W/32A"
+            and r["scheme"] == "baseline" and r["seed"] == 0 and r["final_holdout_top1"] is not None]
+    if base:
+        chosen["baseline_holdout_top1"] = base[0]["final_holdout_top1"]
+        chosen["baseline_test_top1"] = base[0]["final_top1"]
+    return table, chosen
 
 
 def markdown(info: dict[str, Any], rows: list[dict[str, Any]], an: dict[str, Any], sweep: list, chosen) -> tuple[str, str]:
@@ -167,11 +174,28 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]], an: dict[str, Any
     ]
     if sweep:
         text += ["## γ / τ sweep (scheme B, 2W/32A, seed 0), chosen on the holdout split", "",
-                 markdown_table(["γ", "τ", "holdout top-1 %", "test top-1 %"], sweep), "",
-                 f"Chosen on holdout: γ={chosen['gamma']}, τ={chosen['temperature']}." if chosen else "", ""]
+                 markdown_table(["γ", "τ", "holdout top-1 %", "test top-1 %"], sweep_rows(sweep, chosen)), "",
+                 sweep_sentence(chosen), ""]
     text += ["## Findings (generated from the rows above)", "", *findings(an), "",
              "Per-run rows (per-epoch curves, times, commits) are in the JSON file next to this one.", ""]
     return "\n".join(text), main
+
+
+def sweep_rows(sweep: list[dict[str, Any]], chosen: dict[str, Any]) -> list[list[Any]]:
+    table = [[r["gamma"], r["temperature"], f"{r['holdout_top1']:.2f}", f"{r['test_top1']:.2f}"] for r in sweep]
+    if "baseline_holdout_top1" in chosen:
+        table.append(["no teacher", "-", f"{chosen['baseline_holdout_top1']:.2f}", f"{chosen['baseline_test_top1']:.2f}"])
+    return table
+
+
+def sweep_sentence(chosen: dict[str, Any]) -> str:
+    """Which setting the holdout picks, and its margins, from the rows (so no number is typed by hand)."""
+    text = (f"Chosen on holdout: γ={chosen['gamma']:g}, τ={chosen['temperature']:g} "
+            f"(holdout {chosen['holdout_top1']:.2f} %, test {chosen['test_top1']:.2f} %).")
+    if "baseline_holdout_top1" in chosen:
+        text += (f" The same seed without a teacher: holdout {chosen['baseline_holdout_top1']:.2f} %, "
+                 f"test {chosen['baseline_test_top1']:.2f} %.")
+    return text + " One seed per setting: differences below the grid's seed-to-seed spread are not findings."
 
 
 def findings(an: dict[str, Any]) -> list[str]:
@@ -320,8 +344,7 @@ def write(out: Path, jobs: list, runs: Path, info: dict[str, Any]) -> None:
     text, _ = markdown(info, rows, an, sweep, chosen)
     figs = plots(out, rows, an, precisions, sizes)
     result = {**info, "finished_runs": len(rows), "planned_runs": len(jobs), "model_bytes": sizes,
-              "analysis": an, "sweep": {"rows": [dict(zip(("gamma", "temperature", "holdout_top1", "test_top1"), r))
-                                                 for r in sweep], "chosen_on_holdout": chosen},
+              "analysis": an, "sweep": {"rows": sweep, "chosen_on_holdout": chosen},
               "plots": figs, "rows": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=1) + "\n")

@@ -86,6 +86,21 @@ def test_analysis_gap_and_recovery_are_paired_by_seed():
     assert an["teacher_top1"] == 92.0
 
 
+def test_sweep_chooses_on_holdout_never_on_test():
+    def run(role, scheme, gamma, tau, holdout, test, seed=0):
+        return {**_row(role, "2W/32A", scheme, seed, test), "name": f"{scheme}-{gamma}-{tau}", "gamma": gamma,
+                "temperature": tau, "final_holdout_top1": holdout}
+    grid = [run("student", "B", 0.5, 1.0, 85.0, 85.0), run("student", "baseline", 0.5, 1.0, 84.0, 83.0),
+            run("student", "B", 0.5, 1.0, 99.0, 99.0, seed=1)]  # another seed is not part of the sweep
+    assert accuracy_report.sweep_table(grid) == ([], None)  # the grid's own cell alone is no sweep
+    rows = grid + [run("sweep", "B", 1.0, 2.0, 86.5, 84.0), run("sweep", "B", 2.0, 1.0, 86.0, 90.0)]
+    table, chosen = accuracy_report.sweep_table(rows)
+    assert [(r["gamma"], r["temperature"]) for r in table] == [(0.5, 1.0), (1.0, 2.0), (2.0, 1.0)]
+    assert (chosen["gamma"], chosen["temperature"], chosen["test_top1"]) == (1.0, 2.0, 84.0)  # best test is 2.0/1.0
+    assert (chosen["baseline_holdout_top1"], chosen["baseline_test_top1"]) == (84.0, 83.0)
+    assert accuracy_report.sweep_rows(table, chosen)[-1] == ["no teacher", "-", "84.00", "83.00"]
+
+
 def test_tiny_grid_runs_then_resumes_without_rerunning(tmp_path):
     out = tmp_path / "acc.json"
     cmd = [sys.executable, str(ROOT / "benchmarks/accuracy.py"), "--epochs", "1", "--train-images", "256",

@@ -39,19 +39,19 @@ from .train import fit
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_EXCLUDE",
+    "MODELS",
+    "SCHEMES",
+    "WEIGHT_QUANTIZERS",
     "ActQuant",
     "ApprenticeError",
     "Config",
-    "DEFAULT_EXCLUDE",
     "Distiller",
     "LayerPlan",
     "LoadedRun",
-    "MODELS",
     "QConv2d",
     "QLinear",
-    "SCHEMES",
     "Scheme",
-    "WEIGHT_QUANTIZERS",
     "WeightQuant",
     "__version__",
     "apply_plan",

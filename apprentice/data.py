@@ -351,7 +351,7 @@ class TensorLoader:
 _IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".webp"}
 
 
-def _pil():  # noqa: ANN202
+def _pil():
     try:
         from PIL import Image
     except ImportError:

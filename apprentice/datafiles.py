@@ -222,7 +222,7 @@ class _BatchUnpickler(pickle.Unpickler):
         super().__init__(file, encoding="bytes")  # Python-2 pickles: keys come back as bytes
         self.path = path
 
-    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle's signature
+    def find_class(self, module: str, name: str):
         try:
             return _SAFE_GLOBALS[(module, name)]
         except KeyError:
@@ -236,7 +236,7 @@ def _read_cifar_batch(path: Path, label_key: bytes, num_classes: int) -> tuple[n
             batch = _BatchUnpickler(f, path).load()
     except ApprenticeError:
         raise
-    except Exception as e:  # a corrupt pickle can raise almost anything
+    except Exception as e:  # noqa: BLE001 -- a corrupt pickle can raise almost anything
         raise ApprenticeError(f"cannot read CIFAR batch {path}: {type(e).__name__}: {e}") from None
     if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
         raise ApprenticeError(f"CIFAR batch {path} is not a dict with b'data' and {label_key!r}")

@@ -18,7 +18,6 @@ import yaml
 
 from apprentice.errors import ApprenticeError
 
-
 # ---------------------------------------------------------------------------------------------
 # YAML: safe loading with YAML 1.2-style scalars
 

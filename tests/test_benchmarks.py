@@ -14,8 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import accuracy  # noqa: E402
-import accuracy_report  # noqa: E402
+import accuracy
+import accuracy_report
 
 
 def _args(**kw) -> argparse.Namespace:

@@ -337,7 +337,7 @@ def test_corrupt_cifar_file(tmp_path):
 
 def test_holdout_split_disjoint_and_deterministic(tmp_path):
     folder = str(make_idx_folder(tmp_path / "m"))
-    ids = lambda d: d.images[:, 0, 0, 0].tolist()  # noqa: E731
+    ids = lambda d: d.images[:, 0, 0, 0].tolist()
     train = D.load_tensors("mnist", "train", data_dir=folder, holdout=12, seed=3)
     held = D.load_tensors("mnist", "holdout", data_dir=folder, holdout=12, seed=3)
     assert len(held) == 12 and len(train) == 38
@@ -448,7 +448,7 @@ def test_loader_on_cuda_matches_cpu():
 
 def test_loader_resume_is_bit_identical():
     data = _data(30)
-    kwargs = dict(batch_size=4, augment=True, seed=11, drop_last=False)
+    kwargs = {"batch_size": 4, "augment": True, "seed": 11, "drop_last": False}
     full, states = D.TensorLoader(data, **kwargs), []
     reference = []
     for epoch in range(2):

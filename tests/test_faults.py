@@ -29,6 +29,7 @@ from apprentice.cli import main
 from apprentice.errors import ApprenticeError
 from apprentice.step import NonFiniteLossError
 from apprentice.train import fit
+
 from tiny_runs import recipe, tiny
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from apprentice.errors import ApprenticeError
-from apprentice.losses import apprentice_loss, check_loss_weights, cross_entropy, soft_cross_entropy
+from apprentice.losses import (
+    apprentice_loss,
+    check_loss_weights,
+    cross_entropy,
+    soft_cross_entropy,
+)
 
 Z_S = np.array([[2.0, 0.5, -1.0, 0.0], [0.1, 0.2, 0.3, -0.4], [-1.5, 3.0, 0.5, 1.0]])
 Z_T = np.array([[3.0, -0.5, 0.0, 1.0], [0.0, 1.0, 2.0, -1.0], [0.5, 2.5, -0.5, 0.0]])

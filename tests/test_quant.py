@@ -268,12 +268,12 @@ def test_prepare_explicit_settings_equal_precision_string():
 
 @pytest.mark.parametrize(
     "kwargs, words",
-    [(dict(exclude=["layer9.*"]), "exclude pattern 'layer9.*' matches no"),
-     (dict(include=["nothing"]), "include pattern 'nothing'"),
-     (dict(exclude="conv1"), "list of patterns"),
-     (dict(include=["conv1"]), "leave no layer"),
-     (dict(weights=WeightQuant("uniform", 4)), "not both"),
-     (dict(activations=8), "ActQuant")],
+    [({"exclude": ["layer9.*"]}, "exclude pattern 'layer9.*' matches no"),
+     ({"include": ["nothing"]}, "include pattern 'nothing'"),
+     ({"exclude": "conv1"}, "list of patterns"),
+     ({"include": ["conv1"]}, "leave no layer"),
+     ({"weights": WeightQuant("uniform", 4)}, "not both"),
+     ({"activations": 8}, "ActQuant")],
 )
 def test_prepare_errors(kwargs, words):
     precision = None if "activations" in kwargs else "2W/32A"

@@ -30,6 +30,7 @@ from apprentice.models import build_model
 from apprentice.runtime import EXIT_SIGTERM, TrainingInterrupted
 from apprentice.step import NonFiniteLossError
 from apprentice.train import fit
+
 from tiny_runs import recipe, tiny
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -37,11 +37,12 @@ from apprentice.config import dump_yaml, load_config
 from apprentice.models import build_model
 from apprentice.train import fit
 
+import tiny_runs
+from format_writers import make_cifar10, make_idx_folder, write_idx
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "bad-inputs.md"
-TINY = ["model.name=resnet8", "model.width=0.25", "quant.precision=2W/8A", "data.name=synthetic",
-        "data.download=false", "data.limit=128", "data.batch_size=32", "data.eval_batch_size=512",
-        "train.epochs=1", "train.log_every=2", "train.device=cpu", "optim.lr=0.05"]
+TINY = [*tiny_runs.TINY, "quant.precision=2W/8A"]
 
 
 @dataclass(frozen=True)
@@ -224,27 +225,9 @@ def snapshot(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _idx(path: Path, magic: int, shape: tuple[int, ...], data: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(magic.to_bytes(4, "big") + b"".join(s.to_bytes(4, "big") for s in shape)
-                     + data.astype(np.uint8).tobytes())
-
-
-def _idx_folder(folder: Path, n: int = 64) -> None:
-    rng = np.random.default_rng(0)
-    for stem in ("train", "t10k"):
-        _idx(folder / f"{stem}-images-idx3-ubyte", 2051, (n, 28, 28), rng.integers(0, 256, n * 28 * 28))
-        _idx(folder / f"{stem}-labels-idx1-ubyte", 2049, (n,), rng.integers(0, 10, n))
-
-
-def _cifar_folder(root: Path, n: int = 20) -> Path:
-    batches, rng = root / "cifar-10-batches-py", np.random.default_rng(0)
-    batches.mkdir(parents=True)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        with open(batches / name, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8),
-                         b"labels": rng.integers(0, 10, n).tolist()}, f, protocol=2)
-    return batches / "data_batch_1"
+def _cifar_folder(root: Path) -> Path:
+    """A good CIFAR-10 folder of 20 images a batch; returns its first training batch, the one cases break."""
+    return make_cifar10(root, n=20) / "data_batch_1"
 
 
 def _packed_variants(good: Path, f: Path) -> None:
@@ -310,7 +293,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     assert main(["export", str(run), "--format", "packed", "--out", str(f / "good.safetensors")]) == 0
     _packed_variants(f / "good.safetensors", f)
     # data: one good copy of each format, then one broken copy per case
-    _idx_folder(d / "fm")
+    make_idx_folder(d / "fm", n_train=64, n_test=64, gz=False)
     for name, breaks in (("idx-truncated", lambda p: p.write_bytes(p.read_bytes()[:500])),
                          ("idx-magic", lambda p: p.write_bytes((2052).to_bytes(4, "big") + p.read_bytes()[4:]))):
         shutil.copytree(d / "fm", d / name)
@@ -318,9 +301,9 @@ def world(tmp_path_factory) -> dict[str, Path]:
     shutil.copytree(d / "fm", d / "idx-labels")
     labels = np.random.default_rng(1).integers(0, 10, 64)
     labels[5] = 12
-    _idx(d / "idx-labels" / "train-labels-idx1-ubyte", 2049, (64,), labels)
+    write_idx(d / "idx-labels" / "train-labels-idx1-ubyte", labels)
     shutil.copytree(d / "fm", d / "idx-count")
-    _idx(d / "idx-count" / "train-labels-idx1-ubyte", 2049, (60,), labels[:60] % 10)
+    write_idx(d / "idx-count" / "train-labels-idx1-ubyte", labels[:60] % 10)
     for name in ("cifar-truncated", "cifar-magic", "cifar-labels"):
         batch = _cifar_folder(d / name)
         if name == "cifar-truncated":
@@ -434,77 +417,6 @@ def test_the_doc_lists_every_case_with_its_message():
         for word in case.words:
             assert word in row, f"{case.id}: {word!r} not in the doc's row"
     assert set(rows) == {c.id for c in CASES}
-
-
-# ---------------------------------------------------------------------------------------------
-# Untrusted files: a pickle payload goes through every entry point that reads a file
-
-
-class Payload:
-    """Unpickling this creates a file: what a malicious checkpoint would do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
-
-def _save_payload(kind: str, path: Path, marker: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    obj = {"format": 1, "arch": {"name": "resnet8"}, "model": {"conv1.weight": Payload(marker)}}
-    if kind == "torch-zip":
-        torch.save(obj, path)
-    elif kind == "torch-legacy":
-        torch.save(obj, path, _use_new_zipfile_serialization=False)
-    else:
-        with open(path, "wb") as f:
-            pickle.dump(obj, f, protocol=2)
-
-
-ENTRY_POINTS = {  # where the payload file goes (relative to the case folder) -> the command that reads it
-    "teacher-file": ("evil.pt", "train {cfg} distill.scheme=B distill.teacher={p}/evil.pt train.out={p}/out"),
-    "teacher-run": ("teacher/checkpoints/best.pt", "train {cfg} distill.scheme=B distill.teacher={p}/teacher train.out={p}/out"),
-    "student-init": ("init.pth", ("train {cfg} distill.scheme=C distill.teacher={run} distill.student_init={p}/init.pth "
-                                  "train.out={p}/out")),
-    "resume-last": ("out/checkpoints/last.pt", "train {cfg} train.out={p}/out --resume"),
-    "eval-file": ("evil.pt", "eval {p}/evil.pt"),
-    "eval-run": ("run/checkpoints/best.pt", "eval {p}/run"),
-    "info-file": ("evil.pt", "info {p}/evil.pt"),
-    "compare-file": ("evil.pt", "compare {run} {p}/evil.pt"),
-    "export-file": ("evil.pt", "export {p}/evil.pt --format packed --out {p}/x.safetensors"),
-    "packed-path": ("evil.safetensors", "eval {p}/evil.safetensors"),
-    "teacher-safetensors": ("evil.safetensors", ("train {cfg} distill.scheme=B distill.teacher={p}/evil.safetensors "
-                                                 "distill.teacher_model.name=resnet8 train.out={p}/out")),
-    "cifar-batch": ("cifar/cifar-10-batches-py/data_batch_1",
-                    "train {cfg} data.name=cifar10 data.limit=null data.dir={p}/cifar train.out={p}/out"),
-}
-
-
-def test_the_payload_is_real(tmp_path):
-    _save_payload("torch-zip", tmp_path / "probe.pt", tmp_path / "ran")
-    torch.load(tmp_path / "probe.pt", weights_only=False)["model"]["conv1.weight"].close()
-    assert (tmp_path / "ran").exists()  # an unsafe load runs it; none of the entry points below may
-
-
-@pytest.mark.parametrize("kind", ["torch-zip", "torch-legacy", "pickle"])
-@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
-def test_pickle_payload_is_refused_by_every_entry_point(entry, kind, world, tmp_path, capsys):
-    where, argv = ENTRY_POINTS[entry]
-    marker = tmp_path / "pwned"
-    if entry == "cifar-batch":
-        _cifar_folder(tmp_path / "cifar")
-    if entry == "resume-last":
-        shutil.copytree(world["partial"], tmp_path / "out")
-    _save_payload(kind, tmp_path / where, marker)
-    code = main(argv.format(p=tmp_path, cfg=world["cfg"], run=world["run"]).split())
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("apprentice: error: "), err
-    assert str(tmp_path / Path(where).parent) in lines[0]  # names the file (or its folder)
-    assert re.search(r"never unpickled|refusing to load|cannot read|not a PyTorch|not a dict", lines[0]), err
-    assert not marker.exists()
-    assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "out" / "summary.json").exists()
 
 
 def write_doc(path: Path, world: dict) -> None:

@@ -1,0 +1,98 @@
+"""Untrusted files: a pickle payload, saved the three ways a checkpoint can be (torch zip, torch
+legacy, plain pickle), goes through every command-line entry point that reads a file. None may run
+it: each must answer one ``apprentice: error:`` line naming the file, exit 2, and write nothing.
+The catalogue of other bad inputs is tests/test_bad_inputs.py."""
+
+from __future__ import annotations
+
+import pickle
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from apprentice.cli import main
+from apprentice.train import fit
+
+from format_writers import make_cifar10
+from tiny_runs import recipe, tiny
+
+
+class Payload:
+    """Unpickling this creates a file: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def _save_payload(kind: str, path: Path, marker: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    obj = {"format": 1, "arch": {"name": "resnet8"}, "model": {"conv1.weight": Payload(marker)}}
+    if kind == "torch-zip":
+        torch.save(obj, path)
+    elif kind == "torch-legacy":
+        torch.save(obj, path, _use_new_zipfile_serialization=False)
+    else:
+        with open(path, "wb") as f:
+            pickle.dump(obj, f, protocol=2)
+
+
+ENTRY_POINTS = {  # where the payload file goes (relative to the case folder) -> the command that reads it
+    "teacher-file": ("evil.pt", "train {cfg} distill.scheme=B distill.teacher={p}/evil.pt train.out={p}/out"),
+    "teacher-run": ("teacher/checkpoints/best.pt", "train {cfg} distill.scheme=B distill.teacher={p}/teacher train.out={p}/out"),
+    "student-init": ("init.pth", ("train {cfg} distill.scheme=C distill.teacher={run} distill.student_init={p}/init.pth "
+                                  "train.out={p}/out")),
+    "resume-last": ("out/checkpoints/last.pt", "train {cfg} train.out={p}/out --resume"),
+    "eval-file": ("evil.pt", "eval {p}/evil.pt"),
+    "eval-run": ("run/checkpoints/best.pt", "eval {p}/run"),
+    "info-file": ("evil.pt", "info {p}/evil.pt"),
+    "compare-file": ("evil.pt", "compare {run} {p}/evil.pt"),
+    "export-file": ("evil.pt", "export {p}/evil.pt --format packed --out {p}/x.safetensors"),
+    "packed-path": ("evil.safetensors", "eval {p}/evil.safetensors"),
+    "teacher-safetensors": ("evil.safetensors", ("train {cfg} distill.scheme=B distill.teacher={p}/evil.safetensors "
+                                                 "distill.teacher_model.name=resnet8 train.out={p}/out")),
+    "cifar-batch": ("cifar/cifar-10-batches-py/data_batch_1",
+                    "train {cfg} data.name=cifar10 data.limit=null data.dir={p}/cifar train.out={p}/out"),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """A finished tiny 2W/8A run (a teacher for B/C), an unfinished copy to resume, and its recipe."""
+    root = tmp_path_factory.mktemp("untrusted")
+    run, partial = root / "done", root / "partial"
+    fit(tiny(run, "quant.precision=2W/8A"))
+    shutil.copytree(run, partial)
+    (partial / "summary.json").unlink()  # stopped after its last checkpoint: a run to resume
+    return {"run": run, "partial": partial, "cfg": recipe(root / "tiny.yaml", "quant.precision=2W/8A")}
+
+
+def test_the_payload_is_real(tmp_path):
+    _save_payload("torch-zip", tmp_path / "probe.pt", tmp_path / "ran")
+    torch.load(tmp_path / "probe.pt", weights_only=False)["model"]["conv1.weight"].close()
+    assert (tmp_path / "ran").exists()  # an unsafe load runs it; none of the entry points below may
+
+
+@pytest.mark.parametrize("kind", ["torch-zip", "torch-legacy", "pickle"])
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+def test_pickle_payload_is_refused_by_every_entry_point(entry, kind, runs, tmp_path, capsys):
+    where, argv = ENTRY_POINTS[entry]
+    marker = tmp_path / "pwned"
+    if entry == "cifar-batch":
+        make_cifar10(tmp_path / "cifar")
+    if entry == "resume-last":
+        shutil.copytree(runs["partial"], tmp_path / "out")
+    _save_payload(kind, tmp_path / where, marker)
+    code = main(argv.format(p=tmp_path, cfg=runs["cfg"], run=runs["run"]).split())
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("apprentice: error: "), err
+    assert str(tmp_path / Path(where).parent) in lines[0]  # names the file (or its folder)
+    assert re.search(r"never unpickled|refusing to load|cannot read|not a PyTorch|not a dict", lines[0]), err
+    assert not marker.exists()
+    assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "out" / "summary.json").exists()

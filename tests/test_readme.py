@@ -1,5 +1,5 @@
-"""The README's promises: its API example runs as written, its quickstart runs (short form), and CI
-runs exactly its test command."""
+"""The README's promises: its API example runs as written, its quickstart runs (short form), CI
+runs exactly its test command, and the benchmark tables it copies equal the committed results."""
 
 from __future__ import annotations
 
@@ -63,3 +63,28 @@ def test_quickstart_short_form(tmp_path):
     assert packed.is_file() and packed.stat().st_size < 20_000
     for run in ("teacher", "baseline", "student"):
         assert (tmp_path / "qs" / run / "summary.json").is_file()
+
+
+def _tables(text: str) -> list[list[str]]:
+    """Markdown tables: runs of consecutive lines that start with '|'."""
+    out, cur = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            cur.append(line.rstrip())
+        elif cur:
+            out.append(cur)
+            cur = []
+    return out
+
+
+def test_readme_tables_copied_from_results_match_them():
+    # A README table whose header and separator are those of a table in benchmarks/results/*.md is
+    # a copy of it: rerunning a benchmark without updating the README must fail here.
+    readme = {tuple(t[:2]): t for t in _tables(README)}
+    copied = 0
+    for md in sorted((ROOT / "benchmarks" / "results").glob("*.md")):
+        for table in _tables(md.read_text()):
+            if tuple(table[:2]) in readme:
+                assert readme[tuple(table[:2])] == table, f"README's copy of a {md.name} table is stale"
+                copied += 1
+    assert copied >= 5  # accuracy (main, gap, sweep) and speed (steps, before/after)

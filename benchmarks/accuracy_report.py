@@ -31,8 +31,10 @@ def _epochs(folder: Path) -> list[dict[str, Any]]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
-def collect(jobs: list, runs: Path) -> list[dict[str, Any]]:
-    """One row per finished run: the job's settings, per-epoch and final accuracies, times, commit."""
+def collect(jobs: list, runs: Path, stamp: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per finished run: the job's settings, per-epoch and final accuracies, times, commit and
+    machine. The machine is the host the run's summary names (runs record it since session 3); for
+    an older run without one, the machine of this report (``stamp``), marked as such."""
     rows = []
     for job in jobs:
         folder = runs / job.name
@@ -55,9 +57,19 @@ def collect(jobs: list, runs: Path) -> list[dict[str, Any]]:
             "wall_time_s": summary.get("wall_time_s"),
             "train_time_s": sum(e.get("epoch_time_s", 0.0) for e in epochs),
             "commit": summary.get("git_commit"), "torch": summary.get("torch"), "device": summary.get("device"),
+            "machine": _machine(summary, stamp),
             "parameters": summary.get("parameters"), "train_images": summary.get("train_images"),
         })
     return rows
+
+
+def _machine(summary: dict[str, Any], stamp: dict[str, Any]) -> dict[str, Any]:
+    here = {"cpu_model": stamp.get("cpu_model"), "cpu_count": stamp.get("cpu_count")}
+    if summary.get("host"):
+        same = summary["host"] == stamp.get("hostname")  # the CPU is known only for this report's host
+        return {"host": summary["host"], "threads": summary.get("threads"), **(here if same else {}),
+                "recorded_by": "run"}
+    return {"host": stamp.get("hostname"), **here, "recorded_by": "report (the run predates host records)"}
 
 
 def epoch_to_fraction(curve: list[float | None], fraction: float) -> int | None:
@@ -337,7 +349,7 @@ def model_sizes(student: str, teacher: str, precisions: list[str]) -> dict[str, 
 def write(out: Path, jobs: list, runs: Path, info: dict[str, Any]) -> None:
     """Collect finished runs and write ``out`` (JSON), ``out.md`` and the PNG plots, atomically."""
     precisions = info["settings"]["precisions"]
-    rows = collect(jobs, runs)
+    rows = collect(jobs, runs, info["stamp"])
     an = analyse(rows, precisions)
     sweep, chosen = sweep_table(rows)
     sizes = model_sizes(info["settings"]["student"], info["settings"]["teacher"], precisions)

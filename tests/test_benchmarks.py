@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +102,15 @@ def test_sweep_chooses_on_holdout_never_on_test():
     assert accuracy_report.sweep_rows(table, chosen)[-1] == ["no teacher", "-", "84.00", "83.00"]
 
 
+def test_row_machine_comes_from_the_run_else_says_it_is_the_reports():
+    stamp = {"hostname": "here", "cpu_model": "CPU X", "cpu_count": 2}
+    assert accuracy_report._machine({"host": "here", "threads": 1}, stamp) == {
+        "host": "here", "threads": 1, "cpu_model": "CPU X", "cpu_count": 2, "recorded_by": "run"}
+    assert accuracy_report._machine({"host": "elsewhere", "threads": 4}, stamp) == {
+        "host": "elsewhere", "threads": 4, "recorded_by": "run"}  # this report's CPU is not that host's
+    assert accuracy_report._machine({}, stamp)["recorded_by"].startswith("report")
+
+
 def test_tiny_grid_runs_then_resumes_without_rerunning(tmp_path):
     out = tmp_path / "acc.json"
     cmd = [sys.executable, str(ROOT / "benchmarks/accuracy.py"), "--epochs", "1", "--train-images", "256",
@@ -112,6 +122,8 @@ def test_tiny_grid_runs_then_resumes_without_rerunning(tmp_path):
     assert result["finished_runs"] == result["planned_runs"] == 6
     assert {r["name"] for r in result["rows"]} >= {"teacher", "fp-s0", "2w32a-C-s0"}
     assert all(len(r["test_top1_per_epoch"]) == 1 for r in result["rows"])
+    assert {r["machine"]["host"] for r in result["rows"]} == {socket.gethostname()}
+    assert {r["machine"]["recorded_by"] for r in result["rows"]} == {"run"}
     assert (tmp_path / "acc.md").exists() and (tmp_path / "acc_epochs.png").stat().st_size > 0
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert second.returncode == 0 and " start " not in second.stdout  # nothing re-trained

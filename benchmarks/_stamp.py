@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from apprentice.atomic import atomic_write_text
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -125,6 +127,7 @@ def write_results(out: str | Path, result: dict[str, Any], markdown: str, table:
     """Write the JSON result to ``out`` and the markdown next to it (``.md``), then print the table."""
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    path.with_suffix(".md").write_text(markdown)
+    # Atomic: a benchmark stopped while writing leaves the previous result whole.
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(path.with_suffix(".md"), markdown)
     print("\n" + table)

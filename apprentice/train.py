@@ -418,7 +418,8 @@ def _fit(cfg: Config, d: Runtime, signals: StopSignals, *, resume: bool, overwri
         "best_epoch": best["epoch"], **({"holdout_top1": results["holdout"]["top1"]} if "holdout" in results else {}),
         "epochs": epochs, "steps": step, "skipped_steps": skipped, "wall_time_s": elapsed + time.perf_counter() - t_start,
         "version": _version(), "git_commit": _git_commit(), "torch": torch.__version__, "device": str(d.device),
-        "host": socket.gethostname(), "threads": torch.get_num_threads(), "world_size": d.world_size, "scheme": scheme.name, "precision": q.precision, "model": cfg.model.name,
+        "host": socket.gethostname(), "threads": torch.get_num_threads(), "world_size": d.world_size,
+        "scheme": scheme.name, "precision": q.precision, "model": cfg.model.name,
         "parameters": n_params, "quantized_layers": n_quantized, "train_images": train_images,
         "teacher": dc.teacher if scheme.frozen_teacher else (dc.teacher_model.name if dc.teacher_model else None),
     }

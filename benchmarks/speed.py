@@ -9,9 +9,9 @@ steps of an earlier commit (``--before``), to record what the optimisation of th
 One step = `apprentice.step.train_step` (zero_grad, forward of student and teacher, the Apprentice
 loss, backward, gradient norm, SGD update), the loop `apprentice train` runs, on one fixed random
 batch (data loading is not part of the step). Every case runs in a fresh subprocess per round
-(``--rounds``), the rounds interleave the cases and the before/after code so slow drift of the
-machine hits all alike; in each, ``--warmup`` steps are discarded and ``--steps`` are timed; the
-median over all rounds' timed steps is reported.
+(``--rounds``), the rounds interleave the cases so slow drift of the machine hits all alike; in each, ``--warmup`` steps are discarded and ``--steps`` are timed; the
+median over all rounds' timed steps is reported. ``--before`` adds one subprocess that loads both
+codes and calls them alternately, call by call (steps, then each fake-quant op alone).
 """
 
 from __future__ import annotations
@@ -90,11 +90,12 @@ def torch_ao_student(model, precision: str):
     """torch.ao.quantization eager QAT on the same layers: per-tensor symmetric weight fake-quant with
     quant range [-1, 1] (ternary levels), and 8-bit (quint8, moving-average min/max) fake-quant of the
     layer's output where apprentice quantizes its input: one activation quantizer per layer either way."""
+    import torch
     from torch.ao import quantization as tq
     weight = tq.FakeQuantize.with_args(observer=tq.MovingAverageMinMaxObserver, quant_min=-1, quant_max=1,
-                                       dtype=__import__("torch").qint8, qscheme=__import__("torch").per_tensor_symmetric)
+                                       dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
     act = tq.FakeQuantize.with_args(observer=tq.MovingAverageMinMaxObserver, quant_min=0, quant_max=255,
-                                    dtype=__import__("torch").quint8)
+                                    dtype=torch.quint8)
     names = set(_quantized_names(model, precision))
     for name, m in model.named_modules():
         m.qconfig = tq.QConfig(activation=act, weight=weight) if name in names else None
@@ -236,8 +237,7 @@ def pair_child(args: argparse.Namespace) -> int:
     for op, fns in ops.items():
         for fn in fns.values():  # first call outside the timing
             fn()
-        for label, t in _alternate(fns, max(args.steps, 200)).items():
-            out["ops"][f"{op}/{label}"] = t
+        out["ops"][op] = _alternate(fns, max(args.steps, 200))
     print("SPEED-JSON " + json.dumps(out), flush=True)
     return 0
 
@@ -335,6 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _no_teacher_case(case: str) -> str | None:
+    """For a scheme-A case, the case of the same student without a teacher (its step minus the teacher)."""
+    if case not in CASES or CASES[case][1] != "A":
+        return None
+    return next((c for c, (p, s) in CASES.items() if p == CASES[case][0] and s == "baseline"), None)
+
+
 def analyse(raw: dict[str, Any], pair: dict[str, Any] | None) -> dict[str, Any]:
     med = {c: summarize(v["step_ms"]) for c, v in raw.items() if "step_ms" in v}
     fp = med.get("fp", {}).get("median_ms")
@@ -349,18 +356,15 @@ def analyse(raw: dict[str, Any], pair: dict[str, Any] | None) -> dict[str, Any]:
             tf = summarize(raw[c]["teacher_forward_ms"])
             entry["teacher_forward"] = tf
             entry["teacher_share"] = round(tf["median_ms"] / s["median_ms"], 3)
-        base = {"ternary_A": "ternary", "ternary_8a_A": "ternary_8a"}.get(c)
+        base = _no_teacher_case(c)
         if base in med:  # A: the step minus the same student's step without a teacher
             entry["teacher_share"] = round(1 - med[base]["median_ms"] / s["median_ms"], 3)
         cases[c] = entry
     errors = {c: v["error"] for c, v in raw.items() if "error" in v}
     before_after: dict[str, Any] = {}
     for group in ("steps", "ops"):
-        items = (pair or {}).get(group, {})
-        names = items if group == "steps" else sorted({k.split("/")[0] for k in items})
-        for name in names:
-            b, a = (items[name]["before"], items[name]["after"]) if group == "steps" else \
-                (items[f"{name}/before"], items[f"{name}/after"])
+        for name, times in (pair or {}).get(group, {}).items():
+            b, a = times["before"], times["after"]
             ratios = [x / y for x, y in zip(b, a)]  # pairwise: neighbours in time share the drift
             before_after[name] = {"kind": "training step" if group == "steps" else "op, forward + backward",
                                   "before": summarize(b), "after": summarize(a),

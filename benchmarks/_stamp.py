@@ -123,11 +123,13 @@ def stamp_markdown(s: dict[str, Any]) -> str:
             f"Command: `{s['command']}`")
 
 
-def write_results(out: str | Path, result: dict[str, Any], markdown: str, table: str) -> None:
-    """Write the JSON result to ``out`` and the markdown next to it (``.md``), then print the table."""
+def write_results(out: str | Path, result: dict[str, Any], markdown: str, table: str | None = None) -> None:
+    """Write the JSON result to ``out`` and the markdown next to it (``.md``), then print ``table``
+    (if given: a benchmark that rewrites its results after every run prints nothing each time)."""
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Atomic: a benchmark stopped while writing leaves the previous result whole.
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     atomic_write_text(path.with_suffix(".md"), markdown)
-    print("\n" + table)
+    if table is not None:
+        print("\n" + table)

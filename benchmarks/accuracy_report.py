@@ -11,11 +11,13 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from _stamp import markdown_table, stamp_markdown
+from _stamp import markdown_table, stamp_markdown, write_results
 
-from apprentice.atomic import atomic_write_bytes, atomic_write_text
+from apprentice.atomic import atomic_write_bytes
+from apprentice.config import DistillConfig
+from apprentice.distill import SCHEMES as _LIBRARY_SCHEMES
 
-SCHEMES = ("baseline", "A", "B", "C")
+SCHEMES = tuple(_LIBRARY_SCHEMES)  # baseline, A, B, C: every scheme the library has is a grid column
 # The paper's ImageNet ResNet-18 top-1 error (Mishra & Marr 2018; ../shared/design/method.md §4).
 PAPER_RESNET18 = {"FP": 30.4, "2W/32A": {"baseline": 33.4, "teacher": 31.5},
                   "2W/8A": {"baseline": None, "teacher": 32.0}, "4W/8A": {"baseline": None, "teacher": 29.6}}
@@ -48,7 +50,7 @@ def collect(jobs: list, runs: Path, stamp: dict[str, Any]) -> list[dict[str, Any
         rows.append({
             "name": job.name, **job.meta,
             "gamma": job.overrides.get("distill.gamma"), "temperature": job.overrides.get("distill.temperature"),
-            "config": {"recipe": "configs/fashion_mnist/student_baseline.yaml", "overrides": job.overrides},
+            "config": {"recipe": job.recipe, "overrides": job.overrides},
             "test_top1_per_epoch": [e.get("test_top1") for e in epochs],
             "holdout_top1_per_epoch": [e.get("holdout_top1") for e in epochs],
             "final_top1": summary.get("final_top1"), "best_top1": summary.get("best_top1"),
@@ -127,20 +129,25 @@ def analyse(rows: list[dict[str, Any]], precisions: list[str]) -> dict[str, Any]
 
 
 def sweep_table(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """The gamma/temperature sweep (scheme B, 2W/32A, seed 0), chosen on the holdout split: one dict per
-    setting (the grid's own B cell is the γ=0.5, τ=1 point), and the choice with the same seed's
-    no-teacher run beside it as the yardstick, since the sweep asks where distillation helps."""
-    cand = [r for r in rows if r["role"] == "sweep"
-            or (r["role"] == "student" and r["precision"] == "2W/32A" and r["scheme"] == "B" and r["seed"] == 0)]
-    cand = [r for r in cand if r["final_holdout_top1"] is not None]
-    if not any(r["role"] == "sweep" for r in cand):  # the grid's own cell alone is no sweep
+    """The gamma/temperature sweep, chosen on the holdout split: one dict per setting (the grid's own
+    run of the sweep's cell is its default point), and the choice with the same seed's no-teacher run
+    beside it as the yardstick, since the sweep asks where distillation helps. The cell (precision,
+    scheme, seed) is read from the sweep's rows."""
+    sweep = [r for r in rows if r["role"] == "sweep" and r["final_holdout_top1"] is not None]
+    if not sweep:  # the grid's own cell alone is no sweep
         return [], None
+    cell = {(r["precision"], r["scheme"], r["seed"]) for r in sweep}
+    grid = [r for r in rows if r["role"] == "student" and r["final_holdout_top1"] is not None]
+    cand = sweep + [r for r in grid if (r["precision"], r["scheme"], r["seed"]) in cell]
     cand.sort(key=lambda r: (r["gamma"], r["temperature"]))
     table = [{"gamma": r["gamma"], "temperature": r["temperature"], "holdout_top1": r["final_holdout_top1"],
               "test_top1": r["final_top1"], "run": r["name"]} for r in cand]
     chosen = dict(max(table, key=lambda r: r["holdout_top1"]))
-    base = [r for r in rows if r["role"] == "student" and r["precision"] == "2W/32A"
-            and r["scheme"] == "baseline" and r["seed"] == 0 and r["final_holdout_top1"] is not None]
+    (precision, scheme, seed), *more = sorted(cell)
+    if more:
+        raise ValueError(f"the sweep's runs are of more than one cell: {sorted(cell)}")
+    chosen["cell"] = {"precision": precision, "scheme": scheme, "seed": seed}
+    base = [r for r in grid if r["scheme"] == "baseline" and (r["precision"], r["seed"]) == (precision, seed)]
     if base:
         chosen["baseline_holdout_top1"] = base[0]["final_holdout_top1"]
         chosen["baseline_test_top1"] = base[0]["final_top1"]
@@ -150,6 +157,7 @@ def sweep_table(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[
 def markdown(info: dict[str, Any], rows: list[dict[str, Any]], an: dict[str, Any], sweep: list, chosen) -> tuple[str, str]:
     """The full markdown report and the main table alone."""
     st = info["settings"]
+    o = st["shared_overrides"]
     fp = an["fp_twin"]
     head = ["precision", "scheme", "test top-1 %", "vs no teacher (pts)", "share of gap", "epoch to 99 %",
             "vs FP twin (pts)"]
@@ -175,8 +183,10 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]], an: dict[str, Any
         (f"Student `{st['student']}` (1×28×28 inputs, option-A shortcuts), teacher `{st['teacher']}` (FP, trained "
         f"once, seed 0: test top-1 {an['teacher_top1']} %). Training images: the first {st['train_images']:,} "
         f"after setting aside {st['holdout']:,} for the sweep's choice; test: the 10,000 test images. "
-        f"{st['epochs']} epochs, batch 128, SGD Nesterov momentum 0.9, lr 0.1 cosine (scheme C {st['c_lr']}, "
-        f"starting from the same seed's FP twin), weight decay 1e-4, paper loss weights α=1, β=γ=0.5, τ=1. "
+        f"{st['epochs']} epochs, batch {o['data.batch_size']}, {o['optim.name'].upper()} (Nesterov momentum 0.9, "
+        f"the recipe's), lr {o['optim.lr']:g} {o['optim.schedule']} (scheme C {st['c_lr']:g}, starting from the "
+        f"same seed's FP twin), weight decay {o['optim.weight_decay']:g}, loss weights α={DistillConfig().alpha:g}, "
+        f"β={o['distill.beta']:g}, γ={o['distill.gamma']:g}, τ={o['distill.temperature']:g} (the paper's). "
         f"Seeds {st['seeds']}; {st['workers']} runs at a time, {st['threads']} torch thread each. "
         "Final-epoch test top-1 (never the best epoch, which would select on the test set), mean ± std over seeds; "
         "'vs no teacher' is paired by seed."), "",
@@ -185,7 +195,8 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]], an: dict[str, Any
          "accuracy (100 − its error):"), "", paper, "",
     ]
     if sweep:
-        text += ["## γ / τ sweep (scheme B, 2W/32A, seed 0), chosen on the holdout split", "",
+        c = chosen["cell"]
+        text += [f"## γ / τ sweep (scheme {c['scheme']}, {c['precision']}, seed {c['seed']}), chosen on the holdout split", "",
                  markdown_table(["γ", "τ", "holdout top-1 %", "test top-1 %"], sweep_rows(sweep, chosen)), "",
                  sweep_sentence(chosen), ""]
     text += ["## Findings (generated from the rows above)", "", *findings(an), "",
@@ -358,6 +369,4 @@ def write(out: Path, jobs: list, runs: Path, info: dict[str, Any]) -> None:
     result = {**info, "finished_runs": len(rows), "planned_runs": len(jobs), "model_bytes": sizes,
               "analysis": an, "sweep": {"rows": sweep, "chosen_on_holdout": chosen},
               "plots": figs, "rows": rows}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(result, indent=1) + "\n")
-    atomic_write_text(out.with_suffix(".md"), text)
+    write_results(out, result, text)

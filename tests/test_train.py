@@ -233,8 +233,8 @@ def test_nonfinite_skip_counts_and_rolls_back(nan_at, tmp_path):
 
 def test_sigterm_then_resume_is_bit_identical(tmp_path):
     recipe_file = recipe(tmp_path / "r.yaml", "data.limit=1024", "data.batch_size=16", "train.epochs=2",
-                      "train.checkpoint_every=5", "train.log_every=10", "quant.precision=2W/8A",
-                      "optim.schedule=cosine", "optim.warmup_epochs=0.5", "data.holdout=64")
+                         "train.checkpoint_every=5", "train.log_every=10", "quant.precision=2W/8A",
+                         "optim.schedule=cosine", "optim.warmup_epochs=0.5", "data.holdout=64")
     cli = [sys.executable, "-m", "apprentice", "train", str(recipe_file)]
     env = subprocess_env()
     ref, cut = tmp_path / "ref", tmp_path / "cut"

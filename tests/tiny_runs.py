@@ -1,4 +1,5 @@
-"""The tiny training run the train and fault tests share: resnet8 at width 0.25 on 128 synthetic images."""
+"""The tiny training run the tests share (train, faults, bad inputs, untrusted files): resnet8 at width
+0.25 on 128 synthetic images."""
 
 from __future__ import annotations
 

@@ -9,14 +9,15 @@ The public API in one place (`fit`, `load_config`, `load_run`, `evaluate` are wh
     logits, losses = distiller(images, labels)            # losses["loss"].backward()
 """
 
-from .checkpoint import LoadedRun, load_run
-from .config import Config, load_config
-from .distill import SCHEMES, Distiller, Scheme, make_student
-from .errors import ApprenticeError
-from .export import load_packed, save_packed
-from .losses import apprentice_loss, cross_entropy, soft_cross_entropy
-from .models import MODELS, build_model, count_parameters
-from .quant import (
+from apprentice.build import LoadedRun, load_run
+from apprentice.config import Config, load_config
+from apprentice.distill import SCHEMES, Distiller, Scheme, make_student
+from apprentice.errors import ApprenticeError
+from apprentice.export import load_packed, save_packed
+from apprentice.loop import fit
+from apprentice.losses import apprentice_loss, cross_entropy, soft_cross_entropy
+from apprentice.models import MODELS, build_model, count_parameters
+from apprentice.quant import (
     DEFAULT_EXCLUDE,
     WEIGHT_QUANTIZERS,
     ActQuant,
@@ -33,8 +34,7 @@ from .quant import (
     to_float,
     weight_codes,
 )
-from .step import evaluate
-from .train import fit
+from apprentice.train import evaluate
 
 __version__ = "0.1.0"
 

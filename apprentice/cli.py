@@ -101,7 +101,7 @@ def _load(path_text: str) -> Loaded:
                                       f"unreadable: {e}") from None
         summary = meta.get("summary") if isinstance(meta.get("summary"), dict) else None
         return Loaded(path, model, config, summary, "packed", qmap)
-    from apprentice.checkpoint import load_run
+    from apprentice.build import load_run
 
     run = load_run(str(path))
     return Loaded(path, run.model, run.config, run.summary, "run" if path.is_dir() else "checkpoint")
@@ -156,9 +156,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from apprentice.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    from apprentice import train
+    from apprentice.loop import fit
 
-    summary = train.fit(cfg, resume=args.resume, overwrite=args.overwrite)
+    summary = fit(cfg, resume=args.resume, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only the first process reports
         return 0
     best, final = summary.get("best_top1"), summary.get("final_top1")
@@ -172,10 +172,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if cfg is None:
         raise ApprenticeError(f"{args.path!r} carries no training config, so its data set is unknown")
     device = _device(args.device)
-    from apprentice.step import evaluate
-    from apprentice.train import eval_batches
+    from apprentice.build import eval_data
+    from apprentice.train import evaluate
 
-    batches = eval_batches(cfg, args.split, data_dir=args.data_dir, batch_size=args.batch_size, device=device)
+    batches = eval_data(cfg, args.split, data_dir=args.data_dir, batch_size=args.batch_size, device=device)
     model = loaded.model.to(device).eval()
     metrics = evaluate(model, batches, device=device, amp=args.amp)
     result = {"path": str(loaded.path), "kind": loaded.kind, "data": cfg.data.name, "split": args.split,
@@ -219,7 +219,7 @@ def _precision_rows(model: Any, qmap: dict | None = None) -> list[list[str]]:
 
 def _sizes(loaded: Loaded) -> tuple[int, int, str]:
     """(packed bytes, fp32 bytes, printable report) of a run's model or of a packed file."""
-    from apprentice import export, sizes
+    from apprentice import export
 
     if loaded.kind == "packed":
         # The rebuilt model holds dequantized float weights, so measure the file's own tensors.
@@ -232,9 +232,9 @@ def _sizes(loaded: Loaded) -> tuple[int, int, str]:
         text = (f"packed tensors: {packed:,} B (file {loaded.path.stat().st_size:,} B) "
                 f"vs {fp32:,} B fp32 ({fp32 / max(packed, 1):.1f}x smaller)")
         return packed, fp32, text
-    rows = sizes.size_report(loaded.model)
-    totals = sizes.size_totals(rows)
-    return int(totals["packed_bytes"]), int(totals["fp32_bytes"]), sizes.format_size_report(rows)
+    rows = export.size_report(loaded.model)
+    totals = export.size_totals(rows)
+    return int(totals["packed_bytes"]), int(totals["fp32_bytes"]), export.format_size_report(rows)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -280,7 +280,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         # export_onnx itself explains how to install onnx when it is missing.
         from apprentice import data
-        from apprentice.onnx_export import export_onnx
+        from apprentice.export import export_onnx
 
         cfg = loaded.config
         info = data.DATASETS[cfg.data.name]

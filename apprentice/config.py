@@ -338,7 +338,8 @@ def validate(cfg: Config) -> None:
     Raises:
         ApprenticeError: naming the first offending dotted key and what is allowed.
     """
-    from apprentice import data, distill, optim, quant  # lazily, see _validate_model
+    from apprentice import data, distill, quant  # lazily, see _validate_model
+    from apprentice.train import optim
 
     for key in _RANGES:
         if not key.startswith("model."):

@@ -345,7 +345,7 @@ def _savefig(fig, path: Path) -> str:
 def model_sizes(student: str, teacher: str, precisions: list[str]) -> dict[str, int]:
     """Bytes of each student's packed file (base-3 ternary) and of the FP32 teacher/twin, from the size report."""
     from apprentice import build_model, prepare
-    from apprentice.sizes import size_report, size_totals
+    from apprentice.export import size_report, size_totals
 
     out = {}
     for p in ["32W/32A", *precisions]:

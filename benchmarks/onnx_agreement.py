@@ -1,6 +1,6 @@
 """Does the exported model predict what the trained PyTorch student predicts? (full test set)
 
-Loads a trained run (``apprentice.checkpoint.load_run``: the fake-quant student, ``eval()``), runs the
+Loads a trained run (``apprentice.build.load_run``: the fake-quant student, ``eval()``), runs the
 whole Fashion-MNIST test set (10,000 images, normalised by ``TensorLoader(shuffle=False)``) through
 
 * the PyTorch fake-quant student (the reference),
@@ -32,14 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _stamp import markdown_table, stamp, stamp_markdown, write_results
 
+from apprentice.build import load_run
 from apprentice.data import TensorLoader, load_tensors
-from apprentice.export import load_packed, save_packed
-from apprentice.onnx_export import export_onnx
-
-try:  # load_run is defined in apprentice.checkpoint; apprentice.train re-exported it before the split
-    from apprentice.checkpoint import load_run
-except ImportError:
-    from apprentice.train import load_run
+from apprentice.export import export_onnx, load_packed, save_packed
 
 REQUIRED = 0.999
 

@@ -47,7 +47,7 @@ from _stamp import load_average, markdown_table, stamp, stamp_markdown, write_re
 from _timing import summarize, wait_quiet
 
 import apprentice as ap
-from apprentice.onnx_export import export_onnx
+from apprentice.export import export_onnx
 
 #: name -> (build_model kwargs, input shape C,H,W)
 MODELS = {

@@ -30,12 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _stamp import markdown_table, stamp, stamp_markdown, write_results
 
 import apprentice as ap
-from apprentice.export import save_packed
-
-try:  # the size report is moving from apprentice.export to apprentice.sizes
-    from apprentice.sizes import size_report, size_totals
-except ImportError:
-    from apprentice.export import size_report, size_totals
+from apprentice.export import save_packed, size_report, size_totals
 
 #: name -> (build_model kwargs, input shape C,H,W)
 MODELS = {

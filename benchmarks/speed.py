@@ -6,7 +6,7 @@ steps of an earlier commit (``--before``), to record what the optimisation of th
 
     .venv/bin/python benchmarks/speed.py --before 91f2ef2 --wait-load 0.5
 
-One step = `apprentice.step.train_step` (zero_grad, forward of student and teacher, the Apprentice
+One step = `apprentice.train.step.train_step` (zero_grad, forward of student and teacher, the Apprentice
 loss, backward, gradient norm, SGD update), the loop `apprentice train` runs, on one fixed random
 batch (data loading is not part of the step). Every case runs in a fresh subprocess per round
 (``--rounds``), the rounds interleave the cases so slow drift of the machine hits all alike; in each, ``--warmup`` steps are discarded and ``--steps`` are timed; the
@@ -136,7 +136,7 @@ def time_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Per-step wall times (ms) of one case; for B also the frozen teacher's forward alone."""
     import torch
 
-    from apprentice.step import train_step
+    from apprentice.train.step import train_step
     torch.set_num_threads(args.threads)
     d, opt, teacher = build_case(name, args)
     g = torch.Generator().manual_seed(1)

@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from apprentice import checkpoint, cli, train
+from apprentice import cli, loop
+from apprentice.train import checkpoint
 
 
 def _slow_write(seconds: float) -> None:
@@ -46,7 +47,7 @@ def _slow_write(seconds: float) -> None:
 def _fail_at(rank: int, step: int, how: str) -> None:
     if int(os.environ.get("RANK", "0")) != rank:
         return
-    real_step, count = train.train_step, [0]
+    real_step, count = loop.train_step, [0]
 
     def step_then_fail(*args, **kwargs):
         result = real_step(*args, **kwargs)
@@ -59,7 +60,7 @@ def _fail_at(rank: int, step: int, how: str) -> None:
             time.sleep(3600)
         return result
 
-    train.train_step = step_then_fail
+    loop.train_step = step_then_fail
 
 
 if __name__ == "__main__":

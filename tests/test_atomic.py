@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from apprentice import checkpoint as ck
 from apprentice.atomic import (
     atomic_copy,
     atomic_file,
@@ -19,7 +18,8 @@ from apprentice.atomic import (
     remove_stale_temps,
 )
 from apprentice.config import load_config
-from apprentice.train import fit
+from apprentice.loop import fit
+from apprentice.train import checkpoint as ck
 
 
 def mode(path: Path) -> int:

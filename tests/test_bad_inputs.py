@@ -34,8 +34,8 @@ import torch
 
 from apprentice.cli import main
 from apprentice.config import dump_yaml, load_config
+from apprentice.loop import fit
 from apprentice.models import build_model
-from apprentice.train import fit
 
 import tiny_runs
 from format_writers import make_cifar10, make_idx_folder, write_idx

@@ -1,11 +1,12 @@
-"""Tests of apprentice.batches: sharded evaluation batches and the global training batch."""
+"""Tests of apprentice.data.batches: sharded evaluation batches and the global training batch."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from apprentice import batches, data
+from apprentice import data
+from apprentice.data import batches
 from apprentice.errors import ApprenticeError
 
 

@@ -142,8 +142,8 @@ def test_runtime_failure_exit_1_and_interrupt_130(monkeypatch, capsys):
 
 def test_training_stop_codes_come_from_the_exception(monkeypatch, capsys):
     from apprentice import cli
-    from apprentice.runtime import TrainingInterrupted
-    from apprentice.step import NonFiniteLossError
+    from apprentice.train.runtime import TrainingInterrupted
+    from apprentice.train.step import NonFiniteLossError
 
     def nonfinite(args):
         raise NonFiniteLossError("non-finite loss at step 2", step=2, checkpoint=None)
@@ -307,7 +307,7 @@ def test_packed_fp32_size_comes_from_the_map_also_when_bn_was_folded(smoke_run, 
 
 def test_eval_of_a_model_with_fewer_than_five_classes(tmp_path, capsys, image_folder):
     from apprentice.config import load_config
-    from apprentice.train import fit
+    from apprentice.loop import fit
 
     out = tmp_path / "run"
     fit(load_config(None, ["model.name=resnet18", "model.width=0.125", "model.small_input=true",

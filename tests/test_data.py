@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from apprentice import data as D
-from apprentice.errors import ApprenticeError
+from apprentice.data import folders
+from apprentice.errors import ApprenticeError, lookup
 
 from format_writers import make_idx_folder
 
@@ -25,7 +26,7 @@ def _cache(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", sorted(D.DATASETS))
 def test_dataset_table_is_consistent(name):
-    info = D.lookup(D.DATASETS, name, "dataset")
+    info = lookup(D.DATASETS, name, "dataset")
     assert len(info.mean) == len(info.std) == info.channels
     assert info.kind in ("idx", "cifar", "folder", "synthetic") and info.pad >= 0
     assert all(len(md5sum) == 32 for _, md5sum in info.files)
@@ -263,4 +264,4 @@ def test_imagenet_loader_shards(tmp_path):
 def test_missing_pillow_message(monkeypatch):
     monkeypatch.setitem(sys.modules, "PIL", None)
     with pytest.raises(ApprenticeError, match="pip install pillow"):
-        D._pil()
+        folders._pil()

@@ -1,4 +1,4 @@
-"""Tests of apprentice.datafiles: the IDX and CIFAR formats written here in their real on-disk form,
+"""Tests of apprentice.data.files: the IDX and CIFAR formats written here in their real on-disk form,
 found, downloaded, verified and unpacked through the real code (file:// mirrors stand in for the web)."""
 
 from __future__ import annotations

@@ -371,7 +371,7 @@ def _onnx_student(precision: str, options: dict | None = None) -> nn.Module:
 def test_onnx_runtime_matches_fake_quant(tmp_path, precision, options, source) -> None:
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    from apprentice.onnx_export import export_onnx
+    from apprentice.export import export_onnx
 
     model = _onnx_student(precision, options)
     path = tmp_path / "m.onnx"
@@ -409,7 +409,7 @@ def test_onnx_runtime_matches_fake_quant(tmp_path, precision, options, source) -
 def test_onnx_activation_quantizer_rounds_and_clips_like_torch(tmp_path) -> None:
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    from apprentice.onnx_export import _QuantizeActivation
+    from apprentice.export.onnx import _QuantizeActivation
     from apprentice.quant import fake_quant_activation
 
     class Act(nn.Module):
@@ -440,7 +440,7 @@ def test_onnx_activation_quantizer_rounds_and_clips_like_torch(tmp_path) -> None
 
 def test_onnx_argument_checks(tmp_path, monkeypatch) -> None:
     pytest.importorskip("onnx")
-    from apprentice.onnx_export import export_onnx
+    from apprentice.export import export_onnx
 
     model = _onnx_student("4W/8A", {"per_channel": True})
     with pytest.raises(ApprenticeError, match="opset >= 13"):
@@ -460,7 +460,7 @@ def test_onnx_argument_checks(tmp_path, monkeypatch) -> None:
 def test_onnx_folded_bn_and_negative_scales(tmp_path) -> None:
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    from apprentice.onnx_export import export_onnx
+    from apprentice.export import export_onnx
 
     # gamma < 0 for some channels gives negative per-channel scales after folding.
     model = _onnx_student("2W/32A")

@@ -23,12 +23,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from apprentice import checkpoint as ck
-from apprentice import runtime
 from apprentice.cli import main
 from apprentice.errors import ApprenticeError
-from apprentice.step import NonFiniteLossError
-from apprentice.train import fit
+from apprentice.loop import fit
+from apprentice.train import checkpoint as ck
+from apprentice.train import runtime
+from apprentice.train.step import NonFiniteLossError
 
 from tiny_runs import recipe, tiny
 
@@ -99,7 +99,8 @@ def test_sigkill_at_random_moments_then_resume_finishes_like_an_uninterrupted_ru
         kills += 1
         if mode == "write":
             assert writing(before_temps), "the kill was meant to land inside a checkpoint write"
-        assert not (left_behind & temps(ckdir)), "the temp files of an earlier kill were not removed"
+        if mode != "startup" or "training resnet8" in err:  # a kill during start-up may land before the clean-up
+            assert not (left_behind & temps(ckdir)), "the temp files of an earlier kill were not removed"
         left_behind = temps(ckdir)
         if "training resnet8" in err and before_step is not None:
             assert f"resuming at step {before_step}" in err  # went on from the newest checkpoint

@@ -1,4 +1,4 @@
-"""Tests of apprentice.optim: learning-rate schedules and parameter groups."""
+"""Tests of apprentice.train.optim: learning-rate schedules and parameter groups."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from apprentice.errors import ApprenticeError
 from apprentice.models import build_model
-from apprentice.optim import LR_SCHEDULES, lr_factor, make_optimizer, param_groups
+from apprentice.train.optim import LR_SCHEDULES, lr_factor, make_optimizer, param_groups
 
 
 @pytest.mark.parametrize("schedule", sorted(LR_SCHEDULES))

@@ -1,4 +1,4 @@
-"""Tests of apprentice.packing: lossless 2/4/8-bit and base-3 ternary packing for every width and
+"""Tests of apprentice.export.packing: lossless 2/4/8-bit and base-3 ternary packing for every width and
 length, golden bytes, and refusal of codes or buffers that do not fit."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from apprentice.errors import ApprenticeError
-from apprentice.packing import (
+from apprentice.export import (
     pack,
     pack_ternary_base3,
     packed_length,

@@ -161,7 +161,7 @@ def test_fixed_clip_activation_equals_the_clamp_reference(bits):
 
 
 def test_ste_mask_and_no_graph_without_grad():
-    from apprentice.quantizers import ste
+    from apprentice.quant import ste
     x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
     q = torch.tensor([0.0, 5.0, 5.0])
     out = ste(x, q, torch.tensor([True, False, True]))

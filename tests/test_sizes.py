@@ -1,4 +1,4 @@
-"""Tests of apprentice.sizes: per-layer packed storage against float32, and the file it predicts."""
+"""Tests of apprentice.export.sizes: per-layer packed storage against float32, and the file it predicts."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from apprentice.export import save_packed
+from apprentice.export import format_size_report, save_packed, size_report, size_totals
 from apprentice.models import build_model
 from apprentice.quant import QConv2d, parse_precision, prepare
-from apprentice.sizes import format_size_report, size_report, size_totals
 
 
 def _student(name: str, precision: str, options: dict | None = None) -> tuple[nn.Module, None]:

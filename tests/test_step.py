@@ -1,11 +1,11 @@
-"""Tests of apprentice.step: evaluation (the step and epoch run inside every fit in test_train)."""
+"""Tests of apprentice.train.step: evaluation (the step and epoch run inside every fit in test_train)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from apprentice.step import evaluate
+from apprentice.train.step import evaluate
 
 
 def test_evaluate_percentages_and_top5_only_from_five_classes():

@@ -1,4 +1,4 @@
-"""Tests of apprentice.train (and the run-folder helpers in checkpoint/progress).
+"""Tests of apprentice.loop (fit; and the run-folder helpers in train.checkpoint/train.progress).
 
 Everything runs on the CPU with the synthetic data set (1x16x16, 10 classes) and resnet8 at width
 0.25, so each fit takes a second or two. Subprocess tests (SIGTERM + resume, torchrun) use one
@@ -21,15 +21,16 @@ import pytest
 import torch
 from torch import nn
 
-from apprentice import checkpoint as ck
-from apprentice import train
-from apprentice.checkpoint import load_run, load_state_dict_file
+from apprentice import loop
+from apprentice.build import load_run
 from apprentice.config import config_to_dict, load_config
 from apprentice.errors import ApprenticeError
+from apprentice.loop import fit
 from apprentice.models import build_model
-from apprentice.runtime import EXIT_SIGTERM, TrainingInterrupted
-from apprentice.step import NonFiniteLossError
-from apprentice.train import fit
+from apprentice.train import checkpoint as ck
+from apprentice.train.checkpoint import load_state_dict_file
+from apprentice.train.runtime import EXIT_SIGTERM, TrainingInterrupted
+from apprentice.train.step import NonFiniteLossError
 
 from tiny_runs import recipe, tiny
 
@@ -269,14 +270,14 @@ def test_sigterm_then_resume_is_bit_identical(tmp_path):
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_in_process_checkpoints_the_step_and_carries_the_exit_code(tmp_path, monkeypatch, sig, code):
     out = tmp_path / "sig"
-    original = train.train_step
+    original = loop.train_step
 
     def signalling_step(*args, **kwargs):
         result = original(*args, **kwargs)
         os.kill(os.getpid(), sig)  # a real signal, delivered to fit's handler
         return result
 
-    monkeypatch.setattr(train, "train_step", signalling_step)
+    monkeypatch.setattr(loop, "train_step", signalling_step)
     before = signal.getsignal(sig)
     with pytest.raises(TrainingInterrupted) as e:
         fit(tiny(out))
@@ -287,7 +288,7 @@ def test_signal_in_process_checkpoints_the_step_and_carries_the_exit_code(tmp_pa
 
 
 def test_the_same_signal_twice_stops_at_once(tmp_path, monkeypatch):
-    original = train.train_step
+    original = loop.train_step
 
     def impatient_step(*args, **kwargs):
         result = original(*args, **kwargs)
@@ -295,7 +296,7 @@ def test_the_same_signal_twice_stops_at_once(tmp_path, monkeypatch):
         os.kill(os.getpid(), signal.SIGTERM)
         return result
 
-    monkeypatch.setattr(train, "train_step", impatient_step)
+    monkeypatch.setattr(loop, "train_step", impatient_step)
     with pytest.raises(TrainingInterrupted, match="twice") as e:
         fit(tiny(tmp_path / "x"))
     assert e.value.checkpoint is None and not (tmp_path / "x" / "checkpoints" / "last.pt").exists()
@@ -399,7 +400,7 @@ def test_bf16_autocast_and_channels_last_run_on_cpu(tmp_path):
 def test_progress_bar_on_a_tty_and_lines_elsewhere():
     import io
 
-    from apprentice.progress import Progress, bar_text
+    from apprentice.train.progress import Progress, bar_text
 
     text = bar_text(epoch=2, epochs=5, step=3, steps=6, loss=1.23456, images_per_s=99.6, width=4)
     assert text == "epoch 2/5 [##..] 3/6 loss 1.235 100 img/s"
@@ -421,7 +422,7 @@ def test_progress_bar_on_a_tty_and_lines_elsewhere():
 
 
 def test_trim_metrics_drops_steps_after_the_checkpoint(tmp_path):
-    from apprentice.progress import trim_metrics
+    from apprentice.train.progress import trim_metrics
 
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"type": "step", "step": s}) + "\n" for s in (2, 4, 6)) + '{"type": "st')
@@ -430,7 +431,7 @@ def test_trim_metrics_drops_steps_after_the_checkpoint(tmp_path):
 
 
 def test_metrics_without_tensorboard_print_one_notice(tmp_path, monkeypatch):
-    from apprentice.progress import MetricsWriter
+    from apprentice.train.progress import MetricsWriter
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # makes the import fail
     notices: list[str] = []
@@ -447,7 +448,7 @@ def test_image_folder_runs_stop_and_resume_through_the_dataloader_path(tmp_path,
                              "data.name=imagenet", f"data.dir={image_folder}", "data.image_size=16",
                              "data.workers=0", "data.batch_size=4", "data.eval_batch_size=4", "train.epochs=2",
                              "train.device=cpu", f"train.out={out}", "train.log_every=1", "quant.precision=4W/8A"])
-    original, calls = train.train_step, [0]
+    original, calls = loop.train_step, [0]
 
     def stop_at_step_2(*args, **kwargs):
         result = original(*args, **kwargs)
@@ -456,7 +457,7 @@ def test_image_folder_runs_stop_and_resume_through_the_dataloader_path(tmp_path,
             os.kill(os.getpid(), signal.SIGTERM)
         return result
 
-    monkeypatch.setattr(train, "train_step", stop_at_step_2)
+    monkeypatch.setattr(loop, "train_step", stop_at_step_2)
     with pytest.raises(TrainingInterrupted):
         fit(cfg)
     assert ck.read_checkpoint(out / "checkpoints/last.pt")["data"] == {"epoch": 0, "step": 2}

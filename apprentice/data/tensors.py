@@ -1,9 +1,9 @@
-"""Data sets and batching: Fashion-MNIST/MNIST (IDX), CIFAR-10/100 (python pickles), an ImageNet
-folder, a synthetic set, and `TensorLoader`, which keeps a small set on the device as one uint8
-tensor and augments whole batches with tensor ops (the airbench way: no per-image Python work).
+"""Small data sets as tensors: loading a split into memory, normalisation, and `TensorLoader`, which
+keeps the set on the device as one uint8 tensor and augments whole batches with tensor ops (the
+airbench way: no per-image Python work).
 
 Normalisation is always ``(x / 255 - mean) / std`` per channel on the device (`normalize`), for the
-tensor path and for ImageNet batches alike.
+tensor path and for image-folder batches alike.
 """
 
 from __future__ import annotations
@@ -11,82 +11,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .datafiles import load_cifar, load_idx
-from .errors import ApprenticeError, lookup
+from apprentice.data.catalog import DATASETS
+from apprentice.data.files import load_cifar, load_idx
+from apprentice.errors import ApprenticeError, lookup
 
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Facts about one data set. ``pad``/``flip`` give the training augmentation of the tensor path
-    (random crop after zero-padding by ``pad`` pixels, random horizontal flip); ImageNet is augmented
-    while decoding instead (`ImageFolder`). ``files`` are (name, md5) pairs fetched from ``mirrors``;
-    mean/std are per channel on the [0, 1] scale."""
-
-    num_classes: int
-    channels: int
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    pad: int
-    flip: bool
-    kind: str  # "idx" | "cifar" | "folder" | "synthetic"
-    sizes: tuple[int, int]  # (train, test) images
-    files: tuple[tuple[str, str], ...] = ()
-    mirrors: tuple[str, ...] = ()
-    subdir: str = ""  # folder the archive unpacks to (CIFAR)
-    system_dir: str | None = None  # where a distribution package installs the files
-    hint: str = ""  # how to get the data, for the not-found message
-
-
-_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-_FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-
-# Augmentation choices: MNIST digits are not mirror-symmetric (no flip); clothes are, so Fashion-
-# MNIST flips (method.md section 5); a mirrored synthetic pattern is not its class pattern: no flip.
-DATASETS: dict[str, DatasetInfo] = {
-    "fashion_mnist": DatasetInfo(
-        10, 1, 28, (0.2860,), (0.3530,), pad=2, flip=True, kind="idx", sizes=(60000, 10000),
-        files=tuple(zip((f + ".gz" for f in _IDX_FILES), ("8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-              "25c81989df183df01b3e8a0aad5dffbe", "bef4ecab320f06d8554ea6380940ec79",
-              "bb300cfdad3c16e7a12a480ee83cd310"))),
-        mirrors=(_FASHION_URL,), system_dir="/usr/share/datasets/fashion-mnist",
-        hint=f"install it with `apt-get install dataset-fashion-mnist`, or download=True "
-             f"(fetches {_FASHION_URL}{_IDX_FILES[0]}.gz and the other three files)"),
-    "mnist": DatasetInfo(
-        10, 1, 28, (0.1307,), (0.3081,), pad=2, flip=False, kind="idx", sizes=(60000, 10000),
-        files=tuple(zip((f + ".gz" for f in _IDX_FILES), ("f68b3c2dcbeaaa9fbdd348bbdeb94873",
-              "d53e105ee54ea40749a09fcbcd1e9432", "9fb629c4189551a2d022fa330f9573f3",
-              "ec29112dd5afa0611ce80d1b7f02629c"))),
-        mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
-        system_dir="/usr/share/datasets/mnist",
-        hint="use download=True (fetches https://ossci-datasets.s3.amazonaws.com/mnist/"
-             "train-images-idx3-ubyte.gz and the other three files)"),
-    "cifar10": DatasetInfo(
-        10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), pad=4, flip=True,
-        kind="cifar", sizes=(50000, 10000),
-        files=(("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),),
-        mirrors=("https://www.cs.toronto.edu/~kriz/",), subdir="cifar-10-batches-py",
-        hint="use download=True (fetches https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz)"),
-    "cifar100": DatasetInfo(
-        100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), pad=4, flip=True,
-        kind="cifar", sizes=(50000, 10000),
-        files=(("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),),
-        mirrors=("https://www.cs.toronto.edu/~kriz/",), subdir="cifar-100-python",
-        hint="use download=True (fetches https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz)"),
-    "imagenet": DatasetInfo(
-        1000, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), pad=0, flip=True,
-        kind="folder", sizes=(1281167, 50000),
-        hint="arrange it as <root>/train/<class>/*.JPEG and <root>/val/<class>/* and use imagenet_loader"),
-    "synthetic": DatasetInfo(
-        10, 1, 16, (0.5,), (0.25,), pad=2, flip=False, kind="synthetic", sizes=(2048, 512)),
-}
+__all__ = ["TensorData", "TensorLoader", "augment_batch", "load_tensors", "normalize", "synthetic"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -184,9 +118,6 @@ def _finish(data: TensorData, split: str, holdout: int, seed: int, limit: int | 
     return data.subset(torch.arange(min(limit, len(data)))) if limit is not None else data
 
 
-# ---------------------------------------------------------------- synthetic
-
-
 def synthetic(n: int = 2048, *, channels: int = 1, image_size: int = 16, num_classes: int = 10,
               seed: int = 0, split: str = "train", noise: float = 3.0) -> TensorData:
     """A deterministic labelled set with no files: each class is a smooth random pattern (fixed by
@@ -216,15 +147,12 @@ def synthetic(n: int = 2048, *, channels: int = 1, image_size: int = 16, num_cla
                       info.pad, info.flip)
 
 
-# ---------------------------------------------------------------- batching
-
-
 def _mix(*keys: int) -> int:
     """One 63-bit seed from several integers, well mixed (neighbouring epochs get unrelated streams)."""
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def _check_shard(rank: int, world_size: int) -> None:
+def check_shard(rank: int, world_size: int) -> None:
     if world_size < 1 or not 0 <= rank < world_size:
         raise ApprenticeError(f"rank {rank} / world_size {world_size}: need 0 <= rank < world_size")
 
@@ -280,7 +208,7 @@ class TensorLoader:
                  rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
             raise ApprenticeError(f"batch_size must be >= 1, got {batch_size}")
-        _check_shard(rank, world_size)
+        check_shard(rank, world_size)
         self.data, self.batch_size, self.shuffle, self.augment = data, batch_size, shuffle, augment
         self.seed, self.drop_last, self.rank, self.world_size = seed, drop_last, rank, world_size
         self.device = torch.device(device)
@@ -344,101 +272,3 @@ class TensorLoader:
             yield batch
         if self.epoch == epoch:
             self.epoch, self.step = epoch + 1, 0
-
-
-# ---------------------------------------------------------------- ImageNet folders
-
-_IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".webp"}
-
-
-def _pil():
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ApprenticeError("ImageNet folders need Pillow: pip install pillow") from None
-    return Image
-
-
-class ImageFolder(torch.utils.data.Dataset):
-    """Images in ``root/<split>/<class>/*``, classes in sorted order, decoded with Pillow.
-
-    Training: random-resized crop to ``image_size`` (area ``scale``, aspect ``ratio``) and a random
-    horizontal flip; otherwise resize the short side to ``resize`` and centre-crop ``image_size``.
-    Items are ``(uint8 tensor 3×S×S, label)``; normalise batches on the device with `normalize`.
-    Random draws use torch's RNG, which the DataLoader seeds per worker.
-    """
-
-    def __init__(self, root: str | Path, split: str, *, image_size: int = 224, resize: int = 256,
-                 train: bool | None = None, scale: tuple[float, float] = (0.08, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> None:
-        folder = Path(root) / split
-        if not folder.is_dir():
-            raise ApprenticeError(f"ImageNet folder {folder} not found; {DATASETS['imagenet'].hint}")
-        self.classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
-        self.samples = [(p, label) for label, c in enumerate(self.classes)
-                        for p in sorted((folder / c).rglob("*")) if p.suffix.lower() in _IMAGE_SUFFIXES]
-        if not self.samples:
-            raise ApprenticeError(f"no images in {folder}/<class>/; {DATASETS['imagenet'].hint}")
-        self.train = split == "train" if train is None else train
-        self.image_size, self.resize, self.scale, self.ratio = image_size, resize, scale, ratio
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def _crop_box(self, w: int, h: int) -> tuple[int, int, int, int]:
-        area = w * h
-        for _ in range(10):
-            target = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * torch.rand(()).item())
-            log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
-            aspect = math.exp(log_lo + (log_hi - log_lo) * torch.rand(()).item())
-            cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
-            if 0 < cw <= w and 0 < ch <= h:
-                x = int(torch.randint(w - cw + 1, ()).item())
-                y = int(torch.randint(h - ch + 1, ()).item())
-                return x, y, x + cw, y + ch
-        # Fallback (as in fb.resnet.torch / torchvision): centre crop with the aspect clamped to ratio.
-        aspect = min(max(w / h, self.ratio[0]), self.ratio[1])
-        cw, ch = (w, round(w / aspect)) if w / h < aspect else (round(h * aspect), h)
-        cw, ch = min(cw, w), min(ch, h)
-        return (w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        image_mod = _pil()
-        path, label = self.samples[index]
-        with image_mod.open(path) as im:
-            im = im.convert("RGB")
-        s = self.image_size
-        if self.train:
-            im = im.resize((s, s), image_mod.BILINEAR, box=self._crop_box(*im.size))
-            if torch.rand(()).item() < 0.5:
-                im = im.transpose(image_mod.FLIP_LEFT_RIGHT)
-        else:
-            w, h = im.size
-            scale = self.resize / min(w, h)
-            w, h = max(s, round(w * scale)), max(s, round(h * scale))
-            im = im.resize((w, h), image_mod.BILINEAR)
-            im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-        return torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).contiguous(), label
-
-
-def imagenet_loader(root: str | Path, split: str, *, batch_size: int, workers: int, shuffle: bool,
-                    seed: int, rank: int = 0, world_size: int = 1, image_size: int = 224,
-                    resize: int = 256) -> torch.utils.data.DataLoader:
-    """A DataLoader over `ImageFolder` ``root/<split>`` yielding ``(uint8 B×3×S×S, int64 B)``.
-
-    Each rank reads a disjoint share through a DistributedSampler (also for one rank, so the
-    permutation is seeded by ``(seed, epoch)``): call ``loader.sampler.set_epoch(epoch)`` every epoch.
-    "train" drops the last partial batch; for "val" with several ranks the sampler pads with repeated
-    images (use a plain slice per rank for exact counts). Memory is pinned when CUDA is available.
-    Normalise on the device: ``normalize(x.to(device), info.mean, info.std)``, ``info = DATASETS["imagenet"]``.
-    """
-    if split not in ("train", "val"):
-        raise ApprenticeError(f"unknown ImageNet split {split!r}; choose from ['train', 'val']")
-    _check_shard(rank, world_size)
-    dataset = ImageFolder(root, split, image_size=image_size, resize=resize)
-    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world_size, rank=rank,
-                                                  shuffle=shuffle, seed=seed)
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-        pin_memory=torch.cuda.is_available(), drop_last=split == "train",
-        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))

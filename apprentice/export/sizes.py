@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .export import fp32_bytes, packed_tensors
-from .quant import format_precision
+from apprentice.export.packed import fp32_bytes, packed_tensors
+from apprentice.quant import format_precision
 
 __all__ = ["SizeRow", "format_size_report", "size_report", "size_totals"]
 

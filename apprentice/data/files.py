@@ -18,18 +18,15 @@ import tempfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.request import urlopen
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .atomic import new_file_mode
-from .errors import ApprenticeError
-
-if TYPE_CHECKING:
-    from .data import DatasetInfo
+from apprentice.atomic import new_file_mode
+from apprentice.data.catalog import DatasetInfo
+from apprentice.errors import ApprenticeError
 
 
 def cache_dir(name: str) -> Path:

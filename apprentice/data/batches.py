@@ -2,7 +2,7 @@
 
 `train_batches` gives the shuffled, augmented training batches with a resumable position
 (``set_epoch``, ``state_dict``, ``load_state_dict``, ``step``); `eval_batches` gives the
-unaugmented batches of one split. Both take plain arguments; `apprentice.train` maps the config
+unaugmented batches of one split. Both take plain arguments; `apprentice.build` maps the config
 onto them.
 
 Decisions:
@@ -14,7 +14,7 @@ Decisions:
   so counts summed over processes are exact.
 - The holdout images are drawn with `HOLDOUT_SEED`, never the training seed: every seed tunes on
   the same images, and ``apprentice eval --split holdout`` finds them again.
-- Small data sets are tensors augmented on the device (`apprentice.data.TensorLoader`); ImageNet
+- Small data sets are tensors augmented on the device (`apprentice.TensorLoader`); ImageNet
   folders go through a DataLoader wrapped to the same interface (`FolderBatches`).
 """
 
@@ -26,7 +26,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from apprentice import data
+from apprentice.data.catalog import DATASETS
+from apprentice.data.folders import ImageFolder, imagenet_loader
+from apprentice.data.tensors import TensorLoader, load_tensors, normalize
 from apprentice.errors import ApprenticeError, lookup
 
 __all__ = ["HOLDOUT_SEED", "FolderBatches", "TrainSet", "eval_batches", "train_batches"]
@@ -78,9 +80,9 @@ class FolderBatches:
 
 
 def _normalized(loader: Iterable[tuple[Tensor, Tensor]], device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
-    info = data.DATASETS["imagenet"]
+    info = DATASETS["imagenet"]
     for images, labels in loader:
-        yield data.normalize(images.to(device, non_blocking=True), info.mean, info.std), labels.to(device, non_blocking=True)
+        yield normalize(images.to(device, non_blocking=True), info.mean, info.std), labels.to(device, non_blocking=True)
 
 
 class _Reiterable:
@@ -94,7 +96,7 @@ class _Reiterable:
 
 
 def _is_folder(name: str, data_dir: str | None) -> bool:
-    if lookup(data.DATASETS, name, "data set").kind != "folder":
+    if lookup(DATASETS, name, "data set").kind != "folder":
         return False
     if data_dir is None:
         raise ApprenticeError(f"data.dir must name the {name} folder (with train/ and val/ inside)")
@@ -112,7 +114,7 @@ def eval_batches(name: str, split: str = "test", *, batch_size: int, data_dir: s
     """Unaugmented, normalised batches of one split, re-iterable (one pass per evaluation).
 
     Args:
-        name: data set, an `apprentice.data.DATASETS` key.
+        name: data set, an `apprentice.DATASETS` key.
         split: "test", "holdout" or "train" ("val" of an ImageNet folder is its "test").
         batch_size: images per batch (per process).
         data_dir: folder of the data files (None: the standard place; required for folders).
@@ -128,16 +130,16 @@ def eval_batches(name: str, split: str = "test", *, batch_size: int, data_dir: s
     device = torch.device(device)
     if _is_folder(name, data_dir):
         sub = lookup({"test": "val", "val": "val", "train": "train"}, split, f"{name} split")
-        images = data.ImageFolder(data_dir, sub, image_size=image_size, resize=_resize(image_size), train=False)
+        images = ImageFolder(data_dir, sub, image_size=image_size, resize=_resize(image_size), train=False)
         loader = torch.utils.data.DataLoader(images, batch_size=batch_size, sampler=list(range(rank, len(images), world_size)),
                                              num_workers=workers, pin_memory=device.type == "cuda")
         return _Reiterable(lambda: _normalized(loader, device))
     if split == "holdout" and holdout <= 0:
         raise ApprenticeError("this run held out no training images (data.holdout=0); use the test or train split")
-    split_data = data.load_tensors(name, split, data_dir=data_dir, download=download, holdout=holdout,
+    split_data = load_tensors(name, split, data_dir=data_dir, download=download, holdout=holdout,
                                    seed=HOLDOUT_SEED, limit=limit if split == "train" else None)
     share = split_data.subset(torch.arange(rank, len(split_data), world_size)) if world_size > 1 else split_data
-    return data.TensorLoader(share, batch_size=batch_size, shuffle=False, device=device)
+    return TensorLoader(share, batch_size=batch_size, shuffle=False, device=device)
 
 
 def train_batches(name: str, *, batch_size: int, seed: int, data_dir: str | None = None, download: bool = False,
@@ -147,7 +149,7 @@ def train_batches(name: str, *, batch_size: int, seed: int, data_dir: str | None
     """This process's shuffled (and augmented) training batches, resumable mid-epoch.
 
     Args:
-        name: data set, an `apprentice.data.DATASETS` key.
+        name: data set, an `apprentice.DATASETS` key.
         batch_size: the global batch; each of the ``world_size`` processes takes an equal share.
         seed: shuffling and augmentation seed.
         data_dir: folder of the data files (None: the standard place; required for folders).
@@ -170,18 +172,18 @@ def train_batches(name: str, *, batch_size: int, seed: int, data_dir: str | None
     if _is_folder(name, data_dir):
         if holdout or limit:
             raise ApprenticeError(f"data.holdout and data.limit are not supported for {name}; set them to 0 and null")
-        loader = data.imagenet_loader(data_dir, "train", batch_size=per_rank, workers=workers, shuffle=True,
+        loader = imagenet_loader(data_dir, "train", batch_size=per_rank, workers=workers, shuffle=True,
                                       seed=seed, rank=rank, world_size=world_size,
                                       image_size=image_size, resize=_resize(image_size))
         return TrainSet(FolderBatches(loader, device=device, seed=seed), len(loader.dataset.classes), 3,
                         len(loader.dataset))
-    train = data.load_tensors(name, "train", data_dir=data_dir, download=download, holdout=holdout,
+    train = load_tensors(name, "train", data_dir=data_dir, download=download, holdout=holdout,
                               seed=HOLDOUT_SEED, limit=limit)
     if len(train) < batch_size:
         held = f" after data.holdout={holdout}" if holdout else ""
         limited = f" (data.limit={limit})" if limit is not None and limit <= len(train) else ""
         raise ApprenticeError(f"data.batch_size={batch_size} is larger than the {len(train)} training images{held}"
                               f"{limited}: an epoch would have no step; lower data.batch_size")
-    loader = data.TensorLoader(train, batch_size=per_rank, shuffle=True, augment=augment, device=device,
+    loader = TensorLoader(train, batch_size=per_rank, shuffle=True, augment=augment, device=device,
                                seed=seed, drop_last=True, rank=rank, world_size=world_size)
     return TrainSet(loader, train.num_classes, int(train.images.shape[1]), len(train))

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from apprentice.errors import lookup
-from apprentice.progress import Meter
+from apprentice.train.progress import Meter
 
 __all__ = ["EXIT_NONFINITE", "NonFiniteLossError", "StepResult", "autocast", "eval_metrics", "eval_sums",
            "evaluate", "train_one_epoch", "train_step"]

@@ -12,7 +12,8 @@ to integer codes times a scale. Exporting keeps only what inference needs:
 
 `load_packed` rebuilds the model from that one file (safetensors only, no pickle) with the
 dequantized weights already in place, so its logits equal the fake-quant model's. ONNX export
-lives in `apprentice.onnx_export`, the size report in `apprentice.sizes`.
+lives in `apprentice.export.onnx`, the size report in `apprentice.export.sizes`, bit packing in
+`apprentice.export.packing`.
 """
 
 from __future__ import annotations
@@ -29,25 +30,22 @@ from safetensors import safe_open
 from safetensors.torch import save
 from torch import Tensor, nn
 
-from .checkpoint import atomic_write_bytes
-from .errors import ApprenticeError
-from .models import build_model
-from .packing import (  # re-exported (see __all__): packing is part of the export API
-    PACKINGS,
-    pack,
-    pack_codes,
-    pack_ternary_base3,
-    packed_length,
-    unpack,
-    unpack_codes,
-    unpack_ternary_base3,
+from apprentice.atomic import atomic_write_bytes
+from apprentice.errors import ApprenticeError
+from apprentice.export.packing import pack_codes, unpack_codes
+from apprentice.models import build_model
+from apprentice.quant import (
+    ActQuant,
+    LayerPlan,
+    QConv2d,
+    QLinear,
+    apply_plan,
+    replace_module,
 )
-from .quant import ActQuant, LayerPlan, QConv2d, QLinear, apply_plan, replace_module
 
 __all__ = [
-    "FORMAT_VERSION", "MAP_KEY", "PACKINGS", "find_conv_bn_pairs", "fp32_bytes", "load_packed",
-    "model_from_packed", "pack", "pack_ternary_base3", "package_version", "packed_length",
-    "packed_tensors", "read_packed", "save_packed", "unpack", "unpack_ternary_base3",
+    "FORMAT_VERSION", "MAP_KEY", "find_conv_bn_pairs", "fp32_bytes", "load_packed", "model_from_packed",
+    "package_version", "packed_tensors", "read_packed", "save_packed", "write_export",
 ]
 
 #: Version of the packed file layout; `load_packed` refuses any other.
@@ -362,11 +360,12 @@ def save_packed(
     except (TypeError, ValueError) as e:
         raise ApprenticeError(f"save_packed metadata must be JSON-serialisable: {e}") from None
     data = save(tensors, metadata={"format": "pt", MAP_KEY: text})
-    _write_atomic(os.fspath(path), data)
+    write_export(os.fspath(path), data)
     return qmap
 
 
-def _write_atomic(path: str, data: bytes) -> None:
+def write_export(path: str, data: bytes) -> None:
+    """Write an exported file atomically; a missing folder is one clear error, not an OSError."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ApprenticeError(f"cannot write {path!r}: folder {folder!r} does not exist")

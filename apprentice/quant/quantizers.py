@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import ApprenticeError, lookup
+from apprentice.errors import ApprenticeError, lookup
 
 FLOAT_BITS = 32
 MIN_BITS, MAX_BITS = 2, 8

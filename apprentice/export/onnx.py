@@ -35,15 +35,21 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .errors import ApprenticeError
-from .export import (
-    _write_atomic,
+from apprentice.errors import ApprenticeError
+from apprentice.export.packed import (
     model_from_packed,
     packed_tensors,
     read_packed,
-    unpack_codes,
+    write_export,
 )
-from .quant import FLOAT_BITS, QConv2d, QLinear, fake_quant_activation, replace_module
+from apprentice.export.packing import unpack_codes
+from apprentice.quant import (
+    FLOAT_BITS,
+    QConv2d,
+    QLinear,
+    fake_quant_activation,
+    replace_module,
+)
 
 DEFAULT_OPSET = 17
 MIN_OPSET, MAX_OPSET = 11, 20  # Clip with min/max inputs needs 11; TorchScript exporter stops at 20
@@ -199,5 +205,5 @@ def export_onnx(
     for key, value in (("apprentice", json.dumps(qmap, separators=(",", ":"))), ("opset", str(opset))):
         proto.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(proto)
-    _write_atomic(os.fspath(path), proto.SerializeToString())
+    write_export(os.fspath(path), proto.SerializeToString())
     return qmap

@@ -1,12 +1,12 @@
 """Training: `fit` is the one consumer of the config tree; everything below it takes plain arguments.
 
-``fit(cfg)`` builds the data (`apprentice.batches`), the student (quantized by
+``fit(cfg)`` builds the data (`apprentice.data.batches`), the student (quantized by
 `distill.make_student`), the teacher of the scheme and the `Distiller`, then runs one explicit
-loop: a `train_step` (`apprentice.step`) per batch at the learning rate of `optim.lr_factor`, a
+loop: a `train_step` (`apprentice.train.step`) per batch at the learning rate of `optim.lr_factor`, a
 metrics line every ``train.log_every`` steps, a checkpoint every ``train.checkpoint_every`` steps
 and at each epoch end, an evaluation of the test (and holdout) split per epoch, ``summary.json``
-at the end. Run folder and checkpoint layout: `apprentice.checkpoint`; processes and signals:
-`apprentice.runtime`.
+at the end. Run folder and checkpoint layout: `apprentice.train.checkpoint`; processes and signals:
+`apprentice.train.runtime`.
 
 Decisions:
 
@@ -44,18 +44,16 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import nn
 
-from apprentice import batches, runtime
-from apprentice import checkpoint as ck
-from apprentice.checkpoint import CHECKPOINT_DIR, LAST, load_state_dict_file
+from apprentice import build
+from apprentice.atomic import atomic_copy, atomic_write_text, remove_stale_temps
 from apprentice.config import (
     Config,
     config_to_dict,
@@ -64,12 +62,27 @@ from apprentice.config import (
     validate,
 )
 from apprentice.errors import ApprenticeError
-from apprentice.optim import lr_factor, make_optimizer, param_groups
-from apprentice.progress import Meter, MetricsWriter, Progress, bar_text, trim_metrics
-from apprentice.runtime import Runtime, StopSignals, TrainingInterrupted
-from apprentice.step import NonFiniteLossError, eval_metrics, eval_sums, train_step
+from apprentice.train import checkpoint as ck
+from apprentice.train import runtime
+from apprentice.train.checkpoint import CHECKPOINT_DIR, LAST, load_state_dict_file
+from apprentice.train.optim import lr_factor, make_optimizer, param_groups
+from apprentice.train.progress import (
+    Meter,
+    MetricsWriter,
+    Progress,
+    bar_text,
+    trim_metrics,
+)
+from apprentice.train.runtime import Runtime, StopSignals, TrainingInterrupted
+from apprentice.train.step import (
+    NonFiniteLossError,
+    eval_metrics,
+    eval_sums,
+    train_step,
+)
+from apprentice.weights import check_finite, load_strict
 
-__all__ = ["HARMLESS_KEYS", "eval_batches", "fit"]
+__all__ = ["HARMLESS_KEYS", "fit"]
 
 # Config keys that may differ when resuming: they move files or change how often things are
 # reported, not what is trained (train.device: moving a run to another machine is legitimate).
@@ -84,31 +97,8 @@ DEBUG_DUMP_ENV = "APPRENTICE_DEBUG_DUMP"
 # The config mapped onto the data functions
 
 
-def eval_batches(cfg: Config, split: str = "test", *, data_dir: str | None = None, batch_size: int | None = None,
-                 device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1) -> Iterable[tuple[Tensor, Tensor]]:
-    """`batches.eval_batches` for ``cfg``'s data set, as `fit` evaluates it (``apprentice eval`` too).
-
-    Args:
-        cfg: the run's config (data set, holdout size, limit, data folder).
-        split: "test", "holdout" or "train" ("val" of an ImageNet folder is its "test").
-        data_dir: overrides ``cfg.data.dir``.
-        batch_size: overrides ``cfg.data.eval_batch_size``.
-        device: where the batches go.
-        rank: this process's share is images ``rank, rank + world_size, ...``.
-        world_size: number of processes sharing the split.
-    """
-    dc = cfg.data
-    return batches.eval_batches(dc.name, split, batch_size=batch_size or dc.eval_batch_size, data_dir=data_dir or dc.dir,
-                                download=dc.download, holdout=dc.holdout, limit=dc.limit, image_size=dc.image_size,
-                                workers=dc.workers, device=device, rank=rank, world_size=world_size)
 
 
-def _train_batches(cfg: Config, rt: Runtime) -> batches.TrainSet:
-    dc = cfg.data
-    return batches.train_batches(dc.name, batch_size=dc.batch_size, seed=cfg.train.seed, data_dir=dc.dir,
-                                 download=dc.download, holdout=dc.holdout, limit=dc.limit, augment=dc.augment,
-                                 image_size=dc.image_size, workers=dc.workers, device=rt.device, rank=rt.rank,
-                                 world_size=rt.world_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +159,7 @@ def _read_resume_state(cfg: Config, out: Path, resume: bool, progress: Progress)
         progress.line(f"nothing to resume in {out}: no {CHECKPOINT_DIR}/{LAST}; starting a new run")
         return None
     state = ck.read_checkpoint(last)
-    diffs = [x for x in diff_configs(ck.stored_config(state, last), cfg) if x.split(":")[0] not in HARMLESS_KEYS]
+    diffs = [x for x in diff_configs(build.stored_config(state, last), cfg) if x.split(":")[0] not in HARMLESS_KEYS]
     if diffs:
         raise ApprenticeError(f"cannot resume {str(out)!r}: the config differs from its checkpoint's in "
                               f"{'; '.join(diffs)}; use the same config, or --overwrite to start again")
@@ -186,7 +176,7 @@ def _fit(cfg: Config, d: Runtime, signals: StopSignals, *, resume: bool, overwri
     progress = Progress(enabled=main)
     runtime.raise_from_rank0(ck.check_run_dir(out, resume=resume, overwrite=overwrite) if main else None, d)
     if main:  # a run killed inside an atomic write leaves its temp file; nothing else writes here
-        stale = ck.remove_stale_temps(out) + ck.remove_stale_temps(out / CHECKPOINT_DIR)
+        stale = remove_stale_temps(out) + remove_stale_temps(out / CHECKPOINT_DIR)
         if stale:
             progress.line(f"removed {len(stale)} temporary file(s) left by an interrupted write: "
                           + ", ".join(p.name for p in stale))
@@ -198,17 +188,17 @@ def _fit(cfg: Config, d: Runtime, signals: StopSignals, *, resume: bool, overwri
     np.random.seed(cfg.train.seed)
     if d.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    train_batches, num_classes, channels, train_images = _train_batches(cfg, d)
-    evals = {"test": eval_batches(cfg, "test", device=d.device, rank=d.rank, world_size=d.world_size)}
+    train_batches, num_classes, channels, train_images = build.train_data(cfg, d)
+    evals = {"test": build.eval_data(cfg, "test", device=d.device, rank=d.rank, world_size=d.world_size)}
     if cfg.data.holdout > 0:
-        evals["holdout"] = eval_batches(cfg, "holdout", device=d.device, rank=d.rank, world_size=d.world_size)
+        evals["holdout"] = build.eval_data(cfg, "holdout", device=d.device, rank=d.rank, world_size=d.world_size)
     scheme, dc, q, o = resolve_scheme(cfg.distill.scheme), cfg.distill, cfg.quant, cfg.optim
-    student = ck.build_from_config(cfg.model, num_classes=num_classes, in_channels=channels)
+    student = build.build_from_config(cfg.model, num_classes=num_classes, in_channels=channels)
     init = None
     if scheme.student_init == "pretrained":
         try:
             init = load_state_dict_file(dc.student_init)  # type: ignore[arg-type]
-            ck.check_finite(init, repr(dc.student_init))
+            check_finite(init, repr(dc.student_init))
         except ApprenticeError as e:
             raise ApprenticeError(f"distill.student_init: {e}") from None
     weights, acts = parse_precision(q.precision, quantizer=q.quantizer, per_channel=q.per_channel,
@@ -222,9 +212,9 @@ def _fit(cfg: Config, d: Runtime, signals: StopSignals, *, resume: bool, overwri
         raise ApprenticeError(f"distill.student_init {dc.student_init!r}: {e}") from None
     teacher: Any = None
     if scheme.teacher == "joint":
-        teacher = ck.build_from_config(dc.teacher_model, num_classes=num_classes, in_channels=channels)  # type: ignore[arg-type]
+        teacher = build.build_from_config(dc.teacher_model, num_classes=num_classes, in_channels=channels)  # type: ignore[arg-type]
     elif scheme.frozen_teacher:
-        teacher = ck.load_teacher(dc.teacher, dc.teacher_model, num_classes=num_classes, in_channels=channels)  # type: ignore[arg-type]
+        teacher = build.load_teacher(dc.teacher, dc.teacher_model, num_classes=num_classes, in_channels=channels)  # type: ignore[arg-type]
     memory = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     for m in (student, teacher):
         if m is not None:
@@ -252,10 +242,10 @@ def _fit(cfg: Config, d: Runtime, signals: StopSignals, *, resume: bool, overwri
     best: dict[str, Any] = {"top1": -1.0, "top5": None, "epoch": 0}
     epoch_meter = Meter()
     if state is not None:
-        ck.load_strict(student, state["model"], f"checkpoint {str(last)!r}")
+        load_strict(student, state["model"], f"checkpoint {str(last)!r}")
         try:  # a damaged or hand-edited checkpoint must not fail half way with a KeyError
             if teacher_trains:
-                ck.load_strict(teacher, state["teacher"], f"checkpoint {str(last)!r} (teacher)")
+                load_strict(teacher, state["teacher"], f"checkpoint {str(last)!r} (teacher)")
             optimizer.load_state_dict(state["optimizer"])
             if scaler is not None and state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
@@ -281,7 +271,7 @@ def _fit(cfg: Config, d: Runtime, signals: StopSignals, *, resume: bool, overwri
             (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ApprenticeError(f"cannot create the run folder {str(out)!r} (train.out): {e.strerror or e}") from None
-        ck.atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+        atomic_write_text(out / "config.yaml", dump_yaml(cfg))
         # A resumed run re-logs the steps after its checkpoint; a new run in a folder where one was
         # killed before its first checkpoint drops that run's lines (and TensorBoard events) too.
         leftovers = state is None and (out / "metrics.jsonl").is_file()
@@ -318,7 +308,7 @@ def _fit(cfg: Config, d: Runtime, signals: StopSignals, *, resume: bool, overwri
             blob["scaler"] = scaler.state_dict()
         ck.save_checkpoint(blob, last)
         if is_best:
-            ck.atomic_copy(last, out / CHECKPOINT_DIR / ck.BEST)
+            atomic_copy(last, out / CHECKPOINT_DIR / ck.BEST)
 
     def stop() -> None:
         signals.signum = signals.signum or signal.SIGTERM  # set if only another process was signalled
@@ -424,7 +414,7 @@ def _fit(cfg: Config, d: Runtime, signals: StopSignals, *, resume: bool, overwri
         "teacher": dc.teacher if scheme.frozen_teacher else (dc.teacher_model.name if dc.teacher_model else None),
     }
     if main:
-        ck.atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     if os.environ.get(DEBUG_DUMP_ENV):
         _debug_dump(Path(os.environ[DEBUG_DUMP_ENV]), d, student, train_batches)
     if d.world_size > 1:

@@ -19,6 +19,8 @@ from typing import Any, TextIO
 
 from torch import Tensor
 
+from apprentice.atomic import atomic_write_text
+
 __all__ = ["Meter", "MetricsWriter", "Progress", "bar_text", "trim_metrics"]
 
 
@@ -172,8 +174,6 @@ def trim_metrics(path: str | Path, step: int) -> None:
             continue
         if isinstance(rec, dict) and int(rec.get("step", 0)) <= step:
             kept.append(line)
-    from apprentice.checkpoint import atomic_write_text
-
     atomic_write_text(p, "".join(k + "\n" for k in kept))
 
 

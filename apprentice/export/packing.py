@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .errors import ApprenticeError
+from apprentice.errors import ApprenticeError
 
 #: Packing name -> bits per stored value (base3 stores 5 values per byte).
 PACKINGS: dict[str, int] = {"2bit": 2, "4bit": 4, "8bit": 8, "base3": 0}

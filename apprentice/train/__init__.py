@@ -1,0 +1,14 @@
+"""Training machinery that takes plain arguments (no config): the step, checkpoints, processes, reporting.
+
+- `apprentice.train.step`: one optimizer step (`train_step`), evaluation, autocast modes.
+- `apprentice.train.checkpoint`: the checkpoint file format, run-folder bookkeeping, RNG state.
+- `apprentice.train.runtime`: device, torchrun process group, stopping on a signal.
+- `apprentice.train.progress`: console progress, ``metrics.jsonl`` and TensorBoard, meters.
+- `apprentice.train.optim`: optimizers, parameter groups, learning-rate schedules.
+
+`apprentice.fit` composes them into a training run from a config.
+"""
+
+from apprentice.train.step import NonFiniteLossError, StepResult, evaluate, train_step
+
+__all__ = ["NonFiniteLossError", "StepResult", "evaluate", "train_step"]

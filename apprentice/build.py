@@ -19,8 +19,10 @@ from torch import Tensor, nn
 
 from apprentice.config import Config, ModelConfig, config_from_dict
 from apprentice.data import TrainSet, eval_batches, train_batches
-from apprentice.errors import ApprenticeError
-from apprentice.models import build_model
+from apprentice.distill import SCHEMES, Distiller, make_student
+from apprentice.errors import ApprenticeError, lookup
+from apprentice.models import build_model, count_parameters
+from apprentice.quant import parse_precision, quantized_layers
 from apprentice.train.checkpoint import (
     CHECKPOINT_DIR,
     as_state_dict,
@@ -31,10 +33,14 @@ from apprentice.train.checkpoint import (
     model_from_checkpoint,
     read_checkpoint,
 )
+from apprentice.train.optim import LRSchedule, make_optimizer, param_groups
 from apprentice.train.runtime import Runtime
 from apprentice.weights import check_finite, load_strict, torch_load
 
-__all__ = ["LoadedRun", "build_from_config", "eval_data", "load_run", "load_teacher", "stored_config", "train_data"]
+__all__ = [
+    "LoadedRun", "Training", "build_distiller", "build_from_config", "build_optimizer", "build_student", "build_teacher",
+    "build_training", "eval_data", "load_run", "load_teacher", "stored_config", "train_data",
+]
 
 
 def eval_data(cfg: Config, split: str = "test", *, data_dir: str | None = None, batch_size: int | None = None,
@@ -50,18 +56,19 @@ def eval_data(cfg: Config, split: str = "test", *, data_dir: str | None = None, 
         rank: this process's share is images ``rank, rank + world_size, ...``.
         world_size: number of processes sharing the split.
     """
-    dc = cfg.data
-    return eval_batches(dc.name, split, batch_size=batch_size or dc.eval_batch_size, data_dir=data_dir or dc.dir,
-                                download=dc.download, holdout=dc.holdout, limit=dc.limit, image_size=dc.image_size,
-                                workers=dc.workers, device=device, rank=rank, world_size=world_size)
+    data = cfg.data
+    return eval_batches(data.name, split, batch_size=batch_size or data.eval_batch_size, data_dir=data_dir or data.dir,
+                        download=data.download, holdout=data.holdout, limit=data.limit, image_size=data.image_size,
+                        workers=data.workers, device=device, rank=rank, world_size=world_size)
 
 
 def train_data(cfg: Config, rt: Runtime) -> TrainSet:
-    dc = cfg.data
-    return train_batches(dc.name, batch_size=dc.batch_size, seed=cfg.train.seed, data_dir=dc.dir,
-                                 download=dc.download, holdout=dc.holdout, limit=dc.limit, augment=dc.augment,
-                                 image_size=dc.image_size, workers=dc.workers, device=rt.device, rank=rt.rank,
-                                 world_size=rt.world_size)
+    """`batches.train_batches` for ``cfg``'s data set: this process's share of the global batches."""
+    data = cfg.data
+    return train_batches(data.name, batch_size=data.batch_size, seed=cfg.train.seed, data_dir=data.dir,
+                         download=data.download, holdout=data.holdout, limit=data.limit, augment=data.augment,
+                         image_size=data.image_size, workers=data.workers, device=rt.device, rank=rt.rank,
+                         world_size=rt.world_size)
 
 
 @dataclass(frozen=True)
@@ -178,3 +185,109 @@ def load_teacher(path: str, model_cfg: ModelConfig | None, *, num_classes: int, 
     load_strict(model, sd, f"teacher {path!r}")
     check_finite(sd, f"teacher {path!r}")
     return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# What a training run trains with
+
+
+@dataclass
+class Training:
+    """What `apprentice.loop.fit` trains with, built from the config by `build_training`.
+
+    Attributes:
+        data: the training batches and what the model needs to know of the data.
+        evals: evaluation batches by split ("test", and "holdout" when images are held out).
+        student: the (quantized) student; ``teacher`` the scheme's teacher or None.
+        distiller: the `Distiller` of the scheme; it alone says what trains.
+        optimizer: over the parameters of what trains; ``scaler`` the fp16 GradScaler or None.
+        schedule: the learning rate of each step.
+        steps_per_epoch, total_steps: the run's length in optimizer steps.
+        parameters, quantized_layers: the student's parameter and quantized-layer counts.
+    """
+
+    data: TrainSet
+    evals: dict[str, Iterable[tuple[Tensor, Tensor]]]
+    student: nn.Module
+    teacher: nn.Module | None
+    distiller: Distiller
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    schedule: LRSchedule
+    steps_per_epoch: int
+    total_steps: int
+    parameters: int
+    quantized_layers: int
+
+
+def build_training(cfg: Config, rt: Runtime) -> Training:
+    """Data, student, teacher, distiller, optimizer and schedule of ``cfg``, on this process's device."""
+    data = train_data(cfg, rt)
+    splits = ("test", "holdout") if cfg.data.holdout > 0 else ("test",)
+    evals = {s: eval_data(cfg, s, device=rt.device, rank=rt.rank, world_size=rt.world_size) for s in splits}
+    student = build_student(cfg, num_classes=data.num_classes, in_channels=data.channels)
+    teacher = build_teacher(cfg, num_classes=data.num_classes, in_channels=data.channels)
+    memory = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    for m in (student, teacher):
+        if m is not None:
+            m.to(rt.device, memory_format=memory)
+    distiller = build_distiller(cfg, student, teacher)
+    steps_per_epoch = len(data.batches)
+    total = cfg.train.epochs * steps_per_epoch
+    o = cfg.optim
+    schedule = LRSchedule(o.schedule, lr=o.lr, total_steps=total, warmup_steps=round(o.warmup_epochs * steps_per_epoch),
+                          milestones=o.milestones, decay=o.lr_decay)
+    return Training(data, evals, student, teacher, distiller, build_optimizer(cfg, distiller),
+                    torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" else None, schedule,
+                    steps_per_epoch, total, count_parameters(student), len(quantized_layers(student)))
+
+
+def build_student(cfg: Config, *, num_classes: int, in_channels: int) -> nn.Module:
+    """The float model of ``cfg.model`` made the student of the scheme: quantized as ``cfg.quant`` says,
+    after loading ``distill.student_init`` first for a scheme that starts from trained weights (C)."""
+    q, kd = cfg.quant, cfg.distill
+    student = build_from_config(cfg.model, num_classes=num_classes, in_channels=in_channels)
+    scheme = lookup(SCHEMES, kd.scheme, "scheme")
+    init = None
+    if scheme.student_init == "pretrained":
+        try:
+            init = load_state_dict_file(kd.student_init)  # type: ignore[arg-type]
+            check_finite(init, repr(kd.student_init))
+        except ApprenticeError as e:
+            raise ApprenticeError(f"distill.student_init: {e}") from None
+    weights, acts = parse_precision(q.precision, quantizer=q.quantizer, per_channel=q.per_channel,
+                                    clip=q.act_clip, learned=q.learned_clip)
+    try:
+        make_student(student, scheme=scheme, weights=weights, activations=acts, init_state_dict=init,
+                     exclude=list(q.exclude) if q.exclude is not None else None)
+    except ApprenticeError as e:
+        if init is None or "init_state_dict" not in str(e):
+            raise
+        raise ApprenticeError(f"distill.student_init {kd.student_init!r}: {e}") from None
+    return student
+
+
+def build_teacher(cfg: Config, *, num_classes: int, in_channels: int) -> nn.Module | None:
+    """Scheme A: a fresh ``distill.teacher_model``; B and C: the trained ``distill.teacher``; else None."""
+    kd = cfg.distill
+    scheme = lookup(SCHEMES, kd.scheme, "scheme")
+    if scheme.teacher == "joint":
+        return build_from_config(kd.teacher_model, num_classes=num_classes, in_channels=in_channels)  # type: ignore[arg-type]
+    if scheme.frozen_teacher:
+        return load_teacher(kd.teacher, kd.teacher_model, num_classes=num_classes, in_channels=in_channels)  # type: ignore[arg-type]
+    return None
+
+
+def build_distiller(cfg: Config, student: nn.Module, teacher: nn.Module | None) -> Distiller:
+    """The `Distiller` of ``cfg.distill``'s scheme and loss weights."""
+    kd = cfg.distill
+    return Distiller(student, teacher, scheme=kd.scheme, alpha=kd.alpha, beta=kd.beta, gamma=kd.gamma,
+                     temperature=kd.temperature, teacher_grad_from_gamma=kd.teacher_grad_from_gamma)
+
+
+def build_optimizer(cfg: Config, distiller: Distiller) -> torch.optim.Optimizer:
+    """``cfg.optim``'s optimizer over the parameters of what the distiller trains."""
+    o = cfg.optim
+    groups = param_groups(distiller.trained_modules(), weight_decay=o.weight_decay,
+                          decay_norm_and_bias=o.decay_norm_and_bias)
+    return make_optimizer(o.name, groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)

@@ -194,9 +194,19 @@ class Distiller(nn.Module):
         self.temperature = float(temperature)
         self.teacher_grad_from_gamma = bool(teacher_grad_from_gamma)
 
+        if teacher is not None:  # frozen, or joint with no loss term reaching it: no gradients at all
+            teacher.requires_grad_(self.teacher_trains)
         if teacher is not None and self.scheme.frozen_teacher:
-            teacher.requires_grad_(False)
             teacher.eval()
+
+    @property
+    def teacher_trains(self) -> bool:
+        """Whether the teacher learns: scheme A's, when the α term or the γ term's gradient reaches it."""
+        return self.scheme.teacher == "joint" and (self.alpha > 0 or self.teacher_grad_from_gamma)
+
+    def trained_modules(self) -> list[nn.Module]:
+        """What the optimizer updates (and DDP wraps): the student, and the teacher if it trains."""
+        return [self.student, self.teacher] if self.teacher_trains else [self.student]
 
     def train(self, mode: bool = True) -> Distiller:
         """Set training mode of the student (and a joint teacher); a frozen teacher stays in eval."""
@@ -246,11 +256,8 @@ class Distiller(nn.Module):
         return student_logits, losses
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """Parameters the optimizer should update: the student's, plus the teacher's in scheme A."""
-        params = list(self.student.parameters())
-        if self.teacher is not None and self.scheme.teacher == "joint":
-            params += list(self.teacher.parameters())
-        return params
+        """Parameters the optimizer should update: those of `trained_modules`."""
+        return [p for m in self.trained_modules() for p in m.parameters()]
 
     def extra_repr(self) -> str:
         return (

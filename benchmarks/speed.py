@@ -4,7 +4,10 @@ forward (scheme B) and with the teacher trained alongside (scheme A); the same n
 with Brevitas and with torch.ao.quantization fake-quant as peer references; and the fake-quant
 steps of an earlier commit (``--before``), to record what the optimisation of that path bought.
 
-    .venv/bin/python benchmarks/speed.py --before 91f2ef2 --wait-load 0.5
+    .venv/bin/python benchmarks/speed.py --before COMMIT --wait-load 0.5
+
+(The committed results were made with ``--before 91f2ef2`` before the package was split into
+subpackages; ``--before`` now needs a commit that has ``apprentice/build.py``.)
 
 One step = `apprentice.train.step.train_step` (zero_grad, forward of student and teacher, the Apprentice
 loss, backward, gradient norm, SGD update), the loop `apprentice train` runs, on one fixed random
@@ -104,32 +107,29 @@ def torch_ao_student(model, precision: str):
 
 
 def build_case(name: str, args: argparse.Namespace, pkg=None):
-    """(distiller, optimizer, teacher_or_None) of one case, in train mode, built with ``pkg``
-    (the `apprentice` package, or the ``--before`` commit's copy of it)."""
+    """(distiller, optimizer, teacher_or_None) of one case, in train mode, built by the library's own
+    `apprentice.build` from the case's config (``pkg``: the `apprentice` package, or the ``--before``
+    commit's copy of it). The teacher has random weights: only its cost is measured here."""
     import importlib
 
     import torch
     pkg = pkg or importlib.import_module("apprentice")
-    Distiller, build_model, make_student = pkg.Distiller, pkg.build_model, pkg.make_student
-    optim = importlib.import_module(pkg.__name__ + ".optim")
-    make_optimizer, param_groups = optim.make_optimizer, optim.param_groups
-    c, _h, _w = args.input
+    build = importlib.import_module(pkg.__name__ + ".build")
+    config = importlib.import_module(pkg.__name__ + ".config")
+    precision, scheme = CASES.get(name, ("32W/32A", "baseline"))  # a peer quantizes a float student itself
+    teacher_model = {"teacher_model": {"name": args.teacher}} if scheme != "baseline" else {}
+    cfg = config.config_from_dict({"model": {"name": args.model}, "quant": {"precision": precision},
+                                   "distill": {"scheme": scheme, **teacher_model}}, check=False)
+    shape = {"num_classes": args.classes, "in_channels": args.input[0]}
     torch.manual_seed(0)
-    student = build_model(args.model, num_classes=args.classes, in_channels=c)
+    student = build.build_student(cfg, **shape)
     if name in PEERS:
-        lib, precision = PEERS[name]
-        scheme = "baseline"
-        student = (brevitas_student if lib == "brevitas" else torch_ao_student)(student, precision)
-    else:
-        precision, scheme = CASES[name]
-        if precision != "32W/32A":
-            make_student(student, scheme="baseline", precision=precision)
-    teacher = build_model(args.teacher, num_classes=args.classes, in_channels=c) if scheme != "baseline" else None
-    d = Distiller(student, teacher, scheme=scheme)
+        lib, peer_precision = PEERS[name]
+        student = (brevitas_student if lib == "brevitas" else torch_ao_student)(student, peer_precision)
+    teacher = build.build_from_config(cfg.distill.teacher_model, **shape) if teacher_model else None
+    d = build.build_distiller(cfg, student, teacher)
     d.train()
-    modules = [d.student] + ([d.teacher] if scheme == "A" else [])
-    opt = make_optimizer("sgd", param_groups(modules, weight_decay=1e-4), lr=0.1, momentum=0.9, nesterov=True)
-    return d, opt, teacher
+    return d, build.build_optimizer(cfg, d), teacher
 
 
 def time_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -216,7 +216,7 @@ def pair_child(args: argparse.Namespace) -> int:
         fns = {}
         for label, pkg in pkgs.items():
             d, opt, _ = build_case(name, args, pkg)
-            train_step = importlib.import_module(pkg.__name__ + ".step").train_step
+            train_step = importlib.import_module(pkg.__name__ + ".train.step").train_step
             fns[label] = (lambda d=d, opt=opt, ts=train_step: ts(d, opt, x, y, lr=0.1))
             for _ in range(args.warmup):
                 fns[label]()
@@ -228,7 +228,7 @@ def pair_child(args: argparse.Namespace) -> int:
     w = torch.randn(64, 64, 3, 3, generator=g).requires_grad_()
     ops: dict[str, dict[str, Any]] = {"activation_8bit": {}, "weight_ternary": {}}
     for label, pkg in pkgs.items():
-        qz = importlib.import_module(pkg.__name__ + ".quantizers")
+        qz = importlib.import_module(pkg.__name__ + ".quant.quantizers")
         spec = qz.WeightQuant("ternary", 2)
         ops["activation_8bit"][label] = lambda qz=qz: qz.fake_quant_activation(a, 8, 1.0).sum().backward()
         ops["weight_ternary"][label] = lambda qz=qz, spec=spec: qz.fake_quant_weight(w, spec).sum().backward()
@@ -273,7 +273,7 @@ def package_at(ref: str):
         subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
         pkg = Path(tmp) / "apprentice_before"
         (Path(tmp) / "apprentice").rename(pkg)
-        for f in pkg.glob("*.py"):
+        for f in pkg.rglob("*.py"):
             text = re.sub(r"^(\s*)(from|import) apprentice\b", r"\1\2 apprentice_before", f.read_text(), flags=re.MULTILINE)
             f.write_text(text)
         yield tmp, commit
@@ -292,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cases", nargs="+", default=[*CASES, *PEERS])
-    ap.add_argument("--before", default=None, metavar="COMMIT", help="also time the fake-quant cases at this commit")
+    ap.add_argument("--before", default=None, metavar="COMMIT",
+                    help="also time the fake-quant cases at this commit (one with apprentice/build.py)")
     ap.add_argument("--wait-load", type=float, default=None, metavar="LOAD",
                     help="first wait until the 1-minute load average is below LOAD and no pytest/apprentice runs")
     ap.add_argument("--wait-max", type=float, default=1800)

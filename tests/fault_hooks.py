@@ -9,11 +9,15 @@ and then runs the ordinary command line (also under torchrun):
                                    training step K (counted from this process's start)
     APPRENTICE_TEST_HANG_AT=R:K    the process of rank R stops answering after step K, as one stuck
                                    in a kernel or a driver call (SIGTERM then ends it at once)
+    APPRENTICE_TEST_DUMP=DIR       when training ends, every process writes DIR/rank<R>.json: the hash
+                                   of its final parameters and its first epoch's sample indices
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import signal
 import sys
@@ -63,7 +67,27 @@ def _fail_at(rank: int, step: int, how: str) -> None:
     loop.train_step = step_then_fail
 
 
+def _dump_at_finish(folder: Path) -> None:
+    real_finish = loop._finish
+
+    def finish_then_dump(run):
+        h = hashlib.sha256()
+        for name, p in run.training.student.named_parameters():
+            h.update(name.encode() + p.detach().cpu().contiguous().numpy().tobytes())
+        batches = run.training.data.batches
+        indices = batches.indices(0).tolist() if hasattr(batches, "indices") else []
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"rank{run.rt.rank}.json").write_text(json.dumps(
+            {"rank": run.rt.rank, "world_size": run.rt.world_size, "params_sha256": h.hexdigest(),
+             "epoch0_indices": indices}))
+        return real_finish(run)
+
+    loop._finish = finish_then_dump
+
+
 if __name__ == "__main__":
+    if os.environ.get("APPRENTICE_TEST_DUMP"):
+        _dump_at_finish(Path(os.environ["APPRENTICE_TEST_DUMP"]))
     if os.environ.get("APPRENTICE_TEST_SLOW_WRITE"):
         _slow_write(float(os.environ["APPRENTICE_TEST_SLOW_WRITE"]))
     for how in ("die", "hang"):

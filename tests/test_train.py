@@ -310,8 +310,8 @@ def test_torchrun_two_processes_average_gradients(tmp_path):
     recipe_file = recipe(tmp_path / "r.yaml", "data.limit=256", "quant.precision=2W/32A")
     out, dump = tmp_path / "ddp", tmp_path / "dump"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "apprentice", "train", str(recipe_file), f"train.out={out}"]
-    done = subprocess.run(cmd, check=False, env=subprocess_env(APPRENTICE_DEBUG_DUMP=str(dump)), capture_output=True,
+           str(ROOT / "tests" / "fault_hooks.py"), "train", str(recipe_file), f"train.out={out}"]
+    done = subprocess.run(cmd, check=False, env=subprocess_env(APPRENTICE_TEST_DUMP=str(dump)), capture_output=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     assert done.stdout.decode().count("done:") == 1  # only rank 0 reports

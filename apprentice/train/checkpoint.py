@@ -38,29 +38,19 @@ from apprentice.atomic import atomic_file
 from apprentice.errors import ApprenticeError
 from apprentice.models import build_model
 from apprentice.quant import LayerPlan, apply_plan
+from apprentice.train.state import FORMAT, MODEL_KEYS
 from apprentice.weights import load_strict, torch_load
 
 __all__ = [
-    "BEST", "CHECKPOINT_DIR", "FORMAT", "LAST", "CheckpointWriteError", "as_state_dict", "check_checkpoint",
+    "BEST", "CHECKPOINT_DIR", "LAST", "CheckpointWriteError", "as_state_dict", "check_checkpoint",
     "check_run_dir", "clear_run", "find_checkpoint", "is_checkpoint", "load_state_dict_file",
     "model_from_checkpoint", "read_checkpoint", "rng_state", "run_files", "save_checkpoint", "set_rng_state",
 ]
 
 
-FORMAT = 1
-
-
 CHECKPOINT_DIR = "checkpoints"
-
-
 LAST = "last.pt"
-
-
 BEST = "best.pt"
-
-
-# Keys every checkpoint written by `apprentice.loop.fit` has (see the contract's layout).
-REQUIRED_KEYS = ("format", "config", "arch", "plan", "epoch", "step", "model")
 
 
 class CheckpointWriteError(RuntimeError):
@@ -117,7 +107,7 @@ def check_checkpoint(ckpt: Any, path: str | os.PathLike) -> dict[str, Any]:
     """Return ``ckpt`` if it has the fields of checkpoint format `FORMAT`, else raise naming ``path``."""
     if not isinstance(ckpt, dict):
         raise ApprenticeError(f"{str(path)!r} is not an apprentice checkpoint (it holds a {type(ckpt).__name__})")
-    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    missing = [k for k in MODEL_KEYS if k not in ckpt]
     if missing:
         raise ApprenticeError(f"{str(path)!r} is not an apprentice checkpoint: missing keys {missing}")
     if ckpt["format"] != FORMAT:

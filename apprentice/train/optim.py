@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,7 +21,7 @@ from torch import nn
 
 from apprentice.errors import lookup
 
-__all__ = ["LR_SCHEDULES", "OPTIMIZERS", "lr_factor", "make_optimizer", "param_groups"]
+__all__ = ["LR_SCHEDULES", "OPTIMIZERS", "LRSchedule", "lr_factor", "make_optimizer", "param_groups"]
 
 
 def _onecycle(t: int, total: int, warmup: int) -> float:
@@ -86,3 +87,33 @@ def make_optimizer(name: str, groups: list[dict[str, Any]], *, lr: float, moment
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """The learning rate of every step of a run: ``lr * lr_factor(step, ...)``.
+
+    Example:
+        >>> s = LRSchedule("step", lr=0.1, total_steps=4, milestones=(0.5,), decay=0.1)
+        >>> [round(s(t), 4) for t in range(4)]
+        [0.1, 0.1, 0.01, 0.01]
+    """
+
+    name: str
+    lr: float
+    total_steps: int
+    warmup_steps: int = 0
+    milestones: Sequence[float] = ()
+    decay: float = 0.1
+
+    def __post_init__(self) -> None:
+        lookup(LR_SCHEDULES, self.name, "schedule")
+
+    def __call__(self, step: int) -> float:
+        return self.lr * lr_factor(step, schedule=self.name, total_steps=self.total_steps,
+                                   warmup_steps=self.warmup_steps, milestones=self.milestones, decay=self.decay)
+
+    def state_dict(self, step: int) -> dict[str, Any]:
+        """What a checkpoint records of the schedule at ``step``."""
+        return {"schedule": self.name, "step": step, "total_steps": self.total_steps,
+                "warmup_steps": self.warmup_steps}

@@ -1,9 +1,10 @@
 """What a training run reports while it runs: console lines, ``metrics.jsonl``, TensorBoard, meters.
 
 Only the process of rank 0 reports (the others get ``enabled=False``). On a terminal the console
-shows one self-updating line (epoch, step/total, loss, images/s) plus a line per epoch; when the
-output is a file or a pipe (batch jobs, CI) it shows plain lines every ``log_every`` steps and per
-epoch instead, so logs stay readable. No tqdm: the bar is a dozen lines.
+shows one self-updating line (epoch, step/total, loss, images/s, time elapsed, ETA of the epoch and
+of the run) plus a line per epoch; when the output is a file or a pipe (batch jobs, CI) it shows
+plain lines every ``log_every`` steps and per epoch instead, so logs stay readable. No tqdm: the
+bar is a dozen lines.
 """
 
 from __future__ import annotations
@@ -21,12 +22,29 @@ from torch import Tensor
 
 from apprentice.atomic import atomic_write_text
 
-__all__ = ["Meter", "MetricsWriter", "Progress", "bar_text", "trim_metrics"]
+__all__ = ["Meter", "MetricsWriter", "Progress", "bar_text", "clock", "trim_metrics"]
+
+
+def clock(seconds: float) -> str:
+    """Seconds as ``M:SS`` or ``H:MM:SS``, as progress bars print times.
+
+    Example:
+        >>> clock(75.4), clock(3725)
+        ('1:15', '1:02:05')
+    """
+    m, s = divmod(max(0, round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def bar_text(*, epoch: int, epochs: int, step: int, steps: int, loss: float | None,
-             images_per_s: float | None, width: int = 20) -> str:
-    """One progress line, e.g. ``epoch 3/10 [#########...........] 45/100 loss 1.234 812 img/s``."""
+             images_per_s: float | None, elapsed_s: float | None = None, eta_epoch_s: float | None = None,
+             eta_run_s: float | None = None, width: int = 20) -> str:
+    """One progress line, e.g.
+    ``epoch 3/10 [#########...........] 45/100 loss 1.234 812 img/s 2:05 elapsed, ETA 0:31 epoch, 5:12 run``.
+
+    The times are left out when not given; the ETAs are the caller's estimate of what is left.
+    """
     done = int(width * step / steps) if steps else width
     bar = "#" * done + "." * (width - done)
     text = f"epoch {epoch}/{epochs} [{bar}] {step}/{steps}"
@@ -34,6 +52,11 @@ def bar_text(*, epoch: int, epochs: int, step: int, steps: int, loss: float | No
         text += f" loss {loss:.4g}"
     if images_per_s is not None:
         text += f" {images_per_s:.0f} img/s"
+    if elapsed_s is not None:
+        text += f" {clock(elapsed_s)} elapsed"
+    etas = [f"{clock(s)} {what}" for s, what in ((eta_epoch_s, "epoch"), (eta_run_s, "run")) if s is not None]
+    if etas:
+        text += (", " if elapsed_s is not None else " ") + "ETA " + ", ".join(etas)
     return text
 
 

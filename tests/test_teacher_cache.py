@@ -336,3 +336,156 @@ def test_a_mapped_cache_pickles_without_its_data(built):
     again = pickle.loads(blob)
     index, view = torch.tensor([5, 0, 2]), torch.tensor([49, 0, 17])
     assert torch.equal(again.lookup(index, view), cache.lookup(index, view))
+
+
+# ---------------------------------------------------------------- training batches (apprentice.data.batches)
+
+
+def test_train_batches_with_a_cache_carry_the_teacher_logits_and_resume(tmp_path):
+    from apprentice.data import batches, load_tensors
+
+    train = load_tensors("synthetic", "train", holdout=48, seed=batches.HOLDOUT_SEED, limit=64)
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(16 * 16, 10)).eval()
+    path = tmp_path / "syn.safetensors"
+    tc.build_teacher_cache(path, teacher, train, holdout=48, limit=64, dtype="float32")
+    kwargs = {"batch_size": 16, "seed": 2, "holdout": 48, "limit": 64}
+    plain = batches.train_batches("synthetic", **kwargs).batches
+    cached = batches.train_batches("synthetic", teacher_cache=str(path), teacher_hash=tc.teacher_hash(teacher),
+                                   **kwargs).batches
+    full = []
+    for epoch in range(2):
+        plain.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        for (x0, y0), (x, y, t) in zip(plain, cached, strict=True):
+            assert torch.equal(x0, x) and torch.equal(y0, y)
+            with torch.no_grad():
+                torch.testing.assert_close(t, teacher(x), rtol=1e-5, atol=1e-5)
+            full.append(t)
+            state = cached.state_dict()
+            if len(full) == 3:
+                saved = state
+    resumed = batches.train_batches("synthetic", teacher_cache=str(path), teacher_hash=tc.teacher_hash(teacher),
+                                    **kwargs).batches
+    resumed.load_state_dict(saved)
+    again = []
+    for epoch in range(saved["epoch"], 2):
+        resumed.set_epoch(epoch)
+        again.extend(t for _, _, t in resumed)
+    assert len(again) == len(full) - 3 and all(torch.equal(a, b) for a, b in zip(again, full[3:]))
+    with pytest.raises(ApprenticeError, match=r"holdout: file 48, here 0.*limit: file 64, here 32"):
+        batches.train_batches("synthetic", batch_size=16, seed=2, limit=32, teacher_cache=str(path),
+                              teacher_hash=tc.teacher_hash(teacher))
+    with pytest.raises(ApprenticeError, match="give teacher_cache and teacher_hash together"):
+        batches.train_batches("synthetic", batch_size=16, seed=2, teacher_cache=str(path))
+
+
+def test_ranks_read_disjoint_shares_of_the_cache(tmp_path, built):
+    path, data, _, source = built
+    cache = tc.open_teacher_cache(path, source)
+    seen = []
+    for rank in range(2):
+        loader = tensors.TensorLoader(data, batch_size=3, seed=4, rank=rank, world_size=2, drop_last=True, keys=True,
+                                      augment=True)
+        for _, _, index, view in loader:
+            seen.extend(index.tolist())
+            assert cache.lookup(index, view).shape == (3, 5)
+    assert sorted(seen) == list(range(6))
+
+
+# ---------------------------------------------------------------- sampled crops (apprentice.data.crop_cache)
+
+
+def test_dense_logits_rebuild_top_k_exactly_and_spread_the_rest():
+    from apprentice.data import crop_cache as cc
+
+    z = torch.randn(7, 9) * 3
+    p = z.softmax(1)
+    values, classes = z.topk(3, dim=1)
+    rest = p.scatter(1, classes, 0.0).sum(1)
+    q = cc.dense_logits(values, classes, rest, 9).softmax(1)
+    torch.testing.assert_close(q.gather(1, classes), p.gather(1, classes))
+    others = q.scatter(1, classes, float("nan"))
+    torch.testing.assert_close(others.nan_to_num(0).sum(1), rest)
+    assert torch.allclose(others[~others.isnan()].view(7, 6), (rest / 6)[:, None].expand(7, 6))
+    torch.testing.assert_close(cc.dense_logits(*z.topk(9, dim=1), torch.zeros(7), 9).softmax(1), p)
+    assert torch.isfinite(cc.dense_logits(values, classes, torch.zeros(7), 9)).all()  # no −inf for a zero rest
+
+
+def _folder_teacher(classes: int = 2) -> nn.Module:
+    torch.manual_seed(3)
+    return nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(48, classes)).eval()
+
+
+def test_crop_cache_of_a_generated_folder(tmp_path, image_folder):
+    from apprentice.data import crop_cache as cc
+    from apprentice.data.folders import ImageFolder
+
+    folder = ImageFolder(image_folder, "train", image_size=12, train=True)
+    teacher, mean, std = _folder_teacher(), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    path, lines = tmp_path / "crops.safetensors", []
+    kwargs = {"dataset": "imagenet", "mean": mean, "std": std, "views": 3, "topk": 1, "seed": 1, "chunk_images": 5}
+    source = cc.build_crop_cache(path, teacher, folder, report=lines.append, **kwargs)
+    assert lines[0].endswith("36 teacher forwards, file 0.0 MB") and "3/3 chunks" in lines[-1]
+    cache = cc.open_crop_cache(path, cc.folder_source(folder, teacher=tc.teacher_hash(teacher), dataset="imagenet",
+                                                      mean=mean, std=std))
+    assert (cache.images, cache.views, cache.topk, cache.num_classes) == (12, 3, 1, 2)
+    index, slot = torch.arange(12).repeat_interleave(3), torch.arange(3).repeat(12)
+    crops = torch.stack([folder.render(folder.open(i), *cache.crop(i, s)) for i, s in zip(index.tolist(), slot.tolist())])
+    with torch.no_grad():
+        live = teacher(tensors.normalize(crops, mean, std))
+    got = cache.lookup(index, slot)
+    # two classes, top-1 kept: the rest mass is the other class's probability, so the distribution is exact
+    torch.testing.assert_close(got.softmax(1), live.softmax(1), rtol=1e-3, atol=1e-3)
+    boxes = {cache.crop(i, s)[0] for i, s in zip(index.tolist(), slot.tolist())}
+    assert len(boxes) > 30 and all(0 <= b[0] < b[2] <= 24 and 0 <= b[1] < b[3] <= 20 for b in boxes)
+    assert {cache.crop(i, s)[1] for i in range(12) for s in range(3)} == {False, True}
+    # the same seed gives the same file; another seed other crops
+    again = tmp_path / "again.safetensors"
+    cc.build_crop_cache(again, teacher, folder, **{**kwargs, "chunk_images": 12})
+    assert cc.open_crop_cache(again, source).crop(4, 2) == cache.crop(4, 2)
+    assert np.array_equal(np.asarray(cache._file["values"]), np.asarray(cc.open_crop_cache(again, source)._file["values"]))
+    # stale: another teacher, another folder content
+    with pytest.raises(ApprenticeError, match=r"teacher weights \(hash\)"):
+        cc.open_crop_cache(path, dataclasses.replace(source, teacher=tc.teacher_hash(_folder_teacher(3))))
+    (image_folder / "train" / "dog" / "0.png").unlink()
+    with pytest.raises(ApprenticeError, match=r"fingerprint"):
+        cc.open_crop_cache(path, cc.folder_source(ImageFolder(image_folder, "train", image_size=12), teacher=source.teacher,
+                                                  dataset="imagenet", mean=mean, std=std))
+    with pytest.raises(ApprenticeError, match=r"topk <= 2 classes"):
+        cc.build_crop_cache(path, teacher, folder, **{**kwargs, "topk": 3})
+
+
+def test_a_student_takes_its_crops_from_the_crop_cache(tmp_path, image_folder):
+    from apprentice.data import DATASETS, batches
+    from apprentice.data import crop_cache as cc
+    from apprentice.data.folders import ImageFolder
+
+    info = DATASETS["imagenet"]
+    folder = ImageFolder(image_folder, "train", image_size=12, train=True)
+    teacher = _folder_teacher()
+    path = tmp_path / "crops.safetensors"
+    cc.build_crop_cache(path, teacher, folder, dataset="imagenet", mean=info.mean, std=info.std, views=2, topk=2)
+    kw = {"batch_size": 4, "seed": 0, "data_dir": str(image_folder), "image_size": 12,
+          "teacher_cache": str(path), "teacher_hash": tc.teacher_hash(teacher)}
+    train = batches.train_batches("imagenet", **kw)
+    assert (train.num_classes, train.images, len(train.batches)) == (2, 12, 3)
+    epochs = []
+    for epoch in range(2):
+        train.batches.set_epoch(epoch)
+        batch_list = list(train.batches)
+        for images, _labels, logits in batch_list:
+            with torch.no_grad():  # top-2 of 2 classes: the cache's logits are the teacher's on these very crops
+                torch.testing.assert_close(logits.softmax(1), teacher(images).softmax(1), rtol=2e-3, atol=2e-3)
+        epochs.append(torch.cat([x for x, _, _ in batch_list]))
+    sampler = train.batches.loader.sampler
+    slots = {}
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        for i, s in sampler:
+            slots.setdefault(i, []).append(s)
+    assert all(sorted(v) == [0, 1] for v in slots.values())  # two epochs use both stored crops of every image
+    resumed = batches.train_batches("imagenet", **kw).batches
+    resumed.load_state_dict({"epoch": 1, "step": 1})
+    rest = torch.cat([x for x, _, _ in resumed])
+    assert torch.equal(rest, epochs[1][4:])

@@ -228,7 +228,7 @@ class TeacherCache:
         return out.to(device, non_blocking=True) if device is not None else out
 
 
-def _open(path: str | os.PathLike, expected: CacheSource, verify: bool) -> tuple[Path, MappedFile, CacheSource]:
+def open_checked(path: str | os.PathLike, expected: CacheSource, verify: bool) -> tuple[Path, MappedFile, CacheSource]:
     p = Path(path)
     mapped = MappedFile(p)
     source = check_source(p, mapped, expected)
@@ -254,7 +254,7 @@ def open_teacher_cache(path: str | os.PathLike, expected: CacheSource, *, verify
             teacher, data set, split, normalisation, augmentation, class count or dtype (one line
             naming every field that differs).
     """
-    p, mapped, source = _open(path, expected, verify)
+    p, mapped, source = open_checked(path, expected, verify)
     shape = mapped.layout.entries["logits"].shape  # the fingerprint pins the image count
     if shape[1:] != (view_count(expected.pad, expected.flip), expected.num_classes):
         raise ApprenticeError(f"teacher cache {str(p)!r} holds logits {list(shape)}, expected "

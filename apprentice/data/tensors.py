@@ -140,7 +140,7 @@ def synthetic(n: int = 2048, *, channels: int = 1, image_size: int = 16, num_cla
     coarse = torch.randn(num_classes, channels, 4, 4, generator=g)
     patterns = torch.nn.functional.interpolate(coarse, size=image_size, mode="bilinear", align_corners=False)
     patterns = (patterns - patterns.mean((1, 2, 3), keepdim=True)) / patterns.std((1, 2, 3), keepdim=True)
-    g = torch.Generator().manual_seed(_mix(seed, 2, split == "test"))
+    g = torch.Generator().manual_seed(mix_seeds(seed, 2, split == "test"))
     labels = torch.randint(num_classes, (n,), generator=g)
     x = patterns[labels] + noise * torch.randn(n, channels, image_size, image_size, generator=g)
     images = (127.5 + 64 / math.sqrt(1 + noise**2) * x).round().clamp(0, 255).to(torch.uint8)  # std ≈ 0.25
@@ -149,7 +149,7 @@ def synthetic(n: int = 2048, *, channels: int = 1, image_size: int = 16, num_cla
                       info.pad, info.flip)
 
 
-def _mix(*keys: int) -> int:
+def mix_seeds(*keys: int) -> int:
     """One 63-bit seed from several integers, well mixed (neighbouring epochs get unrelated streams)."""
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> 1)
 
@@ -327,7 +327,7 @@ class TensorLoader:
         """This rank's sample indices for ``epoch`` (CPU int64), in order."""
         n = len(self.data)
         if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(self.seed, 0, epoch)))
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seeds(self.seed, 0, epoch)))
         else:
             order = torch.arange(n)
         total = self.per_rank * self.world_size  # trim, or pad by wrapping around (DistributedSampler)
@@ -339,7 +339,7 @@ class TensorLoader:
         images = self.images.index_select(0, idx)
         pad, flip = self.data.pad, self.data.flip
         if self.augment and (pad or flip):
-            g = torch.Generator().manual_seed(_mix(self.seed, 1, epoch, step, self.rank))
+            g = torch.Generator().manual_seed(mix_seeds(self.seed, 1, epoch, step, self.rank))
             views = draw_views(len(cpu_idx), pad=pad, flip=flip, generator=g)
             images = apply_views(images, views, pad=pad, flip=flip)
         else:

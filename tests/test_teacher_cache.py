@@ -342,13 +342,12 @@ def test_a_mapped_cache_pickles_without_its_data(built):
 
 
 def test_train_batches_with_a_cache_carry_the_teacher_logits_and_resume(tmp_path):
-    from apprentice.data import batches, load_tensors
+    from apprentice.data import batches
 
-    train = load_tensors("synthetic", "train", holdout=48, seed=batches.HOLDOUT_SEED, limit=64)
     torch.manual_seed(0)
     teacher = nn.Sequential(nn.Flatten(), nn.Linear(16 * 16, 10)).eval()
     path = tmp_path / "syn.safetensors"
-    tc.build_teacher_cache(path, teacher, train, holdout=48, limit=64, dtype="float32")
+    batches.cache_teacher(str(path), teacher, "synthetic", holdout=48, limit=64, dtype="float32")
     kwargs = {"batch_size": 16, "seed": 2, "holdout": 48, "limit": 64}
     plain = batches.train_batches("synthetic", **kwargs).batches
     cached = batches.train_batches("synthetic", teacher_cache=str(path), teacher_hash=tc.teacher_hash(teacher),
@@ -461,11 +460,13 @@ def test_a_student_takes_its_crops_from_the_crop_cache(tmp_path, image_folder):
     from apprentice.data import crop_cache as cc
     from apprentice.data.folders import ImageFolder
 
-    info = DATASETS["imagenet"]
-    folder = ImageFolder(image_folder, "train", image_size=12, train=True)
     teacher = _folder_teacher()
     path = tmp_path / "crops.safetensors"
-    cc.build_crop_cache(path, teacher, folder, dataset="imagenet", mean=info.mean, std=info.std, views=2, topk=2)
+    source = batches.cache_teacher(str(path), teacher, "imagenet", data_dir=str(image_folder), image_size=12,
+                                   views=2, topk=2)
+    info = DATASETS["imagenet"]
+    assert (source.mode, source.mean, source.views, source.topk, source.image_size) == ("sampled", info.mean, 2, 2, 12)
+    assert cc.open_crop_cache(path, source).images == len(ImageFolder(image_folder, "train")) == 12
     kw = {"batch_size": 4, "seed": 0, "data_dir": str(image_folder), "image_size": 12,
           "teacher_cache": str(path), "teacher_hash": tc.teacher_hash(teacher)}
     train = batches.train_batches("imagenet", **kw)

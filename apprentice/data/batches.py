@@ -29,6 +29,7 @@ from torch import Tensor
 from apprentice.data.catalog import DATASETS
 from apprentice.data.crop_cache import (
     CropCache,
+    build_crop_cache,
     crop_loader,
     folder_source,
     open_crop_cache,
@@ -36,13 +37,15 @@ from apprentice.data.crop_cache import (
 from apprentice.data.folders import ImageFolder, imagenet_loader
 from apprentice.data.teacher_cache import (
     CachedBatches,
+    CacheSource,
+    build_teacher_cache,
     open_teacher_cache,
     tensor_source,
 )
 from apprentice.data.tensors import TensorLoader, load_tensors, normalize
 from apprentice.errors import ApprenticeError, lookup
 
-__all__ = ["HOLDOUT_SEED", "FolderBatches", "TrainSet", "eval_batches", "train_batches"]
+__all__ = ["HOLDOUT_SEED", "FolderBatches", "TrainSet", "cache_teacher", "eval_batches", "train_batches"]
 
 HOLDOUT_SEED = 0
 
@@ -240,3 +243,35 @@ def _cached_folder(name: str, data_dir: str, path: str, teacher: str, *, batch_s
     loader = crop_loader(folder, cache, batch_size=batch_size, workers=workers, seed=seed, rank=rank,
                          world_size=world_size)
     return TrainSet(FolderBatches(loader, device=device, seed=seed, cache=cache), len(folder.classes), 3, len(folder))
+
+
+def cache_teacher(path: str, teacher: torch.nn.Module, name: str, *, data_dir: str | None = None,
+                  download: bool = False, holdout: int = 0, limit: int | None = None, image_size: int = 224,
+                  dtype: str = "float16", views: int = 10, topk: int = 10, seed: int = 0, batch_size: int = 500,
+                  report: Callable[[str], None] | None = None) -> CacheSource:
+    """Build the teacher cache of data set ``name``'s training split as `train_batches` loads it.
+
+    Tensor data sets get every view (`build_teacher_cache`; ``views``, ``topk`` and ``seed`` unused);
+    image folders ``views`` random-resized crops an image with the top-``topk`` logits
+    (`build_crop_cache`, crops seeded by ``seed``). Resumable, atomic, reports progress.
+
+    Args:
+        path: the cache file to write.
+        teacher: the trained teacher, in eval mode, on the device to run it on.
+        name, data_dir, download, holdout, limit, image_size: the training data, as for `train_batches`.
+        dtype: "float16" or "float32" logits.
+        views, topk, seed: image folders only.
+        batch_size: inputs a teacher forward.
+        report: called with progress lines.
+    """
+    if _is_folder(name, data_dir):
+        if holdout or limit:
+            raise ApprenticeError(f"data.holdout and data.limit are not supported for {name}; set them to 0 and null")
+        folder = ImageFolder(data_dir, "train", image_size=image_size, resize=_resize(image_size), train=True)
+        info = DATASETS[name]
+        return build_crop_cache(path, teacher, folder, dataset=name, mean=info.mean, std=info.std, views=views,
+                                topk=topk, seed=seed, dtype=dtype, batch_size=batch_size, report=report)
+    train = load_tensors(name, "train", data_dir=data_dir, download=download, holdout=holdout, seed=HOLDOUT_SEED,
+                         limit=limit)
+    return build_teacher_cache(path, teacher, train, holdout=holdout, limit=limit, dtype=dtype, batch_size=batch_size,
+                               report=report)

@@ -27,11 +27,25 @@ import torch
 from torch import Tensor
 
 from apprentice.data.catalog import DATASETS
+from apprentice.data.crop_cache import (
+    CropCache,
+    build_crop_cache,
+    crop_loader,
+    folder_source,
+    open_crop_cache,
+)
 from apprentice.data.folders import ImageFolder, imagenet_loader
+from apprentice.data.teacher_cache import (
+    CachedBatches,
+    CacheSource,
+    build_teacher_cache,
+    open_teacher_cache,
+    tensor_source,
+)
 from apprentice.data.tensors import TensorLoader, load_tensors, normalize
 from apprentice.errors import ApprenticeError, lookup
 
-__all__ = ["HOLDOUT_SEED", "FolderBatches", "TrainSet", "eval_batches", "train_batches"]
+__all__ = ["HOLDOUT_SEED", "FolderBatches", "TrainSet", "cache_teacher", "eval_batches", "train_batches"]
 
 HOLDOUT_SEED = 0
 
@@ -46,10 +60,16 @@ class TrainSet(NamedTuple):
 
 
 class FolderBatches:
-    """An ImageNet training DataLoader with TensorLoader's interface (set_epoch, position, normalised batches)."""
+    """An ImageNet training DataLoader with TensorLoader's interface (set_epoch, position, normalised batches).
 
-    def __init__(self, loader: torch.utils.data.DataLoader, *, device: torch.device, seed: int) -> None:
+    With ``cache`` (a `CropCache`; the loader from `crop_loader`) batches are ``(images, labels,
+    teacher_logits)``, the crops and teacher logits both taken from the cache.
+    """
+
+    def __init__(self, loader: torch.utils.data.DataLoader, *, device: torch.device, seed: int,
+                 cache: CropCache | None = None) -> None:
         self.loader, self.device, self.seed, self.epoch, self.step = loader, device, seed, 0, 0
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -72,7 +92,8 @@ class FolderBatches:
                 loader.dataset, batch_size=loader.batch_size, sampler=list(loader.sampler)[self.step * loader.batch_size:],
                 num_workers=loader.num_workers, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
                 generator=torch.Generator().manual_seed(self.seed + 1000003 * epoch + self.step))
-        for batch in _normalized(loader, self.device):
+        for batch in (_normalized(loader, self.device) if self.cache is None
+                      else _with_cache(loader, self.device, self.cache)):
             self.step += 1
             yield batch
         if self.epoch == epoch:
@@ -83,6 +104,14 @@ def _normalized(loader: Iterable[tuple[Tensor, Tensor]], device: torch.device) -
     info = DATASETS["imagenet"]
     for images, labels in loader:
         yield normalize(images.to(device, non_blocking=True), info.mean, info.std), labels.to(device, non_blocking=True)
+
+
+def _with_cache(loader: Iterable[tuple[Tensor, ...]], device: torch.device,
+                cache: CropCache) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    info = DATASETS["imagenet"]
+    for images, labels, index, slot in loader:
+        yield (normalize(images.to(device, non_blocking=True), info.mean, info.std),
+               labels.to(device, non_blocking=True), cache.lookup(index, slot, device))
 
 
 class _Reiterable:
@@ -145,8 +174,13 @@ def eval_batches(name: str, split: str = "test", *, batch_size: int, data_dir: s
 def train_batches(name: str, *, batch_size: int, seed: int, data_dir: str | None = None, download: bool = False,
                   holdout: int = 0, limit: int | None = None, augment: bool = True, image_size: int = 224,
                   workers: int = 0, device: str | torch.device = "cpu", rank: int = 0,
-                  world_size: int = 1) -> TrainSet:
+                  world_size: int = 1, teacher_cache: str | None = None, teacher_hash: str | None = None) -> TrainSet:
     """This process's shuffled (and augmented) training batches, resumable mid-epoch.
+
+    With ``teacher_cache`` every batch is ``(images, labels, teacher_logits)``: the frozen teacher's
+    float32 logits for exactly the view of each image in the batch, read from the cache file
+    (memory-mapped; each process reads only its own rows). The cache is checked against this data
+    (images, labels, split, normalisation, augmentation) and ``teacher_hash`` first.
 
     Args:
         name: data set, an `apprentice.DATASETS` key.
@@ -163,8 +197,13 @@ def train_batches(name: str, *, batch_size: int, seed: int, data_dir: str | None
         device: where the batches go.
         rank: this process's index.
         world_size: number of processes.
+        teacher_cache: a cache file (`build_teacher_cache`, or `build_crop_cache` for folders).
+        teacher_hash: `teacher_hash` of the run's teacher; required with ``teacher_cache``.
     """
     device = torch.device(device)
+    if (teacher_cache is None) != (teacher_hash is None):
+        raise ApprenticeError("a teacher cache is checked against the run's teacher: give teacher_cache and "
+                              "teacher_hash together")
     if batch_size % world_size:
         raise ApprenticeError(f"data.batch_size={batch_size} (the global batch) must be divisible by the "
                               f"{world_size} processes")
@@ -172,6 +211,9 @@ def train_batches(name: str, *, batch_size: int, seed: int, data_dir: str | None
     if _is_folder(name, data_dir):
         if holdout or limit:
             raise ApprenticeError(f"data.holdout and data.limit are not supported for {name}; set them to 0 and null")
+        if teacher_cache is not None:
+            return _cached_folder(name, data_dir, teacher_cache, teacher_hash, batch_size=per_rank, workers=workers,
+                                  seed=seed, rank=rank, world_size=world_size, image_size=image_size, device=device)
         loader = imagenet_loader(data_dir, "train", batch_size=per_rank, workers=workers, shuffle=True,
                                       seed=seed, rank=rank, world_size=world_size,
                                       image_size=image_size, resize=_resize(image_size))
@@ -185,5 +227,51 @@ def train_batches(name: str, *, batch_size: int, seed: int, data_dir: str | None
         raise ApprenticeError(f"data.batch_size={batch_size} is larger than the {len(train)} training images{held}"
                               f"{limited}: an epoch would have no step; lower data.batch_size")
     loader = TensorLoader(train, batch_size=per_rank, shuffle=True, augment=augment, device=device,
-                               seed=seed, drop_last=True, rank=rank, world_size=world_size)
+                               seed=seed, drop_last=True, rank=rank, world_size=world_size,
+                               keys=teacher_cache is not None)
+    if teacher_cache is not None:
+        source = tensor_source(train, teacher=teacher_hash, holdout=holdout, limit=limit)
+        loader = CachedBatches(loader, open_teacher_cache(teacher_cache, source))
     return TrainSet(loader, train.num_classes, int(train.images.shape[1]), len(train))
+
+
+def _cached_folder(name: str, data_dir: str, path: str, teacher: str, *, batch_size: int, workers: int, seed: int,
+                   rank: int, world_size: int, image_size: int, device: torch.device) -> TrainSet:
+    folder = ImageFolder(data_dir, "train", image_size=image_size, resize=_resize(image_size), train=True)
+    info = DATASETS[name]
+    cache = open_crop_cache(path, folder_source(folder, teacher=teacher, dataset=name, mean=info.mean, std=info.std))
+    loader = crop_loader(folder, cache, batch_size=batch_size, workers=workers, seed=seed, rank=rank,
+                         world_size=world_size)
+    return TrainSet(FolderBatches(loader, device=device, seed=seed, cache=cache), len(folder.classes), 3, len(folder))
+
+
+def cache_teacher(path: str, teacher: torch.nn.Module, name: str, *, data_dir: str | None = None,
+                  download: bool = False, holdout: int = 0, limit: int | None = None, image_size: int = 224,
+                  dtype: str = "float16", views: int = 10, topk: int = 10, seed: int = 0, batch_size: int = 500,
+                  report: Callable[[str], None] | None = None) -> CacheSource:
+    """Build the teacher cache of data set ``name``'s training split as `train_batches` loads it.
+
+    Tensor data sets get every view (`build_teacher_cache`; ``views``, ``topk`` and ``seed`` unused);
+    image folders ``views`` random-resized crops an image with the top-``topk`` logits
+    (`build_crop_cache`, crops seeded by ``seed``). Resumable, atomic, reports progress.
+
+    Args:
+        path: the cache file to write.
+        teacher: the trained teacher, in eval mode, on the device to run it on.
+        name, data_dir, download, holdout, limit, image_size: the training data, as for `train_batches`.
+        dtype: "float16" or "float32" logits.
+        views, topk, seed: image folders only.
+        batch_size: inputs a teacher forward.
+        report: called with progress lines.
+    """
+    if _is_folder(name, data_dir):
+        if holdout or limit:
+            raise ApprenticeError(f"data.holdout and data.limit are not supported for {name}; set them to 0 and null")
+        folder = ImageFolder(data_dir, "train", image_size=image_size, resize=_resize(image_size), train=True)
+        info = DATASETS[name]
+        return build_crop_cache(path, teacher, folder, dataset=name, mean=info.mean, std=info.std, views=views,
+                                topk=topk, seed=seed, dtype=dtype, batch_size=batch_size, report=report)
+    train = load_tensors(name, "train", data_dir=data_dir, download=download, holdout=holdout, seed=HOLDOUT_SEED,
+                         limit=limit)
+    return build_teacher_cache(path, teacher, train, holdout=holdout, limit=limit, dtype=dtype, batch_size=batch_size,
+                               report=report)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,16 +57,18 @@ class ImageFolder(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _crop_box(self, w: int, h: int) -> tuple[int, int, int, int]:
-        area = w * h
+    def crop_box(self, w: int, h: int, generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+        """A random-resized crop ``(left, top, right, bottom)`` of a ``w``×``h`` image (torch's global RNG
+        unless ``generator``)."""
+        area, g = w * h, generator
         for _ in range(10):
-            target = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * torch.rand(()).item())
+            target = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * torch.rand((), generator=g).item())
             log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
-            aspect = math.exp(log_lo + (log_hi - log_lo) * torch.rand(()).item())
+            aspect = math.exp(log_lo + (log_hi - log_lo) * torch.rand((), generator=g).item())
             cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
             if 0 < cw <= w and 0 < ch <= h:
-                x = int(torch.randint(w - cw + 1, ()).item())
-                y = int(torch.randint(h - ch + 1, ()).item())
+                x = int(torch.randint(w - cw + 1, (), generator=g).item())
+                y = int(torch.randint(h - ch + 1, (), generator=g).item())
                 return x, y, x + cw, y + ch
         # Fallback (as in fb.resnet.torch / torchvision): centre crop with the aspect clamped to ratio.
         aspect = min(max(w / h, self.ratio[0]), self.ratio[1])
@@ -73,16 +76,26 @@ class ImageFolder(torch.utils.data.Dataset):
         cw, ch = min(cw, w), min(ch, h)
         return (w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch
 
+    def open(self, index: int) -> Any:
+        """Image ``index`` decoded to an RGB Pillow image."""
+        with _pil().open(self.samples[index][0]) as im:
+            return im.convert("RGB")
+
+    def render(self, im: Any, box: tuple[int, int, int, int], flip: bool) -> Tensor:
+        """The crop ``box`` of Pillow image ``im`` resized to ``image_size``, mirrored if ``flip``: uint8 3×S×S."""
+        image_mod = _pil()
+        im = im.resize((self.image_size, self.image_size), image_mod.BILINEAR, box=box)
+        if flip:
+            im = im.transpose(image_mod.FLIP_LEFT_RIGHT)
+        return torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         image_mod = _pil()
-        path, label = self.samples[index]
-        with image_mod.open(path) as im:
-            im = im.convert("RGB")
+        im, label = self.open(index), self.samples[index][1]
         s = self.image_size
         if self.train:
-            im = im.resize((s, s), image_mod.BILINEAR, box=self._crop_box(*im.size))
-            if torch.rand(()).item() < 0.5:
-                im = im.transpose(image_mod.FLIP_LEFT_RIGHT)
+            box = self.crop_box(*im.size)
+            return self.render(im, box, torch.rand(()).item() < 0.5), label
         else:
             w, h = im.size
             scale = self.resize / min(w, h)

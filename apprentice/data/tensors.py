@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -20,7 +21,8 @@ from apprentice.data.catalog import DATASETS
 from apprentice.data.files import load_cifar, load_idx
 from apprentice.errors import ApprenticeError, lookup
 
-__all__ = ["TensorData", "TensorLoader", "augment_batch", "load_tensors", "normalize", "synthetic"]
+__all__ = ["Batch", "TensorData", "TensorLoader", "apply_views", "augment_batch", "center_views", "draw_views",
+           "load_tensors", "normalize", "synthetic", "view_count", "view_ids", "view_params"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,7 +140,7 @@ def synthetic(n: int = 2048, *, channels: int = 1, image_size: int = 16, num_cla
     coarse = torch.randn(num_classes, channels, 4, 4, generator=g)
     patterns = torch.nn.functional.interpolate(coarse, size=image_size, mode="bilinear", align_corners=False)
     patterns = (patterns - patterns.mean((1, 2, 3), keepdim=True)) / patterns.std((1, 2, 3), keepdim=True)
-    g = torch.Generator().manual_seed(_mix(seed, 2, split == "test"))
+    g = torch.Generator().manual_seed(mix_seeds(seed, 2, split == "test"))
     labels = torch.randint(num_classes, (n,), generator=g)
     x = patterns[labels] + noise * torch.randn(n, channels, image_size, image_size, generator=g)
     images = (127.5 + 64 / math.sqrt(1 + noise**2) * x).round().clamp(0, 255).to(torch.uint8)  # std ≈ 0.25
@@ -147,7 +149,7 @@ def synthetic(n: int = 2048, *, channels: int = 1, image_size: int = 16, num_cla
                       info.pad, info.flip)
 
 
-def _mix(*keys: int) -> int:
+def mix_seeds(*keys: int) -> int:
     """One 63-bit seed from several integers, well mixed (neighbouring epochs get unrelated streams)."""
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> 1)
 
@@ -157,22 +159,96 @@ def check_shard(rank: int, world_size: int) -> None:
         raise ApprenticeError(f"rank {rank} / world_size {world_size}: need 0 <= rank < world_size")
 
 
-def augment_batch(images: Tensor, *, pad: int, flip: bool, generator: torch.Generator) -> Tensor:
-    """Random crop after zero padding by ``pad`` pixels and random horizontal flip, for a whole uint8
-    batch at once (one gather, no loop over images). Random draws come from the CPU ``generator``
-    so results do not depend on the device."""
-    b, c, h, w = images.shape
+def view_count(pad: int, flip: bool) -> int:
+    """How many views `augment_batch` can give an image: ``(2·pad + 1)² · (2 if flip else 1)``
+    (Fashion-MNIST, pad 2 with flips: 50; CIFAR, pad 4 with flips: 162)."""
+    return (2 * pad + 1) ** 2 * (2 if flip else 1)
+
+
+def view_ids(dy: Tensor, dx: Tensor, flipped: Tensor, *, pad: int, flip: bool) -> Tensor:
+    """The integer id of each view: ``(dy·(2·pad + 1) + dx)·F + flipped`` with F = 2 with flips, else 1.
+
+    ``dy``, ``dx`` are the crop's offsets into the zero-padded image (0..2·pad; ``pad`` is the
+    unshifted image); ``flipped`` says the crop was mirrored. Ids run over 0..`view_count` − 1.
+
+    Example:
+        >>> view_ids(torch.tensor([2]), torch.tensor([2]), torch.tensor([True]), pad=2, flip=True)
+        tensor([25])
+    """
+    f = 2 if flip else 1
+    return (dy.long() * (2 * pad + 1) + dx.long()) * f + flipped.long()
+
+
+def view_params(views: Tensor, *, pad: int, flip: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dy, dx, flipped)`` of each view id; the inverse of `view_ids`."""
+    views = torch.as_tensor(views).long()
+    if views.numel() and not bool(((views >= 0) & (views < view_count(pad, flip))).all()):
+        raise ApprenticeError(f"view ids must lie in 0..{view_count(pad, flip) - 1} (pad {pad}, flip {flip})")
+    f = 2 if flip else 1
+    offset = views // f
+    return offset // (2 * pad + 1), offset % (2 * pad + 1), (views % f).bool()
+
+
+def center_views(n: int, *, pad: int, flip: bool) -> Tensor:
+    """The id of the unaugmented view (no shift, no flip), ``n`` times: what an unaugmented batch shows."""
+    p = torch.full((n,), pad, dtype=torch.long)
+    return view_ids(p, p, torch.zeros(n, dtype=torch.bool), pad=pad, flip=flip)
+
+
+def draw_views(n: int, *, pad: int, flip: bool, generator: torch.Generator) -> Tensor:
+    """The views `augment_batch` draws for ``n`` images from ``generator`` (CPU int64 ids).
+
+    The draws are those `augment_batch` has always made, in the same order: the offsets
+    ``randint(2·pad + 1, (2, n))`` (only if ``pad``), then ``rand(n) < 0.5`` for the flips (only if
+    ``flip``); so a run that reports its views sees exactly the images it saw before.
+    """
     if pad > 0:
-        dy, dx = torch.randint(2 * pad + 1, (2, b), generator=generator).to(images.device)
+        dy, dx = torch.randint(2 * pad + 1, (2, n), generator=generator)
+    else:
+        dy = dx = torch.zeros(n, dtype=torch.long)
+    flipped = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    return view_ids(dy, dx, flipped, pad=pad, flip=flip)
+
+
+def apply_views(images: Tensor, views: Tensor, *, pad: int, flip: bool) -> Tensor:
+    """Each uint8 image cropped after zero padding by ``pad`` at its view's offset, then mirrored if the
+    view says so (one gather for the whole batch, no loop over images)."""
+    b, c, h, w = images.shape
+    dy, dx, flipped = (t.to(images.device) for t in view_params(views, pad=pad, flip=flip))
+    if pad > 0:
         padded = torch.nn.functional.pad(images, (pad, pad, pad, pad)).view(b, c, -1)
         rows = dy[:, None] + torch.arange(h, device=images.device)  # B×H rows of the padded image
         cols = dx[:, None] + torch.arange(w, device=images.device)  # B×W
         flat = (rows[:, :, None] * (w + 2 * pad) + cols[:, None, :]).view(b, 1, h * w)
         images = padded.gather(2, flat.expand(b, c, h * w)).view(b, c, h, w)
     if flip:
-        mask = (torch.rand(b, generator=generator) < 0.5).to(images.device)
-        images = torch.where(mask[:, None, None, None], images.flip(3), images)
+        images = torch.where(flipped[:, None, None, None], images.flip(3), images)
     return images.contiguous()
+
+
+def augment_batch(images: Tensor, *, pad: int, flip: bool, generator: torch.Generator) -> Tensor:
+    """Random crop after zero padding by ``pad`` pixels and random horizontal flip, for a whole uint8
+    batch at once (one gather, no loop over images). Random draws come from the CPU ``generator``
+    so results do not depend on the device. The same as
+    ``apply_views(images, draw_views(len(images), ...))``; the loader uses those two to report views."""
+    views = draw_views(images.shape[0], pad=pad, flip=flip, generator=generator)
+    return apply_views(images, views, pad=pad, flip=flip)
+
+
+class Batch(NamedTuple):
+    """A training batch that says where each sample came from (`TensorLoader` with ``keys=True``).
+
+    Attributes:
+        images: normalised float images B×C×H×W on the loader's device.
+        labels: int64 labels B on the loader's device.
+        index: int64 B (CPU), each sample's index in the loader's `TensorData`.
+        view: int64 B (CPU), each sample's view id (`view_ids`; the centre view when not augmenting).
+    """
+
+    images: Tensor
+    labels: Tensor
+    index: Tensor
+    view: Tensor
 
 
 class TensorLoader:
@@ -201,16 +277,20 @@ class TensorLoader:
         seed: seeds the permutations and the augmentation.
         drop_last: drop the last partial batch (and trim, rather than pad, the rank shares).
         rank, world_size: this process's share of each epoch.
+        keys: yield a `Batch` ``(images, labels, index, view)`` instead of ``(images, labels)``:
+            each sample's index in ``data`` and its view id (`view_ids`), what a teacher cache is
+            keyed by. The images and the random draws are the same either way.
     """
 
     def __init__(self, data: TensorData, *, batch_size: int, shuffle: bool = True, augment: bool = False,
                  device: str | torch.device = "cpu", seed: int = 0, drop_last: bool = False,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, keys: bool = False) -> None:
         if batch_size < 1:
             raise ApprenticeError(f"batch_size must be >= 1, got {batch_size}")
         check_shard(rank, world_size)
         self.data, self.batch_size, self.shuffle, self.augment = data, batch_size, shuffle, augment
         self.seed, self.drop_last, self.rank, self.world_size = seed, drop_last, rank, world_size
+        self.keys = keys
         self.device = torch.device(device)
         self.images = data.images.to(self.device)
         self.labels = data.labels.to(self.device)
@@ -247,21 +327,27 @@ class TensorLoader:
         """This rank's sample indices for ``epoch`` (CPU int64), in order."""
         n = len(self.data)
         if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(self.seed, 0, epoch)))
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seeds(self.seed, 0, epoch)))
         else:
             order = torch.arange(n)
         total = self.per_rank * self.world_size  # trim, or pad by wrapping around (DistributedSampler)
         return order.repeat(-(-total // n))[:total][self.rank::self.world_size]
 
-    def _batch(self, order: Tensor, epoch: int, step: int) -> tuple[Tensor, Tensor]:
-        idx = order[step * self.batch_size:(step + 1) * self.batch_size].to(self.device)
+    def _batch(self, order: Tensor, epoch: int, step: int) -> tuple[Tensor, Tensor] | Batch:
+        cpu_idx = order[step * self.batch_size:(step + 1) * self.batch_size]
+        idx = cpu_idx.to(self.device)
         images = self.images.index_select(0, idx)
-        if self.augment and (self.data.pad or self.data.flip):
-            g = torch.Generator().manual_seed(_mix(self.seed, 1, epoch, step, self.rank))
-            images = augment_batch(images, pad=self.data.pad, flip=self.data.flip, generator=g)
-        return normalize(images, self._mean, self._std), self.labels.index_select(0, idx)
+        pad, flip = self.data.pad, self.data.flip
+        if self.augment and (pad or flip):
+            g = torch.Generator().manual_seed(mix_seeds(self.seed, 1, epoch, step, self.rank))
+            views = draw_views(len(cpu_idx), pad=pad, flip=flip, generator=g)
+            images = apply_views(images, views, pad=pad, flip=flip)
+        else:
+            views = center_views(len(cpu_idx), pad=pad, flip=flip)
+        x, y = normalize(images, self._mean, self._std), self.labels.index_select(0, idx)
+        return Batch(x, y, cpu_idx, views) if self.keys else (x, y)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor] | Batch]:
         epoch, order = self.epoch, None
         while self.epoch == epoch and self.step < len(self):
             if order is None:

@@ -1,0 +1,435 @@
+"""The teacher-output cache: a frozen teacher's logits for every view of every training image, stored once.
+
+In schemes B and C the teacher never changes, yet every run (and every run of a grid) pays its
+forward pass again: 27-32 % of a scheme-B step. A cache stores the logits once; a student run
+looks them up by the key of each sample, so distillation costs about what plain training costs
+(FKD, Shen & Xing, ECCV 2022). The key is ``(image, view)``, never the image alone: under random
+augmentation a cache keyed by index returns another view's outputs after the first epoch.
+
+Exact mode (tensor data sets, this module): the augmentation of `TensorLoader` is a crop after zero
+padding by ``pad`` plus an optional flip, so an image has `view_count` views (Fashion-MNIST, pad 2:
+50; CIFAR, pad 4: 162) and the cache holds all of them, ``logits[image, view, class]``. A student
+draws its augmentation exactly as without the cache (`TensorLoader` with ``keys=True`` reports
+``(index, view)``), so a cached run equals a live-teacher run up to the stored precision. Sampled
+mode (image folders, random-resized crops): `apprentice.data.crop_cache`.
+
+Decisions:
+
+- Logits, not probabilities, so the temperature stays free; float16 by default (Fashion-MNIST,
+  50 views, 10 classes: 60 MB), float32 on request. A float16 cache holds |logit| ≤ 65504; a
+  teacher beyond that (or one giving NaN) is refused while building, naming image and view.
+- The file is safetensors (`apprentice.data.cache_file`): nothing in it runs when read; it is
+  memory-mapped, so torchrun ranks share one copy and each reads only its own rows.
+- Never stale: the file records its `CacheSource` (teacher weights hash, data set, fingerprint of
+  the exact images and labels, holdout and limit, normalisation, augmentation, classes, dtype).
+  `open_teacher_cache` compares it with what the run uses and refuses any difference in one line.
+- The build runs the teacher in eval mode without gradients, in fixed batches chunk by chunk; the
+  same teacher and settings give the same bytes whether or not the build was interrupted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from apprentice.data.cache_file import Layout, MappedFile, PartialFile
+from apprentice.data.tensors import (
+    TensorData,
+    TensorLoader,
+    apply_views,
+    normalize,
+    view_count,
+)
+from apprentice.errors import ApprenticeError, lookup
+
+__all__ = ["CACHE_DTYPES", "CacheSource", "CachedBatches", "TeacherCache", "build_teacher_cache",
+           "open_teacher_cache", "teacher_hash", "tensor_fingerprint", "tensor_source"]
+
+# Stored logit precision: name -> safetensors dtype.
+CACHE_DTYPES = {"float16": "F16", "float32": "F32"}
+FORMAT = "apprentice teacher cache"
+VERSION = "1"
+
+
+def teacher_hash(teacher: nn.Module | Mapping[str, Tensor]) -> str:
+    """SHA-256 of a model's state dict (names, dtypes, shapes and values, in sorted order), in hex.
+
+    The same weights give the same hash whether they came from a run folder, a checkpoint or an
+    exported ``.pt`` file; any changed value, BatchNorm statistic included, changes it.
+    """
+    sd = teacher.state_dict() if isinstance(teacher, nn.Module) else teacher
+    h = hashlib.sha256()
+    for name in sorted(sd):
+        t = sd[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def tensor_fingerprint(data: TensorData) -> str:
+    """SHA-256 of the exact images and labels of a `TensorData` (shapes included), in hex."""
+    h = hashlib.sha256(f"{tuple(data.images.shape)}|{tuple(data.labels.shape)}|".encode())
+    h.update(data.images.contiguous().numpy().tobytes())
+    h.update(data.labels.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class CacheSource:
+    """What a cache was made from; a cache is used only where every recorded field matches.
+
+    Attributes:
+        mode: "exact" (every view, tensor data sets) or "sampled" (K views an image, folders).
+        teacher: `teacher_hash` of the teacher's weights.
+        dataset: data set name.
+        fingerprint: hash of the exact training images and labels (`tensor_fingerprint`; for
+            folders, of the file list, sizes and labels).
+        holdout: training images set aside before the cache's split.
+        limit: the training-set limit (None: none).
+        num_classes: classes the teacher predicts.
+        mean, std: normalisation the teacher saw.
+        pad, flip: augmentation (exact mode; sampled mode: pad 0 and whether crops may flip).
+        image_size: side of the images the teacher saw.
+        dtype, views, topk, crop: how the cache stores them (a key of `CACHE_DTYPES`; views an
+            image; logits kept per view (all classes in exact mode); sampled mode's crop settings).
+            Properties of the file, not requirements of a run: None in an expected source means any.
+    """
+
+    mode: str
+    teacher: str
+    dataset: str
+    fingerprint: str
+    holdout: int
+    limit: int | None
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    pad: int
+    flip: bool
+    image_size: int
+    dtype: str | None = None
+    views: int | None = None
+    topk: int | None = None
+    crop: str | None = None
+
+    @classmethod
+    def from_json(cls, text: str) -> CacheSource:
+        d = json.loads(text)
+        names = {f.name for f in fields(cls)}
+        if not isinstance(d, dict) or set(d) != names:
+            raise ValueError("fields")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    def differences(self, expected: CacheSource) -> list[str]:
+        """One phrase per field where ``self`` (the file) differs from ``expected`` (None there: any)."""
+        out = []
+        for f in fields(self):
+            have, want = getattr(self, f.name), getattr(expected, f.name)
+            if (want is not None or f.name in _ALWAYS) and have != want:
+                out.append(f"{_FIELD_NAMES.get(f.name, f.name)}: file {_short(have)}, here {_short(want)}")
+        return out
+
+
+_ALWAYS = {"limit"}  # None is a value here (no limit), not "any"
+_FIELD_NAMES = {"teacher": "teacher weights (hash)", "fingerprint": "training images and labels (fingerprint)",
+                "mean": "normalisation mean", "std": "normalisation std", "pad": "augmentation pad",
+                "flip": "augmentation flip", "num_classes": "number of classes", "views": "views an image",
+                "topk": "logits kept per view"}
+
+
+def _short(v: Any) -> str:
+    return f"{v[:12]}…" if isinstance(v, str) and len(v) == 64 else repr(v)
+
+
+def tensor_source(data: TensorData, *, teacher: str, holdout: int = 0, limit: int | None = None,
+                  dtype: str | None = None) -> CacheSource:
+    """The `CacheSource` of an exact cache for ``data`` (the training split after holdout and limit).
+
+    Args:
+        data: the training images, as `load_tensors` gives them.
+        teacher: `teacher_hash` of the teacher.
+        holdout, limit: the split settings that produced ``data`` (recorded, and compared).
+        dtype: the stored precision to require (None: any).
+    """
+    return CacheSource("exact", teacher, data.name, tensor_fingerprint(data), int(holdout), limit,
+                       data.num_classes, tuple(data.mean), tuple(data.std), int(data.pad), bool(data.flip),
+                       int(data.images.shape[-1]), dtype, view_count(data.pad, data.flip), data.num_classes, "")
+
+
+def check_source(path: Path, mapped: MappedFile, expected: CacheSource) -> CacheSource:
+    """The recorded source of an opened cache, if it fits ``expected``; else one ApprenticeError line."""
+    meta = mapped.layout.metadata
+    if meta.get("format") != FORMAT:
+        raise ApprenticeError(f"{str(path)!r} is a safetensors file but not an apprentice teacher cache")
+    if meta.get("version") != VERSION:
+        raise ApprenticeError(f"teacher cache {str(path)!r} has format version {meta.get('version')!r}; "
+                              f"this version reads {VERSION!r}: rebuild it with apprentice cache-teacher")
+    try:
+        source = CacheSource.from_json(meta["source"])
+    except (KeyError, ValueError, TypeError):
+        raise ApprenticeError(f"teacher cache {str(path)!r} has a corrupt source record") from None
+    if source.mode != expected.mode:
+        raise ApprenticeError(f"teacher cache {str(path)!r} was built in {source.mode} mode; this data set needs "
+                              f"{expected.mode} mode")
+    diffs = source.differences(expected)
+    if diffs:
+        raise ApprenticeError(f"teacher cache {str(path)!r} was made for something else; "
+                              f"{'; '.join(diffs)}. Rebuild it with apprentice cache-teacher")
+    return source
+
+
+def check_finite_rows(path: Path, array: np.ndarray, rows: int = 4096) -> None:
+    """Refuse a cache holding NaN or inf, naming the first bad image (reads the map block by block)."""
+    for start in range(0, array.shape[0], rows):
+        block = np.asarray(array[start:start + rows])
+        if not np.isfinite(block).all():
+            bad = start + int(np.argwhere(~np.isfinite(block))[0][0])
+            raise ApprenticeError(f"teacher cache {str(path)!r} holds non-finite values (NaN or inf), first at "
+                                  f"image {bad}; rebuild it")
+
+
+class TeacherCache:
+    """An exact-mode cache opened for reading (`open_teacher_cache`): ``lookup(index, view)`` gives logits.
+
+    Attributes:
+        path: the file.
+        source: what it was made from.
+        images, views, num_classes: its shape.
+    """
+
+    def __init__(self, path: Path, mapped: MappedFile, source: CacheSource) -> None:
+        self.path, self.source, self._file = path, source, mapped
+        self.images, self.views, self.num_classes = mapped.layout.entries["logits"].shape
+
+    def lookup(self, index: Tensor, view: Tensor, device: str | torch.device | None = None) -> Tensor:
+        """Float32 teacher logits B×classes of images ``index`` seen in views ``view`` (int64 B each).
+
+        Only those rows are read from the file; the result goes to ``device`` (default: CPU).
+        """
+        try:
+            rows = self._file["logits"][index.cpu().numpy(), view.cpu().numpy()]
+        except IndexError:
+            raise ApprenticeError(f"teacher cache {str(self.path)!r} holds {self.images} images × {self.views} "
+                                  f"views; asked for image/view ids beyond that") from None
+        out = torch.from_numpy(rows).float()
+        return out.to(device, non_blocking=True) if device is not None else out
+
+
+def open_checked(path: str | os.PathLike, expected: CacheSource, verify: bool) -> tuple[Path, MappedFile, CacheSource]:
+    p = Path(path)
+    mapped = MappedFile(p)
+    source = check_source(p, mapped, expected)
+    if not np.asarray(mapped["done"]).all():
+        raise ApprenticeError(f"teacher cache {str(p)!r} is incomplete; build it again to finish it")
+    if verify:
+        for name, e in mapped.layout.entries.items():
+            if e.dtype.startswith("F"):
+                check_finite_rows(p, mapped[name])
+    return p, mapped, source
+
+
+def open_teacher_cache(path: str | os.PathLike, expected: CacheSource, *, verify: bool = True) -> TeacherCache:
+    """Open an exact-mode cache for the data and teacher of ``expected``, memory-mapped.
+
+    Args:
+        path: the cache file.
+        expected: what this run uses (`tensor_source`); ``dtype`` None accepts either precision.
+        verify: scan the file once for NaN/inf (sequential read; pages stay shared).
+
+    Raises:
+        ApprenticeError: no such file, not a cache, incomplete, non-finite, or made from another
+            teacher, data set, split, normalisation, augmentation, class count or dtype (one line
+            naming every field that differs).
+    """
+    p, mapped, source = open_checked(path, expected, verify)
+    shape = mapped.layout.entries["logits"].shape  # the fingerprint pins the image count
+    if shape[1:] != (view_count(expected.pad, expected.flip), expected.num_classes):
+        raise ApprenticeError(f"teacher cache {str(p)!r} holds logits {list(shape)}, expected "
+                              f"{view_count(expected.pad, expected.flip)} views × {expected.num_classes} classes")
+    return TeacherCache(p, mapped, source)
+
+
+class CachedBatches:
+    """A training `TensorLoader` (made with ``keys=True``) whose batches carry the cached teacher logits.
+
+    Yields ``(images, labels, teacher_logits)`` (float32 B×classes on the loader's device); position,
+    ``set_epoch``, ``state_dict`` and ``load_state_dict`` are the loader's, so resuming is unchanged.
+    """
+
+    def __init__(self, loader: TensorLoader, cache: TeacherCache) -> None:
+        if not loader.keys:
+            raise ApprenticeError("CachedBatches needs a TensorLoader made with keys=True")
+        if cache.images != len(loader.data) or cache.views != view_count(loader.data.pad, loader.data.flip):
+            raise ApprenticeError(f"teacher cache {str(cache.path)!r} holds {cache.images} images × {cache.views} "
+                                  f"views; the loader has {len(loader.data)} images × "
+                                  f"{view_count(loader.data.pad, loader.data.flip)}")
+        self.loader, self.cache = loader, cache
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def step(self) -> int:
+        return self.loader.step
+
+    @property
+    def epoch(self) -> int:
+        return self.loader.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+    def state_dict(self) -> dict[str, int]:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.loader.load_state_dict(state)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        for images, labels, index, view in self.loader:
+            yield images, labels, self.cache.lookup(index, view, images.device)
+
+
+# ---------------------------------------------------------------- building
+
+
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s // 3600} h {s % 3600 // 60:02d} min" if s >= 3600 else f"{s // 60} min {s % 60:02d} s"
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def fill_chunks(path: Path, layout: Layout, *, items: int, chunk: int, work: int,
+                compute: Callable[[int, int], dict[str, np.ndarray]], report: Callable[[str], None] | None,
+                every: float = 10.0) -> None:
+    """Fill ``layout``'s tensors (first dimension: ``items``) chunk by chunk in a resumable partial file.
+
+    ``compute(start, stop)`` returns the rows ``start:stop`` of every tensor but ``done``; ``work``
+    counts teacher forwards in all (for the rate and the ETA). Reports the size and the work before
+    it starts, a time estimate after the first chunk, then progress at most every ``every`` seconds.
+    """
+    say = report or (lambda _line: None)
+    partial = PartialFile(path, layout)
+    try:
+        chunks = -(-items // chunk)
+        todo = [c for c in range(chunks) if not partial.done[c]]
+        per_chunk = work / chunks
+        say(f"teacher cache {path}: {work:,} teacher forwards, file {_megabytes(layout.size)}"
+            + (f"; resuming, {chunks - len(todo)}/{chunks} chunks already done" if partial.resumed else ""))
+        t0 = last = time.monotonic()
+        for n, c in enumerate(todo, 1):
+            start, stop = c * chunk, min(items, (c + 1) * chunk)
+            for name, rows in compute(start, stop).items():
+                partial.write_rows(name, start, rows)
+            partial.mark_done(c)
+            now = time.monotonic()
+            rate = n * per_chunk / max(now - t0, 1e-9)
+            left = (len(todo) - n) * per_chunk / rate
+            if n == 1 and len(todo) > 1:
+                say(f"teacher cache: about {_duration(left + now - t0)} in all at {rate:,.0f} forwards/s")
+            elif now - last >= every or n == len(todo):
+                done = chunks - len(todo) + n
+                say(f"teacher cache: {done}/{chunks} chunks ({100 * done / chunks:.1f} %), {rate:,.0f} forwards/s, "
+                    f"{_duration(now - t0)} so far, ETA {_duration(left)}")
+                last = now
+        partial.finish()
+    except BaseException:
+        partial.close()  # keep the work done so far for the next call
+        raise
+
+
+def teacher_device(teacher: nn.Module) -> torch.device:
+    return next(iter(teacher.parameters()), torch.empty(0)).device
+
+
+def run_teacher(teacher: nn.Module, images: Tensor, batch_size: int) -> Tensor:
+    """Float32 logits of ``images`` (normalised, any device) in batches of ``batch_size``, eval mode, no grad."""
+    modes = [(m, m.training) for m in teacher.modules()]  # restored one by one: modes may be mixed
+    teacher.eval()
+    try:
+        with torch.no_grad():
+            dev = teacher_device(teacher)
+            return torch.cat([teacher(images[i:i + batch_size].to(dev)).float().cpu()
+                              for i in range(0, len(images), batch_size)])
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def check_logits(logits: Tensor, stored: np.ndarray, dtype: str, where: Callable[[int], str]) -> None:
+    """Refuse non-finite teacher logits (or ones float16 cannot hold), naming the first image and view."""
+    for values, why in ((logits.numpy(), "the teacher gave NaN or inf"),
+                        (stored, f"|logit| above {np.finfo(np.float16).max:.0f} does not fit {dtype}; use float32")):
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise ApprenticeError(f"teacher cache: {why} for {where(int(np.argwhere(bad)[0][0]))}")
+
+
+def build_teacher_cache(path: str | os.PathLike, teacher: nn.Module, data: TensorData, *, holdout: int = 0,
+                        limit: int | None = None, dtype: str = "float16", batch_size: int = 500,
+                        chunk_images: int | None = None, report: Callable[[str], None] | None = None) -> CacheSource:
+    """Run ``teacher`` over every view of every image of ``data`` and store the logits at ``path``.
+
+    Resumable: the work goes to ``.<name>.partial`` beside ``path`` chunk by chunk; calling again
+    with the same teacher and settings continues where an interrupted call stopped (other settings
+    start again). The finished file replaces ``path`` atomically.
+
+    Args:
+        path: the cache file to write (safetensors).
+        teacher: the trained teacher, on the device to run it on; put in eval mode for the build.
+        data: the training split (`load_tensors` with the run's holdout and limit).
+        holdout, limit: the settings that gave ``data`` (recorded, checked when a run opens the cache).
+        dtype: stored precision, a key of `CACHE_DTYPES`.
+        batch_size: images a teacher forward.
+        chunk_images: images per chunk (default: about 16,384 views a chunk).
+        report: called with progress lines (size and work first, then a time estimate and ETA).
+
+    Returns:
+        The recorded `CacheSource`.
+    """
+    stored = lookup(CACHE_DTYPES, dtype, "teacher cache dtype")
+    if batch_size < 1 or (chunk_images is not None and chunk_images < 1):
+        raise ApprenticeError(f"batch_size and chunk_images must be >= 1, got {batch_size} and {chunk_images}")
+    source = tensor_source(data, teacher=teacher_hash(teacher), holdout=holdout, limit=limit, dtype=dtype)
+    n, views, classes = len(data), view_count(data.pad, data.flip), data.num_classes
+    chunk = chunk_images or max(1, 16384 // views)
+    layout = Layout.make({"logits": (stored, (n, views, classes)), "done": ("U8", (-(-n // chunk),))},
+                         {"format": FORMAT, "version": VERSION, "source": source.to_json(),
+                          "build": json.dumps({"batch_size": batch_size, "chunk_images": chunk})})
+    mean, std = torch.tensor(data.mean), torch.tensor(data.std)
+
+    def compute(start: int, stop: int) -> dict[str, np.ndarray]:
+        index = torch.arange(start, stop).repeat_interleave(views)
+        view = torch.arange(views).repeat(stop - start)
+        logits = torch.cat([run_teacher(teacher, normalize(apply_views(data.images[index[i:i + batch_size]],
+                                                                       view[i:i + batch_size], pad=data.pad,
+                                                                       flip=data.flip), mean, std), batch_size)
+                            for i in range(0, len(index), batch_size)])
+        with np.errstate(over="ignore"):  # a float16 overflow is reported below, naming the image
+            out = logits.numpy().astype(np.float16 if dtype == "float16" else np.float32)
+        check_logits(logits, out, dtype, lambda r: f"image {int(index[r])} view {int(view[r])}")
+        return {"logits": out.reshape(stop - start, views, classes)}
+
+    fill_chunks(Path(path), layout, items=n, chunk=chunk, work=n * views, compute=compute, report=report)
+    return source
+
+
+def cache_size(images: int, views: int, values: int, dtype: str = "float16") -> int:
+    """Approximate bytes of a cache of ``images`` × ``views`` × ``values`` logits (header not counted)."""
+    return images * views * values * (2 if lookup(CACHE_DTYPES, dtype, "teacher cache dtype") == "F16" else 4)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from apprentice.config import Config, ModelConfig, config_from_dict
-from apprentice.data import TrainSet, eval_batches, train_batches
+from apprentice.data import TrainSet, eval_batches, teacher_hash, train_batches
 from apprentice.distill import SCHEMES, Distiller, make_student
 from apprentice.errors import ApprenticeError, lookup
 from apprentice.models import build_model, count_parameters
@@ -62,13 +62,22 @@ def eval_data(cfg: Config, split: str = "test", *, data_dir: str | None = None, 
                         workers=data.workers, device=device, rank=rank, world_size=world_size)
 
 
-def train_data(cfg: Config, rt: Runtime) -> TrainSet:
-    """`batches.train_batches` for ``cfg``'s data set: this process's share of the global batches."""
-    data = cfg.data
-    return train_batches(data.name, batch_size=data.batch_size, seed=cfg.train.seed, data_dir=data.dir,
-                         download=data.download, holdout=data.holdout, limit=data.limit, augment=data.augment,
-                         image_size=data.image_size, workers=data.workers, device=rt.device, rank=rt.rank,
-                         world_size=rt.world_size)
+def train_data(cfg: Config, rt: Runtime, *, teacher_hash: str | None = None) -> TrainSet:
+    """`batches.train_batches` for ``cfg``'s data set: this process's share of the global batches.
+
+    With ``teacher_hash`` (the frozen teacher's `apprentice.data.teacher_hash`) the batches carry
+    the logits of ``distill.teacher_cache``, which must have been made from that teacher and data.
+    """
+    data, cache = cfg.data, cfg.distill.teacher_cache if teacher_hash is not None else None
+    try:
+        return train_batches(data.name, batch_size=data.batch_size, seed=cfg.train.seed, data_dir=data.dir,
+                             download=data.download, holdout=data.holdout, limit=data.limit, augment=data.augment,
+                             image_size=data.image_size, workers=data.workers, device=rt.device, rank=rt.rank,
+                             world_size=rt.world_size, teacher_cache=cache, teacher_hash=teacher_hash)
+    except ApprenticeError as e:
+        if cache is None:
+            raise
+        raise ApprenticeError(f"distill.teacher_cache: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -221,14 +230,25 @@ class Training:
 
 
 def build_training(cfg: Config, rt: Runtime) -> Training:
-    """Data, student, teacher, distiller, optimizer and schedule of ``cfg``, on this process's device."""
+    """Data, student, teacher, distiller, optimizer and schedule of ``cfg``, on this process's device.
+
+    With ``distill.teacher_cache`` the training batches carry the teacher's cached logits, checked
+    against this teacher's weights and this data (`apprentice.data.train_batches`); the teacher is
+    loaded for that check and stays on the CPU, never run.
+    """
     data = train_data(cfg, rt)
     splits = ("test", "holdout") if cfg.data.holdout > 0 else ("test",)
     evals = {s: eval_data(cfg, s, device=rt.device, rank=rt.rank, world_size=rt.world_size) for s in splits}
     student = build_student(cfg, num_classes=data.num_classes, in_channels=data.channels)
     teacher = build_teacher(cfg, num_classes=data.num_classes, in_channels=data.channels)
+    cached = cfg.distill.teacher_cache is not None
+    if cached and not lookup(SCHEMES, cfg.distill.scheme, "scheme").frozen_teacher:
+        raise ApprenticeError(f"distill.teacher_cache: scheme {cfg.distill.scheme!r} has no frozen teacher whose "
+                              f"outputs could be stored; a teacher cache is for schemes B and C")
+    if cached:
+        data = train_data(cfg, rt, teacher_hash=teacher_hash(teacher))  # type: ignore[arg-type]
     memory = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    for m in (student, teacher):
+    for m in (student, None if cached else teacher):
         if m is not None:
             m.to(rt.device, memory_format=memory)
     distiller = build_distiller(cfg, student, teacher)

@@ -1,4 +1,4 @@
-"""The `apprentice` command line: train, eval, info, export and compare.
+"""The `apprentice` command line: train, eval, info, export, compare and cache-teacher.
 
 Each subcommand parses its arguments and calls library functions; nothing here knows how training
 or packing works. Errors a user can fix (an `ApprenticeError`, a missing file, bad YAML) print one
@@ -334,6 +334,34 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache_teacher(args: argparse.Namespace) -> int:
+    """Run a trained teacher over every training view once and store its logits (schemes B and C)."""
+    from apprentice.config import Config, config_from_dict, config_to_dict
+    from apprentice.data import cache_teacher
+    from apprentice.typed_yaml import apply_override
+
+    loaded = _load(args.teacher)
+    if loaded.kind == "packed" or loaded.config is None:
+        raise ApprenticeError(f"{args.teacher!r} is a packed export; cache-teacher needs the teacher's run folder or "
+                              f"checkpoint (its data set and full-precision weights)")
+    out = Path(args.out)
+    if out.exists():
+        raise ApprenticeError(f"--out {args.out!r} already exists; a finished cache is never replaced (remove it "
+                              f"or choose another file)")
+    tree = config_to_dict(loaded.config)
+    for text in args.overrides:
+        if not text.startswith("data."):
+            raise ApprenticeError(f"{text!r}: only data.* settings can be given (the data the students train on)")
+        apply_override(tree, text, Config)
+    data = config_from_dict(tree).data
+    teacher = loaded.model.to(_device(args.device)).eval()
+    cache_teacher(str(out), teacher, data.name, data_dir=data.dir, download=data.download, holdout=data.holdout,
+                  limit=data.limit, image_size=data.image_size, dtype=args.dtype, views=args.views, topk=args.topk,
+                  seed=args.seed, batch_size=args.batch_size, report=lambda line: print(f"{PROG}: {line}", file=sys.stderr))
+    print(f"{PROG}: wrote {out} ({out.stat().st_size:,} bytes); train students with distill.teacher_cache={out}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Parser and entry point
 
@@ -405,6 +433,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or checkpoints / packed files)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "cache-teacher", parents=[common], help="store a trained teacher's logits for every training view",
+        description="Run a trained teacher once over every view a training image can take (pad-crop-flip: "
+                    "every offset and flip; image folders: --views random-resized crops) and store its logits, "
+                    "so students of schemes B and C train with distill.teacher_cache=FILE at the price of "
+                    "training without a teacher. Resumable: run it again after an interruption.")
+    p.add_argument("teacher", help="the teacher's run folder or checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="data.key=value",
+                   help="the students' data settings where they differ from the teacher's, e.g. data.holdout=5000")
+    p.add_argument("--out", required=True, help="the cache file to write")
+    p.add_argument("--dtype", default="float16", help="stored logits: float16 (default) or float32")
+    p.add_argument("--batch-size", type=_positive_int, default=500, help="images per teacher forward (default 500)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--views", type=_positive_int, default=10, help="image folders: crops stored per image (default 10)")
+    p.add_argument("--topk", type=_positive_int, default=10, help="image folders: logits kept per crop (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="image folders: seed of the stored crops (default 0)")
+    p.set_defaults(func=cmd_cache_teacher)
     return parser
 
 

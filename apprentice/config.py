@@ -80,6 +80,7 @@ class DistillConfig:
     gamma: float = _f(0.5, "weight of the student's cross-entropy with the teacher's distribution")
     temperature: float = _f(1.0, "softmax temperature of the distillation term (scaled by temperature^2)")
     teacher_grad_from_gamma: bool = _f(False, "scheme A: let the distillation term's gradient reach the teacher too")
+    teacher_cache: str | None = _f(None, "schemes B/C: file of the teacher's logits for every training view (apprentice cache-teacher), read instead of running the teacher")
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class TrainConfig:
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     amp: str = _f("off", "mixed precision autocast: off | bf16 | fp16")
     channels_last: bool = _f(False, "use channels-last memory format (faster convolutions on recent GPUs)")
+    compile: bool = _f(False, "torch.compile the student (and a teacher that runs): slower start, faster steps")
     out: str = _f("runs/run", "run folder (config, metrics, checkpoints, summary)")
     checkpoint_every: int = _f(0, "also checkpoint every N steps; 0 = only at epoch ends")
     log_every: int = _f(50, "steps between metrics lines")

@@ -226,12 +226,16 @@ class Distiller(nn.Module):
         with torch.no_grad():
             return self.teacher(images)
 
-    def forward(self, images: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, images: Tensor, labels: Tensor,
+                teacher_logits: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Run student and teacher on a batch.
 
         Args:
             images: Input batch [N, C, H, W] (anything both networks accept).
             labels: Class indices [N].
+            teacher_logits: The frozen teacher's logits for exactly these images, read from a
+                teacher-output cache (`apprentice.data.cache_teacher`) instead of running it; schemes
+                B and C only (scheme A's teacher learns, so its outputs cannot be stored).
 
         Returns:
             ``(student_logits, losses)`` where ``losses`` is the dict of `apprentice_loss`
@@ -241,7 +245,11 @@ class Distiller(nn.Module):
             ApprenticeError: Teacher and student logits with different class counts, or labels
                 out of range.
         """
-        teacher_logits = self.teacher_logits(images)
+        if teacher_logits is None:
+            teacher_logits = self.teacher_logits(images)
+        elif not self.scheme.frozen_teacher:
+            raise ApprenticeError(f"scheme {self.scheme.name!r} has no frozen teacher; cached teacher logits are "
+                                  f"for schemes B and C")
         student_logits = self.student(images)
         losses = apprentice_loss(
             student_logits,

@@ -156,6 +156,7 @@ def _run(cfg: Config, rt: Runtime, signals: StopSignals, *, resume: bool, overwr
         _restore(run, saved)
     run.metrics = _open_run_folder(run, resumed=saved is not None, overwrite=overwrite)
     _wrap_for_processes(run)
+    _compile(run)
     progress.line(_describe(run, resumed=saved is not None))
     run.first_step, run.t_first = run.counters.step, time.perf_counter()
     try:
@@ -267,6 +268,19 @@ def _wrap_for_processes(run: _Run) -> None:
         distiller.teacher = DDP(distiller.teacher, device_ids=ids)
 
 
+def _compile(run: _Run) -> None:
+    """``train.compile``: torch.compile what runs in the step (after the DDP wrap, as torch advises).
+
+    Only the training forward is compiled; evaluation and checkpoints use the plain modules.
+    """
+    if not run.cfg.train.compile:
+        return
+    distiller = run.training.distiller
+    distiller.student = torch.compile(distiller.student)
+    if distiller.teacher is not None and run.cfg.distill.teacher_cache is None:
+        distiller.teacher = torch.compile(distiller.teacher)
+
+
 def _describe(run: _Run, *, resumed: bool) -> str:
     cfg, t, rt = run.cfg, run.training, run.rt
     return (f"training {cfg.model.name} ({cfg.quant.precision}, {t.quantized_layers} quantized layers, "
@@ -286,11 +300,12 @@ def _train_epoch(run: _Run, epoch: int) -> None:
     t.data.batches.set_epoch(epoch)
     t.distiller.train()
     interval, t_interval, t_epoch = Meter(), time.perf_counter(), time.perf_counter()
-    for images, labels in t.data.batches:
+    for images, labels, *cached in t.data.batches:  # a teacher cache adds the teacher's logits
         if cfg.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         res = train_step(t.distiller, t.optimizer, images, labels, lr=t.schedule(c.step), amp=cfg.train.amp,
-                         scaler=t.scaler, restore_buffers=cfg.train.on_nonfinite == "skip")
+                         scaler=t.scaler, restore_buffers=cfg.train.on_nonfinite == "skip",
+                         teacher_logits=cached[0] if cached else None)
         c.step += 1
         if res.finite:
             interval.add(res.losses, res.logits, labels)
@@ -441,6 +456,7 @@ def _summary(run: _Run) -> dict[str, Any]:
         "host": socket.gethostname(), "threads": torch.get_num_threads(), "world_size": rt.world_size,
         "scheme": scheme.name, "precision": cfg.quant.precision, "model": cfg.model.name,
         "parameters": t.parameters, "quantized_layers": t.quantized_layers, "train_images": t.data.images,
+        "teacher_cache": cfg.distill.teacher_cache,
         "teacher": cfg.distill.teacher if scheme.frozen_teacher else (
             cfg.distill.teacher_model.name if cfg.distill.teacher_model else None),
     }

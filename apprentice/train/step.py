@@ -79,7 +79,8 @@ class StepResult:
 
 
 def train_step(distiller: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor,
-               *, lr: float, amp: str = "off", scaler: Any = None, restore_buffers: bool = False) -> StepResult:
+               *, lr: float, amp: str = "off", scaler: Any = None, restore_buffers: bool = False,
+               teacher_logits: Tensor | None = None) -> StepResult:
     """One optimizer step: forward, backward, non-finite check, update.
 
     A non-finite loss or gradient skips the update (the caller decides whether to stop); with
@@ -97,13 +98,15 @@ def train_step(distiller: nn.Module, optimizer: torch.optim.Optimizer, images: T
         amp: "off", "bf16" or "fp16" autocast.
         scaler: GradScaler for fp16, else None.
         restore_buffers: roll back buffers (BN statistics) when the step is skipped.
+        teacher_logits: the frozen teacher's cached logits for this batch (passed to the distiller).
     """
     for g in optimizer.param_groups:
         g["lr"] = lr
     saved = [b.detach().clone() for b in distiller.buffers()] if restore_buffers else None
     optimizer.zero_grad(set_to_none=True)
     with autocast(images.device, amp):
-        logits, losses = distiller(images, labels)
+        cached = {} if teacher_logits is None else {"teacher_logits": teacher_logits}
+        logits, losses = distiller(images, labels, **cached)
     loss = losses["loss"]
     (scaler.scale(loss) if scaler is not None else loss).backward()
     if scaler is not None:

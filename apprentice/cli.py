@@ -107,24 +107,6 @@ def _load(path_text: str) -> Loaded:
     return Loaded(path, run.model, run.config, run.summary, "run" if path.is_dir() else "checkpoint")
 
 
-def _device(name: str) -> str:
-    import re
-
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
-        raise ApprenticeError(f"--device {name!r}: choose from auto, cpu, cuda, cuda:N")
-    if name.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(name.partition(":")[2] or 0)
-        if index >= count:
-            raise ApprenticeError(f"--device {name}: CUDA is not available" if not count else
-                                  f"--device {name}: there are only {count} GPUs (cuda:0..cuda:{count - 1})")
-    return name
-
-
 # ---------------------------------------------------------------------------------------------
 # Tables
 
@@ -171,9 +153,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = loaded.config
     if cfg is None:
         raise ApprenticeError(f"{args.path!r} carries no training config, so its data set is unknown")
-    device = _device(args.device)
     from apprentice.build import eval_data
     from apprentice.train import evaluate
+    from apprentice.train.runtime import resolve_device
+
+    device = resolve_device(args.device, "--device")
 
     batches = eval_data(cfg, args.split, data_dir=args.data_dir, batch_size=args.batch_size, device=device)
     model = loaded.model.to(device).eval()
@@ -351,6 +335,8 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of all subcommands."""
     from apprentice.config import help_text
+    from apprentice.train.runtime import DEVICE_NAMES
+    from apprentice.train.step import AMP_MODES
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -379,8 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder holding the data set (default: as in the run's config)")
     p.add_argument("--split", default="test", choices=["test", "holdout", "train"], help="which images (default test)")
     p.add_argument("--batch-size", type=_positive_int, help="images per batch (default data.eval_batch_size)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast (default off)")
+    p.add_argument("--device", default="auto", help=f"one of {DEVICE_NAMES} (default auto)")
+    p.add_argument("--amp", default="off", choices=list(AMP_MODES), help="autocast (default off)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
 
@@ -393,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Export a trained run: 'packed' = safetensors with 2/4/8-bit or base-3 "
                                    "packed integer codes and a quantization map; 'onnx' = ONNX graph.")
     p.add_argument("path", help="run folder or checkpoint")
-    p.add_argument("--format", required=True, choices=["packed", "onnx"], help="output format")
+    p.add_argument("--format", required=True, choices=list(_SUFFIX), help="output format")
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--ternary-packing", default="base3", choices=["base3", "2bit"],
                    help="ternary layers: 5 weights per byte (base3, default) or 4 per byte (2bit)")

@@ -1,4 +1,4 @@
-"""Tests of apprentice.train.step: evaluation (the step and epoch run inside every fit in test_train)."""
+"""Tests of apprentice.train.step: evaluation and the mode tables (`train_step` runs inside every fit in test_train)."""
 
 from __future__ import annotations
 

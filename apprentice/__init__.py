@@ -35,8 +35,7 @@ from apprentice.quant import (
     weight_codes,
 )
 from apprentice.train import evaluate
-
-__version__ = "0.1.0"
+from apprentice.version import __version__
 
 __all__ = [
     "DEFAULT_EXCLUDE",

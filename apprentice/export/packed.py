@@ -18,7 +18,6 @@ lives in `apprentice.export.onnx`, the size report in `apprentice.export.sizes`,
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import math
 import os
@@ -42,6 +41,7 @@ from apprentice.quant import (
     apply_plan,
     replace_module,
 )
+from apprentice.version import __version__
 
 __all__ = [
     "FORMAT_VERSION", "MAP_KEY", "find_conv_bn_pairs", "fp32_bytes", "load_packed", "model_from_packed",
@@ -69,16 +69,8 @@ def _container(bits: int, ternary_packing: str) -> str:
 
 
 def package_version() -> str:
-    """``apprentice.__version__``, else the installed ``apprentice-kd`` version, else "0+unknown"."""
-    import apprentice
-
-    version = getattr(apprentice, "__version__", None)
-    if isinstance(version, str):
-        return version
-    try:
-        return importlib.metadata.version("apprentice-kd")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
+    """The apprentice version that writes the file."""
+    return __version__
 
 
 def fp32_bytes(model: nn.Module) -> dict[str, int]:

@@ -108,8 +108,8 @@ class Scheme:
             need: what to give, for the message.
         """
         if self.student_init == "pretrained" and not given:
-            raise ApprenticeError(f"{key}: scheme {self.name!r} starts the student from its trained "
-                                  f"full-precision weights; give {need}")
+            raise ApprenticeError(f"{key}: scheme {self.name!r} starts from trained FP weights of the student; "
+                                  f"give {need}")
         if self.student_init != "pretrained" and given:
             raise ApprenticeError(f"{key}: only scheme {_names(lambda s: s.student_init == 'pretrained')} starts "
                                   f"from trained weights; scheme {self.name!r} trains the student from scratch")

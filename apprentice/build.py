@@ -242,9 +242,6 @@ def build_training(cfg: Config, rt: Runtime) -> Training:
     student = build_student(cfg, num_classes=data.num_classes, in_channels=data.channels)
     teacher = build_teacher(cfg, num_classes=data.num_classes, in_channels=data.channels)
     cached = cfg.distill.teacher_cache is not None
-    if cached and not lookup(SCHEMES, cfg.distill.scheme, "scheme").frozen_teacher:
-        raise ApprenticeError(f"distill.teacher_cache: scheme {cfg.distill.scheme!r} has no frozen teacher whose "
-                              f"outputs could be stored; a teacher cache is for schemes B and C")
     if cached:
         data = train_data(cfg, rt, teacher_hash=teacher_hash(teacher))  # type: ignore[arg-type]
     memory = torch.channels_last if cfg.train.channels_last else torch.contiguous_format

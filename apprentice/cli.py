@@ -107,24 +107,6 @@ def _load(path_text: str) -> Loaded:
     return Loaded(path, run.model, run.config, run.summary, "run" if path.is_dir() else "checkpoint")
 
 
-def _device(name: str) -> str:
-    import re
-
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
-        raise ApprenticeError(f"--device {name!r}: choose from auto, cpu, cuda, cuda:N")
-    if name.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(name.partition(":")[2] or 0)
-        if index >= count:
-            raise ApprenticeError(f"--device {name}: CUDA is not available" if not count else
-                                  f"--device {name}: there are only {count} GPUs (cuda:0..cuda:{count - 1})")
-    return name
-
-
 # ---------------------------------------------------------------------------------------------
 # Tables
 
@@ -171,9 +153,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = loaded.config
     if cfg is None:
         raise ApprenticeError(f"{args.path!r} carries no training config, so its data set is unknown")
-    device = _device(args.device)
     from apprentice.build import eval_data
     from apprentice.train import evaluate
+    from apprentice.train.runtime import resolve_device
+
+    device = resolve_device(args.device, "--device")
 
     batches = eval_data(cfg, args.split, data_dir=args.data_dir, batch_size=args.batch_size, device=device)
     model = loaded.model.to(device).eval()
@@ -354,7 +338,9 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
             raise ApprenticeError(f"{text!r}: only data.* settings can be given (the data the students train on)")
         apply_override(tree, text, Config)
     data = config_from_dict(tree).data
-    teacher = loaded.model.to(_device(args.device)).eval()
+    from apprentice.train.runtime import resolve_device
+
+    teacher = loaded.model.to(resolve_device(args.device, "--device")).eval()
     cache_teacher(str(out), teacher, data.name, data_dir=data.dir, download=data.download, holdout=data.holdout,
                   limit=data.limit, image_size=data.image_size, dtype=args.dtype, views=args.views, topk=args.topk,
                   seed=args.seed, batch_size=args.batch_size, report=lambda line: print(f"{PROG}: {line}", file=sys.stderr))
@@ -378,8 +364,6 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of all subcommands."""
-    from apprentice.config import help_text
-
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the full traceback on errors")
@@ -387,6 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, parents=[common],
         description="Low-precision CNNs trained with knowledge distillation (Mishra & Marr, Apprentice, ICLR 2018).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_train, _add_eval, _add_info, _add_export, _add_compare, _add_cache_teacher):
+        add(sub, common)
+    return parser
+
+
+def _add_train(sub: Any, common: argparse.ArgumentParser) -> None:
+    from apprentice.config import help_text
 
     p = sub.add_parser(
         "train", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -400,6 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder train.out")
     p.set_defaults(func=cmd_train)
 
+
+def _add_eval(sub: Any, common: argparse.ArgumentParser) -> None:
+    from apprentice.train.runtime import DEVICE_NAMES
+    from apprentice.train.step import AMP_MODES
+
     p = sub.add_parser("eval", parents=[common], help="evaluate a run, checkpoint or packed file",
                        description="Top-1/top-5 accuracy of a run folder, checkpoint or packed model "
                                    "on the data set it was trained on.")
@@ -407,32 +403,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder holding the data set (default: as in the run's config)")
     p.add_argument("--split", default="test", choices=["test", "holdout", "train"], help="which images (default test)")
     p.add_argument("--batch-size", type=_positive_int, help="images per batch (default data.eval_batch_size)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast (default off)")
+    p.add_argument("--device", default="auto", help=f"one of {DEVICE_NAMES} (default auto)")
+    p.add_argument("--amp", default="off", choices=list(AMP_MODES), help="autocast (default off)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
 
+
+def _add_info(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("info", parents=[common], help="architecture, per-layer precision and sizes",
                        description="Model, per-layer precision, parameters, accuracy and export sizes.")
     p.add_argument("path", help="run folder, checkpoint or packed file")
     p.set_defaults(func=cmd_info)
 
+
+def _add_export(sub: Any, common: argparse.ArgumentParser) -> None:
+    from apprentice.export import TERNARY_PACKINGS
+
     p = sub.add_parser("export", parents=[common], help="write a packed (or ONNX) model",
                        description="Export a trained run: 'packed' = safetensors with 2/4/8-bit or base-3 "
                                    "packed integer codes and a quantization map; 'onnx' = ONNX graph.")
     p.add_argument("path", help="run folder or checkpoint")
-    p.add_argument("--format", required=True, choices=["packed", "onnx"], help="output format")
+    p.add_argument("--format", required=True, choices=list(_SUFFIX), help="output format")
     p.add_argument("--out", required=True, help="output file")
-    p.add_argument("--ternary-packing", default="base3", choices=["base3", "2bit"],
+    p.add_argument("--ternary-packing", default="base3", choices=list(TERNARY_PACKINGS),
                    help="ternary layers: 5 weights per byte (base3, default) or 4 per byte (2bit)")
     p.add_argument("--fold-bn", action="store_true", help="fold BatchNorm into the preceding convs")
     p.set_defaults(func=cmd_export)
 
+
+def _add_compare(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("compare", parents=[common], help="table of runs: accuracy and sizes",
                        description="Compare runs: model, precision, scheme, teacher, accuracy, FP32 and packed size.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or checkpoints / packed files)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_compare)
+
+
+def _add_cache_teacher(sub: Any, common: argparse.ArgumentParser) -> None:
+    from apprentice.train.runtime import DEVICE_NAMES
 
     p = sub.add_parser(
         "cache-teacher", parents=[common], help="store a trained teacher's logits for every training view",
@@ -446,12 +454,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the cache file to write")
     p.add_argument("--dtype", default="float16", help="stored logits: float16 (default) or float32")
     p.add_argument("--batch-size", type=_positive_int, default=500, help="images per teacher forward (default 500)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--device", default="auto", help=f"one of {DEVICE_NAMES} (default auto)")
     p.add_argument("--views", type=_positive_int, default=10, help="image folders: crops stored per image (default 10)")
     p.add_argument("--topk", type=_positive_int, default=10, help="image folders: logits kept per crop (default 10)")
     p.add_argument("--seed", type=int, default=0, help="image folders: seed of the stored crops (default 0)")
     p.set_defaults(func=cmd_cache_teacher)
-    return parser
 
 
 def _one_line(e: BaseException) -> str:

@@ -3,9 +3,10 @@
 One schema serves YAML recipes, dotted command-line overrides and ``apprentice train --help``:
 every field carries a one-line help text in its metadata, and loading fills the tree generically
 from the type hints. Precedence is defaults < YAML file < overrides. Choices (model, data set,
-scheme, quantizer, schedule) are names checked against the modules' tables by `validate`, which
-imports them lazily: this module itself needs only PyYAML. File existence (teacher, student_init, data
-directory) is not checked here; `train.fit` checks it when it needs the files.
+scheme, quantizer, schedule, amp mode, ...) are names that `validate` looks up in the tables of the
+modules that own them, imported lazily in one place (`_owners`): this module itself needs only
+PyYAML. File existence (teacher, student_init, data directory) is not checked here; `fit` checks it
+when it needs the files.
 
 Example:
     >>> cfg = load_config(None, ["optim.lr=0.05", "quant.exclude=[conv1,fc]"])
@@ -16,11 +17,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import yaml
@@ -135,14 +138,6 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "run length, device, outputs"})
 
 
-# Choices that only the config and fit() know about; the model, data set, scheme, quantizer,
-# optimizer and schedule (optim.OPTIMIZERS, optim.LR_SCHEDULES) tables live in their modules.
-AMP_MODES = {"off": "float32", "bf16": "bfloat16 autocast", "fp16": "float16 autocast + grad scaler"}
-NONFINITE_POLICIES = {"stop": "raise an error", "skip": "skip the step"}
-SHORTCUTS = {"A": "parameter-free (zero-padded identity)", "B": "1x1 projection"}
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
-
-
 # ---------------------------------------------------------------------------------------------
 # Public API
 
@@ -255,17 +250,38 @@ def help_text() -> str:
 
 
 # Value ranges by dotted key: (low, high, low allowed?, high allowed?); high None = unbounded.
+# The loss weights are not here: `losses.check_loss_weights` is their one check.
 _POS, _NONNEG = (0, None, False, False), (0, None, True, False)
 _RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
-    **dict.fromkeys(("model.width", "quant.act_clip", "distill.temperature", "data.batch_size",
-                     "data.eval_batch_size", "data.limit", "data.image_size", "optim.lr",
-                     "train.epochs", "train.log_every"), _POS),
-    **dict.fromkeys(("distill.alpha", "distill.beta", "distill.gamma", "data.holdout", "data.workers",
-                     "optim.weight_decay", "optim.warmup_epochs", "train.seed",
+    **dict.fromkeys(("model.width", "quant.act_clip", "data.batch_size", "data.eval_batch_size", "data.limit",
+                     "data.image_size", "optim.lr", "train.epochs", "train.log_every"), _POS),
+    **dict.fromkeys(("data.holdout", "data.workers", "optim.weight_decay", "optim.warmup_epochs", "train.seed",
                      "train.checkpoint_every"), _NONNEG),
     "optim.momentum": (0, 1, True, False),
     "optim.lr_decay": (0, 1, False, True),
 }
+
+
+def _owners() -> SimpleNamespace:
+    """The choice tables and checks that `validate` uses, from the modules that own them.
+
+    The one place config reaches into the library, and only when validating: importing torch is
+    slow, and this module must import with PyYAML alone.
+    """
+    from apprentice import data, distill, losses, models, quant
+    from apprentice.train import optim, runtime, step
+
+    return SimpleNamespace(
+        choices={  # dotted key -> (what the message calls it, the owner's table)
+            "distill.scheme": ("scheme", distill.SCHEMES), "data.name": ("data set", data.DATASETS),
+            "optim.name": ("optimizer", optim.OPTIMIZERS), "optim.schedule": ("schedule", optim.LR_SCHEDULES),
+            "train.amp": ("amp mode", step.AMP_MODES),
+            "train.on_nonfinite": ("non-finite policy", step.NONFINITE_POLICIES),
+        },
+        models=models.MODELS, shortcuts=models.SHORTCUTS, schemes=distill.SCHEMES, datasets=data.DATASETS,
+        quantizers=quant.WEIGHT_QUANTIZERS, parse_precision=quant.parse_precision,
+        check_loss_weights=losses.check_loss_weights, check_device=runtime.check_device,
+    )
 
 
 def _get(cfg: Any, dotted: str) -> Any:
@@ -299,76 +315,56 @@ def _choice(table: Mapping[str, Any], value: str, what: str, key: str) -> None:
         raise ApprenticeError(f"{key}: {e}") from None
 
 
-def _validate_model(m: ModelConfig, key: str) -> None:
-    from apprentice import (
-        models,  # lazily: importing torch is slow and config must import alone
-    )
+def _imagenet_style(name: str, owners: SimpleNamespace) -> bool:
+    """ImageNet-style ResNets are the ones whose factory takes `small_input` (CIFAR ones take `shortcut`)."""
+    return "small_input" in inspect.signature(owners.models[name]).parameters
 
-    _choice(models.MODELS, m.name, "model", f"{key}.name")
+
+def _total_stride(m: ModelConfig, owners: SimpleNamespace) -> int:
+    """How many input pixels one pixel of the model's last stage covers along a side."""
+    if not _imagenet_style(m.name, owners):
+        return 4  # three stages, two of them stride 2
+    return 8 if m.small_input else 32  # the 7x7/2 stem and max-pool add a factor 4
+
+
+def _check_model(m: ModelConfig, key: str, owners: SimpleNamespace) -> None:
+    _choice(owners.models, m.name, "model", f"{key}.name")
     _check_range(f"{key}.width", m.width)
-    imagenet_style = _imagenet_style(m.name)
+    imagenet_style = _imagenet_style(m.name, owners)
     if m.shortcut is not None:
         _check(not imagenet_style, f"{key}.shortcut",
                f"only CIFAR-style ResNets take a shortcut option; {m.name!r} is ImageNet-style, set null")
-        _choice(SHORTCUTS, m.shortcut, "shortcut", f"{key}.shortcut")
+        _choice(owners.shortcuts, m.shortcut, "shortcut", f"{key}.shortcut")
     if m.small_input is not None:
         _check(imagenet_style, f"{key}.small_input",
                f"only ImageNet-style ResNets take small_input; {m.name!r} is CIFAR-style, set null")
 
 
-def _total_stride(m: ModelConfig) -> int:
-    """How many input pixels one pixel of the model's last stage covers along a side."""
-    if not _imagenet_style(m.name):
-        return 4  # three stages, two of them stride 2
-    return 8 if m.small_input else 32  # the 7x7/2 stem and max-pool add a factor 4
-
-
-def _imagenet_style(name: str) -> bool:
-    """ImageNet-style ResNets are the ones whose factory takes `small_input` (CIFAR ones take `shortcut`)."""
-    import inspect
-
-    from apprentice import models
-
-    return "small_input" in inspect.signature(models.MODELS[name]).parameters
-
-
-def validate(cfg: Config) -> None:
-    """Check value ranges, choices against the tables, and combinations of keys.
-
-    Does not touch the file system: teacher, student_init and data paths are checked by `fit`.
-
-    Raises:
-        ApprenticeError: naming the first offending dotted key and what is allowed.
-    """
-    from apprentice import data, distill, quant  # lazily, see _validate_model
-    from apprentice.train import optim
-
+def _check_values(cfg: Config, owners: SimpleNamespace) -> None:
+    """Ranges (the loss weights' by their one check), names in the owners' tables, device, paths."""
     for key in _RANGES:
         if not key.startswith("model."):
             _check_range(key, _get(cfg, key))
-    _validate_model(cfg.model, "model")
+    _check_model(cfg.model, "model", owners)
     if cfg.distill.teacher_model is not None:
-        _validate_model(cfg.distill.teacher_model, "distill.teacher_model")
-    _choice(distill.SCHEMES, cfg.distill.scheme, "scheme", "distill.scheme")
-    _choice(data.DATASETS, cfg.data.name, "data set", "data.name")
-    _choice(optim.OPTIMIZERS, cfg.optim.name, "optimizer", "optim.name")
-    _choice(optim.LR_SCHEDULES, cfg.optim.schedule, "schedule", "optim.schedule")
-    _choice(AMP_MODES, cfg.train.amp, "amp mode", "train.amp")
-    _choice(NONFINITE_POLICIES, cfg.train.on_nonfinite, "non-finite policy", "train.on_nonfinite")
-    _check(bool(_DEVICE_RE.match(cfg.train.device)), "train.device",
-           f"unknown device {cfg.train.device!r}; choose from auto, cpu, cuda, cuda:N")
-    for key in ("distill.teacher", "distill.student_init", "data.dir", "train.out"):
+        _check_model(cfg.distill.teacher_model, "distill.teacher_model", owners)
+    d = cfg.distill
+    owners.check_loss_weights(alpha=d.alpha, beta=d.beta, gamma=d.gamma, temperature=d.temperature,
+                              prefix="distill.")
+    for key, (what, table) in owners.choices.items():
+        _choice(table, _get(cfg, key), what, key)
+    owners.check_device(cfg.train.device, "train.device")
+    for key in ("distill.teacher", "distill.student_init", "distill.teacher_cache", "data.dir", "train.out"):
         v = _get(cfg, key)
         _check(v is None or bool(v.strip()), key, "empty path; use null for none")
 
-    q = cfg.quant
+
+def _check_quant(q: QuantConfig, owners: SimpleNamespace) -> None:
     if q.quantizer is not None:
-        _choice(quant.WEIGHT_QUANTIZERS, q.quantizer, "weight quantizer", "quant.quantizer")
+        _choice(owners.quantizers, q.quantizer, "weight quantizer", "quant.quantizer")
     try:
-        _, acts = quant.parse_precision(
-            q.precision, quantizer=q.quantizer, per_channel=q.per_channel,
-            clip=q.act_clip, learned=q.learned_clip,
-        )
+        _, acts = owners.parse_precision(q.precision, quantizer=q.quantizer, per_channel=q.per_channel,
+                                         clip=q.act_clip, learned=q.learned_clip)
     except ApprenticeError as e:
         with_q = "" if q.quantizer is None else f" with quant.quantizer={q.quantizer!r}"
         raise ApprenticeError(f"quant.precision={q.precision!r}{with_q}: {e}") from None
@@ -377,47 +373,37 @@ def validate(cfg: Config) -> None:
     for i, pattern in enumerate(q.exclude or ()):
         _check(bool(pattern.strip()), f"quant.exclude[{i}]", "empty layer pattern")
 
-    d = cfg.distill
-    s = distill.SCHEMES[d.scheme]  # the scheme's table entry says what it needs
-    if not s.needs_teacher:
-        for key in ("teacher", "teacher_model"):
-            _check(getattr(d, key) is None, f"distill.{key}",
-                   f"scheme {s.name!r} trains without a teacher; set it to null or choose scheme A, B or C")
-    _check(d.beta + d.gamma > 0, "distill.beta",
-           f"distill.beta and distill.gamma are both 0: scheme {s.name!r} would give the student no loss")
-    if s.needs_teacher and not s.frozen_teacher:
-        _check(d.teacher is None, "distill.teacher",
-               f"scheme {s.name!r} trains its teacher from random init; use scheme B or C for a trained teacher")
-        _check(d.teacher_model is not None, "distill.teacher_model",
-               f"scheme {s.name!r} needs the teacher architecture, e.g. distill.teacher_model.name=resnet56")
-    if s.frozen_teacher:
-        _check(d.teacher is not None, "distill.teacher",
-               f"scheme {s.name!r} needs a trained teacher: a run folder or state-dict file")
-    if s.student_init == "pretrained":
-        _check(d.student_init is not None, "distill.student_init",
-               f"scheme {s.name!r} starts from trained FP weights of the student: give a run folder or state-dict file")
-    else:
-        _check(d.student_init is None, "distill.student_init",
-               f"only scheme C starts from trained weights; scheme {s.name!r} starts from random init")
-    _check(not d.teacher_grad_from_gamma or (s.needs_teacher and not s.frozen_teacher),
-           "distill.teacher_grad_from_gamma", f"only scheme A trains the teacher; scheme {s.name!r} does not")
 
-    dc, o = cfg.data, cfg.optim
-    info = data.DATASETS[dc.name]
-    if info.kind == "folder":
-        for key in ("holdout", "limit"):
-            _check(getattr(dc, key) in (0, None), f"data.{key}", f"not supported for {dc.name}; set it to 0/null")
-        for key, m in (("model", cfg.model), ("distill.teacher_model", cfg.distill.teacher_model)):
-            if m is None:
-                continue
-            stride = _total_stride(m)
-            _check(dc.image_size >= stride, "data.image_size",
-                   f"{dc.image_size} px is smaller than the total stride of {key} {m.name} ({stride} px): its last "
-                   f"stage would see padding only; use at least {stride}"
-                   + (f" or {key}.small_input=true" if stride == 32 else ""))
-    else:
+def _check_distill(d: DistillConfig, owners: SimpleNamespace) -> None:
+    """The scheme's own rule says which inputs it takes (`distill.Scheme.check_inputs`)."""
+    scheme = owners.schemes[d.scheme]
+    scheme.check_inputs(teacher=d.teacher is not None, teacher_model=d.teacher_model is not None,
+                        student_init=d.student_init is not None, teacher_grad_from_gamma=d.teacher_grad_from_gamma,
+                        teacher_cache=d.teacher_cache is not None)
+    _check(d.beta + d.gamma > 0, "distill.beta",
+           f"distill.beta and distill.gamma are both 0: scheme {scheme.name!r} would give the student no loss")
+
+
+def _check_data(cfg: Config, owners: SimpleNamespace) -> None:
+    dc = cfg.data
+    info = owners.datasets[dc.name]
+    if info.kind != "folder":
         _check(dc.holdout < info.sizes[0], "data.holdout",
                f"holds out {dc.holdout} of only {info.sizes[0]} {dc.name} training images; nothing left to train on")
+        return
+    for key in ("holdout", "limit"):
+        _check(getattr(dc, key) in (0, None), f"data.{key}", f"not supported for {dc.name}; set it to 0/null")
+    for key, m in (("model", cfg.model), ("distill.teacher_model", cfg.distill.teacher_model)):
+        if m is None:
+            continue
+        stride = _total_stride(m, owners)
+        _check(dc.image_size >= stride, "data.image_size",
+               f"{dc.image_size} px is smaller than the total stride of {key} {m.name} ({stride} px): its last "
+               f"stage would see padding only; use at least {stride}"
+               + (f" or {key}.small_input=true" if stride == 32 else ""))
+
+
+def _check_optim(o: OptimConfig, epochs: int) -> None:
     for i, m in enumerate(o.milestones):
         _check(0 < m < 1, f"optim.milestones[{i}]", f"must be a fraction of the run in (0, 1), got {m}")
     _check(list(o.milestones) == sorted(set(o.milestones)), "optim.milestones",
@@ -425,8 +411,24 @@ def validate(cfg: Config) -> None:
     # torch's SGD refuses Nesterov without momentum; say so here rather than train something else.
     _check(not (o.name == "sgd" and o.nesterov and o.momentum == 0), "optim.nesterov",
            "Nesterov momentum needs optim.momentum > 0; set optim.nesterov=false or give a momentum")
-    _check(o.warmup_epochs < cfg.train.epochs, "optim.warmup_epochs",
-           f"must be shorter than train.epochs={cfg.train.epochs}, got {o.warmup_epochs}")
+    _check(o.warmup_epochs < epochs, "optim.warmup_epochs",
+           f"must be shorter than train.epochs={epochs}, got {o.warmup_epochs}")
+
+
+def validate(cfg: Config) -> None:
+    """Check value ranges, choices against the owners' tables, and combinations of keys.
+
+    Does not touch the file system: teacher, student_init and data paths are checked by `fit`.
+
+    Raises:
+        ApprenticeError: naming the first offending dotted key and what is allowed.
+    """
+    owners = _owners()
+    _check_values(cfg, owners)
+    _check_quant(cfg.quant, owners)
+    _check_distill(cfg.distill, owners)
+    _check_data(cfg, owners)
+    _check_optim(cfg.optim, cfg.train.epochs)
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -26,7 +26,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from apprentice.errors import ApprenticeError, lookup
 from apprentice.losses import apprentice_loss, check_loss_weights
 from apprentice.quant import ActQuant, LayerPlan, WeightQuant, prepare, quantized_layers
+from apprentice.weights import load_strict
 
 __all__ = ["SCHEMES", "Distiller", "Scheme", "make_student", "resolve_scheme"]
 
@@ -81,6 +82,73 @@ class Scheme:
         """True when the teacher is trained beforehand and never updated (B, C)."""
         return self.teacher == "frozen"
 
+    # What each scheme takes, stated once: `check_teacher` and `check_student_init` serve the
+    # Distiller, make_student and the config alike; `check_inputs` is the config's whole set.
+
+    def check_teacher(self, given: bool, key: str, need: str) -> None:
+        """A teacher is required by A, B and C and refused by ``baseline``.
+
+        Args:
+            given: whether the caller has one.
+            key: how the message names the input (``"teacher"``, ``"distill.teacher"``).
+            need: what to give, for the message (``"a teacher; pass teacher=<model>"``).
+        """
+        if self.needs_teacher and not given:
+            raise ApprenticeError(f"{key}: scheme {self.name!r} needs {need}")
+        if not self.needs_teacher and given:
+            raise ApprenticeError(f"{key}: scheme {self.name!r} trains without a teacher; leave it out or choose "
+                                  f"scheme {_names(lambda s: s.needs_teacher)}")
+
+    def check_student_init(self, given: bool, key: str, need: str) -> None:
+        """Trained full-precision weights of the student are required by C and refused by the others.
+
+        Args:
+            given: whether the caller has them.
+            key: how the message names the input (``"init_state_dict"``, ``"distill.student_init"``).
+            need: what to give, for the message.
+        """
+        if self.student_init == "pretrained" and not given:
+            raise ApprenticeError(f"{key}: scheme {self.name!r} starts from trained FP weights of the student; "
+                                  f"give {need}")
+        if self.student_init != "pretrained" and given:
+            raise ApprenticeError(f"{key}: only scheme {_names(lambda s: s.student_init == 'pretrained')} starts "
+                                  f"from trained weights; scheme {self.name!r} trains the student from scratch")
+
+    def check_inputs(self, *, teacher: bool, teacher_model: bool, student_init: bool,
+                     teacher_grad_from_gamma: bool, teacher_cache: bool = False) -> None:
+        """Check which ``distill.*`` settings are given against what this scheme takes.
+
+        Args:
+            teacher: ``distill.teacher`` (trained teacher weights) is set.
+            teacher_model: ``distill.teacher_model`` (the teacher's architecture) is set.
+            student_init: ``distill.student_init`` (the student's trained FP weights) is set.
+            teacher_grad_from_gamma: ``distill.teacher_grad_from_gamma`` is true.
+            teacher_cache: ``distill.teacher_cache`` (stored outputs of a frozen teacher) is set.
+
+        Raises:
+            ApprenticeError: naming the first ``distill.*`` key that is missing or not taken.
+        """
+        joint = self.teacher == "joint"
+        if joint and teacher:
+            raise ApprenticeError(f"distill.teacher: scheme {self.name!r} trains its teacher from random init; use "
+                                  f"scheme {_names(lambda s: s.frozen_teacher)} for a trained teacher")
+        if joint:
+            self.check_teacher(teacher_model, "distill.teacher_model",
+                               "the teacher architecture, e.g. distill.teacher_model.name=resnet56")
+        else:  # a frozen teacher's architecture is optional (read from its run folder)
+            self.check_teacher(teacher, "distill.teacher", "a trained teacher: a run folder or state-dict file")
+            if not self.needs_teacher:
+                self.check_teacher(teacher_model, "distill.teacher_model", "no teacher")
+        self.check_student_init(student_init, "distill.student_init", "a run folder or state-dict file")
+        if teacher_cache and not self.frozen_teacher:
+            raise ApprenticeError(f"distill.teacher_cache: scheme {self.name!r} has no frozen teacher whose outputs "
+                                  f"could be stored; a teacher cache is for schemes "
+                                  f"{_names(lambda s: s.frozen_teacher)}")
+        if teacher_grad_from_gamma and not joint:
+            raise ApprenticeError(f"distill.teacher_grad_from_gamma: only scheme "
+                                  f"{_names(lambda s: s.teacher == 'joint')} trains the teacher; "
+                                  f"scheme {self.name!r} does not")
+
 
 SCHEMES: dict[str, Scheme] = {
     "baseline": Scheme(
@@ -96,6 +164,12 @@ SCHEMES: dict[str, Scheme] = {
         "then quantized",
     ),
 }
+
+
+def _names(rule: Callable[[Scheme], bool]) -> str:
+    """The `SCHEMES` keys that follow ``rule``, for messages: "A", "B or C", "A, B or C"."""
+    names = [k for k, s in SCHEMES.items() if rule(s)]
+    return " or ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
 
 
 def resolve_scheme(scheme: str | Scheme) -> Scheme:
@@ -158,11 +232,8 @@ class Distiller(nn.Module):
         name = self.scheme.name
         if not isinstance(student, nn.Module):
             raise ApprenticeError(f"student must be an nn.Module, got {type(student).__name__}")
+        self.scheme.check_teacher(teacher is not None, "teacher", "a teacher; pass teacher=<trained or fresh model>")
         if self.scheme.needs_teacher:
-            if teacher is None:
-                raise ApprenticeError(
-                    f"scheme {name!r} needs a teacher; pass teacher=<trained or fresh model>"
-                )
             if not isinstance(teacher, nn.Module):
                 raise ApprenticeError(f"teacher must be an nn.Module, got {type(teacher).__name__}")
             if teacher is student:
@@ -174,10 +245,6 @@ class Distiller(nn.Module):
                     f"teacher has {t_classes} classes, student has {s_classes}; "
                     "they must predict the same classes"
                 )
-        elif teacher is not None:
-            raise ApprenticeError(
-                f"scheme {name!r} trains without a teacher; pass teacher=None or choose scheme A, B or C"
-            )
 
         self.student = student
         self.teacher = teacher
@@ -274,43 +341,6 @@ class Distiller(nn.Module):
         )
 
 
-def _load_float_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -> None:
-    """Strict load with a one-line ApprenticeError naming the first offending keys."""
-    if not isinstance(state_dict, Mapping):
-        raise ApprenticeError(
-            "init_state_dict must be a mapping of parameter names to tensors, "
-            f"got {type(state_dict).__name__}"
-        )
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    mismatched = [
-        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in state_dict
-        and hasattr(state_dict[k], "shape")
-        and hasattr(own[k], "shape")
-        and tuple(state_dict[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or mismatched:
-
-        def first(keys: list[str]) -> str:
-            more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
-            return ", ".join(keys[:3]) + more
-
-        parts = []
-        if missing:
-            parts.append(f"missing {first(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {first(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatch {first(mismatched)}")
-        raise ApprenticeError(
-            "init_state_dict does not fit the student architecture (checkpoint vs model): " + "; ".join(parts)
-        )
-    model.load_state_dict(state_dict, strict=True)
-
-
 def make_student(
     model: nn.Module,
     *,
@@ -349,17 +379,11 @@ def make_student(
     sch = resolve_scheme(scheme)
     if quantized_layers(model):
         raise ApprenticeError("make_student expects a float model, but this one already has quantized layers")
-    if sch.student_init == "pretrained":
-        if init_state_dict is None:
-            raise ApprenticeError(
-                f"scheme {sch.name!r} starts the student from its trained full-precision weights; "
-                "pass init_state_dict"
-            )
-        _load_float_state_dict(model, init_state_dict)
-    elif init_state_dict is not None:
-        pretrained = sorted(k for k, s in SCHEMES.items() if s.student_init == "pretrained")
-        raise ApprenticeError(
-            f"scheme {sch.name!r} trains the student from scratch; "
-            f"init_state_dict is only for schemes {pretrained}"
-        )
+    sch.check_student_init(init_state_dict is not None, "init_state_dict",
+                           "the state dict of its float model as init_state_dict")
+    if init_state_dict is not None:
+        if not isinstance(init_state_dict, Mapping):
+            raise ApprenticeError("init_state_dict must be a mapping of parameter names to tensors, "
+                                  f"got {type(init_state_dict).__name__}")
+        load_strict(model, init_state_dict, "init_state_dict", into="the student")
     return prepare(model, precision, weights=weights, activations=activations, exclude=exclude)

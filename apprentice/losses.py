@@ -52,28 +52,29 @@ def _check_labels(labels: Tensor, num_classes: int, batch: int) -> None:
 
 
 def check_loss_weights(
-    *, alpha: float = 1.0, beta: float = 0.5, gamma: float = 0.5, temperature: float = 1.0
+    *, alpha: float = 1.0, beta: float = 0.5, gamma: float = 0.5, temperature: float = 1.0, prefix: str = ""
 ) -> None:
     """Raise `ApprenticeError` unless the weights are finite and >= 0 and the temperature is > 0.
+
+    The one check of the loss settings: the `apprentice.distill.Distiller` runs it once when it is
+    built and the config runs it at load time; `apprentice_loss`, called every step, does not.
 
     Args:
         alpha: Weight of the teacher's label term H(y, p_T).
         beta: Weight of the student's label term H(y, p_S).
         gamma: Weight of the distillation term H(p_T^τ, p_S^τ).
         temperature: Softmax temperature τ of the distillation term.
+        prefix: Put before the argument's name in the message (``"distill."`` names the config key).
 
     Example:
         >>> check_loss_weights(alpha=1.0, beta=0.5, gamma=0.5, temperature=1.0)
     """
-    for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
+    for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma), ("temperature", temperature)):
+        want = "> 0" if name == "temperature" else ">= 0"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ApprenticeError(f"{name} must be a number >= 0, got {value!r}")
-        if not math.isfinite(value) or value < 0:
-            raise ApprenticeError(f"{name} must be a finite number >= 0, got {value!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise ApprenticeError(f"temperature must be a number > 0, got {temperature!r}")
-    if not math.isfinite(temperature) or temperature <= 0:
-        raise ApprenticeError(f"temperature must be a finite number > 0, got {temperature!r}")
+            raise ApprenticeError(f"{prefix}{name}: must be a number {want}, got {value!r}")
+        if not math.isfinite(value) or not (value > 0 if name == "temperature" else value >= 0):
+            raise ApprenticeError(f"{prefix}{name}: must be {want} and finite, got {value!r}")
 
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -172,8 +173,9 @@ def apprentice_loss(
         the raw terms keep their graph, call ``.item()`` / ``.detach()`` to log them.
 
     Raises:
-        ApprenticeError: A negative weight, temperature <= 0, labels out of range, teacher and
-            student logits of different shape, or no active term (beta = 0 and no teacher term).
+        ApprenticeError: Labels out of range, teacher and student logits of different shape, or no
+            active term (beta = 0 and no teacher term). The weights are not checked here, on every
+            step: `check_loss_weights` does that once, where they are set.
 
     Example:
         >>> z_s, z_t, y = torch.zeros(2, 3), torch.zeros(2, 3), torch.tensor([0, 2])
@@ -181,7 +183,6 @@ def apprentice_loss(
         >>> sorted(out), round(out["loss"].item(), 4)  # 0.5·log 3 + 0.5·log 3
         (['ce_student', 'kd', 'loss'], 1.0986)
     """
-    check_loss_weights(alpha=alpha, beta=beta, gamma=gamma, temperature=temperature)
     _check_logits(student_logits, "student_logits")
     batch, classes = student_logits.shape
     if teacher_logits is not None:

@@ -28,7 +28,8 @@ from torch.nn import functional as F
 
 from apprentice.errors import ApprenticeError, lookup
 
-SHORTCUTS = ("A", "B")
+# Residual shortcuts of the CIFAR ResNets where the shape changes (He et al. 2016, section 4.2).
+SHORTCUTS = {"A": "parameter-free (zero-padded identity)", "B": "1x1 projection"}
 
 
 def _channels(base: int, width: float) -> int:
@@ -202,8 +203,7 @@ class CifarResNet(nn.Module):
         if depth not in CIFAR_DEPTHS:
             raise ApprenticeError(f"CIFAR ResNet depth must be one of {list(CIFAR_DEPTHS)} (6n+2), got {depth!r}")
         _check_args(num_classes, in_channels, width, zero_init_residual=zero_init_residual)
-        if shortcut not in SHORTCUTS:
-            raise ApprenticeError(f"shortcut must be one of {list(SHORTCUTS)}, got {shortcut!r}")
+        lookup(SHORTCUTS, shortcut, "shortcut")
         self.num_classes, self.in_channels = int(num_classes), int(in_channels)
         self.arch = {
             "name": f"resnet{depth}",

@@ -72,8 +72,22 @@ def _describe(arch: Mapping[str, Any]) -> str:
     return f"{arch.get('name')}({args})"
 
 
-def load_strict(model: nn.Module, sd: Mapping[str, Tensor], source: str) -> None:
-    """``load_state_dict(strict=True)`` with one error line naming the file and the first bad keys."""
+def load_strict(model: nn.Module, sd: Mapping[str, Tensor], source: str, *, into: str = "") -> None:
+    """``load_state_dict(strict=True)`` with one error line naming the source and the first bad keys.
+
+    The one strict loader: checkpoints, teachers and the scheme-C student init all come through here.
+
+    Args:
+        model: takes the weights.
+        sd: the state dict.
+        source: how the message names where ``sd`` came from (a file, ``"init_state_dict"``).
+        into: how the message names ``model`` before its architecture (``"the student"``).
+
+    Raises:
+        ApprenticeError: "<source> does not fit <into> <arch>: missing ...; unexpected ...; shape
+            mismatch (file vs model) ..." with the first three keys of each kind, or values that
+            are not tensors.
+    """
     def first(keys: list[str]) -> str:
         return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
 
@@ -90,7 +104,7 @@ def load_strict(model: nn.Module, sd: Mapping[str, Tensor], source: str) -> None
                  (("missing", missing), ("unexpected", unexpected), ("shape mismatch (file vs model)", shapes)) if keys]
         arch = getattr(model, "arch", None)
         name = _describe(arch) if isinstance(arch, Mapping) else type(model).__name__
-        raise ApprenticeError(f"{source} does not fit {name}: {'; '.join(parts)}")
+        raise ApprenticeError(f"{source} does not fit {into + ' ' if into else ''}{name}: {'; '.join(parts)}")
     model.load_state_dict(sd, strict=True)
 
 

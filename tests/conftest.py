@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor
 
 
 @pytest.fixture
@@ -31,3 +33,34 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _spoil_loss(monkeypatch: pytest.MonkeyPatch, spoil: Callable[[Tensor], Tensor]) -> Callable[..., None]:
+    """``install(*steps)`` makes ``spoil`` replace the total loss of those 1-based steps of `fit`."""
+    from apprentice import distill
+
+    def install(*steps: int) -> None:
+        original, calls = distill.apprentice_loss, [0]
+
+        def patched(*args, **kwargs):
+            losses = original(*args, **kwargs)
+            calls[0] += 1
+            if calls[0] in steps:
+                losses["loss"] = spoil(losses["loss"])
+            return losses
+
+        monkeypatch.setattr(distill, "apprentice_loss", patched)
+
+    return install
+
+
+@pytest.fixture
+def nan_at(monkeypatch):
+    """Make the loss of the given (1-based) steps NaN."""
+    return _spoil_loss(monkeypatch, lambda loss: loss * float("nan"))
+
+
+@pytest.fixture
+def nan_grad_at(monkeypatch):
+    """Make the gradient (not the loss) of the given 1-based steps NaN: loss + sqrt(0 * loss)."""
+    return _spoil_loss(monkeypatch, lambda loss: loss + (loss * 0).sqrt())  # value +0, gradient 0 * inf

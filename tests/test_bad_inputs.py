@@ -181,7 +181,7 @@ CASES = [
     Case("eval-no-checkpoint", "eval of a run folder without checkpoints", "eval {f}/empty-run", ("has no checkpoint",)),
     Case("eval-holdout-without-holdout", "--split holdout of a run with no holdout", "eval {run} --split holdout",
          ("held out no training images",)),
-    Case("eval-unknown-device", "--device tpu", "eval {run} --device tpu", ("--device 'tpu'", "cpu, cuda")),
+    Case("eval-unknown-device", "--device tpu", "eval {run} --device tpu", ("--device: unknown device 'tpu'", "cpu, cuda")),
     Case("eval-absent-gpu", "--device cuda:99", "eval {run} --device cuda:99", ("--device cuda:99",)),
     Case("eval-bad-batch-size", "--batch-size 0", "eval {run} --batch-size 0", ("--batch-size: must be > 0",), usage=True),
     Case("checkpoint-not-tensors", "checkpoint whose weights are not tensors", "eval {f}/not-tensors.pt",

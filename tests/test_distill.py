@@ -85,6 +85,40 @@ def test_scheme_object_is_accepted():
     assert d.scheme is SCHEMES["A"]
 
 
+def given_inputs(s: Scheme) -> dict[str, bool]:
+    """Which distill.* settings a config of scheme ``s`` sets, read off the scheme's fields."""
+    return {"teacher": s.frozen_teacher, "teacher_model": s.teacher == "joint",
+            "student_init": s.student_init == "pretrained", "teacher_grad_from_gamma": False}
+
+
+@pytest.mark.parametrize("name", SCHEMES)
+def test_scheme_rule_takes_its_own_inputs_and_names_the_key_of_a_wrong_one(name):
+    s = SCHEMES[name]
+    given = given_inputs(s)
+    s.check_inputs(**given)
+    optional = {"teacher_model": s.frozen_teacher, "teacher_grad_from_gamma": s.teacher == "joint"}
+    for key in given:
+        flipped = {**given, key: not given[key]}
+        if optional.get(key):
+            s.check_inputs(**flipped)  # a frozen teacher's architecture; scheme A's gradient switch
+            continue
+        with pytest.raises(ApprenticeError, match=f"^distill\\.{key}: .*scheme"):
+            s.check_inputs(**flipped)
+
+
+def test_distiller_make_student_and_config_state_the_same_rule():
+    def message(call) -> str:
+        with pytest.raises(ApprenticeError) as e:
+            call()
+        return str(e.value).split(": ", 1)[1]  # without the name of the input
+
+    rule = SCHEMES["baseline"].check_inputs
+    assert message(lambda: Distiller(TinyNet(), TinyNet(), scheme="baseline")) == message(
+        lambda: rule(teacher=True, teacher_model=False, student_init=False, teacher_grad_from_gamma=False))
+    assert message(lambda: make_student(TinyNet(), scheme="baseline", init_state_dict={})) == message(
+        lambda: rule(teacher=False, teacher_model=False, student_init=True, teacher_grad_from_gamma=False))
+
+
 # ---------------------------------------------------------------- validation
 
 
@@ -93,7 +127,11 @@ def test_baseline_with_teacher_is_rejected():
         Distiller(TinyNet(), TinyNet(), scheme="baseline")
 
 
-@pytest.mark.parametrize("scheme", ["A", "B", "C"])
+TEACHER_SCHEMES = [k for k, s in SCHEMES.items() if s.needs_teacher]
+SCRATCH_SCHEMES = [k for k, s in SCHEMES.items() if s.student_init == "scratch"]
+
+
+@pytest.mark.parametrize("scheme", TEACHER_SCHEMES)
 def test_teacher_schemes_without_teacher_are_rejected(scheme):
     with pytest.raises(ApprenticeError, match=f"scheme '{scheme}' needs a teacher"):
         Distiller(TinyNet(), scheme=scheme)
@@ -145,7 +183,7 @@ def test_effective_weights_per_scheme():
     assert base2.beta == pytest.approx(0.7)
     a = Distiller(TinyNet(), TinyNet(), scheme="A")
     assert (a.alpha, a.beta, a.gamma) == (1.0, 0.5, 0.5)
-    for scheme in ("B", "C"):
+    for scheme in (k for k, s in SCHEMES.items() if s.frozen_teacher):
         d = Distiller(TinyNet(), TinyNet(), scheme=scheme)
         assert (d.alpha, d.beta, d.gamma) == (0.0, 0.5, 0.5)
 
@@ -310,7 +348,7 @@ def test_make_student_c_needs_checkpoint():
         make_student(TinyNet(), scheme="C", precision="2W/32A")
 
 
-@pytest.mark.parametrize("scheme", ["baseline", "A", "B"])
+@pytest.mark.parametrize("scheme", SCRATCH_SCHEMES)
 def test_make_student_scratch_scheme_rejects_checkpoint(scheme):
     with pytest.raises(ApprenticeError, match="from scratch"):
         make_student(TinyNet(), scheme=scheme, precision="2W/32A", init_state_dict=TinyNet().state_dict())
@@ -318,7 +356,7 @@ def test_make_student_scratch_scheme_rejects_checkpoint(scheme):
 
 def test_make_student_rejects_other_architecture():
     student = TinyNet(width=4)
-    with pytest.raises(ApprenticeError, match=r"shape mismatch 0\.weight \(8, 1, 3, 3\) vs \(4, 1, 3, 3\)"):
+    with pytest.raises(ApprenticeError, match=r"shape mismatch \(file vs model\) 0\.weight \(8, 1, 3, 3\) vs \(4, 1, 3, 3\)"):
         make_student(student, scheme="C", precision="2W/32A", init_state_dict=TinyNet(width=8).state_dict())
     other = {"extra.0.weight": torch.zeros(4, 1, 3, 3)}
     with pytest.raises(

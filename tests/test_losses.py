@@ -132,21 +132,29 @@ def test_bf16_logits_are_upcast():
     assert out["loss"].dtype == torch.float32
 
 
+# The loss settings are checked once where they are set (Distiller, config), not by apprentice_loss
+# on every step: these tests call the one check (tests/test_distill.py and test_config.py show that
+# the Distiller and the config run it).
 @pytest.mark.parametrize("arg", ["alpha", "beta", "gamma"])
 def test_negative_weight_is_rejected(arg):
     with pytest.raises(ApprenticeError, match=arg):
-        apprentice_loss(t(Z_S), Y_T, t(Z_T), **{arg: -0.1})
+        check_loss_weights(**{arg: -0.1})
 
 
 @pytest.mark.parametrize("tau", [0.0, -1.0, float("nan")])
 def test_bad_temperature_is_rejected(tau):
     with pytest.raises(ApprenticeError, match="temperature"):
-        apprentice_loss(t(Z_S), Y_T, t(Z_T), temperature=tau)
+        check_loss_weights(temperature=tau)
 
 
 def test_check_loss_weights_rejects_non_numbers():
     with pytest.raises(ApprenticeError, match="beta"):
         check_loss_weights(beta="0.5")  # type: ignore[arg-type]
+
+
+def test_check_loss_weights_names_the_key_with_a_prefix():
+    with pytest.raises(ApprenticeError, match=r"^distill\.gamma: must be >= 0"):
+        check_loss_weights(gamma=float("inf"), prefix="distill.")
 
 
 def test_class_count_mismatch_is_rejected():

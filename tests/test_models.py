@@ -12,6 +12,7 @@ from torch import nn
 from apprentice.errors import ApprenticeError
 from apprentice.models import (
     MODELS,
+    SHORTCUTS,
     CifarResNet,
     ResNet,
     ZeroPadShortcut,
@@ -210,7 +211,7 @@ def test_width_multiplies_channels():
 
 @pytest.mark.parametrize("width", [0.3, 0.01])
 def test_odd_and_tiny_widths_still_run(width):
-    for shortcut in ("A", "B"):
+    for shortcut in SHORTCUTS:
         model = build_model("resnet8", width=width, shortcut=shortcut).eval()
         assert min(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)) >= 1
         with torch.no_grad():

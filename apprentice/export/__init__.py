@@ -10,6 +10,7 @@ from apprentice.export.onnx import DEFAULT_OPSET, export_onnx
 from apprentice.export.packed import (
     FORMAT_VERSION,
     MAP_KEY,
+    TERNARY_PACKINGS,
     find_conv_bn_pairs,
     fp32_bytes,
     load_packed,
@@ -37,7 +38,8 @@ from apprentice.export.sizes import (
 )
 
 __all__ = [
-    "DEFAULT_OPSET", "FORMAT_VERSION", "MAP_KEY", "PACKINGS", "SizeRow", "export_onnx", "find_conv_bn_pairs",
+    "DEFAULT_OPSET", "FORMAT_VERSION", "MAP_KEY", "PACKINGS", "TERNARY_PACKINGS", "SizeRow", "export_onnx",
+    "find_conv_bn_pairs",
     "format_size_report", "fp32_bytes", "load_packed", "model_from_packed", "pack", "pack_codes",
     "pack_ternary_base3", "package_version", "packed_length", "packed_tensors", "read_packed", "save_packed",
     "size_report", "size_totals", "unpack", "unpack_codes", "unpack_ternary_base3",

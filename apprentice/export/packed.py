@@ -44,7 +44,8 @@ from apprentice.quant import (
 from apprentice.version import __version__
 
 __all__ = [
-    "FORMAT_VERSION", "MAP_KEY", "find_conv_bn_pairs", "fp32_bytes", "load_packed", "model_from_packed",
+    "FORMAT_VERSION", "MAP_KEY", "TERNARY_PACKINGS", "find_conv_bn_pairs", "fp32_bytes", "load_packed",
+    "model_from_packed",
     "package_version", "packed_tensors", "read_packed", "save_packed", "write_export",
 ]
 
@@ -57,7 +58,7 @@ FORMAT_VERSION = 1
 
 #: Safetensors metadata key holding the JSON quantization map.
 MAP_KEY = "apprentice"
-_TERNARY_PACKINGS = ("base3", "2bit")
+TERNARY_PACKINGS = ("base3", "2bit")
 _BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
@@ -123,8 +124,8 @@ def packed_tensors(
     by ``L.weight_codes`` (packed uint8) and ``L.weight_scale`` (float); every other state-dict
     entry is kept as is. See `save_packed` for the arguments and the map layout.
     """
-    if ternary_packing not in _TERNARY_PACKINGS:
-        raise ApprenticeError(f"ternary_packing must be one of {list(_TERNARY_PACKINGS)}, got {ternary_packing!r}")
+    if ternary_packing not in TERNARY_PACKINGS:
+        raise ApprenticeError(f"ternary_packing must be one of {list(TERNARY_PACKINGS)}, got {ternary_packing!r}")
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     layers: dict[str, Any] = {}
     scales: dict[str, Tensor] = {}
@@ -197,7 +198,7 @@ def _dequantize(name: str, w: dict, tensors: dict[str, Tensor], module: nn.Modul
     where = f"layer {name!r}"
     bits = _get(w, "bits", int, where)
     packing = _get(w, "packing", str, where)
-    allowed = _TERNARY_PACKINGS if bits == 2 else (_container(bits, ""),)
+    allowed = TERNARY_PACKINGS if bits == 2 else (_container(bits, ""),)
     if not 2 <= bits <= 8 or packing not in allowed:
         raise _bad(where, f"packing {packing!r} does not fit {bits}-bit codes")
     shape, count = _get(w, "shape", list, where), _get(w, "count", int, where)

@@ -34,12 +34,15 @@ import torch.distributed as dist
 
 from apprentice.errors import ApprenticeError
 
-__all__ = ["DEFAULT_TIMEOUT", "EXIT_SIGINT", "EXIT_SIGTERM", "TIMEOUT_ENV", "PeerLostError", "Runtime",
-           "StopSignals", "TrainingInterrupted", "agree", "collective_timeout", "is_collective_failure", "peer_lost",
-           "raise_from_rank0", "setup", "teardown"]
+__all__ = ["DEFAULT_TIMEOUT", "DEVICE_NAMES", "EXIT_SIGTERM", "TIMEOUT_ENV", "PeerLostError", "Runtime",
+           "StopSignals", "TrainingInterrupted", "agree", "check_device", "collective_timeout", "is_collective_failure",
+           "peer_lost", "raise_from_rank0", "resolve_device", "setup", "teardown"]
 
 EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
-EXIT_SIGINT = 128 + signal.SIGINT  # 130
+# Device names (``train.device``, ``eval --device``): N is a GPU index. A pattern, not a dict: the
+# set of names is open-ended, and "auto" is resolved by `resolve_device`.
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N"
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 # How long a collective (all-reduce, barrier, broadcast) waits for a process that does not come:
 # a hung or unreachable peer ends the job after this instead of holding the machines forever. It
 # must cover the longest thing one process does while the others wait (rank 0 writing a large
@@ -108,21 +111,53 @@ def collective_timeout() -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def check_device(name: str, option: str = "train.device") -> None:
+    """Raise unless ``name`` is a device name (`DEVICE_NAMES`); says nothing about what this machine has.
+
+    Args:
+        name: "auto", "cpu", "cuda" or "cuda:N".
+        option: how the error names where the value came from ("train.device", "--device").
+
+    Example:
+        >>> check_device("cuda:1")
+    """
+    if not isinstance(name, str) or not _DEVICE_RE.fullmatch(name):
+        raise ApprenticeError(f"{option}: unknown device {name!r}; choose from {DEVICE_NAMES}")
+
+
+def resolve_device(name: str, option: str = "train.device", *, local_rank: int | None = None) -> torch.device:
+    """The `torch.device` that ``name`` means on this machine ("auto" = the GPU if there is one).
+
+    Args:
+        name: a device name, see `check_device`.
+        option: how errors name where the value came from ("train.device", "--device").
+        local_rank: under torchrun, the GPU index every process takes, whatever "cuda:N" says.
+
+    Raises:
+        ApprenticeError: a bad name, CUDA asked for but absent, or a GPU index this machine lacks.
+    """
+    check_device(name, option)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not count:
+        raise ApprenticeError(f"{option} {name}: CUDA is not available; use cpu or auto")
+    index = local_rank if local_rank is not None else int(name.partition(":")[2] or 0)
+    if index >= count:
+        raise ApprenticeError(f"{option} {name}: cuda:{index} does not exist; there are only {count} GPUs "
+                              f"(cuda:0..cuda:{count - 1})")
+    return torch.device("cuda", index)
+
+
 def setup(device_name: str) -> Runtime:
-    """Resolve ``device_name`` ("auto", "cpu", "cuda", "cuda:N") and, under torchrun, join the process group."""
+    """Resolve ``device_name`` (see `resolve_device`) and, under torchrun, join the process group."""
     world, local_rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device_name == "auto":
-        device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device("cpu")
-    if device_name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ApprenticeError(f"train.device={device_name} but CUDA is not available; use train.device=cpu or auto")
-        # Under torchrun every process takes the GPU of its local rank, whatever cuda:N says.
-        index = local_rank if world > 1 else (int(device_name.split(":")[1]) if ":" in device_name else 0)
-        if index >= torch.cuda.device_count():
-            raise ApprenticeError(f"train.device: cuda:{index} does not exist ({torch.cuda.device_count()} GPUs)")
-        torch.cuda.set_device(index)
-        device = torch.device("cuda", index)
+    # Under torchrun every process takes the GPU of its local rank.
+    device = resolve_device(device_name, local_rank=local_rank if world > 1 else None)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if world <= 1:
         return Runtime(0, 1, device, False)
     if dist.is_initialized():

@@ -1,4 +1,4 @@
-"""One training step, one epoch, and evaluation: the plain-argument pieces that `train.fit` composes.
+"""One training step and evaluation: the plain-argument pieces that `apprentice.fit` composes.
 
 Decisions:
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,13 +24,17 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from apprentice.errors import lookup
-from apprentice.train.progress import Meter
 
-__all__ = ["EXIT_NONFINITE", "NonFiniteLossError", "StepResult", "autocast", "eval_metrics", "eval_sums",
-           "evaluate", "train_one_epoch", "train_step"]
+__all__ = ["AMP_MODES", "EXIT_NONFINITE", "NONFINITE_POLICIES", "NonFiniteLossError", "StepResult", "autocast",
+           "eval_metrics", "eval_sums", "evaluate", "train_step"]
 
 EXIT_NONFINITE = 1
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# Mixed-precision modes (``train.amp``, ``eval --amp``): the autocast dtype, None = plain float32.
+# fp16 also needs a GradScaler, which `fit` adds.
+AMP_MODES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# What a non-finite loss or gradient does (``train.on_nonfinite``).
+NONFINITE_POLICIES = {"stop": "raise NonFiniteLossError (the last checkpoint is kept)",
+                      "skip": "drop the step and roll back its BatchNorm statistics"}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -50,10 +54,11 @@ class NonFiniteLossError(RuntimeError):
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """Autocast to ``amp`` ("bf16", "fp16") on ``device``'s type; "off" does nothing."""
-    if amp == "off":
+    """Autocast to ``amp`` (an `AMP_MODES` key) on ``device``'s type; "off" does nothing."""
+    dtype = lookup(AMP_MODES, amp, "amp mode")
+    if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=lookup(AMP_DTYPES, amp, "amp mode"))
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def _grad_norm(params: Sequence[Tensor], device: torch.device) -> Tensor:
@@ -95,7 +100,7 @@ def train_step(distiller: nn.Module, optimizer: torch.optim.Optimizer, images: T
         images: input batch on the model's device.
         labels: class indices.
         lr: learning rate of this step (set on every parameter group).
-        amp: "off", "bf16" or "fp16" autocast.
+        amp: an `AMP_MODES` key ("off", "bf16", "fp16").
         scaler: GradScaler for fp16, else None.
         restore_buffers: roll back buffers (BN statistics) when the step is skipped.
         teacher_logits: the frozen teacher's cached logits for this batch (passed to the distiller).
@@ -131,43 +136,6 @@ def train_step(distiller: nn.Module, optimizer: torch.optim.Optimizer, images: T
                 for b, s in zip(distiller.buffers(), saved):
                     b.copy_(s)
     return StepResult({k: v.detach() for k, v in losses.items()}, logits.detach(), loss_value, grad_norm, finite)
-
-
-def train_one_epoch(distiller: nn.Module, optimizer: torch.optim.Optimizer,
-                    batches: Iterable[tuple[Tensor, Tensor]], *, device: str | torch.device,
-                    lr: float | Callable[[int], float], start_step: int = 0, amp: str = "off",
-                    scaler: Any = None, on_nonfinite: str = "stop") -> dict[str, float]:
-    """Train over ``batches`` once: `train_step` in a loop (`fit` adds checkpoints and logging).
-
-    Args:
-        distiller: the `Distiller` (put in training mode here).
-        optimizer: updates its trainable parameters.
-        batches: ``(images, labels)`` pairs, moved to ``device``.
-        device: where the model lives.
-        lr: a constant, or a function of the 0-based global step.
-        start_step: global step of the first batch (for ``lr``).
-        amp: autocast mode.
-        scaler: GradScaler for fp16.
-        on_nonfinite: "stop" raises `NonFiniteLossError`; "skip" drops the step and counts it.
-
-    Returns:
-        The mean of every loss term over the applied steps, ``top1`` (training accuracy, %),
-        ``steps`` (applied) and ``skipped``.
-    """
-    lookup({"stop": 0, "skip": 1}, on_nonfinite, "non-finite policy")
-    device = torch.device(device)
-    distiller.train()
-    meter, step = Meter(), start_step
-    for images, labels in batches:
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        out = train_step(distiller, optimizer, images, labels, lr=lr(step) if callable(lr) else lr, amp=amp,
-                         scaler=scaler, restore_buffers=on_nonfinite == "skip")
-        step += 1
-        if out.finite:
-            meter.add(out.losses, out.logits, labels)
-        elif on_nonfinite == "stop":
-            raise NonFiniteLossError(f"non-finite loss or gradient at step {step}", step=step)
-    return {**meter.means(), "steps": meter.steps, "skipped": step - start_step - meter.steps}
 
 
 def eval_sums(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *, device: torch.device,

@@ -1,0 +1,148 @@
+"""The house rules that a grep can prove, checked on the source with `ast` (nothing is imported).
+
+- Every choice table is defined once, by the module that owns it: a module-level assignment of a
+  public CAPITALISED name to a dict literal, ``dict(...)`` or dict comprehension is a table; no name
+  is defined in two modules, and config.py defines none (it looks names up in the owners' tables).
+- Import arrows point one way: the graph of apprentice's modules (imports at module level and
+  inside functions alike) has no cycle, and the components below ``build`` never import the
+  config, build, loop or cli modules.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "apprentice"
+TABLE_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
+UPPER = ("apprentice.config", "apprentice.build", "apprentice.loop", "apprentice.cli")
+COMPONENTS = ("apprentice.train", "apprentice.data", "apprentice.quant", "apprentice.export",
+              "apprentice.distill", "apprentice.models", "apprentice.losses")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def sources() -> dict[str, ast.Module]:
+    return {module_name(p): ast.parse(p.read_text(encoding="utf-8"), str(p)) for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def tables(tree: ast.Module) -> list[str]:
+    """Public capitalised names that the module binds to a dict at its top level."""
+    found = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        else:
+            continue
+        is_dict = isinstance(value, (ast.Dict, ast.DictComp)) or (
+            isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "dict")
+        found += [t.id for t in targets if is_dict and isinstance(t, ast.Name) and TABLE_NAME.fullmatch(t.id)]
+    return found
+
+
+def imports(name: str, tree: ast.Module, modules: set[str]) -> set[str]:
+    """The apprentice modules ``name`` imports anywhere in its file, at module level or in functions."""
+    package = name if (PACKAGE.parent / name.replace(".", "/") / "__init__.py").is_file() else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the package, one level up per extra dot
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            named = {f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules}
+            out |= named
+            # `from apprentice.train import step` runs apprentice/train/__init__ too: an edge to it.
+            # The top package's __init__ is the public facade that every module is loaded through,
+            # so `from apprentice import data` is an edge to apprentice.data alone; a name that is
+            # not a module (`from apprentice import __version__`) is an edge to the facade.
+            if base != "apprentice" or len(named) < len(node.names):
+                out.add(base)
+    return {m for m in out if m in modules and m != name}
+
+
+def graph() -> dict[str, set[str]]:
+    trees = sources()
+    return {name: imports(name, tree, set(trees)) for name, tree in trees.items()}
+
+
+def cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a path a -> ... -> a, or None (depth-first search, three colours)."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(edges):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_every_choice_table_is_defined_once_and_not_by_config():
+    owners: dict[str, list[str]] = defaultdict(list)
+    for name, tree in sources().items():
+        for table in tables(tree):
+            owners[table].append(name)
+    assert {"SCHEMES", "MODELS", "DATASETS", "AMP_MODES", "SHORTCUTS", "NONFINITE_POLICIES"} <= set(owners)
+    twice = {table: mods for table, mods in owners.items() if len(mods) > 1}
+    assert not twice, f"choice tables defined in more than one module: {twice}"
+    in_config = [table for table, mods in owners.items() if "apprentice.config" in mods]
+    assert not in_config, f"config.py defines choice tables {in_config}; look them up in their owners"
+
+
+def test_the_table_finder_sees_every_form_of_dict():
+    tree = ast.parse("A = {}\nB: dict[str, int] = dict(x=1)\nC = {k: 1 for k in 'ab'}\n_D = {}\nE = (1, 2)\nf = {}")
+    assert tables(tree) == ["A", "B", "C"]
+
+
+def test_the_package_has_no_import_cycle():
+    found = cycle(graph())
+    assert found is None, "import cycle: " + " -> ".join(found or [])
+
+
+def test_the_cycle_finder_finds_one():
+    assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_components_never_import_the_config_or_what_uses_it(component):
+    edges = graph()
+    for name, targets in edges.items():
+        if name == component or name.startswith(component + "."):
+            upward = sorted(t for t in targets if t in UPPER)
+            assert not upward, f"{name} imports {upward}; components take plain arguments"
+
+
+def test_the_import_reader_resolves_packages_and_function_level_imports():
+    tree = ast.parse("def f():\n    from apprentice.train import step\n    import apprentice.config\n"
+                     "from . import modules\nfrom apprentice import data\n")
+    modules = {"apprentice", "apprentice.train", "apprentice.train.step", "apprentice.config", "apprentice.data",
+               "apprentice.quant", "apprentice.quant.modules", "apprentice.quant.prepare"}
+    assert imports("apprentice.quant.prepare", tree, modules) == {
+        "apprentice.train", "apprentice.train.step", "apprentice.config", "apprentice.quant", "apprentice.quant.modules",
+        "apprentice.data"}
+    facade = ast.parse("from apprentice import __version__, data\n")
+    assert imports("apprentice.loop", facade, modules) == {"apprentice", "apprentice.data"}

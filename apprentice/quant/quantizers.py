@@ -214,7 +214,9 @@ class ActQuant:
             "clip" only (LSQ always learns its step).
         quantizer: name in ``ACT_QUANTIZERS``: "clip" (clipped ReLU [0, c]: WRPN, or PACT when
             ``learned``) or "lsq" (learned step s, unsigned range [0, s·(2^b − 1)]; the step is the
-            layer's ``act_step`` parameter).
+            layer's ``act_step`` parameter). Both are unsigned, made for inputs that come out of a
+            ReLU: a layer whose input can be negative (the first conv on normalised images) loses
+            the negative part, so quantize its weights only there ("8W/32A").
         step: LSQ only: the step as a number. None: the layer initialises it from the first training
             batch, 2·mean|x|/√(2^b − 1). A number starts the step there (never re-initialised);
             plans and packed files record the learned step this way, as PACT's clip.

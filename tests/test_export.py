@@ -25,7 +25,14 @@ from apprentice.export import (
     unpack_ternary_base3,
 )
 from apprentice.models import MODELS, build_model
-from apprentice.quant import QConv2d, QLinear, parse_precision, prepare, weight_codes
+from apprentice.quant import (
+    QConv2d,
+    QLinear,
+    parse_layer_rules,
+    parse_precision,
+    prepare,
+    weight_codes,
+)
 
 # ----------------------------------------------------------------------------------------------
 # Packed file: reload equals the fake-quant model
@@ -51,6 +58,14 @@ PRECISIONS = [
     ("2W/32A", {"quantizer": "wrpn"}, "base3"),
     ("2W/8A", {"quantizer": "uniform"}, "2bit"),
     ("32W/8A", {"learned": True}, "base3"),
+    # LSQ: learned weight steps become the scales, learned activation steps are frozen in the map.
+    ("2W/2A", {"quantizer": "lsq"}, "base3"),
+    ("2W/8A", {"quantizer": "lsq", "per_channel": True}, "2bit"),
+    ("3W/3A", {"quantizer": "lsq", "per_channel": True}, "base3"),
+    ("4W/4A", {"quantizer": "lsq"}, "base3"),
+    ("8W/8A", {"quantizer": "lsq", "per_channel": True}, "base3"),
+    ("4W/8A", {"quantizer": "lsq", "act_quantizer": "clip", "learned": True}, "base3"),
+    ("32W/8A", {"act_quantizer": "lsq"}, "base3"),
 ]
 IDS = [f"{p}-{'-'.join(f'{k}={v}' for k, v in o.items())}-{t}" for p, o, t in PRECISIONS]
 
@@ -74,6 +89,9 @@ def _student(name: str, precision: str, options: dict | None = None, *, seed: in
                 m.bias.uniform_(-0.3, 0.3)
             if getattr(m, "act_clip", None) is not None:
                 m.act_clip.uniform_(0.8, 2.5)  # a learned clip away from its initial value
+            for step in (getattr(m, "act_step", None), getattr(m, "weight_step", None)):
+                if step is not None:  # learned LSQ steps away from their initial values
+                    step.mul_(torch.empty_like(step).uniform_(0.7, 1.4))
     return model.eval(), torch.randn(4, channels, size, size)
 
 
@@ -102,6 +120,10 @@ def test_reload_equals_fake_quant(tmp_path, name, precision, options, ternary) -
         assert new.act_quant.bits == orig.act_quant.bits and not new.act_quant.learned
         if orig.act_clip is not None:
             assert entry["activations"]["clip"] == pytest.approx(orig.act_clip.item())
+        if orig.act_step is not None:  # the learned LSQ step, exactly, and the reloaded layer uses it
+            assert entry["activations"] == {"bits": orig.act_quant.bits, "quantizer": "lsq", "step": orig.act_step.item()}
+            assert torch.equal(new.act_step, orig.act_step) and bool(new.act_step_initialized)
+        assert entry["precision"] == precision
         if orig.weight_quant is None:
             assert entry["weights"] is None and f"{lname}.weight" in tensors
             continue
@@ -128,6 +150,33 @@ def test_every_model_reloads(tmp_path, name) -> None:
     assert loaded.arch == model.arch
     with torch.no_grad():
         assert _rel_err(loaded(x), ref) <= TOL
+
+
+def test_mixed_precision_trains_exports_and_reloads_equal(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10, in_channels=1)
+    rules = [("conv1", "8W/8A"), ("fc", "8W/8A"), ("layer3.*", "4W/4A"), ("*", "2W/8A")]
+    plan = prepare(model, layers=parse_layer_rules(rules, quantizer="lsq", per_channel=True))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x, y = torch.randn(16, 1, 12, 12), torch.randint(0, 10, (16,))
+    model.train()
+    steps = model.layer3[0].conv1.weight_step.detach().clone()
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert not torch.equal(model.layer3[0].conv1.weight_step, steps)  # the steps did learn
+    model.eval()
+    with torch.no_grad():
+        ref = model(x)
+    qmap = save_packed(model, tmp_path / "m.safetensors")
+    precisions = {n: e["precision"] for n, e in qmap["layers"].items()}
+    assert precisions["conv1"] == precisions["fc"] == "8W/8A" and precisions["layer3.1.conv2"] == "4W/4A"
+    assert precisions["layer1.0.conv1"] == "2W/8A" and set(precisions) == set(plan)
+    assert qmap["layers"]["layer1.0.conv1"]["weights"]["packing"] == "base3"
+    assert qmap["layers"]["fc"]["weights"]["packing"] == "8bit" and "fc.weight" not in read_packed(tmp_path / "m.safetensors")[0]
+    with torch.no_grad():
+        assert torch.equal(load_packed(tmp_path / "m.safetensors")(x), ref)
 
 
 def test_dorefa_is_not_requantized(tmp_path) -> None:
@@ -367,7 +416,9 @@ def _onnx_student(precision: str, options: dict | None = None) -> nn.Module:
 
 @pytest.mark.parametrize(("precision", "options", "source"),
                          [("2W/8A", {}, "model"), ("4W/8A", {}, "file"),
-                          ("4W/8A", {"per_channel": True, "learned": True}, "file")])
+                          ("4W/8A", {"per_channel": True, "learned": True}, "file"),
+                          ("3W/3A", {"quantizer": "lsq", "per_channel": True}, "file"),
+                          ("2W/8A", {"quantizer": "lsq"}, "model")])
 def test_onnx_runtime_matches_fake_quant(tmp_path, precision, options, source) -> None:
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")

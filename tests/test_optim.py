@@ -7,7 +7,13 @@ import torch
 
 from apprentice.errors import ApprenticeError
 from apprentice.models import build_model
-from apprentice.train.optim import LR_SCHEDULES, lr_factor, make_optimizer, param_groups
+from apprentice.train.optim import (
+    LR_SCHEDULES,
+    lr_factor,
+    make_optimizer,
+    param_groups,
+    set_lr,
+)
 
 
 @pytest.mark.parametrize("schedule", sorted(LR_SCHEDULES))
@@ -46,6 +52,30 @@ def test_param_groups_skip_norm_bias_and_pact_clip():
     assert any(n.endswith("act_clip") for n in undecayed) and "fc.bias" in undecayed and "bn1.weight" in undecayed
     all_in = param_groups([model], weight_decay=1e-4, decay_norm_and_bias=True)
     assert [names[id(p)] for p in all_in[1]["params"]] == [n for n in undecayed if n.endswith("act_clip")]
+
+
+def test_quantizer_parameters_are_never_decayed_and_may_take_their_own_lr():
+    from apprentice.quant import parse_precision, prepare
+
+    model = build_model("resnet8", num_classes=10, in_channels=1, width=0.25)
+    weights, acts = parse_precision("4W/8A", quantizer="lsq", per_channel=True)
+    prepare(model, weights=weights, activations=acts)
+    names = {id(p): n for n, p in model.named_parameters()}
+    steps = sorted(n for n in names.values() if n.endswith(("weight_step", "act_step")))
+    assert steps and all(n.count("layer") for n in steps)
+    for decay_all in (False, True):
+        groups = param_groups([model], weight_decay=1e-4, decay_norm_and_bias=decay_all)
+        decayed = {names[id(p)] for g in groups if g["weight_decay"] for p in g["params"]}
+        assert not decayed & set(steps) and "layer1.0.conv1.weight" in decayed
+    scaled = param_groups([model], weight_decay=1e-4, quant_lr_scale=0.01)
+    assert len(scaled) == 3 and sorted(names[id(p)] for p in scaled[2]["params"]) == steps
+    assert scaled[2]["weight_decay"] == 0 and scaled[2]["lr_scale"] == 0.01
+    assert sum(len(g["params"]) for g in scaled) == len(names)
+    opt = make_optimizer("sgd", scaled, lr=0.1, momentum=0.9, nesterov=False)
+    set_lr(opt, 0.4)
+    assert [g["lr"] for g in opt.param_groups] == [0.4, 0.4, 0.4 * 0.01]
+    with pytest.raises(ApprenticeError, match="quant_lr_scale"):
+        param_groups([model], weight_decay=1e-4, quant_lr_scale=0)
 
 
 def test_sgd_nesterov_without_momentum_is_refused_not_silently_dropped():

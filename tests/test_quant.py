@@ -21,6 +21,7 @@ from apprentice.quant import (
     fake_quant_activation,
     fake_quant_weight,
     format_precision,
+    lsq_init_step,
     parse_precision,
     prepare,
     quantized_layers,
@@ -83,15 +84,20 @@ VALID_SPECS = [  # every quantizer at every width it takes; rejected combination
 ]
 
 
+def _step(w, spec):
+    """The learned step an LSQ layer starts with (None for the other quantizers)."""
+    return lsq_init_step(w, spec.levels, per_channel=spec.per_channel) if spec.learns_step else None
+
+
 @pytest.mark.parametrize("quantizer, bits, per_channel", VALID_SPECS)
 def test_weight_level_counts(quantizer, bits, per_channel):
     w = torch.randn(8, 4, 3, 3) * (0.5 if quantizer == "wrpn" else 0.05)
     spec = WeightQuant(quantizer, bits, per_channel)
-    codes, scale = weight_codes(w, spec)
+    codes, scale = weight_codes(w, spec, _step(w, spec))
     n = spec.levels
     assert torch.equal(codes, codes.round()) and codes.abs().max() <= n
     assert len(codes.unique()) <= 2**bits - 1
-    q = fake_quant_weight(w, spec)
+    q = fake_quant_weight(w, spec, _step(w, spec))
     assert torch.allclose(q, codes * scale)
     rows = q.reshape(8, -1) if per_channel else q.reshape(1, -1)
     for r in rows:  # per layer/channel the distinct values are the levels of that row's grid

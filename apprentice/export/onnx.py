@@ -6,6 +6,9 @@ channel (``axis=0``, which needs opset >= 13). A quantized input activation beco
 
     Clip(x, 0, c) -> QuantizeLinear(scale = c / (2**bits - 1), zero_point = uint8 0) -> DequantizeLinear
 
+(LSQ: ``scale`` is the learned step s and ``c = s * (2**bits - 1)``, so ``round(clip(x, 0, c) / s)`` is
+LSQ's ``round(clip(x / s, 0, 2**bits - 1))``; LSQ weights are their codes with the learned step as scale.)
+
 ONNX rounds half to even, like ``torch.round``, so this is the fake quantizer's
 ``c * round(clip(x, 0, c) / c * (2**bits - 1)) / (2**bits - 1)``; the two differ only where
 ``x / scale`` and ``x / c * (2**bits - 1)`` round to different float32 values at an exact tie.
@@ -47,7 +50,6 @@ from apprentice.quant import (
     FLOAT_BITS,
     QConv2d,
     QLinear,
-    fake_quant_activation,
     replace_module,
 )
 
@@ -73,12 +75,12 @@ class _DequantizeWeight(torch.autograd.Function):
 
 
 class _QuantizeActivation(torch.autograd.Function):
-    """The clipped-ReLU fake quantizer in PyTorch; Clip -> QuantizeLinear -> DequantizeLinear in ONNX."""
+    """Clip -> QuantizeLinear -> DequantizeLinear in ONNX, and the same arithmetic in PyTorch."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, low: Tensor, high: Tensor, scale: Tensor, zero_point: Tensor,
                 bits: int) -> Tensor:
-        return fake_quant_activation(x, bits, float(high))
+        return torch.round(x.clamp(low, high) / scale) * scale
 
     @staticmethod
     def symbolic(g: Any, x: Any, low: Any, high: Any, scale: Any, zero_point: Any, bits: int) -> Any:
@@ -95,12 +97,16 @@ class _OnnxLayer(nn.Module):
         if self.conv is not None and module.padding_mode != "zeros":
             raise ApprenticeError(f"ONNX export supports zero padding only, got {module.padding_mode!r}")
         self.bias = module.bias
-        self.act_bits = module.act_quant.bits
-        clip = float(module.act_quant.clip)
+        acts = module.act_quant
+        self.act_bits = acts.bits
+        levels = 2**acts.bits - 1
+        # clip: step c/(2^b − 1) up to c; LSQ: its learned step s up to s·(2^b − 1).
+        step = float(module.act_step.detach()) if module.act_step is not None else float(acts.clip) / levels
+        high = step * levels if module.act_step is not None else float(acts.clip)
         # Activation constants become graph initializers; uint8 zero point as ONNX's QDQ convention.
         self.register_buffer("act_low", torch.tensor(0.0))
-        self.register_buffer("act_high", torch.tensor(clip))
-        self.register_buffer("act_scale", torch.tensor(clip / (2**self.act_bits - 1)))
+        self.register_buffer("act_high", torch.tensor(high))
+        self.register_buffer("act_scale", torch.tensor(step))
         self.register_buffer("act_zero", torch.tensor(0, dtype=torch.uint8))
         if codes is None:
             self.weight = module.weight

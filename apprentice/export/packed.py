@@ -7,8 +7,10 @@ to integer codes times a scale. Exporting keeps only what inference needs:
   5 ternary weights per byte, 1.6 bits per weight) plus one float scale per layer or per output
   channel;
 * float tensors for everything that was never quantized (first conv, classifier, BatchNorm);
-* a JSON quantization map (safetensors metadata) saying how every layer was quantized, including
-  the learned PACT clip frozen as a number, and which architecture rebuilds the model.
+* a JSON quantization map (safetensors metadata) saying how every layer was quantized (its
+  precision, e.g. "8W/8A", and quantizer settings), including the learned PACT clip or LSQ
+  activation step frozen as a number (a learned LSQ weight step is the layer's scale), and which
+  architecture rebuilds the model.
 
 `load_packed` rebuilds the model from that one file (safetensors only, no pickle) with the
 dequantized weights already in place, so its logits equal the fake-quant model's. ONNX export
@@ -34,11 +36,14 @@ from apprentice.errors import ApprenticeError
 from apprentice.export.packing import pack_codes, unpack_codes
 from apprentice.models import build_model
 from apprentice.quant import (
+    QUANTIZER_STATE,
     ActQuant,
     LayerPlan,
     QConv2d,
     QLinear,
     apply_plan,
+    effective_step,
+    format_precision,
     replace_module,
 )
 from apprentice.version import __version__
@@ -77,10 +82,11 @@ def package_version() -> str:
 def fp32_bytes(model: nn.Module) -> dict[str, int]:
     """Bytes of each state-dict entry in the float32 model, the baseline the packed size is compared with.
 
-    A PACT clip is left out: exporting freezes it into the map as a number.
+    Quantizer state (a PACT clip, LSQ steps) is left out: the float model has none; exporting
+    freezes activation values into the map as numbers and makes a weight step the layer's scale.
     """
     return {k: v.numel() * 4 if v.is_floating_point() else v.nbytes
-            for k, v in model.state_dict().items() if not k.endswith(".act_clip")}
+            for k, v in model.state_dict().items() if k.rsplit(".", 1)[-1] not in QUANTIZER_STATE}
 
 
 def find_conv_bn_pairs(model: nn.Module) -> dict[str, str]:
@@ -120,9 +126,10 @@ def packed_tensors(
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The tensors and the quantization map that `save_packed` writes, without writing them.
 
-    For each quantized layer ``L`` the float ``L.weight`` (and a PACT ``L.act_clip``) is replaced
-    by ``L.weight_codes`` (packed uint8) and ``L.weight_scale`` (float); every other state-dict
-    entry is kept as is. See `save_packed` for the arguments and the map layout.
+    For each quantized layer ``L`` the float ``L.weight`` (and quantizer state: a PACT ``L.act_clip``,
+    LSQ's ``L.weight_step``, ``L.act_step``, ``L.act_step_initialized``) is replaced by
+    ``L.weight_codes`` (packed uint8) and ``L.weight_scale`` (float; LSQ: the learned step); every
+    other state-dict entry is kept as is. See `save_packed` for the arguments and the map layout.
     """
     if ternary_packing not in TERNARY_PACKINGS:
         raise ApprenticeError(f"ternary_packing must be one of {list(TERNARY_PACKINGS)}, got {ternary_packing!r}")
@@ -132,9 +139,10 @@ def packed_tensors(
     for name, mod in model.named_modules():
         if not isinstance(mod, (QConv2d, QLinear)):
             continue
-        tensors.pop(f"{name}.act_clip", None)
-        acts = {"bits": mod.act_quant.bits, "clip": mod.activation_clip()}  # a learned clip is frozen here
-        entry: dict[str, Any] = {"kind": mod.kind, "weights": None, "activations": acts}
+        for key in QUANTIZER_STATE:
+            tensors.pop(f"{name}.{key}", None)
+        entry: dict[str, Any] = {"kind": mod.kind, "precision": format_precision(mod.weight_quant, mod.act_quant),
+                                 "weights": None, "activations": _activation_entry(mod)}
         if mod.weight_quant is not None:
             spec = mod.weight_quant
             codes, scales[name] = mod.weight_codes()
@@ -178,6 +186,25 @@ def packed_tensors(
         "fp32_bytes": sum(fp32_bytes(model).values()),
     }
     return tensors, qmap
+
+
+def _activation_entry(mod: QConv2d | QLinear) -> dict[str, Any]:
+    """A layer's activation quantizer with its learned value frozen as the number the forward uses now."""
+    if mod.act_step is not None:  # LSQ; a step no training batch has set is its placeholder, as eval uses it
+        return {"bits": mod.act_quant.bits, "quantizer": mod.act_quant.quantizer,
+                "step": float(effective_step(mod.act_step))}
+    return {"bits": mod.act_quant.bits, "clip": mod.activation_clip()}  # a learned PACT clip is frozen here
+
+
+def _activation_settings(acts: dict, where: str) -> ActQuant:
+    bits = _get(acts, "bits", int, where)
+    try:
+        if acts.get("quantizer", "clip") == "clip":
+            return ActQuant(bits, float(_get(acts, "clip", (int, float), where)))
+        return ActQuant(bits, quantizer=_get(acts, "quantizer", str, where),
+                        step=float(_get(acts, "step", (int, float), where)))
+    except ApprenticeError as e:
+        raise _bad(where, str(e)) from None
 
 
 def _bad(where: str, what: str) -> ApprenticeError:
@@ -227,7 +254,8 @@ def model_from_packed(tensors: dict[str, Tensor], qmap: dict[str, Any]) -> nn.Mo
 
     Quantized layers become QConv2d/QLinear with ``weights=None`` holding ``codes * scale``: the
     weights are already quantized, and re-quantizing them would change them for quantizers that
-    are not idempotent (DoReFa). Their activation quantization uses the frozen clip.
+    are not idempotent (DoReFa). Their activation quantization uses the frozen clip, or the LSQ
+    step from the map (held as the layer's ``act_step``, already initialised).
 
     Raises:
         ApprenticeError: one line naming the key or layer that is missing, extra or inconsistent.
@@ -262,12 +290,7 @@ def model_from_packed(tensors: dict[str, Tensor], qmap: dict[str, Any]) -> nn.Mo
         kind = _get(entry, "kind", str, where)
         if (kind, type(module)) not in (("conv2d", nn.Conv2d), ("linear", nn.Linear)):
             raise _bad(where, f"map says {kind!r}, the model has {type(module).__name__}")
-        acts = _get(entry, "activations", dict, where)
-        try:
-            act = ActQuant(_get(acts, "bits", int, where), float(_get(acts, "clip", (int, float), where)))
-        except ApprenticeError as e:
-            raise _bad(where, str(e)) from None
-        plan[name] = LayerPlan(kind, None, act)
+        plan[name] = LayerPlan(kind, None, _activation_settings(_get(entry, "activations", dict, where), where))
         if entry.get("weights") is not None:
             weights[f"{name}.weight"] = _dequantize(name, _get(entry, "weights", dict, where), tensors, module)
     apply_plan(model, plan)
@@ -276,6 +299,10 @@ def model_from_packed(tensors: dict[str, Tensor], qmap: dict[str, Any]) -> nn.Mo
         if key not in expected:
             raise _bad(f"tensor {key!r}", "not part of the model (extra tensor)")
     tensors.update(weights)
+    for name, lp in plan.items():  # an LSQ step comes from the map (a number), which built the layer with it
+        if lp.activations.learns_step:
+            tensors[f"{name}.act_step"] = expected[f"{name}.act_step"]
+            tensors[f"{name}.act_step_initialized"] = expected[f"{name}.act_step_initialized"]
     for key, ref in expected.items():
         if key not in tensors:
             raise _bad(f"tensor {key!r}", "missing from the file")
@@ -310,14 +337,15 @@ def save_packed(
     Each quantized layer ``L`` (QConv2d/QLinear with weight quantization) is stored as
     ``L.weight_codes`` (uint8: 5 ternary codes a byte with "base3", else 2/4/8 bits a code, 3-bit
     codes in 4 bits and 5..7-bit codes in 8 bits) and ``L.weight_scale`` (the model's float dtype,
-    shape [] per layer or [C_out, 1, ...] per channel). Everything else (excluded layers, biases, BatchNorm
+    shape [] per layer or [C_out, 1, ...] per channel; LSQ: the learned step). Everything else (excluded layers, biases, BatchNorm
     parameters and buffers) stays float. The safetensors metadata key ``"apprentice"`` holds the
     JSON quantization map::
 
         {"format": "apprentice-packed", "format_version": 1, "package_version": "0.1.0",
          "arch": {"name": "resnet20", ...},          # build_model(**arch) rebuilds the float model
-         "layers": {"layer1.0.conv1": {"kind": "conv2d",
+         "layers": {"layer1.0.conv1": {"kind": "conv2d", "precision": "2W/8A",
                     "activations": {"bits": 8, "clip": 1.73},       # a learned PACT clip, frozen
+                    # LSQ: "activations": {"bits": 8, "quantizer": "lsq", "step": 0.021}
                     "weights": {"quantizer": "ternary", "bits": 2, "per_channel": false,
                                 "threshold": 0.7, "shape": [16, 16, 3, 3], "count": 2304,
                                 "packing": "base3", "scale_shape": []}}, ...},   # weights: null

@@ -1,10 +1,13 @@
 """Quantization: quantizer math (pure functions), quantized modules, and the `prepare` module swap.
 
-- `apprentice.quant.quantizers`: weight quantizers (TWN ternary, uniform, WRPN, DoReFa), activation
-  fake-quantization (fixed or PACT-learned clip), the one straight-through estimator, and their
-  settings (`WeightQuant`, `ActQuant`, `parse_precision`).
+- `apprentice.quant.quantizers`: weight quantizers (TWN ternary, uniform, WRPN, DoReFa, LSQ), activation
+  fake-quantization (fixed or PACT-learned clip, LSQ step), and their settings (`WeightQuant`,
+  `ActQuant`, `parse_precision`).
+- `apprentice.quant.lsq`: LSQ's math (Esser et al., ICLR 2020): learned step sizes.
+- `apprentice.quant.ste`: the one straight-through estimator.
 - `apprentice.quant.modules`: QConv2d/QLinear and `LayerPlan`.
-- `apprentice.quant.prepare`: `prepare`/`apply_plan`/`to_float`, with include/exclude patterns.
+- `apprentice.quant.prepare`: `prepare`/`apply_plan`/`to_float`, with include/exclude patterns and
+  per-layer precision rules.
 
 Example:
     >>> from torch import nn
@@ -13,17 +16,37 @@ Example:
     ['2']
 """
 
-from apprentice.quant.modules import LayerPlan, QConv2d, QLinear
+from apprentice.quant.lsq import (
+    MIN_LEARNED_STEP,
+    effective_step,
+    lsq_activation,
+    lsq_grad_scale,
+    lsq_init_step,
+    lsq_quantize,
+    lsq_weight,
+)
+from apprentice.quant.modules import (
+    QUANTIZER_PARAMETERS,
+    QUANTIZER_STATE,
+    LayerPlan,
+    QConv2d,
+    QLinear,
+)
 from apprentice.quant.prepare import (
     DEFAULT_EXCLUDE,
+    LayerRules,
+    LayerSettings,
     apply_plan,
+    parse_layer_rules,
     prepare,
     quantized_layers,
     replace_module,
     to_float,
 )
 from apprentice.quant.quantizers import (
+    ACT_QUANTIZERS,
     FLOAT_BITS,
+    LEARNED_STEP,
     MAX_BITS,
     MIN_BITS,
     MIN_LEARNED_CLIP,
@@ -36,16 +59,20 @@ from apprentice.quant.quantizers import (
     fake_quant_weight,
     format_precision,
     parse_precision,
-    ste,
+    precision_bits,
     ternary_twn,
     uniform_max,
     weight_codes,
     wrpn,
 )
+from apprentice.quant.ste import ste
 
 __all__ = [
-    "DEFAULT_EXCLUDE", "FLOAT_BITS", "MAX_BITS", "MIN_BITS", "MIN_LEARNED_CLIP", "WEIGHT_QUANTIZERS",
-    "ActQuant", "LayerPlan", "QConv2d", "QLinear", "WeightQuant", "apply_plan", "dorefa", "effective_clip",
-    "fake_quant_activation", "fake_quant_weight", "format_precision", "parse_precision", "prepare",
-    "quantized_layers", "replace_module", "ste", "ternary_twn", "to_float", "uniform_max", "weight_codes", "wrpn",
+    "ACT_QUANTIZERS", "DEFAULT_EXCLUDE", "FLOAT_BITS", "LEARNED_STEP", "MAX_BITS", "MIN_BITS", "MIN_LEARNED_CLIP",
+    "MIN_LEARNED_STEP", "QUANTIZER_PARAMETERS", "QUANTIZER_STATE", "WEIGHT_QUANTIZERS", "ActQuant", "LayerPlan",
+    "LayerRules", "LayerSettings", "QConv2d", "QLinear", "WeightQuant", "apply_plan", "dorefa", "effective_clip",
+    "effective_step", "fake_quant_activation", "fake_quant_weight", "format_precision", "lsq_activation",
+    "lsq_grad_scale", "lsq_init_step", "lsq_quantize", "lsq_weight", "parse_layer_rules", "parse_precision",
+    "precision_bits", "prepare", "quantized_layers", "replace_module", "ste", "ternary_twn", "to_float",
+    "uniform_max", "weight_codes", "wrpn",
 ]

@@ -4,25 +4,37 @@ QConv2d and QLinear reuse the float module's own parameters (`from_float` shares
 each forward quantizes the shadow weight with the pure functions of `apprentice.quant.quantizers`
 and, where the plan says so, the layer's input activations. `LayerPlan` is what one layer's
 quantization is, as data: checkpoints and packed files store it, `apply_plan` rebuilds from it.
+
+Learned quantizer state lives in the layer: a PACT clip ``act_clip``; LSQ steps ``weight_step``
+(initialised from the weights when the layer is built) and ``act_step`` with the buffer
+``act_step_initialized`` (set by the first training batch, saved in the state dict so that a resume
+or a reload never initialises again).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from apprentice.errors import ApprenticeError, lookup
+from apprentice.quant.lsq import effective_step, lsq_init_step
 from apprentice.quant.quantizers import (
+    ACT_QUANTIZERS,
     ActQuant,
     WeightQuant,
     effective_clip,
-    fake_quant_activation,
     fake_quant_weight,
     weight_codes,
 )
+
+#: Trainable parameters of the quantizers themselves (no weight decay; see `apprentice.train.optim`).
+QUANTIZER_PARAMETERS: tuple[str, ...] = ("act_clip", "act_step", "weight_step")
+#: Everything a quantized layer holds beyond its float module's state: not part of a float model.
+QUANTIZER_STATE: tuple[str, ...] = (*QUANTIZER_PARAMETERS, "act_step_initialized")
 
 
 @dataclass(frozen=True)
@@ -69,8 +81,17 @@ class _QuantMixin:
     def _init_quant(self, weights: WeightQuant | None, activations: ActQuant) -> None:
         self.weight_quant = weights
         self.act_quant = activations
-        clip = nn.Parameter(self.weight.new_tensor(float(activations.clip))) if activations.enabled and activations.learned else None
-        self.register_parameter("act_clip", clip)
+        pact = activations.enabled and activations.learned
+        self.register_parameter("act_clip", nn.Parameter(self.weight.new_tensor(float(activations.clip))) if pact else None)
+        step = None
+        if weights is not None and weights.learns_step:  # LSQ: from the weights as they are now (pretrained or not)
+            step = nn.Parameter(lsq_init_step(self.weight.detach(), weights.levels, per_channel=weights.per_channel))
+        self.register_parameter("weight_step", step)
+        self.register_parameter("act_step", None)
+        if activations.learns_step:  # a placeholder until the first training batch, unless the plan gives it
+            given = activations.step is not None
+            self.act_step = nn.Parameter(self.weight.new_tensor(activations.step if given else 1.0))
+            self.register_buffer("act_step_initialized", torch.tensor(given, device=self.weight.device))
         self._wq_cache: tuple[tuple, Tensor] | None = None
 
     def quantized_weight(self) -> Tensor:
@@ -79,25 +100,41 @@ class _QuantMixin:
             return self.weight
         if self.training or torch.is_grad_enabled():
             self._wq_cache = None
-            return fake_quant_weight(self.weight, self.weight_quant)
-        # Inference: re-quantizing unchanged weights on every batch is wasted work. The tensor's
+            return fake_quant_weight(self.weight, self.weight_quant, self.weight_step)
+        # Inference: re-quantizing unchanged weights on every batch is wasted work. A tensor's
         # version counter moves on every in-place update (optimizer step, load_state_dict).
-        key = (self.weight._version, self.weight.data_ptr(), self.weight.dtype, self.weight.device)
+        key = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in (self.weight, self.weight_step) if t is not None)
         if self._wq_cache is None or self._wq_cache[0] != key:
-            self._wq_cache = (key, fake_quant_weight(self.weight, self.weight_quant))
+            self._wq_cache = (key, fake_quant_weight(self.weight, self.weight_quant, self.weight_step))
         return self._wq_cache[1]
 
     def quantize_input(self, x: Tensor) -> Tensor:
-        if not self.act_quant.enabled:
+        acts = self.act_quant
+        if not acts.enabled:
             return x
-        clip = self.act_clip if self.act_clip is not None else self.act_quant.clip
-        return fake_quant_activation(x, self.act_quant.bits, clip)
+        if self.act_step is not None:
+            if self.training and not bool(self.act_step_initialized):
+                self._init_act_step(x)
+            param: float | Tensor = self.act_step
+        else:
+            param = self.act_clip if self.act_clip is not None else acts.clip
+        return ACT_QUANTIZERS[acts.quantizer](x, acts.bits, param)
+
+    @torch.no_grad()
+    def _init_act_step(self, x: Tensor) -> None:
+        """LSQ's 2·mean|x|/√Q_P from this (first training) batch; averaged over processes so all ranks agree."""
+        step = lsq_init_step(x.detach().float(), 2**self.act_quant.bits - 1)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(step)
+            step /= dist.get_world_size()
+        self.act_step.copy_(step)
+        self.act_step_initialized.fill_(True)
 
     def weight_codes(self) -> tuple[Tensor, Tensor]:
         """(codes, scale) of the current shadow weight; see :func:`weight_codes`."""
         if self.weight_quant is None:
             raise ApprenticeError("this layer's weights are not quantized; it has no integer codes")
-        return weight_codes(self.weight, self.weight_quant)
+        return weight_codes(self.weight, self.weight_quant, self.weight_step)
 
     def activation_clip(self) -> float:
         """The clip c the forward uses now, as a number: a learned (PACT) clip as clamped by
@@ -106,10 +143,20 @@ class _QuantMixin:
             return float(self.act_quant.clip)
         return float(effective_clip(self.act_clip.detach()))
 
+    def activation_step(self) -> float | None:
+        """The LSQ step the forward uses now, as a number (floored as the forward floors it); None
+        for a layer without an LSQ activation step or one not yet initialised by a training batch."""
+        if self.act_step is None or not bool(self.act_step_initialized):
+            return None
+        return float(effective_step(self.act_step))
+
     def plan(self) -> LayerPlan:
+        """This layer's settings with learned activation values (PACT clip, LSQ step) as numbers."""
         acts = self.act_quant
         if self.act_clip is not None:
             acts = ActQuant(acts.bits, self.activation_clip(), learned=True)
+        if self.act_step is not None:
+            acts = replace(acts, step=self.activation_step())
         return LayerPlan(self.kind, self.weight_quant, acts)
 
     @classmethod

@@ -14,16 +14,45 @@ from torch import nn
 
 from apprentice.errors import ApprenticeError, lookup
 from apprentice.quant.modules import _QMODULES, LayerPlan, _QuantMixin
-from apprentice.quant.quantizers import ActQuant, WeightQuant, parse_precision
+from apprentice.quant.quantizers import (
+    FLOAT_BITS,
+    LEARNED_STEP,
+    ActQuant,
+    WeightQuant,
+    parse_precision,
+    precision_bits,
+)
 
-__all__ = ["DEFAULT_EXCLUDE", "apply_plan", "prepare", "quantized_layers", "replace_module", "to_float"]
+__all__ = [
+    "DEFAULT_EXCLUDE", "LayerRules", "LayerSettings", "apply_plan", "parse_layer_rules", "prepare", "quantized_layers",
+    "replace_module", "to_float",
+]
 
 DEFAULT_EXCLUDE: tuple[str, ...] = ("@first", "@last")
 """Keep the first and the last Conv2d/Linear (in registration order) in full precision, as the paper does."""
 
 
+LayerSettings = tuple[WeightQuant | None, ActQuant]
+"""One layer's quantizer settings: weights (None = float) and input activations."""
+LayerRules = Mapping[str, "str | LayerSettings"] | Sequence[tuple[str, "str | LayerSettings"]]
+"""Ordered (layer-name pattern -> precision text or settings) rules; the first match wins."""
+
+
 def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if n and type(m) in (nn.Conv2d, nn.Linear)]
+
+
+def _hits(pattern: str, names: list[str]) -> list[str]:
+    if pattern == "@first":
+        return names[:1]
+    if pattern == "@last":
+        return names[-1:]
+    return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+
+
+def _no_match(what: str, pattern: str, names: list[str]) -> ApprenticeError:
+    shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+    return ApprenticeError(f"{what} pattern {pattern!r} matches no Conv2d/Linear layer (layers: {shown})")
 
 
 def _match(patterns: Sequence[str], names: list[str], what: str) -> set[str]:
@@ -31,17 +60,112 @@ def _match(patterns: Sequence[str], names: list[str], what: str) -> set[str]:
         raise ApprenticeError(f"{what} must be a list of patterns, got the string {patterns!r}")
     matched: set[str] = set()
     for p in patterns:
-        if p == "@first":
-            hits = names[:1]
-        elif p == "@last":
-            hits = names[-1:]
-        else:
-            hits = [n for n in names if fnmatch.fnmatchcase(n, p)]
+        hits = _hits(p, names)
         if not hits:
-            shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
-            raise ApprenticeError(f"{what} pattern {p!r} matches no Conv2d/Linear layer (layers: {shown})")
+            raise _no_match(what, p, names)
         matched.update(hits)
     return matched
+
+
+def _rule_settings(pattern: str, value: object, options: Mapping[str, object]) -> LayerSettings:
+    if isinstance(value, str):
+        w_bits, _ = precision_bits(value)
+        opts = dict(options)
+        if w_bits == FLOAT_BITS:  # a float-weights rule in a shared list: the weight quantizer is not its
+            if opts.get("act_quantizer") is None:
+                opts["act_quantizer"] = "lsq" if opts.get("quantizer") in LEARNED_STEP else "clip"
+            opts["quantizer"] = None
+        return parse_precision(value, **opts)  # type: ignore[arg-type]
+    if (isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[1], ActQuant)
+            and (value[0] is None or isinstance(value[0], WeightQuant))):
+        return value[0], value[1]
+    raise ApprenticeError(f"layers rule {pattern!r}: expected a precision like '4W/8A' or a (WeightQuant | None, "
+                          f"ActQuant) pair, got {value!r}")
+
+
+def parse_layer_rules(rules: LayerRules, **options: object) -> list[tuple[str, LayerSettings]]:
+    """Per-layer precision rules as settings, in order: ``[(pattern, (weights, activations)), ...]``.
+
+    ``rules`` is a mapping (YAML keeps its order) or a list of pairs; a value is precision text,
+    read by `parse_precision` with ``options`` (``quantizer``, ``per_channel``, ``clip``, ``learned``,
+    ``act_quantizer``; in a "32W/..." rule the weight quantizer is ignored, as the rule keeps weights
+    float), or a ``(WeightQuant | None, ActQuant)`` pair taken as is.
+
+    Example:
+        >>> [(p, w.bits, a.bits) for p, (w, a) in parse_layer_rules({"conv1": "8W/8A", "*": "2W/8A"})]
+        [('conv1', 8, 8), ('*', 2, 8)]
+    """
+    if isinstance(rules, Mapping):
+        pairs = list(rules.items())
+    elif isinstance(rules, Sequence) and not isinstance(rules, str) and all(
+            isinstance(r, (tuple, list)) and len(r) == 2 for r in rules):
+        pairs = [tuple(r) for r in rules]
+    else:
+        raise ApprenticeError(f"layers must be a mapping or a list of (pattern, precision) pairs, got {rules!r}")
+    out = []
+    for pattern, value in pairs:
+        if not isinstance(pattern, str) or not pattern:
+            raise ApprenticeError(f"layers rule pattern must be a non-empty string, got {pattern!r}")
+        out.append((pattern, _rule_settings(pattern, value, options)))
+    return out
+
+
+def _default_settings(precision: str | None, weights: WeightQuant | None,
+                      activations: ActQuant | None) -> LayerSettings:
+    if precision is not None:
+        if weights is not None or activations is not None:
+            raise ApprenticeError("give either precision or weights/activations settings, not both")
+        return parse_precision(precision)
+    activations = ActQuant() if activations is None else activations
+    if weights is not None and not isinstance(weights, WeightQuant):
+        raise ApprenticeError(f"weights must be a WeightQuant or None, got {type(weights).__name__}")
+    if not isinstance(activations, ActQuant):
+        raise ApprenticeError(f"activations must be an ActQuant or None, got {type(activations).__name__}")
+    return weights, activations
+
+
+def _float(settings: LayerSettings) -> bool:
+    return settings[0] is None and not settings[1].enabled
+
+
+def _excluded(exclude: Sequence[str] | None, names: list[str], rules: list[tuple[str, LayerSettings]]) -> set[str]:
+    """Layers kept float: ``exclude``'s, or the default @first/@last less the layers a rule names exactly."""
+    named = {n for p, _ in rules if p in ("@first", "@last") or p in names for n in _hits(p, names)}
+    if exclude is None:
+        return _match(DEFAULT_EXCLUDE, names, "exclude") - named
+    excluded = _match(exclude, names, "exclude")
+    clash = sorted(excluded & named)
+    if clash:
+        raise ApprenticeError(f"layer {clash[0]!r} is named by a layers rule and also matched by exclude; "
+                              f"remove one of the two")
+    return excluded
+
+
+def _assign(names: list[str], chosen: set[str], rules: list[tuple[str, LayerSettings]],
+            default: LayerSettings | None) -> dict[str, LayerSettings]:
+    """First matching rule per chosen layer, else ``default``; every rule must apply to some layer."""
+    hits = [set(_hits(p, names)) for p, _ in rules]
+    for (pattern, _), h in zip(rules, hits):
+        if not h:
+            raise _no_match("layers", pattern, names)
+    out: dict[str, LayerSettings] = {}
+    used = [False] * len(rules)
+    for name in names:
+        if name not in chosen:
+            continue
+        i = next((i for i, h in enumerate(hits) if name in h), None)
+        if i is not None:
+            used[i] = True
+        settings = default if i is None else rules[i][1]
+        if settings is not None and not _float(settings):
+            out[name] = settings
+    for (pattern, _), u in zip(rules, used):
+        if not u:
+            raise ApprenticeError(
+                f"layers rule {pattern!r} applies to no layer: an earlier rule takes every layer it matches, "
+                f"or they are excluded (the first conv and the classifier are quantized only by a rule "
+                f"naming them exactly, e.g. 'conv1' or '@last')")
+    return out
 
 
 def prepare(
@@ -52,47 +176,58 @@ def prepare(
     activations: ActQuant | None = None,
     include: Sequence[str] = ("*",),
     exclude: Sequence[str] | None = None,
+    layers: LayerRules | None = None,
 ) -> dict[str, LayerPlan]:
     """Quantize a model in place by swapping its Conv2d/Linear layers for QConv2d/QLinear.
 
-    Give either ``precision`` in the paper's notation ("2W/32A", "4W/8A") or explicit ``weights``
-    and ``activations`` settings. Layers are chosen by dotted name with fnmatch patterns; the
-    special patterns "@first" and "@last" name the first and last Conv2d/Linear in registration
-    order, and the default ``exclude`` (:data:`DEFAULT_EXCLUDE`) keeps those two in full precision.
-    A pattern that matches no layer is an error (a typo would otherwise quantize the wrong layers).
+    Give ``precision`` in the paper's notation ("2W/32A", "4W/8A") or explicit ``weights`` and
+    ``activations`` settings, and/or per-layer ``layers`` rules. Layers are chosen by dotted name
+    with fnmatch patterns; the special patterns "@first" and "@last" name the first and last
+    Conv2d/Linear in registration order, and the default ``exclude`` (:data:`DEFAULT_EXCLUDE`) keeps
+    those two in full precision. A pattern that matches no layer is an error (a typo would
+    otherwise quantize the wrong layers).
+
+    Per-layer precision: ``layers`` is an ordered list (or mapping) of ``(pattern, precision text or
+    (WeightQuant | None, ActQuant))`` rules (`parse_layer_rules` reads texts with quantizer options);
+    each layer takes the first rule that matches it, and a layer no rule matches takes ``precision``
+    (or ``weights``/``activations``) if given, else stays float. A "32W/32A" rule keeps layers float.
+    How rules meet the exclusions: ``include`` and ``exclude`` still choose which layers may be
+    quantized; the *default* exclude spares a layer that a rule names exactly (its full name,
+    "@first" or "@last": ``("conv1", "8W/8A")`` quantizes the first conv, ``("*", ...)`` does not);
+    an explicit ``exclude`` that matches a layer a rule names exactly is an error. Every rule must
+    decide at least one layer; one that matches none, or only layers taken by earlier rules or
+    excluded, is an error.
 
     Returns:
-        ``{layer name: LayerPlan}`` of the layers swapped; empty for a full-precision setting.
+        ``{layer name: LayerPlan}`` of the layers swapped, in module order; empty for a full-precision setting.
 
     Example:
         >>> from torch import nn
         >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(64, 2))
         >>> list(prepare(net, "2W/8A"))
         ['2']
+        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(64, 2))
+        >>> {n: p.weights.bits for n, p in prepare(net, layers=[("0", "8W/8A"), ("*", "2W/8A")]).items()}
+        {'0': 8, '2': 2}
     """
-    if precision is not None:
-        if weights is not None or activations is not None:
-            raise ApprenticeError("give either precision or weights/activations settings, not both")
-        weights, activations = parse_precision(precision)
-    activations = ActQuant() if activations is None else activations
-    if weights is not None and not isinstance(weights, WeightQuant):
-        raise ApprenticeError(f"weights must be a WeightQuant or None, got {type(weights).__name__}")
-    if not isinstance(activations, ActQuant):
-        raise ApprenticeError(f"activations must be an ActQuant or None, got {type(activations).__name__}")
+    given = precision is not None or weights is not None or activations is not None
+    default = _default_settings(precision, weights, activations) if given or layers is None else None
+    rules = [] if layers is None else parse_layer_rules(layers)
     already = [n for n, m in model.named_modules() if isinstance(m, _QuantMixin)]
     if already:
         raise ApprenticeError(f"model is already quantized (layer {already[0]!r}); call to_float(model) first")
-    if weights is None and not activations.enabled:
+    if not rules and default is not None and _float(default):
         return {}
     names = [n for n, _ in _candidates(model)]
     if not names:
         raise ApprenticeError("model has no Conv2d or Linear layer to quantize")
-    chosen = _match(include, names, "include") - _match(DEFAULT_EXCLUDE if exclude is None else exclude, names, "exclude")
-    if not chosen:
-        raise ApprenticeError("include/exclude patterns leave no layer to quantize")
+    chosen = _match(include, names, "include") - _excluded(exclude, names, rules)
+    settings = _assign(names, chosen, rules, default)
+    if not settings:
+        raise ApprenticeError("include/exclude patterns and layers rules leave no layer to quantize")
     modules = dict(_candidates(model))
-    plan = {n: LayerPlan("conv2d" if isinstance(modules[n], nn.Conv2d) else "linear", weights, activations)
-            for n in names if n in chosen}
+    plan = {n: LayerPlan("conv2d" if isinstance(modules[n], nn.Conv2d) else "linear", w, a)
+            for n, (w, a) in settings.items()}
     apply_plan(model, plan)
     return plan
 

@@ -13,6 +13,7 @@ References:
     Mishra et al., "WRPN: Wide Reduced-Precision Networks", ICLR 2018 (clip-and-round weights, clipped-ReLU activations).
     Zhou et al., "DoReFa-Net", 2016 (tanh weight normalisation).
     Choi et al., "PACT: Parameterized Clipping Activation", 2018 (learned activation clip).
+    Esser et al., "Learned Step Size Quantization", ICLR 2020 (learned step; `apprentice.quant.lsq`).
 """
 
 from __future__ import annotations
@@ -20,50 +21,18 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from apprentice.errors import ApprenticeError, lookup
+from apprentice.quant.lsq import lsq_activation, lsq_weight
+from apprentice.quant.ste import ste
 
 FLOAT_BITS = 32
 MIN_BITS, MAX_BITS = 2, 8
 # A learned clip could be pushed to or below 0 by a large step; keep the activation grid defined.
 MIN_LEARNED_CLIP = 1e-3
-
-
-class _StraightThrough(torch.autograd.Function):
-    """Forward: ``q``. Backward: the incoming gradient to ``x`` (times ``mask`` where one is given)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, q: Tensor, mask: Tensor | None) -> Tensor:
-        if mask is not None:
-            ctx.save_for_backward(mask)
-        ctx.has_mask = mask is not None
-        return q
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        if ctx.has_mask:
-            (mask,) = ctx.saved_tensors
-            return grad * mask, None, None
-        return grad, None, None
-
-
-def ste(x: Tensor, q: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Straight-through estimator: exactly the value of ``q``, the gradient of ``x``.
-
-    The gradient reaching ``x`` is the incoming one, multiplied by ``mask`` (0/1 values shaped like
-    ``x``, best in its dtype) where a mask is given: a clip can say where it passes the gradient without a
-    clamp of its own in the graph. One autograd node, and ``q`` is returned as is: neither
-    ``q + (x − x.detach())`` (two extra full-size passes forward and backward) nor
-    ``x + (q − x).detach()`` (off by float rounding: a ternary layer shows more than three
-    values). ``q`` must not need a gradient.
-    """
-    if not (torch.is_grad_enabled() and x.requires_grad):
-        return q.detach()
-    return _StraightThrough.apply(x, q.detach(), mask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,15 +126,23 @@ def dorefa(w: Tensor, spec: WeightQuant) -> tuple[Tensor, Tensor, Tensor]:
     return t, torch.round(t * n), w.new_tensor(1.0 / n)
 
 
-WeightQuantizerFn = Callable[[Tensor, "WeightQuant"], tuple[Tensor, Tensor, Tensor]]
+# f(w, spec) -> (surrogate, codes, scale); a quantizer in LEARNED_STEP also takes step= (its parameter).
+WeightQuantizerFn = Callable[..., tuple[Tensor, Tensor, Tensor]]
 WEIGHT_QUANTIZERS: dict[str, WeightQuantizerFn] = {
     "ternary": ternary_twn,
     "uniform": uniform_max,
     "wrpn": wrpn,
     "dorefa": dorefa,
+    "lsq": lsq_weight,
 }
 # Quantizers whose scale is a fixed 1/n: a per-channel setting would silently do nothing.
 _FIXED_SCALE = {"wrpn"}
+#: Quantizers whose step is a trainable parameter of the layer (``weight_step`` / ``act_step``).
+LEARNED_STEP = frozenset({"lsq"})
+
+# f(x, bits, clip or step) -> fake-quantized x. "clip": clipped ReLU [0, c] (WRPN; PACT when c is a
+# learned tensor); "lsq": c is replaced by LSQ's learned step s, the range by [0, s·(2^b − 1)].
+ActQuantizerFn = Callable[[Tensor, int, "float | Tensor"], Tensor]
 
 
 def _check_bits(bits: object, what: str, allow_float: bool) -> None:
@@ -182,7 +159,8 @@ class WeightQuant:
 
     Args:
         quantizer: name in ``WEIGHT_QUANTIZERS``: "ternary" (TWN), "uniform" (scale max|W|),
-            "wrpn" (clip to [−1, 1], no scale; at 2 bits the WRPN ternary), "dorefa" (tanh-normalised).
+            "wrpn" (clip to [−1, 1], no scale; at 2 bits the WRPN ternary), "dorefa" (tanh-normalised),
+            "lsq" (learned step, `apprentice.quant.lsq`; the step is the layer's ``weight_step``).
         bits: 2..8. "ternary" takes 2 (three levels).
         per_channel: one scale per output channel instead of one per layer.
         threshold: TWN's t in Δ = t·mean|W|.
@@ -208,11 +186,20 @@ class WeightQuant:
         """n: codes lie in [−n, n] (1 for ternary and 2 bits, 7 for 4 bits, 127 for 8 bits)."""
         return 2 ** (self.bits - 1) - 1
 
+    @property
+    def learns_step(self) -> bool:
+        """The scale is a trainable step of the layer (LSQ), not a statistic of the weights."""
+        return self.quantizer in LEARNED_STEP
+
     def describe(self) -> str:
         scope = "per-channel" if self.per_channel else "per-layer"
         if self.quantizer == "ternary":
             return f"ternary TWN {scope}"
         return f"{self.bits}-bit {self.quantizer}" + ("" if self.quantizer in _FIXED_SCALE else f" {scope}")
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and value != float("inf")
 
 
 @dataclass(frozen=True)
@@ -222,41 +209,82 @@ class ActQuant:
     Args:
         bits: 2..8, or 32 for full precision (off).
         clip: c of the clipped ReLU [0, c] (WRPN uses 1); the initial value when ``learned``.
-        learned: PACT: c is a trainable parameter (``act_clip``) of each quantized layer.
+            Quantizer "clip" only.
+        learned: PACT: c is a trainable parameter (``act_clip``) of each quantized layer. Quantizer
+            "clip" only (LSQ always learns its step).
+        quantizer: name in ``ACT_QUANTIZERS``: "clip" (clipped ReLU [0, c]: WRPN, or PACT when
+            ``learned``) or "lsq" (learned step s, unsigned range [0, s·(2^b − 1)]; the step is the
+            layer's ``act_step`` parameter). Both are unsigned, made for inputs that come out of a
+            ReLU: a layer whose input can be negative (the first conv on normalised images) loses
+            the negative part, so quantize its weights only there ("8W/32A").
+        step: LSQ only: the step as a number. None: the layer initialises it from the first training
+            batch, 2·mean|x|/√(2^b − 1). A number starts the step there (never re-initialised);
+            plans and packed files record the learned step this way, as PACT's clip.
     """
 
     bits: int = FLOAT_BITS
     clip: float = 1.0
     learned: bool = False
+    quantizer: str = "clip"
+    step: float | None = None
 
     def __post_init__(self) -> None:
         _check_bits(self.bits, "activation bits", allow_float=True)
-        if not isinstance(self.clip, (int, float)) or isinstance(self.clip, bool) or not self.clip > 0:
+        lookup(ACT_QUANTIZERS, self.quantizer, "activation quantizer")
+        if not _positive(self.clip):
             raise ApprenticeError(f"activation clip must be a positive number, got {self.clip!r}")
+        if self.quantizer in LEARNED_STEP:
+            if self.learned or self.clip != 1.0:
+                raise ApprenticeError(f"the {self.quantizer!r} activation quantizer learns a step, not a clip: "
+                                      f"leave clip and learned (PACT's) at their defaults")
+            if self.step is not None and not _positive(self.step):
+                raise ApprenticeError(f"activation step must be a positive number or None, got {self.step!r}")
+        elif self.step is not None:
+            raise ApprenticeError(f"an activation step is LSQ's; the {self.quantizer!r} quantizer takes clip")
 
     @property
     def enabled(self) -> bool:
         return self.bits != FLOAT_BITS
 
+    @property
+    def learns_step(self) -> bool:
+        """The layer holds a trainable ``act_step`` (LSQ)."""
+        return self.enabled and self.quantizer in LEARNED_STEP
+
     def describe(self) -> str:
         if not self.enabled:
             return "float"
+        if self.learns_step:
+            return f"{self.bits}-bit LSQ (" + ("s from the first batch" if self.step is None else f"s={self.step:.4g}") + ")"
         return f"{self.bits}-bit PACT (c={self.clip:g})" if self.learned else f"{self.bits}-bit [0, {self.clip:g}]"
 
 
-def fake_quant_weight(w: Tensor, spec: WeightQuant) -> Tensor:
-    """Quantized weight ``codes * scale`` in the forward pass, the quantizer's STE gradient backward."""
-    surrogate, codes, scale = WEIGHT_QUANTIZERS[spec.quantizer](w, spec)
+def _quantize_weight(w: Tensor, spec: WeightQuant, step: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    fn = WEIGHT_QUANTIZERS[spec.quantizer]
+    if spec.learns_step:
+        return fn(w, spec, step)
+    if step is not None:
+        raise ApprenticeError(f"the {spec.quantizer!r} weight quantizer has no learned step; step= is LSQ's")
+    return fn(w, spec)
+
+
+def fake_quant_weight(w: Tensor, spec: WeightQuant, step: Tensor | None = None) -> Tensor:
+    """Quantized weight ``codes * scale`` in the forward pass, the quantizer's STE gradient backward.
+
+    ``step``: the learned step of an LSQ quantizer (``spec.learns_step``), else None.
+    """
+    surrogate, codes, scale = _quantize_weight(w, spec, step)
     return ste(surrogate, codes * scale)
 
 
 @torch.no_grad()
-def weight_codes(w: Tensor, spec: WeightQuant) -> tuple[Tensor, Tensor]:
+def weight_codes(w: Tensor, spec: WeightQuant, step: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Integer codes in [−n, n] (as float) and the scale, such that ``codes * scale`` is the weight.
 
-    The scale is a scalar tensor per layer or shaped [C_out, 1, ...] per channel.
+    The scale is a scalar tensor per layer or shaped [C_out, 1, ...] per channel (LSQ: the learned
+    ``step``, floored).
     """
-    _, codes, scale = WEIGHT_QUANTIZERS[spec.quantizer](w, spec)
+    _, codes, scale = _quantize_weight(w, spec, step)
     return codes, scale
 
 
@@ -303,6 +331,9 @@ def fake_quant_activation(x: Tensor, bits: int, clip: float | Tensor) -> Tensor:
     return ste(x, q, mask)
 
 
+ACT_QUANTIZERS: dict[str, ActQuantizerFn] = {"clip": fake_quant_activation, "lsq": lsq_activation}
+
+
 # ---------------------------------------------------------------------------------------------
 # The paper's precision notation
 # ---------------------------------------------------------------------------------------------
@@ -310,22 +341,12 @@ def fake_quant_activation(x: Tensor, bits: int, clip: float | Tensor) -> Tensor:
 _TOKEN = re.compile(r"^(\d+)([WA])$", re.IGNORECASE)
 
 
-def parse_precision(
-    text: str,
-    *,
-    quantizer: str | None = None,
-    per_channel: bool = False,
-    clip: float = 1.0,
-    learned: bool = False,
-) -> tuple[WeightQuant | None, ActQuant]:
-    """Read the paper's notation: "2W/32A" (ternary weights, float activations), "4W/8A", "8A, 4W".
-
-    2-bit weights mean the ternary (TWN) quantizer unless ``quantizer`` names another; 32W keeps
-    weights float; a missing activation part means 32A.
+def precision_bits(text: str) -> tuple[int, int]:
+    """(weight bits, activation bits) of the paper's notation; 32 = full precision, a missing "A" part 32.
 
     Example:
-        >>> parse_precision("4W/8A")
-        (WeightQuant(quantizer='uniform', bits=4, per_channel=False, threshold=0.7), ActQuant(bits=8, clip=1.0, learned=False))
+        >>> precision_bits("3W/3A"), precision_bits("8a, 2w"), precision_bits("2W")
+        ((3, 3), (2, 8), (2, 32))
     """
     bad = (f"precision {text!r} is not like '2W/32A' or '4W/8A' "
            f"(weights {MIN_BITS}..{MAX_BITS} or {FLOAT_BITS}, activations {MIN_BITS}..{MAX_BITS} or {FLOAT_BITS})")
@@ -342,12 +363,43 @@ def parse_precision(
     w_bits, a_bits = bits["W"], bits.get("A", FLOAT_BITS)
     _check_bits(w_bits, f"weight bits in precision {text!r}", allow_float=True)
     _check_bits(a_bits, f"activation bits in precision {text!r}", allow_float=True)
+    return w_bits, a_bits
+
+
+def parse_precision(
+    text: str,
+    *,
+    quantizer: str | None = None,
+    per_channel: bool = False,
+    clip: float = 1.0,
+    learned: bool = False,
+    act_quantizer: str | None = None,
+) -> tuple[WeightQuant | None, ActQuant]:
+    """Read the paper's notation: "2W/32A" (ternary weights, float activations), "4W/8A", "3W/3A", "8A, 4W".
+
+    Any weight and activation width 2..8 combine, or 32 (full precision). 2-bit weights mean the
+    ternary (TWN) quantizer unless ``quantizer`` names another ("lsq" at 2 bits: ternary codes with a
+    learned step); 32W keeps weights float; a missing activation part means 32A. ``act_quantizer``
+    ("clip" or "lsq", see `ActQuant`) defaults to "lsq" when ``quantizer`` is "lsq", else "clip";
+    ``clip`` and ``learned`` are the "clip" quantizer's (PACT).
+
+    Example:
+        >>> parse_precision("4W/8A")
+        (WeightQuant(quantizer='uniform', bits=4, per_channel=False, threshold=0.7), ActQuant(bits=8, clip=1.0, learned=False, quantizer='clip', step=None))
+        >>> parse_precision("3W/3A", quantizer="lsq")[1].describe()
+        '3-bit LSQ (s from the first batch)'
+    """
+    w_bits, a_bits = precision_bits(text)
     weights = None
     if w_bits != FLOAT_BITS:
         weights = WeightQuant(quantizer or ("ternary" if w_bits == 2 else "uniform"), w_bits, per_channel)
     elif quantizer is not None:
         raise ApprenticeError(f"quantizer {quantizer!r} given but precision {text!r} keeps weights in full precision")
-    return weights, ActQuant(a_bits, clip, learned)
+    if act_quantizer is None:
+        act_quantizer = "lsq" if quantizer in LEARNED_STEP else "clip"
+    if a_bits == FLOAT_BITS:  # off: one spelling of "float activations", whatever the quantizer
+        act_quantizer = "clip"
+    return weights, ActQuant(a_bits, clip, learned, act_quantizer)
 
 
 def format_precision(weights: WeightQuant | None, activations: ActQuant) -> str:

@@ -3,8 +3,10 @@
 Decisions:
 
 - Weight decay skips 1-D parameters (BatchNorm, biases) unless ``decay_norm_and_bias``, and
-  never touches PACT clips (``act_clip``): decay would shrink the activation range for no reason
-  found in the data.
+  never touches the quantizers' own parameters (`apprentice.quant.QUANTIZER_PARAMETERS`: PACT
+  clips, LSQ weight and activation steps): decay would shrink the quantization range for no reason
+  found in the data. They may also take their own learning rate, ``quant_lr_scale`` times the
+  others' (a group's ``"lr_scale"``, applied by `set_lr`).
 - The learning rate is a pure function of the global step (`lr_factor`), set before every step,
   so a resumed run is on the exact schedule.
 """
@@ -19,9 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from apprentice.errors import lookup
+from apprentice.errors import ApprenticeError, lookup
+from apprentice.quant import QUANTIZER_PARAMETERS
 
-__all__ = ["LR_SCHEDULES", "OPTIMIZERS", "LRSchedule", "lr_factor", "make_optimizer", "param_groups"]
+__all__ = ["LR_SCHEDULES", "OPTIMIZERS", "LRSchedule", "lr_factor", "make_optimizer", "param_groups", "set_lr"]
 
 
 def _onecycle(t: int, total: int, warmup: int) -> float:
@@ -61,17 +64,41 @@ def lr_factor(step: int, *, schedule: str, total_steps: int, warmup_steps: int =
     return fn(step, total_steps, warmup_steps, milestones, decay)
 
 
-def param_groups(modules: Iterable[nn.Module], *, weight_decay: float,
-                 decay_norm_and_bias: bool = False) -> list[dict[str, Any]]:
-    """Trainable parameters split into a decayed and an undecayed group (see the module notes)."""
-    decay, no_decay = [], []
+def param_groups(modules: Iterable[nn.Module], *, weight_decay: float, decay_norm_and_bias: bool = False,
+                 quant_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """Trainable parameters split into a decayed and an undecayed group (see the module notes).
+
+    Quantizer parameters (PACT clips, LSQ steps) are never decayed. With ``quant_lr_scale`` other
+    than 1 they form a third group, ``{"weight_decay": 0.0, "lr_scale": quant_lr_scale}``, whose
+    learning rate `set_lr` scales; at 1 they stay in the undecayed group (the groups of earlier runs).
+    """
+    if isinstance(quant_lr_scale, bool) or not isinstance(quant_lr_scale, (int, float)) or not quant_lr_scale > 0:
+        raise ApprenticeError(f"quant_lr_scale must be a positive number, got {quant_lr_scale!r}")
+    decay, no_decay, quant = [], [], []
     for module in modules:
         for name, p in module.named_parameters():
-            if p.requires_grad:
-                skip = name.rsplit(".", 1)[-1] == "act_clip" or (p.ndim <= 1 and not decay_norm_and_bias)
-                (no_decay if skip else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            if not p.requires_grad:
+                continue
+            if name.rsplit(".", 1)[-1] in QUANTIZER_PARAMETERS:
+                (quant if quant_lr_scale != 1 else no_decay).append(p)
+            else:
+                (no_decay if p.ndim <= 1 and not decay_norm_and_bias else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0},
+              {"params": quant, "weight_decay": 0.0, "lr_scale": float(quant_lr_scale)}]
     return [g for g in groups if g["params"]]
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's learning rate to ``lr`` times its ``"lr_scale"`` (1 where it has none).
+
+    Example:
+        >>> p, q = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
+        >>> opt = torch.optim.SGD([{"params": [p]}, {"params": [q], "lr_scale": 0.1}], lr=1.0)
+        >>> set_lr(opt, 0.5); [g["lr"] for g in opt.param_groups]
+        [0.5, 0.05]
+    """
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
 
 
 OPTIMIZERS = {"sgd": "SGD with momentum (Nesterov if optim.nesterov)", "adamw": "AdamW"}

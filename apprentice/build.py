@@ -22,7 +22,7 @@ from apprentice.data import TrainSet, eval_batches, teacher_hash, train_batches
 from apprentice.distill import SCHEMES, Distiller, make_student
 from apprentice.errors import ApprenticeError, lookup
 from apprentice.models import build_model, count_parameters
-from apprentice.quant import parse_precision, quantized_layers
+from apprentice.quant import parse_layer_rules, parse_precision, quantized_layers
 from apprentice.train.checkpoint import (
     CHECKPOINT_DIR,
     as_state_dict,
@@ -274,9 +274,11 @@ def build_student(cfg: Config, *, num_classes: int, in_channels: int) -> nn.Modu
             raise ApprenticeError(f"distill.student_init: {e}") from None
     weights, acts = parse_precision(q.precision, quantizer=q.quantizer, per_channel=q.per_channel,
                                     clip=q.act_clip, learned=q.learned_clip)
+    layers = None if q.layers is None else parse_layer_rules(q.layers, quantizer=q.quantizer, per_channel=q.per_channel,
+                                                            clip=q.act_clip, learned=q.learned_clip)
     try:
         make_student(student, scheme=scheme, weights=weights, activations=acts, init_state_dict=init,
-                     exclude=list(q.exclude) if q.exclude is not None else None)
+                     exclude=list(q.exclude) if q.exclude is not None else None, layers=layers)
     except ApprenticeError as e:
         if init is None or "init_state_dict" not in str(e):
             raise
@@ -306,5 +308,5 @@ def build_optimizer(cfg: Config, distiller: Distiller) -> torch.optim.Optimizer:
     """``cfg.optim``'s optimizer over the parameters of what the distiller trains."""
     o = cfg.optim
     groups = param_groups(distiller.trained_modules(), weight_decay=o.weight_decay,
-                          decay_norm_and_bias=o.decay_norm_and_bias)
+                          decay_norm_and_bias=o.decay_norm_and_bias, quant_lr_scale=o.quant_lr_scale)
     return make_optimizer(o.name, groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)

@@ -173,7 +173,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _precision_rows(model: Any, qmap: dict | None = None) -> list[list[str]]:
-    """One row per Conv2d/Linear: name, kind, weights, activations, parameters.
+    """One row per Conv2d/Linear: name, kind, precision ("2W/8A"), weights, activations, parameters.
 
     A packed model holds dequantized float weights, so its weight precision comes from the map.
     """
@@ -193,11 +193,16 @@ def _precision_rows(model: Any, qmap: dict | None = None) -> list[list[str]]:
         w = "fp32" if not wq else (
             f"{wq['quantizer']} {wq['bits']}-bit" + (" per-channel" if wq.get("per_channel") else "")
             + (f" ({wq['packing']})" if "packing" in wq else ""))
-        acts = plan.activations if plan is not None else None  # a learned clip: its value now
-        a = "fp32" if acts is None or not acts.enabled else (
-            f"{acts.bits}-bit clip {acts.clip:.3g}" + (" (learned)" if acts.learned else ""))
+        acts = plan.activations if plan is not None else None  # a learned clip or step: its value now
+        if acts is None or not acts.enabled:
+            a = "fp32"
+        elif acts.learns_step:
+            a = acts.describe()
+        else:
+            a = f"{acts.bits}-bit clip {acts.clip:.3g}" + (" (learned)" if acts.learned else "")
+        precision = f"{wq['bits'] if wq else 32}W/{acts.bits if acts is not None else 32}A"
         kind = "conv2d" if isinstance(mod, nn.Conv2d) else "linear"
-        rows.append([name, kind, w, a, f"{sum(p.numel() for p in mod.parameters()):,}"])
+        rows.append([name, kind, precision, w, a, f"{sum(p.numel() for p in mod.parameters()):,}"])
     return rows
 
 
@@ -237,7 +242,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"accuracy: best top-1 {_pct(s.get('best_top1'))} % (epoch {s.get('best_epoch', '-')})  "
               f"final top-1 {_pct(s.get('final_top1'))} %  top-5 {_pct(s.get('final_top5'))} %")
     print()
-    print(_table(_precision_rows(model, loaded.qmap), ["layer", "kind", "weights", "activations", "params"]))
+    print(_table(_precision_rows(model, loaded.qmap), ["layer", "kind", "precision", "weights", "activations", "params"]))
     print()
     print(_sizes(loaded)[2])
     return 0

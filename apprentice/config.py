@@ -70,6 +70,7 @@ class QuantConfig:
     act_clip: float = _f(1.0, "clip c of the clipped ReLU [0, c] before activation quantization (initial value if learned)")
     learned_clip: bool = _f(False, "learn the activation clip per layer (PACT)")
     exclude: tuple[str, ...] | None = _f(None, "layer-name patterns kept in float; null = first conv and last linear (@first, @last)")
+    layers: tuple[tuple[str, str], ...] | None = _f(None, "per-layer precision, first match wins: {pattern: precision}, e.g. {conv1: 8W/32A, 'layer4.*': 4W/8A, '*': 2W/8A}; unmatched layers take quant.precision; conv1/fc only when named exactly")
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class OptimConfig:
     milestones: tuple[float, ...] = _f((0.5, 0.75), "step schedule: fractions of the run where lr is multiplied by lr_decay")
     lr_decay: float = _f(0.1, "step schedule: factor applied at each milestone")
     warmup_epochs: float = _f(0.0, "linear warm-up length in epochs (fractions allowed)")
+    quant_lr_scale: float = _f(1.0, "learning-rate factor of the quantizer parameters (PACT clips, LSQ steps); never decayed")
 
 
 @dataclass(frozen=True)
@@ -254,7 +256,7 @@ def help_text() -> str:
 _POS, _NONNEG = (0, None, False, False), (0, None, True, False)
 _RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
     **dict.fromkeys(("model.width", "quant.act_clip", "data.batch_size", "data.eval_batch_size", "data.limit",
-                     "data.image_size", "optim.lr", "train.epochs", "train.log_every"), _POS),
+                     "data.image_size", "optim.lr", "optim.quant_lr_scale", "train.epochs", "train.log_every"), _POS),
     **dict.fromkeys(("data.holdout", "data.workers", "optim.weight_decay", "optim.warmup_epochs", "train.seed",
                      "train.checkpoint_every"), _NONNEG),
     "optim.momentum": (0, 1, True, False),
@@ -280,6 +282,7 @@ def _owners() -> SimpleNamespace:
         },
         models=models.MODELS, shortcuts=models.SHORTCUTS, schemes=distill.SCHEMES, datasets=data.DATASETS,
         quantizers=quant.WEIGHT_QUANTIZERS, parse_precision=quant.parse_precision,
+        parse_layer_rules=quant.parse_layer_rules,
         check_loss_weights=losses.check_loss_weights, check_device=runtime.check_device,
     )
 
@@ -372,6 +375,12 @@ def _check_quant(q: QuantConfig, owners: SimpleNamespace) -> None:
            f"needs quantized activations, but precision {q.precision!r} keeps them at 32 bits")
     for i, pattern in enumerate(q.exclude or ()):
         _check(bool(pattern.strip()), f"quant.exclude[{i}]", "empty layer pattern")
+    if q.layers is not None:  # which layers a pattern matches is checked against the model when it is built
+        try:
+            owners.parse_layer_rules(q.layers, quantizer=q.quantizer, per_channel=q.per_channel, clip=q.act_clip,
+                                     learned=q.learned_clip)
+        except ApprenticeError as e:
+            raise ApprenticeError(f"quant.layers: {e}") from None
 
 
 def _check_distill(d: DistillConfig, owners: SimpleNamespace) -> None:

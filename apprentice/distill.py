@@ -35,7 +35,14 @@ from torch import Tensor, nn
 
 from apprentice.errors import ApprenticeError, lookup
 from apprentice.losses import apprentice_loss, check_loss_weights
-from apprentice.quant import ActQuant, LayerPlan, WeightQuant, prepare, quantized_layers
+from apprentice.quant import (
+    ActQuant,
+    LayerPlan,
+    LayerRules,
+    WeightQuant,
+    prepare,
+    quantized_layers,
+)
 from apprentice.weights import load_strict
 
 __all__ = ["SCHEMES", "Distiller", "Scheme", "make_student", "resolve_scheme"]
@@ -350,6 +357,7 @@ def make_student(
     activations: ActQuant | None = None,
     exclude: Sequence[str] | None = None,
     init_state_dict: Mapping[str, Any] | None = None,
+    layers: LayerRules | None = None,
 ) -> dict[str, LayerPlan]:
     """Turn a float model into the low-precision student of ``scheme``, in place.
 
@@ -367,6 +375,7 @@ def make_student(
         activations: Activation quantizer settings (as in `apprentice.quant.prepare`).
         exclude: Layer name patterns to keep float (default: first conv and last linear).
         init_state_dict: Full-precision state dict of the student architecture (scheme C only).
+        layers: Per-layer precision rules, first match wins (as in `apprentice.quant.prepare`).
 
     Returns:
         ``{layer_name: LayerPlan}`` of the quantized layers, as returned by `apprentice.quant.prepare`.
@@ -386,4 +395,4 @@ def make_student(
             raise ApprenticeError("init_state_dict must be a mapping of parameter names to tensors, "
                                   f"got {type(init_state_dict).__name__}")
         load_strict(model, init_state_dict, "init_state_dict", into="the student")
-    return prepare(model, precision, weights=weights, activations=activations, exclude=exclude)
+    return prepare(model, precision, weights=weights, activations=activations, exclude=exclude, layers=layers)

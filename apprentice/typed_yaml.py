@@ -91,10 +91,17 @@ def split_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def _is_pairs(tp: Any) -> bool:
+    """``tuple[tuple[str, str], ...]``: an ordered mapping of strings to strings (YAML keeps the order)."""
+    return typing.get_origin(tp) is tuple and typing.get_args(tp) == (tuple[str, str], ...)
+
+
 def type_name(tp: Any) -> str:
     inner, optional = split_optional(tp)
     if dataclasses.is_dataclass(inner):
         name = "a mapping"
+    elif _is_pairs(inner):
+        name = "a mapping of strings to strings"
     elif typing.get_origin(inner) is tuple:
         elem = typing.get_args(inner)[0]
         name = "a list of " + {str: "strings", int: "integers", float: "floats", bool: "booleans"}[elem]
@@ -126,6 +133,8 @@ def convert(tp: Any, value: Any, key: str) -> Any:
         raise ApprenticeError(f"{key}: expected {type_name(tp)}, got null")
     if dataclasses.is_dataclass(inner):
         return build(inner, value, key)
+    if _is_pairs(inner):
+        return _pairs(value, key, tp)
     if typing.get_origin(inner) is tuple:
         if not isinstance(value, (list, tuple)):
             raise ApprenticeError(f"{key}: expected {type_name(tp)}, got {show(value)}")
@@ -140,6 +149,22 @@ def convert(tp: Any, value: Any, key: str) -> Any:
     if not ok:
         raise ApprenticeError(f"{key}: expected {type_name(tp)}, got {show(value)}")
     return float(value) if inner is float else value
+
+
+def _pairs(value: Any, key: str, tp: Any) -> tuple[tuple[str, str], ...]:
+    """A YAML mapping (or the list of [key, value] pairs `to_plain` writes) as ordered pairs of strings."""
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    elif isinstance(value, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
+        pairs = [tuple(p) for p in value]
+    else:
+        raise ApprenticeError(f"{key}: expected {type_name(tp)}, got {show(value)}")
+    for k, v in pairs:
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise ApprenticeError(f"{key}: expected {type_name(tp)}, got {show(k)}: {show(v)}")
+    if not pairs:
+        raise ApprenticeError(f"{key}: an empty mapping; use null for none")
+    return tuple((k, v) for k, v in pairs)
 
 
 def build(cls: type, data: Any, prefix: str) -> Any:

@@ -453,3 +453,29 @@ def test_shipped_filenames_match_contents():
                 assert cfg.distill.teacher_model.name == parts[3]
             elif scheme in ("B", "C"):
                 assert cfg.distill.teacher.endswith(f"/{parts[3]}_fp"), path
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-layer precision (quant.layers)
+
+
+def test_layers_keep_their_order_through_yaml_overrides_and_the_stored_config(tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text("quant:\n  precision: 2W/8A\n  layers:\n    conv1: 8W/32A\n    'layer3.*': 4W/8A\n    '*': 2W/8A\n")
+    cfg = load_config(f)
+    assert cfg.quant.layers == (("conv1", "8W/32A"), ("layer3.*", "4W/8A"), ("*", "2W/8A"))
+    assert load_config(None, ["quant.layers={'*': 4W/4A, conv1: 8W/32A}"]).quant.layers == (
+        ("*", "4W/4A"), ("conv1", "8W/32A"))
+    assert config_from_dict(config_to_dict(cfg)) == cfg  # stored as ordered pairs, read back equal
+    assert "- - conv1" in dump_yaml(cfg)  # the dumped recipe lists the pairs in order
+
+
+@pytest.mark.parametrize("value, message", [
+    ("{conv1: 9W/8A}", r"quant.layers: .*9"),
+    ("{conv1: 8}", r"quant.layers: expected a mapping of strings to strings"),
+    ("{}", r"quant.layers: an empty mapping"),
+    ("[conv1]", r"quant.layers: expected a mapping of strings to strings"),
+])
+def test_bad_layer_rules_name_the_key(value, message):
+    with pytest.raises(ApprenticeError, match=message):
+        load_config(None, [f"quant.layers={value}"])

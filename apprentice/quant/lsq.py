@@ -32,7 +32,7 @@ the floor can climb back.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -40,13 +40,18 @@ from torch import Tensor
 from apprentice.errors import ApprenticeError
 from apprentice.quant.ste import ste
 
-if TYPE_CHECKING:
-    from apprentice.quant.quantizers import WeightQuant
-
 __all__ = [
     "MIN_LEARNED_STEP", "effective_step", "lsq_activation", "lsq_grad_scale", "lsq_init_step", "lsq_quantize",
     "lsq_step_shape", "lsq_weight",
 ]
+
+
+class _Spec(Protocol):
+    """What LSQ reads of a weight quantizer's settings (`apprentice.quant.quantizers.WeightQuant`)."""
+
+    bits: int
+    per_channel: bool
+
 
 # Small against any real step (8-bit weights of a 512-channel 3x3 conv start near 3e-3), positive so
 # v / s stays defined however far a large update pushes the parameter.
@@ -112,7 +117,7 @@ def lsq_init_step(v: Tensor, q_p: int, *, per_channel: bool = False) -> Tensor:
     return step.reshape(lsq_step_shape(v, per_channel)).to(v.dtype)
 
 
-def lsq_weight(w: Tensor, spec: WeightQuant, step: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def lsq_weight(w: Tensor, spec: _Spec, step: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """LSQ weights: ``(surrogate, codes, scale)`` as the other weight quantizers, the scale being the learned step.
 
     Symmetric codes in [−n, n], n = Q_N = Q_P = 2^(b−1) − 1; g = 1/√(N·n) with N the weights one

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from apprentice.errors import lookup
+from apprentice.train.optim import set_lr
 
 __all__ = ["AMP_MODES", "EXIT_NONFINITE", "NONFINITE_POLICIES", "NonFiniteLossError", "StepResult", "autocast",
            "eval_metrics", "eval_sums", "evaluate", "train_step"]
@@ -99,14 +100,13 @@ def train_step(distiller: nn.Module, optimizer: torch.optim.Optimizer, images: T
         optimizer: updates the trainable parameters.
         images: input batch on the model's device.
         labels: class indices.
-        lr: learning rate of this step (set on every parameter group).
+        lr: learning rate of this step (set on every parameter group, times its ``lr_scale``).
         amp: an `AMP_MODES` key ("off", "bf16", "fp16").
         scaler: GradScaler for fp16, else None.
         restore_buffers: roll back buffers (BN statistics) when the step is skipped.
         teacher_logits: the frozen teacher's cached logits for this batch (passed to the distiller).
     """
-    for g in optimizer.param_groups:
-        g["lr"] = lr
+    set_lr(optimizer, lr)
     saved = [b.detach().clone() for b in distiller.buffers()] if restore_buffers else None
     optimizer.zero_grad(set_to_none=True)
     with autocast(images.device, amp):

@@ -52,8 +52,26 @@ class Job:
     recipe: str = RECIPE
 
 
-def _slug(precision: str) -> str:
-    return precision.replace("/", "").lower()
+def split_label(label: str) -> tuple[str | None, str]:
+    """A grid precision label: "2W/8A" (the default quantizers) or "lsq:2W/8A" (weight quantizer named)."""
+    quantizer, _, precision = label.rpartition(":")
+    return quantizer or None, precision
+
+
+def _slug(label: str) -> str:
+    return label.replace(":", "-").replace("/", "").lower()
+
+
+def _precision_overrides(label: str) -> dict[str, Any]:
+    quantizer, precision = split_label(label)
+    return {"quant.precision": precision, **({"quant.quantizer": quantizer} if quantizer else {})}
+
+
+CACHE = "teacher-cache"  # the job that stores the teacher's logits for the B and C cells (--teacher-cache)
+
+
+def cache_file(runs: Path) -> Path:
+    return runs / CACHE / "teacher.cache"
 
 
 def common(args: argparse.Namespace, seed: int) -> dict[str, Any]:
@@ -74,23 +92,29 @@ def grid_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
                               "distill.scheme": "baseline"}, meta={"role": "teacher", "precision": "32W/32A",
                                                                     "scheme": "baseline", "seed": 0})
     jobs = [teacher]
+    if args.teacher_cache:  # the students' data: the grid's holdout and limit
+        jobs.append(Job(CACHE, {"data.holdout": args.holdout, "data.limit": args.train_images}, ("teacher",),
+                        {"role": "cache"}))
     for seed in args.seeds:
         twin = f"fp-s{seed}"
         jobs.append(Job(twin, {**common(args, seed), "quant.precision": "32W/32A", "distill.scheme": "baseline"},
                         meta={"role": "fp_twin", "precision": "32W/32A", "scheme": "baseline", "seed": seed}))
         for precision in args.precisions:
-            for scheme in SCHEMES:
-                o = {**common(args, seed), "quant.precision": precision, "distill.scheme": scheme}
+            for scheme in args.schemes:
+                o = {**common(args, seed), **_precision_overrides(precision), "distill.scheme": scheme}
                 needs: tuple[str, ...] = ()
                 if scheme == "A":
                     o["distill.teacher_model.name"] = args.teacher
                 if scheme in ("B", "C"):
                     o["distill.teacher"] = str(runs / "teacher")
                     needs = ("teacher",)
+                    if args.teacher_cache:
+                        o["distill.teacher_cache"] = str(cache_file(runs))
+                        needs = ("teacher", CACHE)
                 if scheme == "C":
                     o["distill.student_init"] = str(runs / twin)
                     o["optim.lr"] = args.c_lr
-                    needs = ("teacher", twin)
+                    needs = (*needs, twin)
                 jobs.append(Job(f"{_slug(precision)}-{scheme}-s{seed}", o, needs,
                                 {"role": "student", "precision": precision, "scheme": scheme, "seed": seed}))
     return jobs
@@ -132,6 +156,8 @@ def state(folder: Path, job: Job) -> str:
             diff = sorted(k for k in set(old) | set(job.overrides) if old.get(k) != job.overrides.get(k))
             raise SystemExit(f"accuracy: {folder} was run with other settings ({', '.join(diff)}); "
                              "use another --runs-dir or delete that folder")
+    if job.name == CACHE:  # cache-teacher resumes its own partial file; the finished file is the result
+        return "done" if (folder / "teacher.cache").exists() else "resume"
     summary = folder / "summary.json"
     if summary.exists() and json.loads(summary.read_text()).get("status") == "finished":
         return "done"
@@ -148,6 +174,9 @@ def launch(job: Job, runs: Path, threads: int) -> subprocess.Popen:
     flag = {"resume": ["--resume"], "restart": ["--overwrite"], "fresh": ["--overwrite"]}[how]
     cmd = [sys.executable, "-m", "apprentice", "train", str(REPO / job.recipe),
            *flag, *_override_args(job.overrides), f"train.out={folder}"]
+    if job.name == CACHE:
+        cmd = [sys.executable, "-m", "apprentice", "cache-teacher", str(runs / "teacher"),
+               *_override_args(job.overrides), "--out", str(folder / "teacher.cache"), "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with open(runs / "logs" / f"{job.name}.log", "a") as log:  # the child keeps its own descriptor
         log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {how}: {' '.join(cmd)}\n")
@@ -224,7 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs-dir", default="runs/accuracy", help="run folders (resumed when rerun)")
     ap.add_argument("--student", default="resnet8")
     ap.add_argument("--teacher", default="resnet14")
-    ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS))
+    ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS),
+                    help="precision labels: 2W/8A (default quantizers) or lsq:2W/8A (a weight quantizer named)")
+    ap.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=list(SCHEMES), help="schemes per precision")
+    ap.add_argument("--teacher-cache", action="store_true",
+                    help="B and C cells read the teacher's logits from one cache (apprentice cache-teacher)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--train-images", type=int, default=10000, help="training images after the holdout")

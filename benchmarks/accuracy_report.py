@@ -346,13 +346,16 @@ def model_sizes(student: str, teacher: str, precisions: list[str]) -> dict[str, 
     """Bytes of each student's packed file (base-3 ternary) and of the FP32 teacher/twin, from the size report."""
     from apprentice import build_model, prepare
     from apprentice.export import size_report, size_totals
+    from apprentice.quant import parse_precision
 
     out = {}
-    for p in ["32W/32A", *precisions]:
+    for label in ["32W/32A", *precisions]:
+        quantizer, _, p = label.rpartition(":")  # "lsq:2W/8A": the weight quantizer named
         m = build_model(student, num_classes=10, in_channels=1)
         if p != "32W/32A":
-            prepare(m, p)  # in place
-        out[p] = int(size_totals(size_report(m))["packed_bytes"])
+            weights, acts = parse_precision(p, quantizer=quantizer or None)
+            prepare(m, weights=weights, activations=acts)  # in place
+        out[label] = int(size_totals(size_report(m))["packed_bytes"])
     out["teacher"] = int(size_totals(size_report(build_model(teacher, num_classes=10, in_channels=1)))["packed_bytes"])
     return out
 

@@ -1,8 +1,10 @@
 """Training cost on this CPU: median wall time of one training step of the same student in full
 precision, fake-quantized (ternary weights; ternary + 8-bit activations), with a frozen teacher's
-forward (scheme B) and with the teacher trained alongside (scheme A); the same network quantized
-with Brevitas and with torch.ao.quantization fake-quant as peer references; and the fake-quant
-steps of an earlier commit (``--before``), to record what the optimisation of that path bought.
+forward (scheme B), with that teacher's logits read from a teacher cache instead (scheme B, cached),
+and with the teacher trained alongside (scheme A); the 2W/8A student compiled (``train.compile``) and
+in channels-last memory format (``train.channels_last``); the same network quantized with Brevitas
+and with torch.ao.quantization fake-quant as peer references; and the fake-quant steps of an earlier
+commit (``--before``), to record what the optimisation of that path bought.
 
     .venv/bin/python benchmarks/speed.py --before COMMIT --wait-load 0.5
 
@@ -46,7 +48,16 @@ CASES: dict[str, tuple[str, str]] = {
     "ternary_8a_B": ("2W/8A", "B"),
     "ternary_A": ("2W/32A", "A"),
     "ternary_8a_A": ("2W/8A", "A"),
+    "ternary_B_cached": ("2W/32A", "B"),
+    "ternary_8a_B_cached": ("2W/8A", "B"),
+    "ternary_8a_compiled": ("2W/8A", "baseline"),
+    "ternary_8a_channels_last": ("2W/8A", "baseline"),
 }
+#: case -> how it differs from the plain case of its (precision, scheme): the teacher's logits read from a
+#: teacher cache (distill.teacher_cache), torch.compile of the student (train.compile), or channels-last
+#: memory format (train.channels_last)
+VARIANTS: dict[str, str] = {"ternary_B_cached": "cached", "ternary_8a_B_cached": "cached",
+                            "ternary_8a_compiled": "compiled", "ternary_8a_channels_last": "channels_last"}
 #: peer -> (library, precision): the same network and layers, quantized by another library.
 PEERS: dict[str, tuple[str, str]] = {
     "brevitas_ternary": ("brevitas", "2W/32A"),
@@ -129,7 +140,37 @@ def build_case(name: str, args: argparse.Namespace, pkg=None):
     teacher = build.build_from_config(cfg.distill.teacher_model, **shape) if teacher_model else None
     d = build.build_distiller(cfg, student, teacher)
     d.train()
-    return d, build.build_optimizer(cfg, d), teacher
+    opt = build.build_optimizer(cfg, d)
+    if VARIANTS.get(name) == "compiled":
+        d.student = torch.compile(d.student)
+    if VARIANTS.get(name) == "channels_last":
+        d.to(memory_format=torch.channels_last)
+    return d, opt, teacher
+
+
+def cache_lookup(teacher, args: argparse.Namespace):
+    """A real teacher cache over the step's own images (every pad-2 crop and flip, float16, memory-mapped)
+    and a function that looks up one random view of each image: what a cached step adds to the step."""
+    import torch
+
+    from apprentice.data import (
+        TensorData,
+        build_teacher_cache,
+        open_teacher_cache,
+        teacher_hash,
+        tensor_source,
+        view_count,
+    )
+    g = torch.Generator().manual_seed(2)
+    c, h, w = args.input
+    data = TensorData(torch.randint(0, 256, (args.batch, c, h, w), dtype=torch.uint8, generator=g),
+                      torch.randint(0, args.classes, (args.batch,), generator=g), args.classes, (0.5,) * c,
+                      (0.25,) * c, "speed", pad=2, flip=True)
+    path = Path(tempfile.mkdtemp(prefix="apprentice-speed-")) / "teacher.cache"
+    build_teacher_cache(path, teacher, data)
+    cache = open_teacher_cache(path, tensor_source(data, teacher=teacher_hash(teacher)))
+    index, views = torch.arange(args.batch), view_count(2, True)
+    return lambda: cache.lookup(index, torch.randint(0, views, (args.batch,), generator=g))
 
 
 def time_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -143,15 +184,23 @@ def time_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
     x = torch.randn(args.batch, *args.input, generator=g)
     y = torch.randint(0, args.classes, (args.batch,), generator=g)
     out: dict[str, Any] = {}
+    variant = VARIANTS.get(name)
+    if variant == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    lookup = cache_lookup(teacher, args) if variant == "cached" else None
+
+    def step() -> None:  # a cached step looks its teacher logits up (inside the timing) instead of running the teacher
+        train_step(d, opt, x, y, lr=0.1, teacher_logits=lookup() if lookup is not None else None)
+
     for _ in range(args.warmup):
-        train_step(d, opt, x, y, lr=0.1)
+        step()
     times = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
-        train_step(d, opt, x, y, lr=0.1)
+        step()
         times.append((time.perf_counter() - t0) * 1e3)
     out["step_ms"] = times
-    if teacher is not None and CASES.get(name, ("", ""))[1] == "B":
+    if teacher is not None and CASES.get(name, ("", ""))[1] == "B" and variant is None:
         tt = []
         for _ in range(args.steps):
             t0 = time.perf_counter()
@@ -351,6 +400,8 @@ def analyse(raw: dict[str, Any], pair: dict[str, Any] | None) -> dict[str, Any]:
         entry = {**s, "ratio_to_fp": round(s["median_ms"] / fp, 3) if fp else None}
         if c in CASES:
             entry["precision"], entry["scheme"] = CASES[c]
+            if c in VARIANTS:
+                entry["variant"] = VARIANTS[c]
         else:
             entry["library"], entry["precision"] = PEERS[c]
         if "teacher_forward_ms" in raw[c]:
@@ -379,6 +430,7 @@ def markdown(out: dict[str, Any]) -> tuple[str, str]:
     rows = []
     for c, e in out["cases"].items():
         what = f"{e['precision']} {e['scheme']}" if "scheme" in e else f"{e['precision']} ({e['library']})"
+        what += f" ({e['variant'].replace('_', '-')})" if "variant" in e else ""
         rows.append([c, what, e["median_ms"], e["p10_ms"], e["p90_ms"], e["ratio_to_fp"],
                      None if "teacher_share" not in e else f"{100 * e['teacher_share']:.0f} %"])
     table = markdown_table(["case", "student / scheme", "median ms", "p10", "p90", "× FP step", "teacher share"], rows)

@@ -230,7 +230,7 @@ def test_ranges(override, key):
         ("train.on_nonfinite=ignore", "train.on_nonfinite: unknown non-finite policy 'ignore'"),
         ("train.device=gpu", "train.device: unknown device 'gpu'"),
         ("model.shortcut=C", "model.shortcut: unknown shortcut 'C'"),
-        ("quant.quantizer=lsq", "quant.quantizer: unknown weight quantizer 'lsq'"),
+        ("quant.quantizer=apot", "quant.quantizer: unknown weight quantizer 'apot'"),
         ("quant.precision=2X", "quant.precision='2X'"),
         ("quant.precision=1W/32A", "quant.precision='1W/32A'"),
     ],

@@ -75,6 +75,7 @@ def _dump_at_finish(folder: Path) -> None:
         for name, p in run.training.student.named_parameters():
             h.update(name.encode() + p.detach().cpu().contiguous().numpy().tobytes())
         batches = run.training.data.batches
+        batches = getattr(batches, "loader", batches)  # a teacher cache wraps the TensorLoader
         indices = batches.indices(0).tolist() if hasattr(batches, "indices") else []
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"rank{run.rt.rank}.json").write_text(json.dumps(

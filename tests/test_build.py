@@ -117,3 +117,22 @@ def test_cli_cache_teacher_writes_a_cache_students_train_with(teacher_and_cache,
     done = cli("train", str(r), f"train.out={tmp_path / 's'}")
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "s" / "summary.json").read_text())["teacher_cache"] == str(tmp_path / "c.cache")
+
+
+def test_torchrun_two_processes_share_one_cache(teacher_and_cache, tmp_path):
+    """Under torchrun each process looks up only its own images' rows of the one memory-mapped file;
+    the gradients are averaged, so both end with the same weights."""
+    teacher, cache = teacher_and_cache
+    r = recipe(tmp_path / "r.yaml", "data.limit=256", "quant.precision=2W/32A", "distill.scheme=B",
+               f"distill.teacher={teacher}", f"distill.teacher_cache={cache}")
+    out, dump = tmp_path / "ddp", tmp_path / "dump"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "tests" / "fault_hooks.py"), "train", str(r), f"train.out={out}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "APPRENTICE_TEST_DUMP": str(dump)}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["teacher_cache"] == str(cache)
+    r0, r1 = (json.loads((dump / f"rank{k}.json").read_text()) for k in (0, 1))
+    assert len(r0["epoch0_indices"]) == 128 and not set(r0["epoch0_indices"]) & set(r1["epoch0_indices"])
+    assert r0["params_sha256"] == r1["params_sha256"]

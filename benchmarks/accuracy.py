@@ -6,7 +6,9 @@ scheme B chosen on held-out training images.
     .venv/bin/python benchmarks/accuracy.py                 # plus the gamma/temperature sweep (~15 min more)
     .venv/bin/python benchmarks/accuracy.py --report-only   # rebuild json/md/png from finished runs
 
-Every cell is one `apprentice train` run (a subprocess, so a crash or Ctrl-C loses at most the
+Precision labels may name the weight quantizer (``lsq:2W/8A``); ``--schemes`` limits the schemes; by
+default the B and C cells read the teacher's logits from one teacher cache (``--no-teacher-cache``:
+the teacher runs live). Every cell is one `apprentice train` run (a subprocess, so a crash or Ctrl-C loses at most the
 current step: runs checkpoint and a rerun of this command resumes them; finished runs are reused).
 Results: ``benchmarks/results/accuracy.json`` (one row per run), ``accuracy.md`` (tables) and
 ``accuracy_epochs.png`` / ``accuracy_size.png`` (plots), written after every finished run.
@@ -256,8 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS),
                     help="precision labels: 2W/8A (default quantizers) or lsq:2W/8A (a weight quantizer named)")
     ap.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=list(SCHEMES), help="schemes per precision")
-    ap.add_argument("--teacher-cache", action="store_true",
-                    help="B and C cells read the teacher's logits from one cache (apprentice cache-teacher)")
+    ap.add_argument("--teacher-cache", action=argparse.BooleanOptionalAction, default=True,
+                    help="B and C cells read the teacher's logits from one cache (apprentice cache-teacher); "
+                         "--no-teacher-cache runs the teacher live, as the committed 40-run grid did")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--train-images", type=int, default=10000, help="training images after the holdout")

@@ -369,7 +369,8 @@ def write(out: Path, jobs: list, runs: Path, info: dict[str, Any]) -> None:
     sizes = model_sizes(info["settings"]["student"], info["settings"]["teacher"], precisions)
     text, _ = markdown(info, rows, an, sweep, chosen)
     figs = plots(out, rows, an, precisions, sizes)
-    result = {**info, "finished_runs": len(rows), "planned_runs": len(jobs), "model_bytes": sizes,
+    planned = [j for j in jobs if j.meta.get("role") != "cache"]  # the teacher cache is a step, not a result row
+    result = {**info, "finished_runs": len(rows), "planned_runs": len(planned), "model_bytes": sizes,
               "analysis": an, "sweep": {"rows": sweep, "chosen_on_holdout": chosen},
               "plots": figs, "rows": rows}
     write_results(out, result, text)

@@ -21,7 +21,8 @@ import accuracy_report
 
 def _args(**kw) -> argparse.Namespace:
     base = {"student": "resnet8", "teacher": "resnet14", "precisions": ["2W/32A", "4W/8A"], "seeds": [0, 1],
-            "epochs": 2, "train_images": 100, "holdout": 50, "c_lr": 0.01}
+            "epochs": 2, "train_images": 100, "holdout": 50, "c_lr": 0.01, "schemes": list(accuracy.SCHEMES),
+            "teacher_cache": False}
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -40,6 +41,21 @@ def test_grid_plan_dependencies_and_order(tmp_path):
     sweep = accuracy.sweep_jobs(_args(), tmp_path)
     assert len(sweep) == 8  # 3 x 3 minus the default cell, which is the grid's own run
     assert all(j.overrides["data.holdout"] == 50 for j in jobs + sweep)
+
+
+def test_grid_plan_with_the_teacher_cache_and_named_quantizers(tmp_path):
+    jobs = accuracy.grid_jobs(_args(teacher_cache=True, precisions=["lsq:2W/2A"], schemes=["baseline", "C"]), tmp_path)
+    by = {j.name: j for j in jobs}
+    assert [j.name for j in jobs][:2] == ["teacher", accuracy.CACHE] and by[accuracy.CACHE].needs == ("teacher",)
+    assert by[accuracy.CACHE].overrides == {"data.holdout": 50, "data.limit": 100}  # the students' data
+    assert set(by) == {"teacher", accuracy.CACHE, "fp-s0", "fp-s1", "lsq-2w2a-baseline-s0", "lsq-2w2a-C-s0",
+                       "lsq-2w2a-baseline-s1", "lsq-2w2a-C-s1"}
+    c = by["lsq-2w2a-C-s1"]
+    assert c.needs == ("teacher", accuracy.CACHE, "fp-s1")
+    assert c.overrides["distill.teacher_cache"] == str(accuracy.cache_file(tmp_path))
+    assert (c.overrides["quant.precision"], c.overrides["quant.quantizer"]) == ("2W/2A", "lsq")
+    assert "quant.quantizer" not in by["fp-s0"].overrides and "distill.teacher_cache" not in by["lsq-2w2a-baseline-s0"].overrides
+    assert accuracy.state(tmp_path / accuracy.CACHE, by[accuracy.CACHE]) == "resume"  # cache-teacher continues its file
 
 
 def test_run_states_and_changed_settings(tmp_path):
@@ -121,6 +137,9 @@ def test_tiny_grid_runs_then_resumes_without_rerunning(tmp_path):
     result = json.loads(out.read_text())
     assert result["finished_runs"] == result["planned_runs"] == 6
     assert {r["name"] for r in result["rows"]} >= {"teacher", "fp-s0", "2w32a-C-s0"}
+    cached = {r["name"] for r in result["rows"] if "distill.teacher_cache" in r["config"]["overrides"]}
+    assert cached == {"2w32a-B-s0", "2w32a-C-s0"}  # B and C read the one teacher cache, A cannot
+    assert (tmp_path / "runs" / "teacher-cache" / "teacher.cache").is_file()
     assert all(len(r["test_top1_per_epoch"]) == 1 for r in result["rows"])
     assert {r["machine"]["host"] for r in result["rows"]} == {socket.gethostname()}
     assert {r["machine"]["recorded_by"] for r in result["rows"]} == {"run"}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -138,6 +139,55 @@ def sweep_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
 
 
 # ----------------------------------------------------------------------------------------------
+# Continuing on another machine: committed rows and snapshots
+# ----------------------------------------------------------------------------------------------
+
+#: what a snapshot keeps of a run other cells start from (the teacher, the FP twins): enough for
+#: distill.teacher / distill.student_init and for its own result row; small (a ResNet-14 is 0.7 MB)
+SNAPSHOT_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "job.json", "checkpoints/best.pt", "checkpoints/last.pt")
+
+
+def committed_rows(out: Path) -> dict[str, dict[str, Any]]:
+    """The rows of an earlier result file (``--out``), by run name: finished runs, possibly of another
+    machine, whose run folders may be gone. A job whose row is there with the same overrides is done."""
+    try:
+        rows = json.loads(out.read_text()).get("rows", [])
+    except (OSError, ValueError):
+        return {}
+    return {r["name"]: r for r in rows if isinstance(r, dict) and "name" in r}
+
+
+def is_committed(job: Job, rows: dict[str, dict[str, Any]]) -> bool:
+    row = rows.get(job.name)
+    return row is not None and row.get("config", {}).get("overrides") == job.overrides
+
+
+def snapshot_dir(out: Path) -> Path:
+    return out.with_name(out.stem + "_runs")
+
+
+def save_snapshot(folder: Path, snapshots: Path) -> None:
+    """Copy what `SNAPSHOT_FILES` names of a finished run beside the results, to be committed with them."""
+    for name in SNAPSHOT_FILES:
+        src = folder / name
+        if src.is_file():
+            dst = snapshots / folder.name / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+
+
+def restore_snapshots(jobs: list[Job], runs: Path, snapshots: Path) -> list[str]:
+    """Put back the run folders of snapshotted runs that are missing here (a fresh machine); returns their names."""
+    restored = []
+    for job in jobs:
+        snap, folder = snapshots / job.name, runs / job.name
+        if snap.is_dir() and not (folder / "summary.json").exists():
+            shutil.copytree(snap, folder, dirs_exist_ok=True)
+            restored.append(job.name)
+    return restored
+
+
+# ----------------------------------------------------------------------------------------------
 # Running
 # ----------------------------------------------------------------------------------------------
 
@@ -196,12 +246,26 @@ def _safely(fn) -> None:
         print(f"accuracy: report not written: {type(e).__name__}: {e}", flush=True)
 
 
-def run_jobs(jobs: list[Job], runs: Path, workers: int, threads: int, on_done) -> list[str]:
+def run_jobs(jobs: list[Job], runs: Path, workers: int, threads: int, on_done,
+             committed: dict[str, dict[str, Any]] | None = None) -> list[str]:
     """Run jobs in order as their needs finish, ``workers`` at a time; returns the names that failed.
 
+    A job whose row was committed with the same overrides is done, unless a job still to run needs
+    its run folder and that folder is not here (then it runs again).
     SIGINT/SIGTERM are passed on to the running trainings (they checkpoint and stop), then this exits.
     """
-    pending = [j for j in jobs if state(runs / j.name, j) != "done"]
+    committed, by_name = committed or {}, {j.name: j for j in jobs}
+    # Rows still to make; then whatever they need (transitively) that is not here: the teacher cache
+    # is such a step (no row of its own), and so is a committed teacher whose folder is missing.
+    pending = [j for j in jobs if j.meta.get("role") != "cache" and state(runs / j.name, j) != "done"
+               and not is_committed(j, committed)]
+    needed, stack = set(), [n for j in pending for n in j.needs]
+    while stack:
+        n = stack.pop()
+        if n not in needed:
+            needed.add(n)
+            stack += by_name[n].needs
+    pending = [j for j in jobs if j in pending or (j.name in needed and state(runs / j.name, j) != "done")]
     done = {j.name for j in jobs if j not in pending}
     failed: list[str] = []
     running: dict[str, tuple[Job, subprocess.Popen]] = {}
@@ -278,14 +342,22 @@ def main(argv: list[str] | None = None) -> int:
     settings["shared_overrides"] = {k: v for k, v in common(args, 0).items() if k != "train.seed"}
     info = {"stamp": stamp(argv), "settings": settings}
 
+    out, committed = REPO / args.out, committed_rows(REPO / args.out)
+    restored = restore_snapshots(jobs, runs, snapshot_dir(out))
+    if restored:
+        print(f"accuracy: restored {', '.join(restored)} from {snapshot_dir(out)}", flush=True)
+
     def report() -> None:
-        accuracy_report.write(REPO / args.out, jobs, runs, info)
+        for j in jobs:  # the runs other cells start from travel with the results
+            if j.meta.get("role") in ("teacher", "fp_twin") and state(runs / j.name, j) == "done":
+                save_snapshot(runs / j.name, snapshot_dir(out))
+        accuracy_report.write(out, jobs, runs, info, committed)
 
     if args.report_only:
         report()
         return 0
     t0 = time.time()
-    failed = run_jobs(jobs, runs, args.workers, args.threads, report)
+    failed = run_jobs(jobs, runs, args.workers, args.threads, report, committed)
     report()
     print(f"accuracy: {len(jobs) - len(failed)}/{len(jobs)} runs finished, {(time.time() - t0) / 60:.1f} min "
           f"this invocation; results in {args.out}", flush=True)

@@ -33,16 +33,21 @@ def _epochs(folder: Path) -> list[dict[str, Any]]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
-def collect(jobs: list, runs: Path, stamp: dict[str, Any]) -> list[dict[str, Any]]:
+def collect(jobs: list, runs: Path, stamp: dict[str, Any],
+            committed: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One row per finished run: the job's settings, per-epoch and final accuracies, times, commit and
     machine. The machine is the host the run's summary names (runs record it since session 3); for
-    an older run without one, the machine of this report (``stamp``), marked as such."""
+    an older run without one, the machine of this report (``stamp``), marked as such. A run whose
+    folder is not here keeps its committed row (``committed``, same overrides), made elsewhere."""
     rows = []
     for job in jobs:
         folder = runs / job.name
         try:
             summary = json.loads((folder / "summary.json").read_text())
         except (OSError, ValueError):
+            old = (committed or {}).get(job.name)
+            if old is not None and old.get("config", {}).get("overrides") == job.overrides:
+                rows.append(old)
             continue
         if summary.get("status") != "finished":
             continue
@@ -360,10 +365,12 @@ def model_sizes(student: str, teacher: str, precisions: list[str]) -> dict[str, 
     return out
 
 
-def write(out: Path, jobs: list, runs: Path, info: dict[str, Any]) -> None:
-    """Collect finished runs and write ``out`` (JSON), ``out.md`` and the PNG plots, atomically."""
+def write(out: Path, jobs: list, runs: Path, info: dict[str, Any],
+          committed: dict[str, dict[str, Any]] | None = None) -> None:
+    """Collect finished runs (and committed rows of runs made elsewhere) and write ``out`` (JSON),
+    ``out.md`` and the PNG plots, atomically."""
     precisions = info["settings"]["precisions"]
-    rows = collect(jobs, runs, info["stamp"])
+    rows = collect(jobs, runs, info["stamp"], committed)
     an = analyse(rows, precisions)
     sweep, chosen = sweep_table(rows)
     sizes = model_sizes(info["settings"]["student"], info["settings"]["teacher"], precisions)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -146,6 +147,15 @@ def test_tiny_grid_runs_then_resumes_without_rerunning(tmp_path):
     assert (tmp_path / "acc.md").exists() and (tmp_path / "acc_epochs.png").stat().st_size > 0
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert second.returncode == 0 and " start " not in second.stdout  # nothing re-trained
+    # A fresh machine: the run folders are gone, the committed results and snapshots are there.
+    assert (tmp_path / "acc_runs" / "teacher" / "checkpoints" / "best.pt").is_file()
+    shutil.rmtree(tmp_path / "runs")
+    third = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert third.returncode == 0 and " start " not in third.stdout, third.stdout[-2000:] + third.stderr[-2000:]
+    assert "restored teacher, fp-s0" in third.stdout
+    again = json.loads(out.read_text())
+    assert again["finished_runs"] == 6 and {r["name"]: r["final_top1"] for r in again["rows"]} == {
+        r["name"]: r["final_top1"] for r in result["rows"]}
 
 
 def test_speed_child_times_each_case():

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -157,9 +158,17 @@ def committed_rows(out: Path) -> dict[str, dict[str, Any]]:
     return {r["name"]: r for r in rows if isinstance(r, dict) and "name" in r}
 
 
-def is_committed(job: Job, rows: dict[str, dict[str, Any]]) -> bool:
+def portable(overrides: dict[str, Any], runs_dir: str) -> dict[str, Any]:
+    """Overrides with the run folders' absolute paths written relative to ``runs_dir`` ("{runs}/teacher"),
+    so a row committed on one machine matches the same job in another checkout."""
+    tail = re.compile(r"^.*/" + re.escape(runs_dir.strip("/")) + "/")
+    return {k: tail.sub("{runs}/", v) if isinstance(v, str) else v for k, v in overrides.items()}
+
+
+def is_committed(job: Job, rows: dict[str, dict[str, Any]], runs_dir: str = "runs/accuracy") -> bool:
     row = rows.get(job.name)
-    return row is not None and row.get("config", {}).get("overrides") == job.overrides
+    return row is not None and portable(row.get("config", {}).get("overrides", {}), runs_dir) == portable(
+        job.overrides, runs_dir)
 
 
 def snapshot_dir(out: Path) -> Path:
@@ -247,7 +256,7 @@ def _safely(fn) -> None:
 
 
 def run_jobs(jobs: list[Job], runs: Path, workers: int, threads: int, on_done,
-             committed: dict[str, dict[str, Any]] | None = None) -> list[str]:
+             committed: dict[str, dict[str, Any]] | None = None, runs_dir: str = "runs/accuracy") -> list[str]:
     """Run jobs in order as their needs finish, ``workers`` at a time; returns the names that failed.
 
     A job whose row was committed with the same overrides is done, unless a job still to run needs
@@ -258,7 +267,7 @@ def run_jobs(jobs: list[Job], runs: Path, workers: int, threads: int, on_done,
     # Rows still to make; then whatever they need (transitively) that is not here: the teacher cache
     # is such a step (no row of its own), and so is a committed teacher whose folder is missing.
     pending = [j for j in jobs if j.meta.get("role") != "cache" and state(runs / j.name, j) != "done"
-               and not is_committed(j, committed)]
+               and not is_committed(j, committed, runs_dir)]
     needed, stack = set(), [n for j in pending for n in j.needs]
     while stack:
         n = stack.pop()
@@ -343,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     info = {"stamp": stamp(argv), "settings": settings}
 
     out, committed = REPO / args.out, committed_rows(REPO / args.out)
+    matching = {j.name: committed[j.name] for j in jobs if is_committed(j, committed, args.runs_dir)}
     restored = restore_snapshots(jobs, runs, snapshot_dir(out))
     if restored:
         print(f"accuracy: restored {', '.join(restored)} from {snapshot_dir(out)}", flush=True)
@@ -351,13 +361,13 @@ def main(argv: list[str] | None = None) -> int:
         for j in jobs:  # the runs other cells start from travel with the results
             if j.meta.get("role") in ("teacher", "fp_twin") and state(runs / j.name, j) == "done":
                 save_snapshot(runs / j.name, snapshot_dir(out))
-        accuracy_report.write(out, jobs, runs, info, committed)
+        accuracy_report.write(out, jobs, runs, info, matching)
 
     if args.report_only:
         report()
         return 0
     t0 = time.time()
-    failed = run_jobs(jobs, runs, args.workers, args.threads, report, committed)
+    failed = run_jobs(jobs, runs, args.workers, args.threads, report, committed, args.runs_dir)
     report()
     print(f"accuracy: {len(jobs) - len(failed)}/{len(jobs)} runs finished, {(time.time() - t0) / 60:.1f} min "
           f"this invocation; results in {args.out}", flush=True)

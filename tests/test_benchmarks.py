@@ -59,6 +59,15 @@ def test_grid_plan_with_the_teacher_cache_and_named_quantizers(tmp_path):
     assert accuracy.state(tmp_path / accuracy.CACHE, by[accuracy.CACHE]) == "resume"  # cache-teacher continues its file
 
 
+def test_a_row_committed_in_another_checkout_counts_as_done(tmp_path):
+    job = accuracy.grid_jobs(_args(), tmp_path / "here" / "runs" / "accuracy")[-1]  # a scheme-C cell
+    there = {k: v.replace(str(tmp_path / "here"), "/elsewhere/repo") if isinstance(v, str) else v
+             for k, v in job.overrides.items()}
+    assert there != job.overrides and accuracy.is_committed(job, {job.name: {"config": {"overrides": there}}})
+    changed = {**there, "optim.lr": 0.5}
+    assert not accuracy.is_committed(job, {job.name: {"config": {"overrides": changed}}})
+
+
 def test_run_states_and_changed_settings(tmp_path):
     job = accuracy.Job("x", {"train.epochs": 2})
     folder = tmp_path / "x"

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     e = result["equality"]
     table = markdown_table(
         ["images × views", "file MB", "build s (estimated, 1 thread)", "build s (logged)", "teacher s / student epoch",
-         "break-even epochs", f"{e['pairs']} pairs: max |Δ|", "within float16 rounding", "argmax agreement"],
+         "break-even epochs", f"{e['pairs']} pairs: max abs difference", "within float16 rounding", "argmax agreement"],
         [[f"{len(data):,} × {views}", round(result["file_bytes"] / 1e6, 1), round(estimate), logged, round(per_epoch, 1),
           result["break_even_student_epochs"], round(e["max_abs_diff"], 5), e["within_float16_rounding"],
           e["argmax_agreement"]]])

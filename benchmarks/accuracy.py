@@ -145,7 +145,7 @@ def sweep_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
 
 #: what a snapshot keeps of a run other cells start from (the teacher, the FP twins): enough for
 #: distill.teacher / distill.student_init and for its own result row; small (a ResNet-14 is 0.7 MB)
-SNAPSHOT_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "job.json", "checkpoints/best.pt", "checkpoints/last.pt")
+SNAPSHOT_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "job.json", "checkpoints/best.pt")
 
 
 def committed_rows(out: Path) -> dict[str, dict[str, Any]]:

@@ -445,6 +445,8 @@ def test_shipped_filenames_match_contents():
             if parts[1] == "fp":
                 assert cfg.quant.precision == "32W/32A"
                 continue
+            if "w" not in parts[1]:  # model_QUANTIZER_precision_...: the weight quantizer is named
+                assert cfg.quant.quantizer == parts.pop(1), path
             w, a = parts[1].upper().split("W")
             assert cfg.quant.precision == f"{w}W/{a}", path
             scheme = "baseline" if parts[2] == "baseline" else parts[2].upper()

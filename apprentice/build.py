@@ -21,6 +21,7 @@ from apprentice.config import Config, ModelConfig, config_from_dict
 from apprentice.data import TrainSet, eval_batches, teacher_hash, train_batches
 from apprentice.distill import SCHEMES, Distiller, make_student
 from apprentice.errors import ApprenticeError, lookup
+from apprentice.export import MAP_KEY, model_from_packed, read_packed
 from apprentice.models import build_model, count_parameters
 from apprentice.quant import parse_layer_rules, parse_precision, quantized_layers
 from apprentice.train.checkpoint import (
@@ -38,8 +39,23 @@ from apprentice.train.runtime import Runtime
 from apprentice.weights import check_finite, load_strict, torch_load
 
 __all__ = [
-    "LoadedRun", "Training", "build_distiller", "build_from_config", "build_optimizer", "build_student", "build_teacher",
-    "build_training", "eval_data", "load_run", "load_teacher", "stored_config", "train_data",
+    "LoadedModel",
+    "LoadedRun",
+    "Training",
+    "build_distiller",
+    "build_from_config",
+    "build_optimizer",
+    "build_student",
+    "build_teacher",
+    "build_training",
+    "eval_data",
+    "is_packed_export",
+    "is_packed_file",
+    "load_model_file",
+    "load_run",
+    "load_teacher",
+    "stored_config",
+    "train_data",
 ]
 
 
@@ -194,6 +210,74 @@ def load_teacher(path: str, model_cfg: ModelConfig | None, *, num_classes: int, 
     load_strict(model, sd, f"teacher {path!r}")
     check_finite(sd, f"teacher {path!r}")
     return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Any model file: a run folder, a checkpoint or a packed file
+
+
+def is_packed_file(path: Path) -> bool:
+    """A packed model is a safetensors file: 8-byte header length, then a JSON header (``{``)."""
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def is_packed_export(path: Path) -> bool:
+    """Whether ``path`` is a packed file written by apprentice (its safetensors header has our map)."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size)) if 0 < size < 1 << 26 else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(header, dict) and MAP_KEY in (header.get("__metadata__") or {})
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model with what we know about it.
+
+    Attributes:
+        path: where it came from.
+        model: the eval-mode model (a packed file's has dequantized weights).
+        config: its training `Config`, or None for a packed file saved without one.
+        summary: the run's summary.json contents, if any.
+        kind: "run", "checkpoint" or "packed".
+        qmap: a packed file's quantization map (None otherwise).
+    """
+
+    path: Path
+    model: Any
+    config: Any
+    summary: dict | None
+    kind: str
+    qmap: dict | None = None
+
+
+def load_model_file(path_text: str) -> LoadedModel:
+    """Load a run folder, a checkpoint file or a packed file (decided by content, not name)."""
+    path = Path(path_text)
+    if not path.exists():
+        raise ApprenticeError(f"{path_text!r} does not exist (expected a run folder, checkpoint or packed file)")
+    if is_packed_file(path):
+        tensors, qmap = read_packed(path)
+        model = model_from_packed(tensors, qmap)
+        meta = qmap.get("metadata")
+        meta = meta if isinstance(meta, dict) else {}  # the caller's extras: optional, never trusted
+        config = None
+        if isinstance(meta.get("config"), dict):
+            try:
+                config = config_from_dict(meta["config"], check=False)
+            except ApprenticeError as e:
+                raise ApprenticeError(f"{path_text!r}: the training config stored in the packed file is "
+                                      f"unreadable: {e}") from None
+        summary = meta.get("summary") if isinstance(meta.get("summary"), dict) else None
+        return LoadedModel(path, model, config, summary, "packed", qmap)
+    run = load_run(str(path))
+    return LoadedModel(path, run.model, run.config, run.summary, "run" if path.is_dir() else "checkpoint")
 
 
 # ---------------------------------------------------------------------------------------------

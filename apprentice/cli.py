@@ -24,9 +24,12 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apprentice.errors import ApprenticeError
+
+if TYPE_CHECKING:
+    from apprentice.build import LoadedModel
 
 PROG = "apprentice"
 EXIT_USER, EXIT_RUNTIME, EXIT_INTERRUPT = 2, 1, 130
@@ -36,75 +39,12 @@ EXIT_USER, EXIT_RUNTIME, EXIT_INTERRUPT = 2, 1, 130
 # Loading runs, checkpoints and packed files
 
 
-def _is_packed(path: Path) -> bool:
-    """A packed model is a safetensors file: 8-byte header length, then a JSON header (``{``)."""
-    if not path.is_file():
-        return False
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{"
+def _load(path_text: str) -> LoadedModel:
+    from apprentice.build import (
+        load_model_file,  # lazily: `apprentice --help` needs no torch
+    )
 
-
-def _is_packed_export(path: Path) -> bool:
-    """Whether ``path`` is a packed file written by apprentice (its safetensors header has our map)."""
-    from apprentice.export import MAP_KEY
-
-    try:
-        with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(size)) if 0 < size < 1 << 26 else None
-    except (OSError, ValueError):
-        return False
-    return isinstance(header, dict) and MAP_KEY in (header.get("__metadata__") or {})
-
-
-@dataclasses.dataclass(frozen=True)
-class Loaded:
-    """A model with what we know about it.
-
-    Attributes:
-        path: where it came from.
-        model: the eval-mode model (a packed file's has dequantized weights).
-        config: its training `Config`, or None for a packed file saved without one.
-        summary: the run's summary.json contents, if any.
-        kind: "run", "checkpoint" or "packed".
-        qmap: a packed file's quantization map (None otherwise).
-    """
-
-    path: Path
-    model: Any
-    config: Any
-    summary: dict | None
-    kind: str
-    qmap: dict | None = None
-
-
-def _load(path_text: str) -> Loaded:
-    """Load a run folder, a checkpoint file or a packed file (decided by content, not name)."""
-    path = Path(path_text)
-    if not path.exists():
-        raise ApprenticeError(f"{path_text!r} does not exist (expected a run folder, checkpoint or packed file)")
-    if _is_packed(path):
-        from apprentice import export
-        from apprentice.config import config_from_dict
-
-        tensors, qmap = export.read_packed(path)
-        model = export.model_from_packed(tensors, qmap)
-        meta = qmap.get("metadata")
-        meta = meta if isinstance(meta, dict) else {}  # the caller's extras: optional, never trusted
-        config = None
-        if isinstance(meta.get("config"), dict):
-            try:
-                config = config_from_dict(meta["config"], check=False)
-            except ApprenticeError as e:
-                raise ApprenticeError(f"{path_text!r}: the training config stored in the packed file is "
-                                      f"unreadable: {e}") from None
-        summary = meta.get("summary") if isinstance(meta.get("summary"), dict) else None
-        return Loaded(path, model, config, summary, "packed", qmap)
-    from apprentice.build import load_run
-
-    run = load_run(str(path))
-    return Loaded(path, run.model, run.config, run.summary, "run" if path.is_dir() else "checkpoint")
+    return load_model_file(path_text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,7 +146,7 @@ def _precision_rows(model: Any, qmap: dict | None = None) -> list[list[str]]:
     return rows
 
 
-def _sizes(loaded: Loaded) -> tuple[int, int, str]:
+def _sizes(loaded: LoadedModel) -> tuple[int, int, str]:
     """(packed bytes, fp32 bytes, printable report) of a run's model or of a packed file."""
     from apprentice import export
 
@@ -281,13 +221,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _export_target(text: str, fmt: str, source: Path) -> Path:
     """``--out`` as a path, refusing to replace anything but an earlier export of the same format."""
+    from apprentice.build import is_packed_export
+
     out = Path(text)
     if out.is_dir():
         raise ApprenticeError(f"--out {text!r} is a folder; give a file name, e.g. {str(out / ('model.' + _SUFFIX[fmt]))!r}")
     if not out.exists():
         return out
     inside = out.resolve() == source.resolve() or (source.is_dir() and out.resolve().is_relative_to(source.resolve()))
-    if out.resolve() != source.resolve() and (_is_packed_export(out) if fmt == "packed" else out.suffix == ".onnx"):
+    if out.resolve() != source.resolve() and (is_packed_export(out) if fmt == "packed" else out.suffix == ".onnx"):
         return out  # replacing an earlier export is what re-exporting means
     if inside:
         raise ApprenticeError(f"--out {text!r} would overwrite the run being exported; choose another file")

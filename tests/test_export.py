@@ -1,12 +1,9 @@
-"""Tests of apprentice.export (and onnx_export): the packed file, reload equality, BN folding, ONNX.
-Packing itself: tests/test_packing.py."""
+"""Tests of apprentice.export.packed: the packed file, reload equality, BN folding.
+Packing itself: tests/test_packing.py; the ONNX export: tests/test_onnx.py."""
 
 from __future__ import annotations
 
 import json
-import math
-import sys
-import warnings
 
 import pytest
 import torch
@@ -402,122 +399,3 @@ def test_find_conv_bn_pairs_uses_the_graph() -> None:
     # A BN that does not directly follow a conv is left alone.
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.BatchNorm2d(2))
     assert find_conv_bn_pairs(net) == {}
-
-
-# ----------------------------------------------------------------------------------------------
-# ONNX
-# ----------------------------------------------------------------------------------------------
-
-
-def _onnx_student(precision: str, options: dict | None = None) -> nn.Module:
-    model, _ = _student("resnet8", precision, options, size=28, in_channels=1)
-    return model
-
-
-@pytest.mark.parametrize(("precision", "options", "source"),
-                         [("2W/8A", {}, "model"), ("4W/8A", {}, "file"),
-                          ("4W/8A", {"per_channel": True, "learned": True}, "file"),
-                          ("3W/3A", {"quantizer": "lsq", "per_channel": True}, "file"),
-                          ("2W/8A", {"quantizer": "lsq"}, "model")])
-def test_onnx_runtime_matches_fake_quant(tmp_path, precision, options, source) -> None:
-    onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
-    from apprentice.export import export_onnx
-
-    model = _onnx_student(precision, options)
-    path = tmp_path / "m.onnx"
-    if source == "file":
-        save_packed(model, tmp_path / "m.safetensors")
-        export_onnx(tmp_path / "m.safetensors", path, input_shape=(1, 28, 28), opset=13)
-    else:
-        export_onnx(model, path, input_shape=(1, 1, 28, 28))
-    proto = onnx.load(str(path))
-    meta = {p.key: p.value for p in proto.metadata_props}
-    assert json.loads(meta["apprentice"])["arch"] == model.arch
-    assert int(meta["opset"]) == {p.domain: p.version for p in proto.opset_import}[""]
-    # Quantized weights are int8 initializers (the codes); no float copy of them is stored.
-    inits = {i.name: i for i in proto.graph.initializer}
-    int8 = [i for i in inits.values() if i.data_type == onnx.TensorProto.INT8 and len(i.dims) > 1]
-    quantized = {n: m for n, m in model.named_modules() if isinstance(m, QConv2d)}
-    assert sorted(tuple(i.dims) for i in int8) == sorted(tuple(m.weight.shape) for m in quantized.values())
-    float_weights = sum(math.prod(i.dims) for i in inits.values() if i.data_type == onnx.TensorProto.FLOAT)
-    assert float_weights < 0.1 * sum(m.weight.numel() for m in quantized.values())
-    ops = [n.op_type for n in proto.graph.node]
-    assert ops.count("QuantizeLinear") == len(quantized) and ops.count("Clip") == len(quantized)
-    assert ops.count("DequantizeLinear") == 2 * len(quantized)
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = torch.randn(1000, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        ref = model(x)
-    out = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
-    # ORT's convolutions sum in another order, so an activation on an 8-bit rounding tie may land
-    # one step away: close, and the same class on >= 99.9 % of inputs.
-    assert _rel_err(out, ref) <= 5e-3
-    assert (out.argmax(1) == ref.argmax(1)).float().mean().item() >= 0.999
-
-
-def test_onnx_activation_quantizer_rounds_and_clips_like_torch(tmp_path) -> None:
-    pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
-    from apprentice.export.onnx import _QuantizeActivation
-    from apprentice.quant import fake_quant_activation
-
-    class Act(nn.Module):
-        def __init__(self, bits: int, clip: float) -> None:
-            super().__init__()
-            self.bits = bits
-            for name, value in (("low", 0.0), ("high", clip), ("scale", clip / (2**bits - 1))):
-                self.register_buffer(name, torch.tensor(value))
-            self.register_buffer("zero", torch.tensor(0, dtype=torch.uint8))
-
-        def forward(self, x):
-            return _QuantizeActivation.apply(x, self.low, self.high, self.scale, self.zero, self.bits)
-
-    # clip = 2**bits - 1 makes the step exactly 1, so x.5 are exact ties: half to even both ways.
-    for bits in (2, 4, 8):
-        clip = float(2**bits - 1)
-        x = torch.tensor([-3.0, -0.5, 0.0, 0.5, 1.5, 2.5, clip - 0.5, clip, clip + 0.5, 1e4])
-        path = tmp_path / f"act{bits}.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(Act(bits, clip), (x,), str(path), dynamo=False, opset_version=13,
-                              input_names=["x"])
-        out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
-        expected = torch.round(x.clamp(0, clip))
-        assert torch.equal(torch.from_numpy(out), expected)
-        assert torch.equal(fake_quant_activation(x, bits, clip), expected)
-
-
-def test_onnx_argument_checks(tmp_path, monkeypatch) -> None:
-    pytest.importorskip("onnx")
-    from apprentice.export import export_onnx
-
-    model = _onnx_student("4W/8A", {"per_channel": True})
-    with pytest.raises(ApprenticeError, match="opset >= 13"):
-        export_onnx(model, tmp_path / "m.onnx", input_shape=(1, 28, 28), opset=12)
-    with pytest.raises(ApprenticeError, match="opset"):
-        export_onnx(model, tmp_path / "m.onnx", input_shape=(1, 28, 28), opset=99)
-    with pytest.raises(ApprenticeError, match="input_shape"):
-        export_onnx(model, tmp_path / "m.onnx", input_shape=(28, 28))
-    with pytest.raises(ApprenticeError, match="does not exist"):
-        export_onnx(tmp_path / "missing.safetensors", tmp_path / "m.onnx", input_shape=(1, 28, 28))
-    assert not (tmp_path / "m.onnx").exists()
-    monkeypatch.setitem(sys.modules, "onnx", None)  # as if the extra were not installed
-    with pytest.raises(ApprenticeError, match=r"pip install 'apprentice-kd\[onnx\]'"):
-        export_onnx(model, tmp_path / "m.onnx", input_shape=(1, 28, 28))
-
-
-def test_onnx_folded_bn_and_negative_scales(tmp_path) -> None:
-    pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
-    from apprentice.export import export_onnx
-
-    # gamma < 0 for some channels gives negative per-channel scales after folding.
-    model = _onnx_student("2W/32A")
-    export_onnx(model, tmp_path / "m.onnx", input_shape=(1, 28, 28), fold_bn=True)
-    x = torch.randn(64, 1, 28, 28)
-    out = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
-        None, {"input": x.numpy()})[0]
-    with torch.no_grad():
-        assert _rel_err(torch.from_numpy(out), model(x)) <= TOL

@@ -295,7 +295,7 @@ class Training:
         distiller: the `Distiller` of the scheme; it alone says what trains.
         optimizer: over the parameters of what trains; ``scaler`` the fp16 GradScaler or None.
         schedule: the learning rate of each step.
-        steps_per_epoch, total_steps: the run's length in optimizer steps.
+        steps_per_epoch: optimizer steps an epoch (the run's length is ``schedule.total_steps``).
         parameters, quantized_layers: the student's parameter and quantized-layer counts.
     """
 
@@ -308,7 +308,6 @@ class Training:
     scaler: Any
     schedule: LRSchedule
     steps_per_epoch: int
-    total_steps: int
     parameters: int
     quantized_layers: int
 
@@ -340,7 +339,7 @@ def build_training(cfg: Config, rt: Runtime) -> Training:
                           milestones=o.milestones, decay=o.lr_decay)
     return Training(data, evals, student, teacher, distiller, build_optimizer(cfg, distiller),
                     torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" else None, schedule,
-                    steps_per_epoch, total, count_parameters(student), len(quantized_layers(student)))
+                    steps_per_epoch, count_parameters(student), len(quantized_layers(student)))
 
 
 def build_student(cfg: Config, *, num_classes: int, in_channels: int) -> nn.Module:

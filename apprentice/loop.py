@@ -352,7 +352,7 @@ def _report_step(run: _Run, epoch: int, loss: float, grad_norm: float, interval:
                                steps=t.steps_per_epoch, loss=loss, images_per_s=rate,
                                elapsed_s=c.elapsed + now - run.t_start,
                                eta_epoch_s=per_step * (t.steps_per_epoch - t.data.batches.step),
-                               eta_run_s=per_step * (t.total_steps - c.step)), log=log)
+                               eta_run_s=per_step * (t.schedule.total_steps - c.step)), log=log)
     if log:
         run.metrics.write({"type": "step", "epoch": epoch + 1, "step": c.step, "lr": t.schedule(c.step - 1),
                            **interval.means(), "grad_norm": grad_norm, "images_per_s": rate,

@@ -327,8 +327,9 @@ def test_save_rejects_bad_arguments(tmp_path) -> None:
         save_packed(model, tmp_path / "m.safetensors", ternary_packing="3bit")
     with pytest.raises(ApprenticeError, match="folder"):
         save_packed(model, tmp_path / "missing" / "m.safetensors")
-    with pytest.raises(ApprenticeError, match="arch"):
-        save_packed(nn.Sequential(nn.Linear(2, 2)), tmp_path / "m.safetensors")
+    with pytest.raises(ApprenticeError, match="model must be an nn.Module"):
+        save_packed(model, tmp_path / "m.safetensors")
+        load_packed(tmp_path / "m.safetensors", model="resnet8")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,7 +20,13 @@ from apprentice.errors import ApprenticeError
 from apprentice.export import load_packed, save_packed
 from apprentice.loop import fit
 from apprentice.losses import apprentice_loss, cross_entropy, soft_cross_entropy
-from apprentice.models import MODELS, build_model, count_parameters, model_names, register_model
+from apprentice.models import (
+    MODELS,
+    build_model,
+    count_parameters,
+    model_names,
+    register_model,
+)
 from apprentice.quant import (
     DEFAULT_EXCLUDE,
     WEIGHT_QUANTIZERS,

@@ -443,7 +443,7 @@ def import_user_code(spec: str) -> None:
     except ModuleNotFoundError as e:
         raise ApprenticeError(f"--import {spec!r}: no module named {e.name!r}" + (
             "" if is_file else " (a file needs its .py suffix or a path)")) from None
-    except Exception as e:
+    except Exception as e:  # the user's code failing is one line naming it (--debug: the traceback)
         raise ApprenticeError(f"--import {spec!r} failed: {type(e).__name__}: {e}") from e
 
 

@@ -7,6 +7,10 @@ The public API in one place (`fit`, `load_config`, `load_run`, `evaluate` are wh
     plan = ap.prepare(student, "2W/8A")                   # ternary weights, 8-bit activations
     distiller = ap.Distiller(student, teacher, scheme="B")
     logits, losses = distiller(images, labels)            # losses["loss"].backward()
+
+A model of your own is any float ``nn.Module``: `prepare` quantizes it, `save_packed` ships it, and
+``@register_model("mynet")`` on its class makes it buildable by name (recipes, the command line with
+``--import``, and `load_packed` without a ``model=``).
 """
 
 from apprentice.build import LoadedRun, load_run
@@ -16,7 +20,13 @@ from apprentice.errors import ApprenticeError
 from apprentice.export import load_packed, save_packed
 from apprentice.loop import fit
 from apprentice.losses import apprentice_loss, cross_entropy, soft_cross_entropy
-from apprentice.models import MODELS, build_model, count_parameters
+from apprentice.models import (
+    MODELS,
+    build_model,
+    count_parameters,
+    model_names,
+    register_model,
+)
 from apprentice.quant import (
     DEFAULT_EXCLUDE,
     WEIGHT_QUANTIZERS,
@@ -66,9 +76,11 @@ __all__ = [
     "load_packed",
     "load_run",
     "make_student",
+    "model_names",
     "parse_precision",
     "prepare",
     "quantized_layers",
+    "register_model",
     "save_packed",
     "soft_cross_entropy",
     "to_float",

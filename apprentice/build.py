@@ -22,7 +22,7 @@ from apprentice.data import TrainSet, eval_batches, teacher_hash, train_batches
 from apprentice.distill import SCHEMES, Distiller, make_student
 from apprentice.errors import ApprenticeError, lookup
 from apprentice.export import MAP_KEY, model_from_packed, read_packed
-from apprentice.models import build_model, count_parameters
+from apprentice.models import build_model, count_parameters, takes_argument
 from apprentice.quant import parse_layer_rules, parse_precision, quantized_layers
 from apprentice.train.checkpoint import (
     CHECKPOINT_DIR,
@@ -146,14 +146,24 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
     return LoadedRun(config, model, plan, summary, str(file))
 
 
+def model_arguments(m: ModelConfig, *, num_classes: int, in_channels: int) -> dict[str, Any]:
+    """The constructor arguments a `ModelConfig` means for a data set of ``num_classes`` and ``in_channels``.
+
+    ``width`` goes to models that take it (the ResNets; a model of one's own only if it says so);
+    ``shortcut``/``small_input`` only when set; ``model.args`` as written.
+    """
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_channels": in_channels, **dict(m.args or ())}
+    if m.width != 1.0 or takes_argument(m.name, "width"):
+        kwargs["width"] = m.width
+    for option, value in (("shortcut", m.shortcut), ("small_input", m.small_input)):
+        if value is not None:
+            kwargs[option] = value
+    return kwargs
+
+
 def build_from_config(m: ModelConfig, *, num_classes: int, in_channels: int) -> nn.Module:
     """``models.build_model`` from a `ModelConfig` plus the data set's class and channel counts."""
-    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_channels": in_channels, "width": m.width}
-    if m.shortcut is not None:
-        kwargs["shortcut"] = m.shortcut
-    if m.small_input is not None:
-        kwargs["small_input"] = m.small_input
-    return build_model(m.name, **kwargs)
+    return build_model(m.name, **model_arguments(m, num_classes=num_classes, in_channels=in_channels))
 
 
 def load_teacher(path: str, model_cfg: ModelConfig | None, *, num_classes: int, in_channels: int) -> nn.Module:
@@ -189,10 +199,9 @@ def load_teacher(path: str, model_cfg: ModelConfig | None, *, num_classes: int, 
                 f"teacher {path!r} was trained for {arch.get('num_classes')} classes and {arch.get('in_channels')} "
                 f"input channels, but the data set has {num_classes} classes and {in_channels} channels")
         if model_cfg is not None:
-            wanted = {"name": model_cfg.name, "width": model_cfg.width, "shortcut": model_cfg.shortcut,
-                      "small_input": model_cfg.small_input}
-            diff = [f"{k}={v!r} (run has {arch.get(k)!r})" for k, v in wanted.items()
-                    if v is not None and arch.get(k) != v]
+            wanted = {"name": model_cfg.name,
+                      **model_arguments(model_cfg, num_classes=num_classes, in_channels=in_channels)}
+            diff = [f"{k}={v!r} (run has {arch.get(k)!r})" for k, v in wanted.items() if arch.get(k) != v]
             if diff:
                 raise ApprenticeError(f"distill.teacher_model does not match teacher run {path!r}: {', '.join(diff)}")
         model, _ = model_from_checkpoint(ckpt, p)

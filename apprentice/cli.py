@@ -314,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the full traceback on errors")
+    common.add_argument("--import", dest="imports", action="append", metavar="FILE_OR_MODULE",
+                        default=argparse.SUPPRESS,
+                        help="run this Python file (or import this module) first, e.g. one that registers your own "
+                             "model with @apprentice.register_model; repeatable. Recipes never run code themselves.")
     parser = argparse.ArgumentParser(
         prog=PROG, parents=[common],
         description="Low-precision CNNs trained with knowledge distillation (Mishra & Marr, Apprentice, ICLR 2018).")
@@ -408,6 +412,41 @@ def _add_cache_teacher(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_cache_teacher)
 
 
+def import_user_code(spec: str) -> None:
+    """Run the user's Python file, or import their module, named by ``--import`` (and only then).
+
+    A file runs as a script would (its folder first on ``sys.path``, so it can import its neighbours);
+    anything it raises becomes one line naming the file.
+    """
+    import importlib
+    import importlib.util
+    import re
+
+    is_file = spec.endswith(".py") or os.sep in spec
+    try:
+        if not is_file:
+            importlib.import_module(spec)
+            return
+        path = Path(spec).resolve()
+        if not path.is_file():
+            raise ApprenticeError(f"--import {spec!r}: no such file")
+        name = "apprentice_user." + re.sub(r"\W", "_", path.stem)
+        if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(path):
+            return  # imported already (a second --import of the same file)
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.path.insert(0, str(path.parent))
+        sys.modules[name] = module
+        module_spec.loader.exec_module(module)
+    except ApprenticeError as e:
+        raise ApprenticeError(f"--import {spec!r}: {e}" if not str(e).startswith("--import") else str(e)) from None
+    except ModuleNotFoundError as e:
+        raise ApprenticeError(f"--import {spec!r}: no module named {e.name!r}" + (
+            "" if is_file else " (a file needs its .py suffix or a path)")) from None
+    except Exception as e:  # the user's code failing is one line naming it (--debug: the traceback)
+        raise ApprenticeError(f"--import {spec!r} failed: {type(e).__name__}: {e}") from e
+
+
 def _one_line(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         text = f"{e.strerror}: {e.filename!r}" if e.filename else e.strerror
@@ -434,6 +473,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     parser.error(f"unrecognized arguments: {' '.join(extra)}")
         except SystemExit as e:  # --help (0) or a usage error (2, message already printed)
             return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USER
+        for spec in getattr(args, "imports", []):
+            import_user_code(spec)
         return int(args.func(args) or 0)
     except KeyboardInterrupt as e:
         # Ctrl-C, or runtime.TrainingInterrupted (a KeyboardInterrupt that says where the run's

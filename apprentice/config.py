@@ -30,6 +30,7 @@ import yaml
 
 from apprentice.errors import ApprenticeError, lookup
 from apprentice.typed_yaml import (
+    Scalar,
     apply_override,
     build,
     field_types,
@@ -56,10 +57,11 @@ def _f(default: Any, help: str) -> Any:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = _f("resnet20", "architecture, a models.MODELS key (resnet8..110 CIFAR-style, resnet18..152 ImageNet-style)")
-    width: float = _f(1.0, "channel multiplier applied to every layer")
+    name: str = _f("resnet20", "architecture: resnet8..110 (CIFAR-style), resnet18..152 (ImageNet-style), or a model of your own registered with @apprentice.register_model and loaded with --import")
+    width: float = _f(1.0, "channel multiplier applied to every layer (a model of your own gets it only if it takes `width` or it is not 1)")
     shortcut: str | None = _f(None, "CIFAR depths only: 'A' parameter-free or 'B' 1x1 projection shortcuts; null = model default")
     small_input: bool | None = _f(None, "ImageNet depths only: 3x3 stride-1 stem without max-pool for 28/32 px images; null = model default")
+    args: tuple[tuple[str, Scalar], ...] | None = _f(None, "more constructor arguments, recorded with the run, e.g. {hidden: 64, dropout: 0.1} (num_classes and in_channels come from the data)")
 
 
 @dataclass(frozen=True)
@@ -280,7 +282,8 @@ def _owners() -> SimpleNamespace:
             "train.amp": ("amp mode", step.AMP_MODES),
             "train.on_nonfinite": ("non-finite policy", step.NONFINITE_POLICIES),
         },
-        models=models.MODELS, shortcuts=models.SHORTCUTS, schemes=distill.SCHEMES, datasets=data.DATASETS,
+        model_constructor=models.model_constructor, shortcuts=models.SHORTCUTS,
+        builtin_models=models.BUILTIN_MODELS, data_arguments=models.DATA_ARGUMENTS, schemes=distill.SCHEMES, datasets=data.DATASETS,
         quantizers=quant.WEIGHT_QUANTIZERS, parse_precision=quant.parse_precision,
         parse_layer_rules=quant.parse_layer_rules,
         check_loss_weights=losses.check_loss_weights, check_device=runtime.check_device,
@@ -318,29 +321,46 @@ def _choice(table: Mapping[str, Any], value: str, what: str, key: str) -> None:
         raise ApprenticeError(f"{key}: {e}") from None
 
 
+def _takes(name: str, argument: str, owners: SimpleNamespace) -> bool:
+    params = inspect.signature(owners.model_constructor(name)).parameters.values()
+    return any(p.name == argument or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
 def _imagenet_style(name: str, owners: SimpleNamespace) -> bool:
     """ImageNet-style ResNets are the ones whose factory takes `small_input` (CIFAR ones take `shortcut`)."""
-    return "small_input" in inspect.signature(owners.models[name]).parameters
+    return "small_input" in inspect.signature(owners.model_constructor(name)).parameters
 
 
-def _total_stride(m: ModelConfig, owners: SimpleNamespace) -> int:
-    """How many input pixels one pixel of the model's last stage covers along a side."""
+def _total_stride(m: ModelConfig, owners: SimpleNamespace) -> int | None:
+    """How many input pixels one pixel of the model's last stage covers along a side (None: not a built-in)."""
+    if m.name not in owners.builtin_models:
+        return None
     if not _imagenet_style(m.name, owners):
         return 4  # three stages, two of them stride 2
     return 8 if m.small_input else 32  # the 7x7/2 stem and max-pool add a factor 4
 
 
 def _check_model(m: ModelConfig, key: str, owners: SimpleNamespace) -> None:
-    _choice(owners.models, m.name, "model", f"{key}.name")
+    try:
+        owners.model_constructor(m.name)
+    except ApprenticeError as e:
+        raise ApprenticeError(f"{key}.name: {e}") from None
     _check_range(f"{key}.width", m.width)
-    imagenet_style = _imagenet_style(m.name, owners)
+    _check(m.width == 1.0 or _takes(m.name, "width", owners), f"{key}.width",
+           f"model {m.name!r} takes no width argument; leave it at 1.0")
+    for option, value in (("shortcut", m.shortcut), ("small_input", m.small_input)):
+        what = {"shortcut": "CIFAR-style", "small_input": "ImageNet-style"}[option]
+        _check(value is None or _takes(m.name, option, owners), f"{key}.{option}",
+               f"only {what} ResNets take {option}; model {m.name!r} does not, set null")
     if m.shortcut is not None:
-        _check(not imagenet_style, f"{key}.shortcut",
-               f"only CIFAR-style ResNets take a shortcut option; {m.name!r} is ImageNet-style, set null")
         _choice(owners.shortcuts, m.shortcut, "shortcut", f"{key}.shortcut")
-    if m.small_input is not None:
-        _check(imagenet_style, f"{key}.small_input",
-               f"only ImageNet-style ResNets take small_input; {m.name!r} is CIFAR-style, set null")
+    for name, _ in m.args or ():
+        _check(name not in (*owners.data_arguments, "width", "shortcut", "small_input"), f"{key}.args",
+               f"{name!r} is not set here: " + (f"use {key}.{name}" if name not in owners.data_arguments
+                                                 else "the data set gives it"))
+        _check(_takes(m.name, name, owners), f"{key}.args",
+               f"model {m.name!r} takes no argument {name!r}; it takes "
+               f"{list(inspect.signature(owners.model_constructor(m.name)).parameters)}")
 
 
 def _check_values(cfg: Config, owners: SimpleNamespace) -> None:
@@ -406,7 +426,7 @@ def _check_data(cfg: Config, owners: SimpleNamespace) -> None:
         if m is None:
             continue
         stride = _total_stride(m, owners)
-        _check(dc.image_size >= stride, "data.image_size",
+        _check(stride is None or dc.image_size >= stride, "data.image_size",
                f"{dc.image_size} px is smaller than the total stride of {key} {m.name} ({stride} px): its last "
                f"stage would see padding only; use at least {stride}"
                + (f" or {key}.small_input=true" if stride == 32 else ""))

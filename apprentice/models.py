@@ -15,9 +15,11 @@ Example:
 
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
 import math
 import numbers
+import re
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -308,33 +310,147 @@ class ResNet(nn.Module):
 
 
 
+#: The architectures `build_model` knows by name: the built-in ResNets, then the user's own models
+#: (`register_model`), then, on first use, models of installed packages (entry-point group below).
 MODELS: dict[str, Callable[..., nn.Module]] = {
     **{f"resnet{d}": partial(CifarResNet, d) for d in CIFAR_DEPTHS},
     **{f"resnet{d}": partial(ResNet, d) for d in IMAGENET_LAYERS},
 }
+BUILTIN_MODELS = frozenset(MODELS)
+#: A package makes its models buildable by name with ``[project.entry-points."apprentice.models"]``
+#: ``mynet = "mypkg.models:MyNet"``; the entry point is loaded (its code run) only when that name is asked for.
+ENTRY_POINT_GROUP = "apprentice.models"
+#: Arguments every model receives from the data set; a model's own arguments go in ``model.args``.
+DATA_ARGUMENTS = ("num_classes", "in_channels")
+_HINT = ("; a model of your own: decorate its class with @apprentice.register_model(\"name\") and, on the "
+         "command line, pass --import FILE.py (or MODULE) to every command")
+
+
+def register_model(name: str, *, replace: bool = False) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: make a float ``nn.Module`` class (or factory) buildable by name, from Python and the CLI.
+
+    The constructor must take ``num_classes`` and ``in_channels`` keyword arguments (the data set
+    gives them); its other keyword arguments come from the recipe's ``model.args`` and are recorded
+    with the run and the exported file, so ``build_model(**model.arch)`` rebuilds it wherever the
+    same registration is present. The model must be float: ``prepare`` quantizes its Conv2d and
+    Linear layers (grouped and depthwise convs included).
+
+    Example:
+        >>> @register_model("tiny_cnn", replace=True)
+        ... class TinyCNN(nn.Module):
+        ...     def __init__(self, num_classes: int = 10, in_channels: int = 1, channels: int = 8):
+        ...         super().__init__()
+        ...         self.conv = nn.Conv2d(in_channels, channels, 3, padding=1)
+        ...         self.fc = nn.Linear(channels, num_classes)
+        ...     def forward(self, x):
+        ...         return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+        >>> build_model("tiny_cnn", num_classes=3, in_channels=1, channels=4).arch
+        {'name': 'tiny_cnn', 'num_classes': 3, 'in_channels': 1, 'channels': 4}
+
+    Raises:
+        ApprenticeError: a bad name, a name already taken (pass ``replace=True`` to rebind one of
+            your own; built-in names are never replaced), or a constructor without the data arguments.
+    """
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", name):
+        raise ApprenticeError(f"register_model: a model name is letters, digits, _ . -; got {name!r}")
+
+    def add(constructor: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in BUILTIN_MODELS or (name in MODELS and not replace and MODELS[name] is not constructor):
+            raise ApprenticeError(f"register_model: model name {name!r} is taken" + (
+                "" if name in BUILTIN_MODELS else " (pass replace=True to rebind it)"))
+        missing = [a for a in DATA_ARGUMENTS if not _takes(constructor, a)]
+        if missing:
+            raise ApprenticeError(f"register_model({name!r}): the constructor must take {' and '.join(missing)} "
+                                  f"keyword arguments (the data set gives them)")
+        MODELS[name] = constructor
+        return constructor
+
+    return add
+
+
+def _takes(constructor: Callable[..., Any], argument: str) -> bool:
+    params = inspect.signature(constructor).parameters.values()
+    return any(p.name == argument or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _entry_points() -> dict[str, Any]:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def model_names() -> list[str]:
+    """Every name `build_model` accepts now: built-in, registered, and installed packages' entry points."""
+    return sorted(set(MODELS) | set(_entry_points()))
+
+
+def model_constructor(name: str) -> Callable[..., nn.Module]:
+    """The constructor registered as ``name`` (loading an installed package's entry point on first use).
+
+    Raises:
+        ApprenticeError: unknown name (the message lists the known ones and how to add your own), or
+            an entry point that fails to load.
+    """
+    if isinstance(name, str) and name not in MODELS and name in (eps := _entry_points()):
+        try:
+            constructor = eps[name].load()
+        except Exception as e:  # noqa: BLE001 - any failure in the package's code is reported as one line
+            raise ApprenticeError(f"model {name!r}: loading entry point {eps[name].value!r} failed: "
+                                  f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        register_model(name)(constructor)
+    if not isinstance(name, str) or name not in MODELS:
+        raise ApprenticeError(f"unknown model {name!r}; choose from {model_names()}{_HINT}")
+    return MODELS[name]
+
+
+def takes_argument(name: str, argument: str) -> bool:
+    """Whether model ``name``'s constructor takes ``argument`` (or any keyword argument)."""
+    return _takes(model_constructor(name), argument)
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a float model from the ``MODELS`` table.
+    """Build a float model by name: a built-in ResNet or a model registered with `register_model`.
 
     Args:
-        name: a key of ``MODELS`` (resnet8..resnet110 CIFAR style, resnet18..resnet152 ImageNet).
-        **kwargs: the model's keyword arguments: ``num_classes``, ``in_channels``, ``width``,
-            ``zero_init_residual``, and ``shortcut`` (CIFAR) or ``small_input`` (ImageNet).
+        name: a name from `model_names` (resnet8..resnet110 CIFAR style, resnet18..resnet152
+            ImageNet, and the user's registered models).
+        **kwargs: the model's keyword arguments: ``num_classes``, ``in_channels``; for the ResNets
+            ``width``, ``zero_init_residual``, and ``shortcut`` (CIFAR) or ``small_input`` (ImageNet);
+            a registered model's own arguments (plain values: numbers, strings, booleans, null).
 
     Returns:
-        The model, with ``num_classes``, ``in_channels`` and ``arch`` attributes;
-        ``build_model(**model.arch)`` builds the same architecture.
+        The model, with an ``arch`` attribute (its name and arguments; set here when the constructor
+        does not set it) such that ``build_model(**model.arch)`` builds the same architecture.
 
     Raises:
-        ApprenticeError: unknown name, an argument the model does not take, or a bad value.
+        ApprenticeError: unknown name, an argument the model does not take, a bad value, or a
+            constructor that fails or returns something other than an ``nn.Module``.
     """
-    constructor = lookup(MODELS, name, "model")
+    constructor = model_constructor(name)
     allowed = list(inspect.signature(constructor).parameters)
-    for key in kwargs:
-        if key not in allowed:
+    for key, value in kwargs.items():
+        if not _takes(constructor, key):
             raise ApprenticeError(f"model {name!r} takes no argument {key!r}; allowed: {allowed}")
-    return constructor(**kwargs)
+        if not (value is None or isinstance(value, (bool, int, float, str))):
+            raise ApprenticeError(f"model {name!r}: argument {key}={value!r} must be a plain value "
+                                  f"(number, string, true/false or null) so the run can record it")
+    model = _construct(name, constructor, kwargs)
+    if not isinstance(getattr(model, "arch", None), dict):
+        model.arch = {"name": name, **kwargs}
+    return model
+
+
+def _construct(name: str, constructor: Callable[..., nn.Module], kwargs: dict[str, Any]) -> nn.Module:
+    if name in BUILTIN_MODELS:
+        return constructor(**kwargs)  # the built-ins raise ApprenticeError themselves
+    try:
+        model = constructor(**kwargs)
+    except ApprenticeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's constructor failing is reported as one line
+        raise ApprenticeError(f"model {name!r} failed to build with {kwargs}: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if not isinstance(model, nn.Module):
+        raise ApprenticeError(f"model {name!r}: its constructor returned {type(model).__name__}, not an nn.Module")
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -91,9 +91,27 @@ def split_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+#: A plain YAML value: what a mapping of ``Scalar`` values may hold (``model.args``).
+Scalar = str | int | float | bool
+#: Ordered mappings from strings: value type -> (what messages call it, the Python types accepted).
+PAIR_VALUES: dict[Any, tuple[str, tuple[type, ...]]] = {
+    str: ("a mapping of strings to strings", (str,)),
+    Scalar: ("a mapping of names to plain values", (str, int, float, bool)),
+}
+
+
+def _pair_value(tp: Any) -> Any:
+    """``V`` for ``tuple[tuple[str, V], ...]`` (an ordered mapping, YAML keeps the order), else None."""
+    args = typing.get_args(tp) if typing.get_origin(tp) is tuple else ()
+    if len(args) == 2 and args[1] is Ellipsis and typing.get_origin(args[0]) is tuple:
+        key, value = typing.get_args(args[0])
+        if key is str and value in PAIR_VALUES:
+            return value
+    return None
+
+
 def _is_pairs(tp: Any) -> bool:
-    """``tuple[tuple[str, str], ...]``: an ordered mapping of strings to strings (YAML keeps the order)."""
-    return typing.get_origin(tp) is tuple and typing.get_args(tp) == (tuple[str, str], ...)
+    return _pair_value(tp) is not None
 
 
 def type_name(tp: Any) -> str:
@@ -101,7 +119,7 @@ def type_name(tp: Any) -> str:
     if dataclasses.is_dataclass(inner):
         name = "a mapping"
     elif _is_pairs(inner):
-        name = "a mapping of strings to strings"
+        name = PAIR_VALUES[_pair_value(inner)][0]
     elif typing.get_origin(inner) is tuple:
         elem = typing.get_args(inner)[0]
         name = "a list of " + {str: "strings", int: "integers", float: "floats", bool: "booleans"}[elem]
@@ -151,20 +169,23 @@ def convert(tp: Any, value: Any, key: str) -> Any:
     return float(value) if inner is float else value
 
 
-def _pairs(value: Any, key: str, tp: Any) -> tuple[tuple[str, str], ...]:
-    """A YAML mapping (or the list of [key, value] pairs `to_plain` writes) as ordered pairs of strings."""
+def _pairs(value: Any, key: str, tp: Any) -> tuple[tuple[str, Any], ...]:
+    """A YAML mapping (or the list of [key, value] pairs `to_plain` writes) as ordered pairs."""
     if isinstance(value, Mapping):
         pairs = list(value.items())
     elif isinstance(value, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
         pairs = [tuple(p) for p in value]
     else:
         raise ApprenticeError(f"{key}: expected {type_name(tp)}, got {show(value)}")
+    accepted = PAIR_VALUES[_pair_value(split_optional(tp)[0])][1]
     for k, v in pairs:
-        if not isinstance(k, str) or not isinstance(v, str):
+        if not isinstance(k, str) or not isinstance(v, accepted):
             raise ApprenticeError(f"{key}: expected {type_name(tp)}, got {show(k)}: {show(v)}")
     if not pairs:
         raise ApprenticeError(f"{key}: an empty mapping; use null for none")
-    return tuple((k, v) for k, v in pairs)
+    if len({k for k, _ in pairs}) != len(pairs):
+        raise ApprenticeError(f"{key}: a name given twice in {show(value)}")
+    return tuple((k, float(v) if isinstance(v, float) else v) for k, v in pairs)
 
 
 def build(cls: type, data: Any, prefix: str) -> Any:

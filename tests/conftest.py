@@ -64,3 +64,23 @@ def nan_at(monkeypatch):
 def nan_grad_at(monkeypatch):
     """Make the gradient (not the loss) of the given 1-based steps NaN: loss + sqrt(0 * loss)."""
     return _spoil_loss(monkeypatch, lambda loss: loss + (loss * 0).sqrt())  # value +0, gradient 0 * inf
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture
+def user_models():
+    """examples/my_models.py loaded as a user's file (registers ``tinyvgg`` and ``sepnet``); the model
+    table is restored afterwards so other tests see the built-ins only."""
+    import importlib.util
+
+    from apprentice import models
+
+    before = dict(models.MODELS)
+    spec = importlib.util.spec_from_file_location("my_models", EXAMPLES / "my_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    models.MODELS.clear()
+    models.MODELS.update(before)

@@ -18,8 +18,8 @@ SMOKE = ROOT / "configs" / "smoke.yaml"
 COMMANDS = ["train", "eval", "info", "export", "compare"]
 
 
-def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 300, pythonpath: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": pythonpath or str(ROOT)}
     return subprocess.run([sys.executable, "-m", "apprentice", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=timeout, check=False)
 

@@ -481,3 +481,40 @@ def test_layers_keep_their_order_through_yaml_overrides_and_the_stored_config(tm
 def test_bad_layer_rules_name_the_key(value, message):
     with pytest.raises(ApprenticeError, match=message):
         load_config(None, [f"quant.layers={value}"])
+
+
+# ---------------------------------------------------------------------------------------------
+# A model of the user's own (model.name registered, model.args)
+
+
+def test_user_model_and_its_arguments_round_trip(tmp_path, user_models):
+    f = write(tmp_path, """\
+        model:
+          name: tinyvgg
+          args: {hidden: 64, channels: 8}
+        """)
+    cfg = load_config(f, ["distill.scheme=A", "distill.teacher_model.name=sepnet",
+                          "distill.teacher_model.args={channels: 4}"])
+    assert cfg.model.args == (("hidden", 64), ("channels", 8))
+    assert cfg.distill.teacher_model.args == (("channels", 4),)
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+    assert load_config(write(tmp_path, dump_yaml(cfg), "again.yaml")) == cfg
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.args={depth: 3}"], r"model.args: model 'tinyvgg' takes no argument 'depth'"),
+    (["model.args={num_classes: 3}"], r"model.args: 'num_classes' is not set here: the data set gives it"),
+    (["model.args={width: 2.0}"], r"model.args: 'width' is not set here: use model.width"),
+    (["model.args={channels: [1, 2]}"], r"model.args: expected a mapping of names to plain values"),
+    (["model.args={channels: null}"], r"model.args: expected a mapping of names to plain values"),
+    (["model.width=2.0"], r"model.width: model 'tinyvgg' takes no width argument"),
+    (["model.shortcut=B"], r"model.shortcut: only CIFAR-style ResNets take shortcut"),
+    (["model.small_input=true"], r"model.small_input: only ImageNet-style ResNets take small_input"),
+])
+def test_bad_user_model_settings_name_the_key(user_models, overrides, message):
+    assert message in error(None, ["model.name=tinyvgg", *overrides]) or pytest.fail(
+        error(None, ["model.name=tinyvgg", *overrides]))
+
+
+def test_unregistered_model_name_says_how_to_register():
+    assert "--import" in error(None, ["model.name=tinyvgg"])

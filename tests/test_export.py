@@ -4,6 +4,7 @@ Packing itself: tests/test_packing.py; the ONNX export: tests/test_onnx.py."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -327,8 +328,9 @@ def test_save_rejects_bad_arguments(tmp_path) -> None:
         save_packed(model, tmp_path / "m.safetensors", ternary_packing="3bit")
     with pytest.raises(ApprenticeError, match="folder"):
         save_packed(model, tmp_path / "missing" / "m.safetensors")
-    with pytest.raises(ApprenticeError, match="arch"):
-        save_packed(nn.Sequential(nn.Linear(2, 2)), tmp_path / "m.safetensors")
+    with pytest.raises(ApprenticeError, match="model must be an nn.Module"):
+        save_packed(model, tmp_path / "m.safetensors")
+        load_packed(tmp_path / "m.safetensors", model="resnet8")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -399,3 +401,102 @@ def test_find_conv_bn_pairs_uses_the_graph() -> None:
     # A BN that does not directly follow a conv is left alone.
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.BatchNorm2d(2))
     assert find_conv_bn_pairs(net) == {}
+
+
+# ----------------------------------------------------------------------------------------------
+# Any model: a user's own nn.Module (examples/my_models.py), grouped and depthwise convs included
+# ----------------------------------------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+USER_CASES = [("tinyvgg", "B", "2W/32A", {}), ("tinyvgg", "C", "4W/8A", {"per_channel": True}),
+              ("sepnet", "B", "2W/8A", {}), ("sepnet", "C", "2W/8A", {"quantizer": "lsq"})]
+
+
+def distilled_user_student(name: str, scheme: str, precision: str, options: dict) -> nn.Module:
+    """prepare -> a few distillation steps (scheme B or C, a ResNet-8 teacher) -> eval, on random images."""
+    from apprentice.distill import Distiller, make_student
+
+    torch.manual_seed(0)
+    teacher = build_model("resnet8", num_classes=10, in_channels=1).eval()
+    student = build_model(name, num_classes=10, in_channels=1, channels=8)
+    init = build_model(name, num_classes=10, in_channels=1, channels=8).state_dict() if scheme == "C" else None
+    w, a = parse_precision(precision, **options)
+    make_student(student, scheme=scheme, weights=w, activations=a, init_state_dict=init)
+    distiller = Distiller(student, teacher, scheme=scheme)
+    opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(3):
+        images, labels = torch.randn(16, 1, 16, 16), torch.randint(0, 10, (16,))
+        _, losses = distiller(images, labels)
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+    return student.eval()
+
+
+@pytest.mark.parametrize(("name", "scheme", "precision", "options"), USER_CASES)
+def test_user_model_reloads_equal_in_a_fresh_process(tmp_path, user_models, name, scheme, precision, options):
+    import subprocess
+    import sys
+
+    student = distilled_user_student(name, scheme, precision, options)
+    assert any(isinstance(m, QConv2d) and m.groups > 1 for m in student.modules()) == (name == "sepnet")
+    path = tmp_path / "m.safetensors"
+    qmap = save_packed(student, path)
+    assert qmap["arch"] == {"name": name, "num_classes": 10, "in_channels": 1, "channels": 8}
+    x = torch.randn(4, 1, 16, 16)
+    torch.save({"x": x}, tmp_path / "x.pt")
+    with torch.no_grad():
+        ref = student(x)
+    code = ("import sys, torch, importlib.util\n"
+            f"spec = importlib.util.spec_from_file_location('my_models', {str(EXAMPLES / 'my_models.py')!r})\n"
+            "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+            "from apprentice import load_packed\n"
+            f"m = load_packed({str(path)!r})\n"
+            f"x = torch.load({str(tmp_path / 'x.pt')!r}, weights_only=True)['x']\n"
+            f"torch.save({{'y': m(x).detach()}}, {str(tmp_path / 'y.pt')!r})\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    out = torch.load(tmp_path / "y.pt", weights_only=True)["y"]
+    assert _rel_err(out, ref) < 1e-5
+
+
+def test_hand_built_model_reloads_into_the_float_model_given(tmp_path):
+    torch.manual_seed(0)
+
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, groups=4), nn.ReLU(),
+                             nn.Conv2d(4, 8, 1), nn.Flatten(), nn.LazyLinear(5))
+
+    model = net()
+    model(torch.zeros(1, 1, 8, 8))  # materialise the lazy layer
+    prepare(model, "2W/8A", exclude=["0"])
+    path = tmp_path / "m.safetensors"
+    qmap = save_packed(model, path)
+    assert qmap["arch"] is None and qmap["model_class"] == "torch.nn.modules.container.Sequential"
+    with pytest.raises(ApprenticeError, match=r"built by hand \(torch.nn.modules.container.Sequential\).*model="):
+        load_packed(path)
+    template = net()
+    template(torch.zeros(1, 1, 8, 8))
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(load_packed(path, model=template)(x), model.eval()(x))
+    assert not any(isinstance(m, QConv2d) for m in template.modules())  # the caller's model is left alone
+    with torch.no_grad():  # a prepared model as the template is turned back to float first
+        assert torch.equal(load_packed(path, model=model)(x), model(x))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda: nn.Conv2d(4, 4, 3, groups=2), r"layer '2': the file's layer has groups=4, the model's has groups=2"),
+    (lambda: nn.Conv2d(4, 4, 3, stride=2, groups=4), r"layer '2': the file's layer has stride=\[1, 1\], the model's has stride=\[2, 2\]"),
+    (lambda: nn.Conv2d(4, 6, 3), r"layer '2'"),
+    (lambda: nn.Linear(4, 4), r"layer '2': map says 'conv2d', the model has Linear"),
+])
+def test_the_model_given_is_checked_layer_by_layer(tmp_path, change, message):
+    def net(middle: nn.Module) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), middle, nn.ReLU(), nn.Flatten(), nn.LazyLinear(5))
+
+    model = net(nn.Conv2d(4, 4, 3, groups=4))
+    model(torch.zeros(1, 1, 8, 8))
+    prepare(model, "2W/32A")
+    save_packed(model, tmp_path / "m.safetensors")
+    with pytest.raises(ApprenticeError, match=message):
+        load_packed(tmp_path / "m.safetensors", model=net(change()))

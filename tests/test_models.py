@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 
 from apprentice.errors import ApprenticeError
 from apprentice.models import (
+    ENTRY_POINT_GROUP,
     MODELS,
     SHORTCUTS,
     CifarResNet,
@@ -18,6 +20,8 @@ from apprentice.models import (
     ZeroPadShortcut,
     build_model,
     count_parameters,
+    model_names,
+    register_model,
 )
 
 CIFAR = ["resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
@@ -320,3 +324,101 @@ def test_cifar_depth_limited_to_table():
         with pytest.raises(ApprenticeError, match="depth must be one of"):
             CifarResNet(depth)
     assert len(CifarResNet(110).layer1) == 18
+
+
+# --- models of the user's own: register_model, entry points ---------------------------------------
+
+
+@pytest.fixture
+def restore_table():
+    before = dict(MODELS)
+    yield
+    MODELS.clear()
+    MODELS.update(before)
+
+
+class _Tiny(nn.Module):
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, channels: int = 4, act: str = "relu") -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.fc = nn.Linear(channels, num_classes)
+        self.act = act
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+def test_registered_model_builds_by_name_and_records_its_arguments(restore_table):
+    assert register_model("tiny")(_Tiny) is _Tiny
+    assert "tiny" in model_names()
+    model = build_model("tiny", num_classes=3, in_channels=2, channels=5)
+    assert model.arch == {"name": "tiny", "num_classes": 3, "in_channels": 2, "channels": 5}
+    again = build_model(**json.loads(json.dumps(model.arch)))
+    again.load_state_dict(model.state_dict(), strict=True)
+    assert again(torch.zeros(1, 2, 6, 6)).shape == (1, 3)
+    register_model("tiny")(_Tiny)  # the same class again (a module imported twice) is fine
+    register_model("tiny", replace=True)(lambda num_classes, in_channels: _Tiny(num_classes, in_channels, 2))
+    assert build_model("tiny", num_classes=2, in_channels=1).conv.out_channels == 2
+
+
+@pytest.mark.parametrize(
+    ("register", "message"),
+    [
+        (lambda: register_model("resnet20", replace=True)(_Tiny), "taken"),
+        (lambda: register_model("bad name")(_Tiny), "letters, digits"),
+        (lambda: register_model(3)(_Tiny), "letters, digits"),
+        (lambda: register_model("noclasses")(lambda in_channels: _Tiny()), "num_classes"),
+        (lambda: [register_model("twice")(_Tiny), register_model("twice")(lambda **kw: _Tiny(**kw))], "replace=True"),
+    ],
+)
+def test_register_model_refuses(restore_table, register, message):
+    with pytest.raises(ApprenticeError, match=message):
+        register()
+
+
+def test_unknown_model_says_how_to_add_one():
+    with pytest.raises(ApprenticeError, match=r"unknown model 'mynet'.*register_model.*--import"):
+        build_model("mynet")
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: build_model("tiny", channels=[1, 2]), "plain value"),
+        (lambda: build_model("tiny", depth=3), "takes no argument 'depth'"),
+        (lambda: build_model("tiny", channels=-1), r"failed to build .*RuntimeError"),
+        (lambda: build_model("notamodule"), "returned int, not an nn.Module"),
+    ],
+)
+def test_a_user_model_that_fails_is_one_line(restore_table, build, message):
+    register_model("tiny")(_Tiny)
+    register_model("notamodule")(lambda num_classes=1, in_channels=1: 7)
+    with pytest.raises(ApprenticeError, match=message) as info:
+        build()
+    assert "\n" not in str(info.value)
+
+
+def _install_package(root, name: str, target: str, code: str) -> None:
+    """A package installed the way pip leaves it: its module plus a dist-info with entry_points.txt."""
+    (root / f"{name}.py").write_text(code)
+    info = root / f"{name}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{target}\n")
+
+
+def test_installed_package_provides_a_model_by_entry_point(tmp_path, monkeypatch, restore_table):
+    code = ("from torch import nn\nLOADED = True\nclass Net(nn.Module):\n"
+            "    def __init__(self, num_classes=10, in_channels=1, hidden=3):\n"
+            "        super().__init__(); self.fc = nn.Linear(in_channels, num_classes)\n"
+            "    def forward(self, x): return self.fc(x.mean((2, 3)))\n")
+    _install_package(tmp_path, "ep_pkg", "ep_net = ep_pkg:Net", code)
+    _install_package(tmp_path, "ep_broken", "ep_broken_net = ep_broken:Missing", "X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert {"ep_net", "ep_broken_net"} <= set(model_names())
+    assert "ep_pkg" not in sys.modules  # listed by name, not imported
+    model = build_model("ep_net", num_classes=4, in_channels=2)
+    assert model.arch == {"name": "ep_net", "num_classes": 4, "in_channels": 2}
+    assert "ep_net" in MODELS
+    with pytest.raises(ApprenticeError, match=r"ep_broken_net.*ep_broken:Missing.*AttributeError"):
+        build_model("ep_broken_net")

@@ -13,9 +13,9 @@ from torch import nn
 
 from apprentice.errors import ApprenticeError
 from apprentice.export import save_packed
-from apprentice.quant import QConv2d
+from apprentice.quant import QConv2d, prepare
 
-from test_export import TOL, _rel_err, _student
+from test_export import TOL, USER_CASES, _rel_err, _student, distilled_user_student
 
 # ----------------------------------------------------------------------------------------------
 # ONNX
@@ -134,3 +134,44 @@ def test_onnx_folded_bn_and_negative_scales(tmp_path) -> None:
         None, {"input": x.numpy()})[0]
     with torch.no_grad():
         assert _rel_err(torch.from_numpy(out), model(x)) <= TOL
+
+
+@pytest.mark.parametrize(("name", "scheme", "precision", "options"), USER_CASES)
+def test_user_models_run_in_onnx_runtime(tmp_path, user_models, name, scheme, precision, options) -> None:
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from apprentice.export import export_onnx
+
+    student = distilled_user_student(name, scheme, precision, options)
+    save_packed(student, tmp_path / "m.safetensors")
+    export_onnx(tmp_path / "m.safetensors", tmp_path / "m.onnx", input_shape=(1, 16, 16))
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(500, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = student(x)
+    out = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    assert _rel_err(out, ref) <= 5e-3
+    assert (out.argmax(1) == ref.argmax(1)).float().mean().item() >= 0.99
+
+
+def test_hand_built_model_exports_to_onnx(tmp_path) -> None:
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from apprentice.export import export_onnx
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, groups=4), nn.ReLU(), nn.Conv2d(4, 8, 1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    prepare(model, "4W/8A")
+    model.eval()
+    export_onnx(model, tmp_path / "a.onnx", input_shape=(1, 10, 10))
+    save_packed(model, tmp_path / "m.safetensors")
+    with pytest.raises(ApprenticeError, match="built by hand"):
+        export_onnx(tmp_path / "m.safetensors", tmp_path / "b.onnx", input_shape=(1, 10, 10))
+    export_onnx(tmp_path / "m.safetensors", tmp_path / "b.onnx", input_shape=(1, 10, 10), model=model)
+    x = torch.randn(64, 1, 10, 10)
+    with torch.no_grad():
+        ref = model(x)
+    for f in ("a.onnx", "b.onnx"):
+        out = ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+        assert _rel_err(torch.from_numpy(out), ref) <= 5e-3

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,23 @@ def test_quickstart_short_form(tmp_path):
     assert packed.is_file() and packed.stat().st_size < 20_000
     for run in ("teacher", "baseline", "student"):
         assert (tmp_path / "qs" / run / "summary.json").is_file()
+
+
+def test_own_model_commands_run_as_written(tmp_path):
+    """The "Your own model" commands, as written, on synthetic images for one short epoch."""
+    block = re.search(r"<!-- README-TEST: own-model -->\s*```bash\n(.*?)```", README, re.DOTALL).group(1)
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    quick = ["data.name=synthetic", "data.download=false", "data.limit=256", "train.epochs=1", "train.device=cpu"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    commands = [shlex.split(ln.split("  #")[0]) for ln in block.splitlines() if ln.strip()]
+    assert [c[:2] for c in commands] == [["apprentice", "train"]] * 2 + [["apprentice", c] for c in ("export", "eval", "compare")]
+    for cmd in commands:
+        extra = quick if cmd[1] == "train" else []
+        out = subprocess.run([sys.executable, "-m", "apprentice", *cmd[1:], *extra], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300, check=False)
+        assert out.returncode == 0, f"{cmd}: {out.stderr}"
+    assert "tinyvgg" in out.stdout and "2W/32A" in out.stdout  # the compare table
+    assert (tmp_path / "tinyvgg_b.safetensors").stat().st_size < 40_000
 
 
 def _tables(text: str) -> list[list[str]]:

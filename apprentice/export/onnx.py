@@ -132,9 +132,10 @@ class _OnnxLayer(nn.Module):
         return F.conv2d(x, w, self.bias, c.stride, c.padding, c.dilation, c.groups)
 
 
-def _onnx_module(tensors: dict[str, Tensor], qmap: dict[str, Any], opset: int) -> nn.Module:
+def _onnx_module(tensors: dict[str, Tensor], qmap: dict[str, Any], opset: int,
+                 template: nn.Module | None) -> nn.Module:
     """The packed model with every quantized layer swapped for an `_OnnxLayer`."""
-    model = model_from_packed(tensors, qmap).float()
+    model = model_from_packed(tensors, qmap, template).float()
     for name, entry in qmap["layers"].items():
         module = model.get_submodule(name)
         assert isinstance(module, (QConv2d, QLinear))  # model_from_packed put it there
@@ -158,17 +159,20 @@ def export_onnx(
     input_shape: Sequence[int],
     opset: int = DEFAULT_OPSET,
     fold_bn: bool = False,
+    model: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Write an ONNX file whose quantized weights are int8 initializers behind DequantizeLinear.
 
     Args:
-        model_or_packed_path: a (fake-)quantized model built by `apprentice.models.build_model`,
-            or the path of a file written by `apprentice.export.save_packed`.
+        model_or_packed_path: a (fake-)quantized model (any ``nn.Module`` prepared by
+            `apprentice.quant.prepare`), or the path of a file written by `apprentice.export.save_packed`.
         path: destination ``.onnx`` file (written atomically).
         input_shape: ``(C, H, W)`` or ``(N, C, H, W)``; the batch axis is dynamic either way.
         opset: ONNX opset, 11..20 (default 17); per-channel weight scales need >= 13.
         fold_bn: fold BatchNorm into the preceding convs first (models only; a packed file keeps
             the folding it was saved with).
+        model: for a packed file of a model built by hand (no registered name), its float
+            architecture, as for `apprentice.export.load_packed`.
 
     Returns:
         The quantization map, which is also stored in the file's ``metadata_props["apprentice"]``
@@ -191,13 +195,12 @@ def export_onnx(
         raise ApprenticeError(f"input_shape must be (C, H, W) or (N, C, H, W) positive ints, got {input_shape!r}")
     if isinstance(model_or_packed_path, nn.Module):
         tensors, qmap = packed_tensors(model_or_packed_path, fold_bn=fold_bn)
-        if not isinstance(getattr(model_or_packed_path, "arch", None), dict):
-            raise ApprenticeError("export_onnx needs a model built by apprentice.models.build_model (no `arch`)")
+        model = model_or_packed_path
     elif isinstance(model_or_packed_path, (str, os.PathLike)):
         tensors, qmap = read_packed(model_or_packed_path)
     else:
         raise ApprenticeError(f"export_onnx takes a model or a packed file path, got {type(model_or_packed_path).__name__}")
-    module = _onnx_module(tensors, qmap, opset)
+    module = _onnx_module(tensors, qmap, opset, model)
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         # The TorchScript exporter is deprecated in favour of torch.export (needs onnxscript).

@@ -20,6 +20,7 @@ lives in `apprentice.export.onnx`, the size report in `apprentice.export.sizes`,
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -45,6 +46,7 @@ from apprentice.quant import (
     effective_step,
     format_precision,
     replace_module,
+    to_float,
 )
 from apprentice.version import __version__
 
@@ -142,7 +144,7 @@ def packed_tensors(
         for key in QUANTIZER_STATE:
             tensors.pop(f"{name}.{key}", None)
         entry: dict[str, Any] = {"kind": mod.kind, "precision": format_precision(mod.weight_quant, mod.act_quant),
-                                 "weights": None, "activations": _activation_entry(mod)}
+                                 "geometry": _geometry(mod), "weights": None, "activations": _activation_entry(mod)}
         if mod.weight_quant is not None:
             spec = mod.weight_quant
             codes, scales[name] = mod.weight_codes()
@@ -180,12 +182,19 @@ def packed_tensors(
         layers[name]["weights"]["scale_shape"] = list(scale.shape)
     qmap = {
         "format": "apprentice-packed", "format_version": FORMAT_VERSION,
-        "package_version": package_version(), "arch": getattr(model, "arch", None),
+        "package_version": package_version(), "arch": _arch(model),
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "layers": layers, "folded_bn": folded,
         # Recorded because a reloaded folded model has lost its BatchNorm tensors.
         "fp32_bytes": sum(fp32_bytes(model).values()),
     }
     return tensors, qmap
+
+
+def _arch(model: nn.Module) -> dict[str, Any] | None:
+    """``model.arch`` (what `build_model` rebuilds it from) when it is one; None for a model built by hand."""
+    arch = getattr(model, "arch", None)
+    return arch if isinstance(arch, dict) and isinstance(arch.get("name"), str) else None
 
 
 def _activation_entry(mod: QConv2d | QLinear) -> dict[str, Any]:
@@ -249,13 +258,18 @@ def _dequantize(name: str, w: dict, tensors: dict[str, Tensor], module: nn.Modul
     return codes.view(shape).to(scale.dtype) * scale
 
 
-def model_from_packed(tensors: dict[str, Tensor], qmap: dict[str, Any]) -> nn.Module:
+def model_from_packed(tensors: dict[str, Tensor], qmap: dict[str, Any], model: nn.Module | None = None) -> nn.Module:
     """Rebuild the eval-mode model from `packed_tensors` output (or a file's contents).
 
     Quantized layers become QConv2d/QLinear with ``weights=None`` holding ``codes * scale``: the
     weights are already quantized, and re-quantizing them would change them for quantizers that
     are not idempotent (DoReFa). Their activation quantization uses the frozen clip, or the LSQ
     step from the map (held as the layer's ``act_step``, already initialised).
+
+    Args:
+        tensors, qmap: the file's tensors and quantization map.
+        model: the float model to load into (a copy is made; a prepared model is turned back to
+            float first). None: rebuilt from the map's ``arch`` (built-in or registered models).
 
     Raises:
         ApprenticeError: one line naming the key or layer that is missing, extra or inconsistent.
@@ -265,34 +279,12 @@ def model_from_packed(tensors: dict[str, Tensor], qmap: dict[str, Any]) -> nn.Mo
         raise _bad("metadata", "not an apprentice packed model (format != 'apprentice-packed')")
     if qmap.get("format_version") != FORMAT_VERSION:
         raise _bad("metadata", f"unknown format_version {qmap.get('format_version')!r}; this apprentice reads {FORMAT_VERSION}")
-    arch = _get(qmap, "arch", dict, "metadata")
-    try:
-        model = build_model(**arch)
-    except TypeError as e:
-        raise _bad("arch", f"cannot build {arch!r}: {e}") from None
-    except ApprenticeError as e:
-        raise _bad("arch", str(e)) from None
+    model = _float_template(model) if model is not None else _model_from_arch(qmap)
     # Come back in the dtype the model was saved in (float32 normally, float64 in exactness tests).
     dtypes = [t.dtype for t in tensors.values() if t.is_floating_point()]
     model.to(max(set(dtypes), key=dtypes.count) if dtypes else torch.float32)
-    for bn_name, conv_name in _get(qmap, "folded_bn", dict, "metadata").items():
-        bn, conv = _submodule(model, bn_name), _submodule(model, conv_name)
-        if not isinstance(bn, nn.BatchNorm2d) or type(conv) is not nn.Conv2d:
-            raise _bad(f"folded_bn {bn_name!r}", f"expected a BatchNorm2d after a Conv2d {conv_name!r}")
-        if conv.bias is None:
-            conv.bias = nn.Parameter(conv.weight.new_zeros(conv.out_channels))
-        replace_module(model, bn_name, nn.Identity())
-    layers = _get(qmap, "layers", dict, "metadata")
-    plan, weights = {}, {}
-    for name, entry in layers.items():
-        where = f"layer {name!r}"
-        module = _submodule(model, name)
-        kind = _get(entry, "kind", str, where)
-        if (kind, type(module)) not in (("conv2d", nn.Conv2d), ("linear", nn.Linear)):
-            raise _bad(where, f"map says {kind!r}, the model has {type(module).__name__}")
-        plan[name] = LayerPlan(kind, None, _activation_settings(_get(entry, "activations", dict, where), where))
-        if entry.get("weights") is not None:
-            weights[f"{name}.weight"] = _dequantize(name, _get(entry, "weights", dict, where), tensors, module)
+    _unfold_placeholders(model, _get(qmap, "folded_bn", dict, "metadata"))
+    plan, weights = _layer_plan(model, _get(qmap, "layers", dict, "metadata"), tensors)
     apply_plan(model, plan)
     expected = model.state_dict()
     for key in tensors:
@@ -310,6 +302,69 @@ def model_from_packed(tensors: dict[str, Tensor], qmap: dict[str, Any]) -> nn.Mo
             raise _bad(f"tensor {key!r}", f"shape {list(tensors[key].shape)}, the model expects {list(ref.shape)}")
     model.load_state_dict(tensors, strict=True)
     return model.eval()
+
+
+def _unfold_placeholders(model: nn.Module, folded: dict[str, Any]) -> None:
+    """Give each folded conv a bias and drop its BatchNorm, as the file was written."""
+    for bn_name, conv_name in folded.items():
+        bn, conv = _submodule(model, bn_name), _submodule(model, conv_name)
+        if not isinstance(bn, nn.BatchNorm2d) or type(conv) is not nn.Conv2d:
+            raise _bad(f"folded_bn {bn_name!r}", f"expected a BatchNorm2d after a Conv2d {conv_name!r}")
+        if conv.bias is None:
+            conv.bias = nn.Parameter(conv.weight.new_zeros(conv.out_channels))
+        replace_module(model, bn_name, nn.Identity())
+
+
+def _layer_plan(model: nn.Module, layers: dict[str, Any],
+                tensors: dict[str, Tensor]) -> tuple[dict[str, LayerPlan], dict[str, Tensor]]:
+    """Each quantized layer's plan and dequantized weight, checked against the model layer by layer."""
+    plan, weights = {}, {}
+    for name, entry in layers.items():
+        where = f"layer {name!r}"
+        module = _submodule(model, name)
+        kind = _get(entry, "kind", str, where)
+        if (kind, type(module)) not in (("conv2d", nn.Conv2d), ("linear", nn.Linear)):
+            raise _bad(where, f"map says {kind!r}, the model has {type(module).__name__}")
+        geometry = entry.get("geometry")
+        if geometry is not None and geometry != _geometry(module):
+            diff = {k: v for k, v in _geometry(module).items() if geometry.get(k) != v}
+            raise _bad(where, f"the file's layer has {', '.join(f'{k}={geometry.get(k)}' for k in diff)}, "
+                              f"the model's has {', '.join(f'{k}={v}' for k, v in diff.items())}")
+        plan[name] = LayerPlan(kind, None, _activation_settings(_get(entry, "activations", dict, where), where))
+        if entry.get("weights") is not None:
+            weights[f"{name}.weight"] = _dequantize(name, _get(entry, "weights", dict, where), tensors, module)
+    return plan, weights
+
+
+def _geometry(module: nn.Module) -> dict[str, Any]:
+    """What a layer computes besides its weights' shape (two convs with equal weight shapes may differ here)."""
+    if isinstance(module, nn.Conv2d):
+        return {"in": module.in_channels, "out": module.out_channels, "stride": list(module.stride),
+                "padding": list(module.padding) if not isinstance(module.padding, str) else module.padding,
+                "dilation": list(module.dilation), "groups": module.groups, "padding_mode": module.padding_mode}
+    return {"in": module.in_features, "out": module.out_features}
+
+
+def _float_template(model: nn.Module) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise ApprenticeError(f"model must be an nn.Module (the float architecture), got {type(model).__name__}")
+    template = copy.deepcopy(model)
+    to_float(template)
+    return template
+
+
+def _model_from_arch(qmap: dict[str, Any]) -> nn.Module:
+    if qmap.get("arch") is None:
+        raise _bad("arch", f"the file holds a model built by hand ({qmap.get('model_class', 'unknown class')}) that "
+                           "apprentice cannot rebuild by itself: pass the float model, load_packed(path, model=MyNet()), "
+                           "or register its class with @apprentice.register_model before training")
+    arch = _get(qmap, "arch", dict, "metadata")
+    try:
+        return build_model(**arch)
+    except TypeError as e:
+        raise _bad("arch", f"cannot build {arch!r}: {e}") from None
+    except ApprenticeError as e:
+        raise _bad("arch", str(e)) from None
 
 
 def _submodule(model: nn.Module, name: str) -> nn.Module:
@@ -343,7 +398,10 @@ def save_packed(
 
         {"format": "apprentice-packed", "format_version": 1, "package_version": "0.1.0",
          "arch": {"name": "resnet20", ...},          # build_model(**arch) rebuilds the float model
+         "model_class": "apprentice.models.CifarResNet",  # (arch null: built by hand, load with model=)
          "layers": {"layer1.0.conv1": {"kind": "conv2d", "precision": "2W/8A",
+                    "geometry": {"in": 16, "out": 16, "stride": [1, 1], "padding": [1, 1],
+                                 "dilation": [1, 1], "groups": 1, "padding_mode": "zeros"},
                     "activations": {"bits": 8, "clip": 1.73},       # a learned PACT clip, frozen
                     # LSQ: "activations": {"bits": 8, "quantizer": "lsq", "step": 0.021}
                     "weights": {"quantizer": "ternary", "bits": 2, "per_channel": false,
@@ -362,8 +420,10 @@ def save_packed(
     activation grid by one step, so folded float32 logits are close rather than identical.
 
     Args:
-        model: a model from `apprentice.models.build_model` (it needs the ``arch`` attribute),
-            usually after `apprentice.quant.prepare` and training. Not modified.
+        model: any ``nn.Module`` whose Conv2d/Linear layers `apprentice.quant.prepare` swapped
+            (usually after training). Its ``arch`` (set by `apprentice.build_model` for built-in and
+            registered models) is recorded so `load_packed` rebuilds it alone; a model built by hand
+            reloads with ``load_packed(path, model=...)``. Not modified.
         path: destination; written atomically (a temporary file in the same folder, then replaced).
         ternary_packing: "base3" (1.6 bits a weight) or "2bit" for 2-bit / ternary codes.
         fold_bn: fold BatchNorm into the preceding convs.
@@ -372,8 +432,6 @@ def save_packed(
     Returns:
         The quantization map that was written.
     """
-    if not isinstance(getattr(model, "arch", None), dict):
-        raise ApprenticeError("save_packed needs a model built by apprentice.models.build_model (no `arch` attribute)")
     tensors, qmap = packed_tensors(model, ternary_packing=ternary_packing, fold_bn=fold_bn)
     qmap["metadata"] = {} if metadata is None else metadata
     try:
@@ -413,12 +471,18 @@ def read_packed(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, A
     return tensors, qmap
 
 
-def load_packed(path: str | os.PathLike) -> nn.Module:
+def load_packed(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     """Rebuild the eval-mode model saved by `save_packed`; its logits equal the fake-quant model's.
+
+    Args:
+        path: the packed file.
+        model: the float model to load into, for a model apprentice cannot rebuild by name (one you
+            built by hand); checked layer by layer against the file. None: the file's recorded
+            architecture is rebuilt (a built-in model, or one registered with `register_model`).
 
     Raises:
         ApprenticeError: unreadable file, unknown format version or model, or tensors that do
-            not match the quantization map (one line naming the layer or key).
+            not match the quantization map or ``model`` (one line naming the first layer or key).
     """
     tensors, qmap = read_packed(path)
-    return model_from_packed(tensors, qmap)
+    return model_from_packed(tensors, qmap, model)

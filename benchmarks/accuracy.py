@@ -78,26 +78,47 @@ def cache_file(runs: Path) -> Path:
     return runs / CACHE / "teacher.cache"
 
 
+#: regime options and the override each sets when it differs from the committed 10,000-image grid's
+#: (so that grid's rows keep matching their jobs): option -> (default, override key)
+REGIME = {"student_width": (1.0, "model.width"), "batch_size": (128, "data.batch_size"),
+          "channels_last": (False, "train.channels_last")}
+
+
 def common(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """Overrides every run shares: data size, holdout, schedule, seed (the student's own recipe)."""
-    return {
+    o = {
         "model.name": args.student, "data.name": "fashion_mnist", "data.holdout": args.holdout,
-        "data.limit": args.train_images, "data.batch_size": 128, "optim.name": "sgd", "optim.lr": 0.1,
-        "optim.schedule": "cosine", "optim.weight_decay": 1e-4, "optim.warmup_epochs": 0.0,
-        "train.epochs": args.epochs, "train.seed": seed, "train.checkpoint_every": 0,
+        "data.limit": args.train_images or None, "data.batch_size": 128, "optim.name": "sgd",
+        "optim.lr": getattr(args, "lr", 0.1), "optim.schedule": "cosine", "optim.weight_decay": 1e-4,
+        "optim.warmup_epochs": 0.0, "train.epochs": args.epochs, "train.seed": seed, "train.checkpoint_every": 0,
         "distill.beta": DistillConfig().beta, "distill.gamma": DEFAULT["gamma"], "distill.temperature": DEFAULT["temperature"],
     }
+    for option, (default, key) in REGIME.items():
+        value = getattr(args, option, default)
+        if value != default:
+            o[key] = value
+    return o
+
+
+def teacher_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The teacher's run: FP, seed 0, its own depth, width and length (a stronger teacher trains longer)."""
+    o = {**common(args, 0), "model.name": args.teacher, "quant.precision": "32W/32A", "distill.scheme": "baseline"}
+    o.pop("model.width", None)
+    if getattr(args, "teacher_width", 1.0) != 1.0:
+        o["model.width"] = args.teacher_width
+    if getattr(args, "teacher_epochs", None):
+        o["train.epochs"] = args.teacher_epochs
+    return o
 
 
 def grid_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
     """Teacher first, then seed by seed (so a partial grid is balanced): FP twin, then each precision's
     baseline, A, B, C. B and C need the teacher; C also needs the same seed's FP twin."""
-    teacher = Job("teacher", {**common(args, 0), "model.name": args.teacher, "quant.precision": "32W/32A",
-                              "distill.scheme": "baseline"}, meta={"role": "teacher", "precision": "32W/32A",
-                                                                    "scheme": "baseline", "seed": 0})
+    teacher = Job("teacher", teacher_overrides(args), meta={"role": "teacher", "precision": "32W/32A",
+                                                             "scheme": "baseline", "seed": 0})
     jobs = [teacher]
     if args.teacher_cache:  # the students' data: the grid's holdout and limit
-        jobs.append(Job(CACHE, {"data.holdout": args.holdout, "data.limit": args.train_images}, ("teacher",),
+        jobs.append(Job(CACHE, {"data.holdout": args.holdout, "data.limit": args.train_images or None}, ("teacher",),
                         {"role": "cache"}))
     for seed in args.seeds:
         twin = f"fp-s{seed}"
@@ -107,20 +128,47 @@ def grid_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
             for scheme in args.schemes:
                 o = {**common(args, seed), **_precision_overrides(precision), "distill.scheme": scheme}
                 needs: tuple[str, ...] = ()
-                if scheme == "A":
-                    o["distill.teacher_model.name"] = args.teacher
-                if scheme in ("B", "C"):
-                    o["distill.teacher"] = str(runs / "teacher")
-                    needs = ("teacher",)
-                    if args.teacher_cache:
-                        o["distill.teacher_cache"] = str(cache_file(runs))
-                        needs = ("teacher", CACHE)
+                if scheme in ("A", "B", "C"):
+                    extra, needs = _teacher(args, runs, scheme)
+                    o.update(extra)
                 if scheme == "C":
                     o["distill.student_init"] = str(runs / twin)
                     o["optim.lr"] = args.c_lr
                     needs = (*needs, twin)
                 jobs.append(Job(f"{_slug(precision)}-{scheme}-s{seed}", o, needs,
                                 {"role": "student", "precision": precision, "scheme": scheme, "seed": seed}))
+    return jobs
+
+
+def _teacher(args: argparse.Namespace, runs: Path, scheme: str) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """A cell's teacher overrides and the jobs it needs: A trains its own (the grid teacher's
+    architecture), B and C read the grid's trained teacher, through the cache when there is one."""
+    if scheme == "A":
+        o = {"distill.teacher_model.name": args.teacher}
+        if getattr(args, "teacher_width", 1.0) != 1.0:
+            o["distill.teacher_model.width"] = args.teacher_width
+        return o, ()
+    if not args.teacher_cache:
+        return {"distill.teacher": str(runs / "teacher")}, ("teacher",)
+    return {"distill.teacher": str(runs / "teacher"), "distill.teacher_cache": str(cache_file(runs))}, ("teacher", CACHE)
+
+
+def regime_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
+    """The converged regime's extra runs: the seed-0 FP twin trained twice as long (``--plateau``: is
+    the grid's length within reach of the plateau?), and schemes A and B at 2W/32A under the paper's
+    step schedule (``--convergence``: which reaches 99 % of its final accuracy sooner?)."""
+    jobs = []
+    if getattr(args, "plateau", False):
+        o = {**common(args, 0), "quant.precision": "32W/32A", "distill.scheme": "baseline", "train.epochs": 2 * args.epochs}
+        jobs.append(Job("fp-long-s0", o, meta={"role": "plateau", "precision": "32W/32A", "scheme": "baseline",
+                                                "seed": 0, "epochs": 2 * args.epochs}))
+    for seed in args.seeds if getattr(args, "convergence", False) else ():
+        for scheme in ("A", "B"):
+            o = {**common(args, seed), "quant.precision": "2W/32A", "distill.scheme": scheme, "optim.schedule": "step",
+                 "optim.milestones": list(args.milestones), "optim.lr_decay": 0.1}
+            extra, needs = _teacher(args, runs, scheme)
+            jobs.append(Job(f"conv-{scheme}-s{seed}", {**o, **extra}, needs,
+                            {"role": "convergence", "precision": "2W/32A", "scheme": scheme, "seed": seed}))
     return jobs
 
 
@@ -322,23 +370,39 @@ def run_jobs(jobs: list[Job], runs: Path, workers: int, threads: int, on_done,
     return failed
 
 
+def regime_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options that make the runs' regime (shared with frontier.py, which must match the grid's)."""
+    ap.add_argument("--student", default="resnet8")
+    ap.add_argument("--teacher", default="resnet14")
+    ap.add_argument("--teacher-cache", action=argparse.BooleanOptionalAction, default=True,
+                    help="B and C cells read the teacher's logits from one cache (apprentice cache-teacher); "
+                         "--no-teacher-cache runs the teacher live, as the committed 40-run grid did")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--train-images", type=int, default=10000, help="training images after the holdout (0: all)")
+    ap.add_argument("--student-width", type=float, default=1.0, help="the students' and FP twins' width multiplier")
+    ap.add_argument("--teacher-width", type=float, default=1.0, help="the teacher's width multiplier")
+    ap.add_argument("--teacher-epochs", type=int, default=None, help="the teacher's epochs (default --epochs)")
+    ap.add_argument("--lr", type=float, default=0.1, help="learning rate of every run but scheme C's")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--channels-last", action="store_true", help="train.channels_last for every run")
+    ap.add_argument("--milestones", nargs="+", type=float, default=[0.5, 0.75],
+                    help="fractions of the run where the step schedule divides lr by 10")
+    ap.add_argument("--holdout", type=int, default=5000, help="training images held out for the sweep")
+    ap.add_argument("--c-lr", type=float, default=0.01, help="scheme C's (fine-tuning) learning rate")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="benchmarks/results/accuracy.json")
     ap.add_argument("--runs-dir", default="runs/accuracy", help="run folders (resumed when rerun)")
-    ap.add_argument("--student", default="resnet8")
-    ap.add_argument("--teacher", default="resnet14")
     ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS),
                     help="precision labels: 2W/8A (default quantizers) or lsq:2W/8A (a weight quantizer named)")
     ap.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=list(SCHEMES), help="schemes per precision")
-    ap.add_argument("--teacher-cache", action=argparse.BooleanOptionalAction, default=True,
-                    help="B and C cells read the teacher's logits from one cache (apprentice cache-teacher); "
-                         "--no-teacher-cache runs the teacher live, as the committed 40-run grid did")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--train-images", type=int, default=10000, help="training images after the holdout")
-    ap.add_argument("--holdout", type=int, default=5000, help="training images held out for the sweep")
-    ap.add_argument("--c-lr", type=float, default=0.01, help="scheme C's (fine-tuning) learning rate")
+    ap.add_argument("--plateau", action="store_true", help="also the seed-0 FP twin trained twice as long")
+    ap.add_argument("--convergence", action="store_true",
+                    help="also schemes A and B at 2W/32A with the step schedule (lr x0.1 at --milestones), per seed")
+    regime_arguments(ap)
     ap.add_argument("--workers", type=int, default=2, help="trainings at once")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per training")
     ap.add_argument("--no-sweep", action="store_true", help="skip the gamma/temperature sweep")
@@ -346,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     runs = (REPO / args.runs_dir).resolve()
     (runs / "logs").mkdir(parents=True, exist_ok=True)
-    jobs = grid_jobs(args, runs) + ([] if args.no_sweep else sweep_jobs(args, runs))
+    jobs = grid_jobs(args, runs) + regime_jobs(args, runs) + ([] if args.no_sweep else sweep_jobs(args, runs))
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "report_only")}
     settings["shared_overrides"] = {k: v for k, v in common(args, 0).items() if k != "train.seed"}
     info = {"stamp": stamp(argv), "settings": settings}

@@ -186,7 +186,8 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]], an: dict[str, Any
         "# Accuracy grid: Fashion-MNIST (not ImageNet)", "",
         stamp_markdown(info["stamp"]), "",
         (f"Student `{st['student']}` (1×28×28 inputs, option-A shortcuts), teacher `{st['teacher']}` (FP, trained "
-        f"once, seed 0: test top-1 {an['teacher_top1']} %). Training images: the first {st['train_images']:,} "
+        f"once, seed 0: test top-1 {an['teacher_top1']} %). Training images: "
+        f"{'all' if not st['train_images'] else 'the first ' + format(st['train_images'], ',')} "
         f"after setting aside {st['holdout']:,} for the sweep's choice; test: the 10,000 test images. "
         f"{st['epochs']} epochs, batch {o['data.batch_size']}, {o['optim.name'].upper()} (Nesterov momentum 0.9, "
         f"the recipe's), lr {o['optim.lr']:g} {o['optim.schedule']} (scheme C {st['c_lr']:g}, starting from the "
@@ -204,9 +205,35 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]], an: dict[str, Any
         text += [f"## γ / τ sweep (scheme {c['scheme']}, {c['precision']}, seed {c['seed']}), chosen on the holdout split", "",
                  markdown_table(["γ", "τ", "holdout top-1 %", "test top-1 %"], sweep_rows(sweep, chosen)), "",
                  sweep_sentence(chosen), ""]
+    text += regime_section(rows, st)
     text += ["## Findings (generated from the rows above)", "", *findings(an), "",
              "Per-run rows (per-epoch curves, times, commits) are in the JSON file next to this one.", ""]
     return "\n".join(text), main
+
+
+def regime_section(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[str]:
+    """Is the grid converged (the FP twin at twice the length), and does B converge sooner than A
+    under the paper's step schedule (epoch reaching 99 % of the final accuracy, mean over seeds)?"""
+    text = []
+    long = next((r for r in rows if r.get("role") == "plateau"), None)
+    twin = next((r for r in rows if r.get("role") == "fp_twin" and r.get("seed") == 0), None)
+    if long and twin:
+        d = long["final_top1"] - twin["final_top1"]
+        text += ["## Is the schedule long enough?", "",
+                 (f"The seed-0 FP twin: {twin['final_top1']:.2f} % after {settings['epochs']} epochs, "
+                  f"{long['final_top1']:.2f} % after {long.get('epochs', 2 * settings['epochs'])} (same seed and recipe): "
+                  f"{d:+.2f} points, {'within' if abs(d) <= 0.5 else 'not within'} 0.5 points of its plateau."), ""]
+    conv = [r for r in rows if r.get("role") == "convergence"]
+    if conv:
+        table = []
+        for scheme in ("A", "B"):
+            cell = [r for r in conv if r["scheme"] == scheme]
+            table.append([scheme, _fmt(_ms([r["final_top1"] for r in cell])),
+                          _fmt(_ms([r["epoch_to_99pct"] for r in cell]), 1), len(cell)])
+        text += [(f"## Convergence: schemes A and B at 2W/32A, step schedule (lr ÷10 at {settings.get('milestones')} "
+                  "of the run)"), "", markdown_table(["scheme", "final test top-1 %", "epoch reaching 99 % of final",
+                                                    "seeds"], table), ""]
+    return text
 
 
 def sweep_rows(sweep: list[dict[str, Any]], chosen: dict[str, Any]) -> list[list[Any]]:
@@ -347,7 +374,7 @@ def _savefig(fig, path: Path) -> str:
     return path.name
 
 
-def model_sizes(student: str, teacher: str, precisions: list[str]) -> dict[str, int]:
+def model_sizes(student: str, teacher: str, precisions: list[str], width: float = 1.0) -> dict[str, int]:
     """Bytes of each student's packed file (base-3 ternary) and of the FP32 teacher/twin, from the size report."""
     from apprentice import build_model, prepare
     from apprentice.export import size_report, size_totals
@@ -356,7 +383,7 @@ def model_sizes(student: str, teacher: str, precisions: list[str]) -> dict[str, 
     out = {}
     for label in ["32W/32A", *precisions]:
         quantizer, _, p = label.rpartition(":")  # "lsq:2W/8A": the weight quantizer named
-        m = build_model(student, num_classes=10, in_channels=1)
+        m = build_model(student, num_classes=10, in_channels=1, width=width)
         if p != "32W/32A":
             weights, acts = parse_precision(p, quantizer=quantizer or None)
             prepare(m, weights=weights, activations=acts)  # in place
@@ -373,7 +400,8 @@ def write(out: Path, jobs: list, runs: Path, info: dict[str, Any],
     rows = collect(jobs, runs, info["stamp"], committed)
     an = analyse(rows, precisions)
     sweep, chosen = sweep_table(rows)
-    sizes = model_sizes(info["settings"]["student"], info["settings"]["teacher"], precisions)
+    sizes = model_sizes(info["settings"]["student"], info["settings"]["teacher"], precisions,
+                        info["settings"].get("student_width", 1.0))
     text, _ = markdown(info, rows, an, sweep, chosen)
     figs = plots(out, rows, an, precisions, sizes)
     planned = [j for j in jobs if j.meta.get("role") != "cache"]  # the teacher cache is a step, not a result row

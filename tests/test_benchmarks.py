@@ -176,3 +176,66 @@ def test_speed_child_times_each_case():
     assert set(res) == {"fp", "ternary_8a", "ternary_B"}
     assert all(len(v["step_ms"]) == 3 and min(v["step_ms"]) > 0 for v in res.values())
     assert len(res["ternary_B"]["teacher_forward_ms"]) == 3 and "teacher_forward_ms" not in res["fp"]
+
+
+# -- the converged regime (accuracy.py options) and the frontier ----------------------------------
+
+
+@pytest.mark.parametrize("result", ["accuracy.json", "accuracy_lsq.json"])
+def test_committed_rows_still_match_their_jobs(result):
+    # New regime options must not change the overrides of the committed grids' jobs (they would rerun).
+    data = json.loads((ROOT / "benchmarks" / "results" / result).read_text())
+    args = argparse.Namespace(**{"teacher_cache": False, "schemes": list(accuracy.SCHEMES), **data["settings"]})
+    runs = Path("/x") / data["settings"]["runs_dir"]
+    jobs = {j.name: j for j in accuracy.grid_jobs(args, runs) + accuracy.sweep_jobs(args, runs)}
+    rows = [r for r in data["rows"] if r["name"] in jobs]
+    assert len(rows) == len(data["rows"]) > 5
+    for r in rows:
+        assert accuracy.is_committed(jobs[r["name"]], {r["name"]: r}, data["settings"]["runs_dir"]), r["name"]
+
+
+def test_regime_jobs_plateau_and_convergence(tmp_path):
+    args = _args(teacher_cache=True, plateau=True, convergence=True, milestones=[0.5, 0.75], train_images=0,
+                 student_width=0.5, teacher_width=2.0, teacher_epochs=30, channels_last=True)
+    jobs = {j.name: j for j in accuracy.regime_jobs(args, tmp_path)}
+    assert sorted(jobs) == ["conv-A-s0", "conv-A-s1", "conv-B-s0", "conv-B-s1", "fp-long-s0"]
+    assert jobs["fp-long-s0"].overrides["train.epochs"] == 2 * args.epochs
+    a, b = jobs["conv-A-s1"], jobs["conv-B-s1"]
+    for j in (a, b):
+        assert j.overrides["optim.schedule"] == "step" and j.overrides["optim.milestones"] == [0.5, 0.75]
+        assert j.overrides["data.limit"] is None and j.overrides["model.width"] == 0.5
+        assert j.overrides["train.channels_last"] is True
+    assert a.needs == () and a.overrides["distill.teacher_model.width"] == 2.0
+    assert b.needs == ("teacher", accuracy.CACHE)
+    teacher = accuracy.teacher_overrides(args)
+    assert teacher["train.epochs"] == 30 and teacher["model.width"] == 2.0 and teacher["model.name"] == "resnet14"
+
+
+def test_frontier_plan_shares_the_grids_width_one_runs(tmp_path):
+    import frontier
+
+    args = _args(teacher_cache=True, precisions=["2W/8A", "8W/8A"], widths=[1.0, 2.0], seeds=[0], student_width=1.0)
+    jobs = {j.name: j for j in frontier.frontier_jobs(args, tmp_path)}
+    grid = {j.name: j for j in accuracy.grid_jobs(_args(teacher_cache=True, precisions=["2W/8A", "8W/8A"],
+                                                        schemes=["C"], seeds=[0]), tmp_path)}
+    for name in ("teacher", accuracy.CACHE, "fp-s0", "2w8a-C-s0", "8w8a-C-s0"):
+        assert jobs[name].overrides == grid[name].overrides
+    wide = jobs["2w8a-C-x2-s0"]
+    assert wide.overrides["model.width"] == 2.0 and wide.needs == ("teacher", accuracy.CACHE, "fp-x2-s0")
+    assert wide.overrides["distill.student_init"] == str(tmp_path / "fp-x2-s0")
+
+
+def test_frontier_points_pareto_and_budgets(monkeypatch):
+    import frontier
+
+    sizes = {("2W/8A", 1.0): 10_000, ("2W/8A", 2.0): 30_000, ("8W/8A", 1.0): 40_000, ("32W/32A", 1.0): 100_000}
+    monkeypatch.setattr(frontier, "packed_bytes", lambda student, w, p: sizes[(p, w)])
+    acc = {("2W/8A", 1.0): [88.0, 88.4], ("2W/8A", 2.0): [90.0, 90.2], ("8W/8A", 1.0): [89.0, 89.2],
+           ("32W/32A", 1.0): [90.5, 90.7]}
+    rows = [{"role": "student" if p != "32W/32A" else "fp_twin", "precision": p, "width": w, "final_top1": a}
+            for (p, w), v in acc.items() for a in v]
+    pts = frontier.points(rows, "resnet8")
+    assert [(p["precision"], p["width"], p["pareto"]) for p in pts] == [
+        ("2W/8A", 1.0, True), ("2W/8A", 2.0, True), ("8W/8A", 1.0, False), ("32W/32A", 1.0, True)]
+    lines = frontier.winners(pts)
+    assert lines[2].startswith("- up to 39.1 KiB: 2W/8A at width 2 (90.10 % ± 0.14)")

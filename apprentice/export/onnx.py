@@ -31,7 +31,7 @@ import io
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -158,6 +158,7 @@ def export_onnx(
     input_shape: Sequence[int],
     opset: int = DEFAULT_OPSET,
     fold_bn: bool = False,
+    metadata: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write an ONNX file whose quantized weights are int8 initializers behind DequantizeLinear.
 
@@ -169,6 +170,8 @@ def export_onnx(
         opset: ONNX opset, 11..20 (default 17); per-channel weight scales need >= 13.
         fold_bn: fold BatchNorm into the preceding convs first (models only; a packed file keeps
             the folding it was saved with).
+        metadata: extra ``metadata_props``, each value stored as JSON text (``apprentice export``
+            records ``"classes"`` and ``"preprocess"`` here, for ``apprentice predict``).
 
     Returns:
         The quantization map, which is also stored in the file's ``metadata_props["apprentice"]``
@@ -208,7 +211,8 @@ def export_onnx(
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
         )
     proto = onnx.load_from_string(buffer.getvalue())
-    for key, value in (("apprentice", json.dumps(qmap, separators=(",", ":"))), ("opset", str(opset))):
+    extra = [(str(k), json.dumps(v, separators=(",", ":"))) for k, v in (metadata or {}).items()]
+    for key, value in (("apprentice", json.dumps(qmap, separators=(",", ":"))), ("opset", str(opset)), *extra):
         proto.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(proto)
     write_export(os.fspath(path), proto.SerializeToString())

@@ -58,7 +58,7 @@ _FOLDER_HINT = ("arrange it as <dir>/train/<class>/<image>, <dir>/val/<class>/<i
 # MNIST flips (method.md section 5); a mirrored synthetic pattern is not its class pattern: no flip.
 DATASETS: dict[str, DatasetInfo] = {
     "fashion_mnist": DatasetInfo(
-        10, 1, 28, (0.2860,), (0.3530,), pad=2, flip=True, kind="idx", sizes=(60000, 10000),
+        10, 1, 28, (0.2860,), (0.3530,), pad=2, flip=True, kind="idx", sizes=(60000, 10000), classes=_FASHION_CLASSES,
         files=tuple(zip((f + ".gz" for f in _IDX_FILES), ("8d4fb7e6c68d591d4c3dfef9ec88bf0d",
               "25c81989df183df01b3e8a0aad5dffbe", "bef4ecab320f06d8554ea6380940ec79",
               "bb300cfdad3c16e7a12a480ee83cd310"))),

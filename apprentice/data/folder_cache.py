@@ -72,7 +72,8 @@ def _read(path: Path, fingerprint: str) -> tuple[Tensor, Tensor] | None:
             meta = f.metadata() or {}
             if meta.get("format") != FORMAT or meta.get("fingerprint") != fingerprint:
                 return None
-            return f.get_tensor("images"), f.get_tensor("labels")
+            # Copied out of the mapping: a file replaced or cut later must not take these tensors with it.
+            return f.get_tensor("images").clone(), f.get_tensor("labels").clone()
     except Exception:  # noqa: BLE001 - a missing, truncated or foreign file is rebuilt, whatever it raises
         return None
 

@@ -127,8 +127,7 @@ def resolve_spec(name: str, data_dir: str | None = None, *, channels: int | None
     if info.kind == "npz":
         return _npz_spec(name, info, data_dir, given)
     classes = info.classes or tuple(str(i) for i in range(info.num_classes))
-    return _finish(name, info, data_dir, given, info.channels, info.image_size, classes, True,
-                   lambda: (info.mean, info.std))
+    return _finish(name, info, data_dir, given, info.channels, info.image_size, classes, True, lambda: ((), ()))
 
 
 def _finish(name: str, info: DatasetInfo, data_dir: str | None, given: dict[str, Any], channels: int, size: int,
@@ -147,6 +146,8 @@ def _finish(name: str, info: DatasetInfo, data_dir: str | None, given: dict[str,
     pad = given["pad"] if given["pad"] is not None else (max(1, size // 8) if own else info.pad)
     flip = given["flip"] if given["flip"] is not None else info.flip
     mean, std = given["mean"], given["std"]
+    if info.mean:  # the data set's table states them
+        mean, std = mean if mean is not None else info.mean, std if std is not None else info.std
     if mean is None or std is None:
         computed = stats()
         mean, std = mean if mean is not None else computed[0], std if std is not None else computed[1]

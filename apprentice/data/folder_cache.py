@@ -36,6 +36,7 @@ __all__ = ["AUTO_CACHE_BYTES", "FORMAT", "cache_location", "folder_fingerprint",
 FORMAT, VERSION = "apprentice folder tensors", "1"
 #: ``data.tensor_cache: null`` caches a folder whose decoded training images take at most this many bytes.
 AUTO_CACHE_BYTES = 2 * 2**30
+_ANNOUNCE = 10_000  # folders with more images say so before decoding, not only after
 
 
 def folder_fingerprint(folder: ImageFolder) -> str:
@@ -109,9 +110,10 @@ def folder_tensors(folder: ImageFolder, *, workers: int = 0,
     if cached is not None:
         return cached
     say = report or (lambda line: None)
-    why = " (the folder changed since it was written)" if path.exists() else ""
-    say(f"decoding the {len(folder)} images of {folder.root / folder.split} once into a tensor cache {where}: "
-        f"{path}{why}")
+    what = (f"the {len(folder)} images of {folder.root / folder.split} once into a tensor cache {where}: {path}"
+            + (" (the folder changed since it was written)" if path.exists() else ""))
+    if len(folder) > _ANNOUNCE:  # long enough to wait for; small folders report only when done (or one error line)
+        say(f"decoding {what}")
     t0 = time.perf_counter()
     images, labels = _decode(folder, workers)
     from safetensors.torch import save
@@ -122,5 +124,5 @@ def folder_tensors(folder: ImageFolder, *, workers: int = 0,
         atomic_write_bytes(path, save({"images": images, "labels": labels}, metadata=meta))
     except OSError as e:
         say(f"could not write the tensor cache {path} ({e.strerror or e}); the images will be decoded again next time")
-    say(f"decoded {len(folder)} images in {time.perf_counter() - t0:.1f} s ({images.numel() / 2**20:.1f} MiB)")
+    say(f"decoded {what} ({time.perf_counter() - t0:.1f} s, {images.numel() / 2**20:.1f} MiB)")
     return images, labels

@@ -84,7 +84,7 @@ def read_image(path: str | Path, channels: int) -> Any:
     except KeyError:
         raise ApprenticeError(f"channels must be 1 or 3, got {channels}") from None
     except (OSError, ValueError, SyntaxError, image_mod.DecompressionBombError) as e:
-        reason = " ".join(str(e).split()) or type(e).__name__
+        reason = " ".join(str(e).replace(repr(str(path)), "").replace(str(path), "").split()) or type(e).__name__
         raise ApprenticeError(f"cannot read image {str(path)!r}: {reason}") from None
 
 

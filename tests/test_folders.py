@@ -294,3 +294,19 @@ def test_bad_npz_files_are_named(tmp_path, arrays, words):
     np.savez(folder / "train.npz", **arrays)
     with pytest.raises(ApprenticeError, match=words):
         D.resolve_spec("npz", str(folder))
+
+
+def test_the_exact_teacher_cache_serves_a_folder_decoded_into_tensors(tmp_path):
+    from apprentice.models import build_model
+
+    root = write_image_folder(tmp_path / "f")
+    spec = _spec(root)
+    teacher = build_model("resnet8", num_classes=2, in_channels=1, width=0.25).eval()
+    path = tmp_path / "teacher.cache"
+    source = batches.cache_teacher(str(path), teacher, "folder", spec=spec, batch_size=64)
+    assert (source.mode, source.views, source.mean) == ("exact", D.view_count(2, True), spec.mean)
+    train = batches.train_batches("folder", batch_size=8, seed=0, spec=spec, teacher_cache=str(path),
+                                  teacher_hash=D.teacher_hash(teacher))
+    x, _, cached = next(iter(train.batches))
+    with torch.no_grad():
+        torch.testing.assert_close(cached, teacher(x), atol=5e-3, rtol=5e-3)  # float16 storage

@@ -98,9 +98,10 @@ def resolve_data(cfg: Config, report: Callable[[str], None] | None = None) -> Co
     if DATASETS[cfg.data.name].kind not in ("folder", "npz"):
         return cfg
     spec = data_spec(cfg, prepare=True, report=report)
-    facts = {"classes": spec.classes, "mean": spec.mean, "std": spec.std}
+    facts = {"classes": spec.classes, "mean": spec.mean, "std": spec.std, "channels": spec.channels,
+             "image_size": spec.image_size}
     if spec.kind == "folder":
-        facts.update(channels=spec.channels, image_size=spec.image_size, tensor_cache=spec.tensor_cache)
+        facts["tensor_cache"] = spec.tensor_cache
     resolved = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **facts))
     validate(resolved)  # an image size read from the files meets the model's stride check here
     return resolved

@@ -98,8 +98,8 @@ class DataConfig:
     holdout: int = _f(0, "training images held out for tuning and evaluated as 'holdout'")
     limit: int | None = _f(None, "use only the first N training images (quick runs); null = all")
     workers: int = _f(4, "image-folder DataLoader worker processes (streaming, and decoding a folder once)")
-    image_size: int | None = _f(None, "image folders: side of the square images the model sees; null = the data set's (imagenet 224; folder: the first training image's shorter side)")
-    channels: int | None = _f(None, "image folders: 1 (grey) or 3 (RGB); null = the data set's (imagenet 3; folder: 1 if the first training image is grey, else 3)")
+    image_size: int | None = _f(None, "folder, imagenet: side of the square images the model sees; null = the data set's (imagenet 224; folder: the first training image's shorter side; npz: the arrays', recorded)")
+    channels: int | None = _f(None, "folder, imagenet: 1 (grey) or 3 (RGB); null = the data set's (imagenet 3; folder: 1 if the first training image is grey, else 3; npz: the arrays', recorded)")
     mean: tuple[float, ...] | None = _f(None, "per-channel normalisation mean on the [0, 1] scale; null = the data set's (folder, npz: computed from the training images once and recorded in the run)")
     std: tuple[float, ...] | None = _f(None, "per-channel normalisation std on the [0, 1] scale; null = as data.mean")
     classes: tuple[str, ...] | None = _f(None, "folder, npz: class names in label order; null = the class folders of train/ in natural order (2 before 10), or train.npz's 'classes' (recorded in the run)")
@@ -425,7 +425,8 @@ def _check_data(cfg: Config, owners: SimpleNamespace) -> None:
 
 def _check_image_settings(dc: DataConfig, info: Any, owners: SimpleNamespace) -> None:
     """The image settings: which data sets take them, and their values."""
-    own = {"folder": ("image_size", "channels", "classes", "tensor_cache"), "npz": ("classes",)}.get(info.kind, ())
+    own = {"folder": ("image_size", "channels", "classes", "tensor_cache"),
+           "npz": ("image_size", "channels", "classes")}.get(info.kind, ())
     for key in ("image_size", "channels", "classes", "tensor_cache"):
         _check(getattr(dc, key) is None or key in own, f"data.{key}",
                f"{dc.name} fixes it; only your own images (data.name=folder or npz) take it (set null)")

@@ -276,6 +276,8 @@ def test_npz_arrays_train_and_test(tmp_path, shape):
     assert len(train) == 10 and train.images.shape[1:] == (channels, 10, 10)
     test = batches.eval_batches("npz", "test", batch_size=4, spec=spec)  # test.npz is missing: val.npz
     assert sum(len(y) for _, y in test) == 6
+    with pytest.raises(ApprenticeError, match=f"data.channels={4 - channels} but train.npz holds images of channels"):
+        D.resolve_spec("npz", str(tmp_path / "a"), channels=4 - channels)
 
 
 @pytest.mark.parametrize("arrays, words", [

@@ -150,3 +150,25 @@ def test_predict_refuses_an_export_without_preprocessing(grey_run, tmp_path, cap
         Preprocess.from_metadata(bad["preprocess"], bad["classes"], "x")
     with pytest.raises(ApprenticeError, match="malformed"):
         Preprocess.from_metadata({"channels": 1}, ["a"], "x")
+
+
+def test_npz_arrays_train_from_the_command_line_and_record_their_classes(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(24) % 2
+    images = (40 + 170 * labels[:, None, None] + rng.normal(0, 20, (24, 16, 16))).clip(0, 255).astype(np.uint8)
+    (tmp_path / "arrays").mkdir()
+    np.savez(tmp_path / "arrays" / "train.npz", images=images[:16], labels=labels[:16], classes=np.array(["dark", "light"]))
+    np.savez(tmp_path / "arrays" / "test.npz", images=images[16:], labels=labels[16:])
+    out = tmp_path / "run"
+    assert main(["train", str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"), *TINY, "data.name=npz",
+                 "data.limit=null", f"data.dir={tmp_path / 'arrays'}", f"train.out={out}"]) == 0
+    cfg = load_run(out).config
+    assert cfg.data.classes == ("dark", "light") and cfg.data.mean == pytest.approx(((images[:16] / 255).mean(),), abs=1e-4)
+    Image.fromarray(images[17]).save(tmp_path / "light.png")
+    capsys.readouterr()
+    assert main(["predict", str(out), str(tmp_path / "light.png"), "--top-k", "2"]) == 0
+    answer = capsys.readouterr().out
+    assert answer.startswith(f"{tmp_path / 'light.png'}: ") and "dark" in answer and "light" in answer

@@ -196,6 +196,10 @@ def _npz_spec(name: str, info: DatasetInfo, data_dir: str | None, given: dict[st
     if images.shape[-1] != images.shape[-2]:
         raise ApprenticeError(f"train.npz holds {images.shape[-2]}×{images.shape[-1]} images; apprentice trains on "
                               f"square images (crop or pad them)")
+    for key, have in (("channels", int(images.shape[1])), ("image_size", int(images.shape[-1]))):
+        if given[key] not in (None, have):
+            raise ApprenticeError(f"data.{key}={given[key]} but train.npz holds images of {key.replace('_', ' ')} {have} "
+                                  f"(arrays are not converted; set null)")
     classes = _npz_classes(given["classes"], names, labels)
     return _finish(name, info, data_dir, given, int(images.shape[1]), int(images.shape[-1]), classes, True,
                    lambda: channel_stats(images))

@@ -76,9 +76,11 @@ class Preprocess:
         d, info = cfg.data, DATASETS.get(cfg.data.name)
         if info is None:
             raise ApprenticeError(f"the run's data set {cfg.data.name!r} is unknown to this version of apprentice")
-        size = d.image_size or info.image_size
+        own = info.kind in ("folder", "npz")  # other sets' sizes are the table's (old configs say 224 for all)
+        size, channels = (d.image_size or info.image_size, d.channels or info.channels) if own else (
+            info.image_size, info.channels)
         classes = d.classes or info.classes or tuple(str(i) for i in range(num_classes))
-        p = cls(d.channels or info.channels, size, eval_resize(d.augmentation or info.augmentation, size) if size else 0,
+        p = cls(channels, size, eval_resize(d.augmentation or info.augmentation, size) if size else 0,
                 tuple(d.mean or info.mean), tuple(d.std or info.std), tuple(classes))
         if not (p.channels and p.image_size and p.mean and p.std):
             raise ApprenticeError(f"the run's config does not record how its {cfg.data.name} images were prepared "

@@ -172,3 +172,13 @@ def test_npz_arrays_train_from_the_command_line_and_record_their_classes(tmp_pat
     assert main(["predict", str(out), str(tmp_path / "light.png"), "--top-k", "2"]) == 0
     answer = capsys.readouterr().out
     assert answer.startswith(f"{tmp_path / 'light.png'}: ") and "dark" in answer and "light" in answer
+
+
+def test_the_preprocessing_of_a_fashion_mnist_config_is_the_tables_even_from_an_old_config():
+    from apprentice.config import load_config
+
+    cfg = load_config(None, ["data.name=fashion_mnist"])
+    old = cfg.__class__(**{**vars(cfg), "data": cfg.data.__class__(**{**vars(cfg.data), "image_size": 224})})
+    for c in (cfg, old):  # configs written before data.image_size could be null say 224 for every data set
+        p = Preprocess.from_config(c, 10)
+        assert (p.channels, p.image_size, p.resize, p.mean, p.classes[0]) == (1, 28, 28, (0.286,), "T-shirt/top")

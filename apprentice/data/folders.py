@@ -31,7 +31,7 @@ from apprentice.data.images import (
     to_tensor,
 )
 from apprentice.data.tensors import check_shard
-from apprentice.errors import ApprenticeError, lookup
+from apprentice.errors import ApprenticeError
 
 __all__ = ["ImageFolder", "check_classes", "folder_loader", "imagenet_loader", "probe_image", "worker_safe"]
 
@@ -189,8 +189,8 @@ def imagenet_loader(root: str | Path, split: str, *, batch_size: int, workers: i
     """`folder_loader` over the ImageNet-style folder ``root/<split>`` (RGB, random-resized crops when
     training). "train" drops the last partial batch. Normalise on the device:
     ``normalize(x.to(device), info.mean, info.std)``, ``info = DATASETS["imagenet"]``."""
-    lookup({"train": 1, "val": 1}, split, "ImageNet split")
-    check_shard(rank, world_size)
+    if split not in ("train", "val"):
+        raise ApprenticeError(f"unknown ImageNet split {split!r}; choose from ['train', 'val']")
     dataset = ImageFolder(root, split, image_size=image_size, resize=resize)
     return folder_loader(dataset, batch_size=batch_size, workers=workers, shuffle=shuffle, seed=seed, rank=rank,
                          world_size=world_size, drop_last=split == "train")

@@ -79,11 +79,6 @@ class DataSpec:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def preprocess(self) -> dict[str, Any]:
-        """How an image file becomes model input, as JSON-ready values (recorded in exports)."""
-        return {"channels": self.channels, "image_size": self.image_size, "resize": self.resize,
-                "mean": list(self.mean), "std": list(self.std)}
-
 
 def folder_split(root: str | Path, split: str) -> str:
     """The sub-folder of a split: "test" is ``test/`` when the folder has one, else ``val/``."""

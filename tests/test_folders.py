@@ -312,3 +312,14 @@ def test_the_exact_teacher_cache_serves_a_folder_decoded_into_tensors(tmp_path):
     x, _, cached = next(iter(train.batches))
     with torch.no_grad():
         torch.testing.assert_close(cached, teacher(x), atol=5e-3, rtol=5e-3)  # float16 storage
+
+
+def test_a_streamed_folder_caches_teachers_only_for_random_resized_crops(tmp_path):
+    from apprentice.models import build_model
+
+    root = write_image_folder(tmp_path / "f")
+    spec = _spec(root, tensor_cache=False)  # pad-crop-flip, streamed
+    teacher = build_model("resnet8", num_classes=2, in_channels=1, width=0.25).eval()
+    with pytest.raises(ApprenticeError, match="stores random-resized crops, but data.augmentation is 'pad-crop-flip'"):
+        batches.cache_teacher(str(tmp_path / "t.cache"), teacher, "folder", spec=spec)
+    assert not (tmp_path / "t.cache").exists()

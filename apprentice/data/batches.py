@@ -248,8 +248,17 @@ def train_batches(name: str, *, batch_size: int, seed: int, data_dir: str | None
     return TrainSet(loader, train.num_classes, int(train.images.shape[1]), len(train))
 
 
+def _crops_only(spec: DataSpec) -> None:
+    """A streamed folder's teacher cache stores random-resized crops: the only augmentation it can serve."""
+    if spec.augmentation != "random-resized-crop":
+        raise ApprenticeError(f"a teacher cache of a streamed image folder stores random-resized crops, but "
+                              f"data.augmentation is {spec.augmentation!r}: use random-resized-crop, or decode the "
+                              f"folder into tensors (data.tensor_cache=true) for an exact cache of every view")
+
+
 def _cached_folder(spec: DataSpec, path: str, teacher: str, *, batch_size: int, workers: int, seed: int,
                    rank: int, world_size: int, device: torch.device) -> TrainSet:
+    _crops_only(spec)
     folder = open_folder(spec, "train", train=True)
     cache = open_crop_cache(path, folder_source(folder, teacher=teacher, dataset=spec.name, mean=spec.mean,
                                                 std=spec.std))
@@ -284,6 +293,7 @@ def cache_teacher(path: str, teacher: torch.nn.Module, name: str, *, data_dir: s
     if _streamed(spec):
         if holdout or limit:
             raise ApprenticeError(f"data.holdout and data.limit are not supported for {name}; set them to 0 and null")
+        _crops_only(spec)
         folder = open_folder(spec, "train", train=True)
         return build_crop_cache(path, teacher, folder, dataset=spec.name, mean=spec.mean, std=spec.std, views=views,
                                 topk=topk, seed=seed, dtype=dtype, batch_size=batch_size, report=report)

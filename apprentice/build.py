@@ -7,9 +7,10 @@ takes plain typed arguments. ``build_*`` functions map config sections onto thos
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from apprentice.config import Config, ModelConfig, config_from_dict
-from apprentice.data import TrainSet, eval_batches, teacher_hash, train_batches
+from apprentice.config import Config, ModelConfig, config_from_dict, validate
+from apprentice.data import (
+    DATASETS,
+    DataSpec,
+    TrainSet,
+    eval_batches,
+    resolve_spec,
+    teacher_hash,
+    train_batches,
+)
 from apprentice.distill import SCHEMES, Distiller, make_student
 from apprentice.errors import ApprenticeError, lookup
 from apprentice.export import MAP_KEY, model_from_packed, read_packed
@@ -48,15 +57,54 @@ __all__ = [
     "build_student",
     "build_teacher",
     "build_training",
+    "data_spec",
     "eval_data",
     "is_packed_export",
     "is_packed_file",
     "load_model_file",
     "load_run",
     "load_teacher",
+    "resolve_data",
     "stored_config",
     "train_data",
 ]
+
+
+def data_spec(cfg: Config, *, data_dir: str | None = None, prepare: bool = False,
+              report: Callable[[str], None] | None = None) -> DataSpec:
+    """The resolved facts of ``cfg``'s data set (`apprentice.data.resolve_spec` of the ``data.*`` settings).
+
+    Args:
+        cfg: a config; a run's stored config already holds a folder's computed facts.
+        data_dir: overrides ``cfg.data.dir``.
+        prepare: decode a folder's tensor cache now (so an unreadable image fails before training).
+        report: called with a line when a folder is decoded.
+    """
+    d = cfg.data
+    return resolve_spec(d.name, data_dir or d.dir, channels=d.channels, image_size=d.image_size, mean=d.mean,
+                        std=d.std, classes=d.classes, augmentation=d.augmentation, pad=d.pad, flip=d.flip,
+                        augment=d.augment, tensor_cache=d.tensor_cache, workers=d.workers, prepare=prepare,
+                        report=report)
+
+
+def resolve_data(cfg: Config, report: Callable[[str], None] | None = None) -> Config:
+    """``cfg`` with the facts of a folder or npz data set filled in from its files (`data_spec`).
+
+    Classes, channels, image size, mean and std (computed from the training images when not given)
+    and the tensor-cache choice are written into ``cfg.data``, so the run records them and
+    evaluation, export and ``apprentice predict`` reuse them; a folder to decode once is decoded
+    here. Other data sets' facts are in their table row: ``cfg`` comes back unchanged.
+    """
+    if DATASETS[cfg.data.name].kind not in ("folder", "npz"):
+        return cfg
+    spec = data_spec(cfg, prepare=True, report=report)
+    facts = {"classes": spec.classes, "mean": spec.mean, "std": spec.std, "channels": spec.channels,
+             "image_size": spec.image_size}
+    if spec.kind == "folder":
+        facts["tensor_cache"] = spec.tensor_cache
+    resolved = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **facts))
+    validate(resolved)  # an image size read from the files meets the model's stride check here
+    return resolved
 
 
 def eval_data(cfg: Config, split: str = "test", *, data_dir: str | None = None, batch_size: int | None = None,
@@ -65,7 +113,8 @@ def eval_data(cfg: Config, split: str = "test", *, data_dir: str | None = None, 
 
     Args:
         cfg: the run's config (data set, holdout size, limit, data folder).
-        split: "test", "holdout" or "train" ("val" of an ImageNet folder is its "test").
+        split: "test", "holdout", "train" or "val" (an image folder's ``val/``; its "test" is ``test/``
+            when it has one, else ``val/``).
         data_dir: overrides ``cfg.data.dir``.
         batch_size: overrides ``cfg.data.eval_batch_size``.
         device: where the batches go.
@@ -74,8 +123,8 @@ def eval_data(cfg: Config, split: str = "test", *, data_dir: str | None = None, 
     """
     data = cfg.data
     return eval_batches(data.name, split, batch_size=batch_size or data.eval_batch_size, data_dir=data_dir or data.dir,
-                        download=data.download, holdout=data.holdout, limit=data.limit, image_size=data.image_size,
-                        workers=data.workers, device=device, rank=rank, world_size=world_size)
+                        download=data.download, holdout=data.holdout, limit=data.limit, workers=data.workers,
+                        device=device, rank=rank, world_size=world_size, spec=data_spec(cfg, data_dir=data_dir))
 
 
 def train_data(cfg: Config, rt: Runtime, *, teacher_hash: str | None = None) -> TrainSet:
@@ -87,9 +136,9 @@ def train_data(cfg: Config, rt: Runtime, *, teacher_hash: str | None = None) -> 
     data, cache = cfg.data, cfg.distill.teacher_cache if teacher_hash is not None else None
     try:
         return train_batches(data.name, batch_size=data.batch_size, seed=cfg.train.seed, data_dir=data.dir,
-                             download=data.download, holdout=data.holdout, limit=data.limit, augment=data.augment,
-                             image_size=data.image_size, workers=data.workers, device=rt.device, rank=rt.rank,
-                             world_size=rt.world_size, teacher_cache=cache, teacher_hash=teacher_hash)
+                             download=data.download, holdout=data.holdout, limit=data.limit,
+                             workers=data.workers, device=rt.device, rank=rt.rank, world_size=rt.world_size,
+                             teacher_cache=cache, teacher_hash=teacher_hash, spec=data_spec(cfg))
     except ApprenticeError as e:
         if cache is None:
             raise
@@ -118,9 +167,19 @@ class LoadedRun:
 def stored_config(ckpt: Mapping[str, Any], file: str | os.PathLike) -> Config:
     """The training config a checkpoint (read from ``file``) holds, unvalidated: it was valid when written."""
     try:
-        return config_from_dict(ckpt["config"], check=False)
+        cfg = config_from_dict(ckpt["config"], check=False)
     except ApprenticeError as e:
         raise ApprenticeError(f"checkpoint {str(file)!r} holds a config this version cannot read: {e}") from None
+    return _legacy_image_size(cfg)
+
+
+def _legacy_image_size(cfg: Config) -> Config:
+    """Configs written before data.image_size could be null hold 224 for every data set; only folders
+    ever used it, so for the others it reads as null (and a resumed run's config still matches)."""
+    kind = DATASETS[cfg.data.name].kind if cfg.data.name in DATASETS else None
+    if kind not in ("folder", None) and cfg.data.image_size == 224:
+        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, image_size=None))
+    return cfg
 
 
 def load_run(path: str | os.PathLike) -> LoadedRun:
@@ -330,7 +389,9 @@ def build_training(cfg: Config, rt: Runtime) -> Training:
     """
     data = train_data(cfg, rt)
     splits = ("test", "holdout") if cfg.data.holdout > 0 else ("test",)
-    evals = {s: eval_data(cfg, s, device=rt.device, rank=rt.rank, world_size=rt.world_size) for s in splits}
+    folder = DATASETS[cfg.data.name].kind == "folder"  # an image folder's val/ scores the run; test/ stays unseen
+    evals = {s: eval_data(cfg, "val" if folder and s == "test" else s, device=rt.device, rank=rt.rank,
+                          world_size=rt.world_size) for s in splits}
     student = build_student(cfg, num_classes=data.num_classes, in_channels=data.channels)
     teacher = build_teacher(cfg, num_classes=data.num_classes, in_channels=data.channels)
     cached = cfg.distill.teacher_cache is not None

@@ -1,4 +1,4 @@
-"""The `apprentice` command line: train, eval, info, export, compare and cache-teacher.
+"""The `apprentice` command line: train, eval, info, export, compare, predict and cache-teacher.
 
 Each subcommand parses its arguments and calls library functions; nothing here knows how training
 or packing works. Errors a user can fix (an `ApprenticeError`, a missing file, bad YAML) print one
@@ -12,6 +12,7 @@ Example:
     apprentice eval runs/quickstart/teacher
     apprentice export runs/quickstart/student_b --format packed --out student_b.safetensors
     apprentice compare runs/quickstart/*
+    apprentice predict student_b.safetensors shirt.png photos/ --top-k 3
 """
 
 from __future__ import annotations
@@ -200,21 +201,21 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ApprenticeError(f"{args.path!r} is already a packed file; export a run folder or checkpoint")
     from apprentice import export
     from apprentice.config import config_to_dict
+    from apprentice.predict import Preprocess
 
     out = _export_target(args.out, args.format, loaded.path)
+    pre = Preprocess.from_config(loaded.config, int(loaded.model.arch["num_classes"]))  # for apprentice predict
     if args.format == "packed":
-        meta = {"config": config_to_dict(loaded.config), "summary": loaded.summary, "source": str(loaded.path)}
+        meta = {"config": config_to_dict(loaded.config), "summary": loaded.summary, "source": str(loaded.path),
+                **pre.to_metadata()}
         export.save_packed(loaded.model, out, ternary_packing=args.ternary_packing, fold_bn=args.fold_bn,
                            metadata=json.loads(json.dumps(meta, default=str)))
     else:
         # export_onnx itself explains how to install onnx when it is missing.
-        from apprentice import data
         from apprentice.export import export_onnx
 
-        cfg = loaded.config
-        info = data.DATASETS[cfg.data.name]
-        size = cfg.data.image_size if cfg.data.name == "imagenet" else info.image_size
-        export_onnx(loaded.model, out, input_shape=(1, info.channels, size, size), fold_bn=args.fold_bn)
+        export_onnx(loaded.model, out, input_shape=(1, pre.channels, pre.image_size, pre.image_size),
+                    fold_bn=args.fold_bn, metadata=pre.to_metadata())
     print(f"{PROG}: wrote {out} ({out.stat().st_size:,} bytes, {args.format})")
     return 0
 
@@ -265,6 +266,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    """The class of each image (or the top k) as the model sees it; unreadable images get one line each."""
+    from apprentice.data.images import image_files
+    from apprentice.predict import load_predictor, predict
+    from apprentice.train.runtime import resolve_device
+
+    images = image_files([Path(p) for p in args.images])
+    if not images:
+        raise ApprenticeError(f"no image files in {' '.join(args.images)}")
+    device = resolve_device(args.device, "--device") if not args.model.lower().endswith(".onnx") else "cpu"
+    predictor = load_predictor(args.model, device=device)
+    results = predict(predictor, images, top_k=args.top_k, batch_size=args.batch_size,
+                      on_error=lambda r: print(f"{PROG}: error: {r.error}", file=sys.stderr))
+    if args.json:
+        print(json.dumps({"model": str(predictor.path), "kind": predictor.kind,
+                          "predictions": [r.to_json() for r in results]}, indent=2))
+    else:
+        for r in results:
+            if r.error is None:
+                print(f"{r.image}: " + ", ".join(f"{name} {100 * p:.1f} %" for name, _, p in r.top))
+    return EXIT_USER if any(r.error is not None for r in results) else 0
+
+
 def cmd_cache_teacher(args: argparse.Namespace) -> int:
     """Run a trained teacher over every training view once and store its logits (schemes B and C)."""
     from apprentice.config import Config, config_from_dict, config_to_dict
@@ -284,13 +308,15 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
         if not text.startswith("data."):
             raise ApprenticeError(f"{text!r}: only data.* settings can be given (the data the students train on)")
         apply_override(tree, text, Config)
-    data = config_from_dict(tree).data
+    cfg = config_from_dict(tree)
+    from apprentice.build import data_spec
     from apprentice.train.runtime import resolve_device
 
+    data, report = cfg.data, lambda line: print(f"{PROG}: {line}", file=sys.stderr)
     teacher = loaded.model.to(resolve_device(args.device, "--device")).eval()
     cache_teacher(str(out), teacher, data.name, data_dir=data.dir, download=data.download, holdout=data.holdout,
-                  limit=data.limit, image_size=data.image_size, dtype=args.dtype, views=args.views, topk=args.topk,
-                  seed=args.seed, batch_size=args.batch_size, report=lambda line: print(f"{PROG}: {line}", file=sys.stderr))
+                  limit=data.limit, dtype=args.dtype, views=args.views, topk=args.topk, seed=args.seed,
+                  batch_size=args.batch_size, report=report, spec=data_spec(cfg, report=report))
     print(f"{PROG}: wrote {out} ({out.stat().st_size:,} bytes); train students with distill.teacher_cache={out}")
     return 0
 
@@ -322,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, parents=[common],
         description="Low-precision CNNs trained with knowledge distillation (Mishra & Marr, Apprentice, ICLR 2018).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_train, _add_eval, _add_info, _add_export, _add_compare, _add_cache_teacher):
+    for add in (_add_train, _add_eval, _add_info, _add_export, _add_compare, _add_predict, _add_cache_teacher):
         add(sub, common)
     return parser
 
@@ -352,7 +378,8 @@ def _add_eval(sub: Any, common: argparse.ArgumentParser) -> None:
                                    "on the data set it was trained on.")
     p.add_argument("path", help="run folder, checkpoint (.pt) or packed file (.safetensors)")
     p.add_argument("--data-dir", help="folder holding the data set (default: as in the run's config)")
-    p.add_argument("--split", default="test", choices=["test", "holdout", "train"], help="which images (default test)")
+    p.add_argument("--split", default="test", choices=["test", "val", "holdout", "train"],
+                   help="which images (default test; an image folder's test/ when it has one, else val/)")
     p.add_argument("--batch-size", type=_positive_int, help="images per batch (default data.eval_batch_size)")
     p.add_argument("--device", default="auto", help=f"one of {DEVICE_NAMES} (default auto)")
     p.add_argument("--amp", default="off", choices=list(AMP_MODES), help="autocast (default off)")
@@ -388,6 +415,22 @@ def _add_compare(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or checkpoints / packed files)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_compare)
+
+
+def _add_predict(sub: Any, common: argparse.ArgumentParser) -> None:
+    from apprentice.train.runtime import DEVICE_NAMES
+
+    p = sub.add_parser("predict", parents=[common], help="classify image files with a trained model",
+                       description="The class name and probability of each image, as the model sees it (its "
+                                   "recorded channels, size, crop and normalisation). An image that cannot be "
+                                   "read gets one error line (exit status 2) and the others are still predicted.")
+    p.add_argument("model", help="run folder, checkpoint, packed file (.safetensors) or ONNX file (.onnx)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    p.add_argument("--top-k", type=_positive_int, default=1, help="classes shown per image (default 1)")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--device", default="auto", help=f"one of {DEVICE_NAMES} (default auto; ONNX runs on the CPU)")
+    p.set_defaults(func=cmd_predict)
 
 
 def _add_cache_teacher(sub: Any, common: argparse.ArgumentParser) -> None:

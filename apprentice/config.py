@@ -91,16 +91,24 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = _f("fashion_mnist", "data set, a data.DATASETS key")
+    name: str = _f("fashion_mnist", "data set, a data.DATASETS key; your own images: folder (train/<class>/*, val/<class>/*) or npz (train.npz, test.npz)")
     dir: str | None = _f(None, "folder holding the data files; null = the standard place (downloaded if allowed)")
     download: bool = _f(True, "download the data set when its files are missing (small sets only)")
     batch_size: int = _f(128, "training images per step")
     eval_batch_size: int = _f(1000, "images per evaluation batch")
-    augment: bool = _f(True, "training augmentation (pad + random crop + flip; random-resized crop on ImageNet)")
+    augment: bool = _f(True, "training augmentation on (data.augmentation) or off (every image as evaluated)")
     holdout: int = _f(0, "training images held out for tuning and evaluated as 'holdout'")
     limit: int | None = _f(None, "use only the first N training images (quick runs); null = all")
-    workers: int = _f(4, "ImageNet DataLoader worker processes")
-    image_size: int = _f(224, "ImageNet crop size in pixels")
+    workers: int = _f(4, "image-folder DataLoader worker processes (streaming, and decoding a folder once)")
+    image_size: int | None = _f(None, "your own images and imagenet: side of the square images the model sees; null = the data set's (imagenet 224; folder: the first training image's shorter side; npz: the arrays', recorded)")
+    channels: int | None = _f(None, "your own images and imagenet: 1 (grey) or 3 (RGB); null = the data set's (imagenet 3; folder: 1 if the first training image is grey, else 3; npz: the arrays', recorded)")
+    mean: tuple[float, ...] | None = _f(None, "per-channel normalisation mean on the [0, 1] scale; null = the data set's (folder, npz: computed from the training images once and recorded in the run)")
+    std: tuple[float, ...] | None = _f(None, "per-channel normalisation std on the [0, 1] scale; null = as data.mean")
+    classes: tuple[str, ...] | None = _f(None, "folder, npz: class names in label order; null = the class folders of train/ in natural order (2 before 10), or train.npz's 'classes' (recorded in the run)")
+    augmentation: str | None = _f(None, "training augmentation, a data.AUGMENTATIONS key: none | pad-crop-flip | random-resized-crop; null = the data set's (imagenet random-resized-crop, others pad-crop-flip)")
+    pad: int | None = _f(None, "pad-crop-flip: pixels of zero padding; null = the data set's (Fashion-MNIST 2, CIFAR 4; folder, npz: image_size // 8)")
+    flip: bool | None = _f(None, "random horizontal flips; null = the data set's (MNIST and synthetic no; others yes: set false for digits, text, ...)")
+    tensor_cache: bool | None = _f(None, "image folders: decode every image once into a uint8 tensor file beside the data and train at tensor speed; null = when the training images fit in 2 GiB and the augmentation runs on tensors")
 
 
 @dataclass(frozen=True)
@@ -259,8 +267,8 @@ _POS, _NONNEG = (0, None, False, False), (0, None, True, False)
 _RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
     **dict.fromkeys(("model.width", "quant.act_clip", "data.batch_size", "data.eval_batch_size", "data.limit",
                      "data.image_size", "optim.lr", "optim.quant_lr_scale", "train.epochs", "train.log_every"), _POS),
-    **dict.fromkeys(("data.holdout", "data.workers", "optim.weight_decay", "optim.warmup_epochs", "train.seed",
-                     "train.checkpoint_every"), _NONNEG),
+    **dict.fromkeys(("data.holdout", "data.workers", "data.pad", "optim.weight_decay", "optim.warmup_epochs",
+                     "train.seed", "train.checkpoint_every"), _NONNEG),
     "optim.momentum": (0, 1, True, False),
     "optim.lr_decay": (0, 1, False, True),
 }
@@ -283,7 +291,8 @@ def _owners() -> SimpleNamespace:
             "train.on_nonfinite": ("non-finite policy", step.NONFINITE_POLICIES),
         },
         model_constructor=models.model_constructor, shortcuts=models.SHORTCUTS,
-        builtin_models=models.BUILTIN_MODELS, data_arguments=models.DATA_ARGUMENTS, schemes=distill.SCHEMES, datasets=data.DATASETS,
+        builtin_models=models.BUILTIN_MODELS, data_arguments=models.DATA_ARGUMENTS, schemes=distill.SCHEMES,
+        datasets=data.DATASETS, augmentations=data.AUGMENTATIONS,
         quantizers=quant.WEIGHT_QUANTIZERS, parse_precision=quant.parse_precision,
         parse_layer_rules=quant.parse_layer_rules,
         check_loss_weights=losses.check_loss_weights, check_device=runtime.check_device,
@@ -416,20 +425,45 @@ def _check_distill(d: DistillConfig, owners: SimpleNamespace) -> None:
 def _check_data(cfg: Config, owners: SimpleNamespace) -> None:
     dc = cfg.data
     info = owners.datasets[dc.name]
+    _check_image_settings(dc, info, owners)
     if info.kind != "folder":
-        _check(dc.holdout < info.sizes[0], "data.holdout",
+        _check(not info.sizes[0] or dc.holdout < info.sizes[0], "data.holdout",
                f"holds out {dc.holdout} of only {info.sizes[0]} {dc.name} training images; nothing left to train on")
         return
     for key in ("holdout", "limit"):
         _check(getattr(dc, key) in (0, None), f"data.{key}", f"not supported for {dc.name}; set it to 0/null")
+    size = dc.image_size or info.image_size
     for key, m in (("model", cfg.model), ("distill.teacher_model", cfg.distill.teacher_model)):
-        if m is None:
+        if m is None or not size:  # a folder's image size is known once its first image is read
             continue
         stride = _total_stride(m, owners)
-        _check(stride is None or dc.image_size >= stride, "data.image_size",
-               f"{dc.image_size} px is smaller than the total stride of {key} {m.name} ({stride} px): its last "
+        _check(stride is None or size >= stride, "data.image_size",
+               f"{size} px is smaller than the total stride of {key} {m.name} ({stride} px): its last "
                f"stage would see padding only; use at least {stride}"
                + (f" or {key}.small_input=true" if stride == 32 else ""))
+
+
+def _check_image_settings(dc: DataConfig, info: Any, owners: SimpleNamespace) -> None:
+    """The image settings: which data sets take them, and their values."""
+    own = {"folder": ("image_size", "channels", "classes", "tensor_cache"),
+           "npz": ("image_size", "channels", "classes")}.get(info.kind, ())
+    for key in ("image_size", "channels", "classes", "tensor_cache"):
+        _check(getattr(dc, key) is None or key in own, f"data.{key}",
+               f"{dc.name} fixes it; only your own images (data.name=folder or npz) take it (set null)")
+    _check(dc.channels in (None, 1, 3), "data.channels", f"must be 1 (grey) or 3 (RGB), got {dc.channels}")
+    if dc.augmentation is not None:
+        _choice(owners.augmentations, dc.augmentation, "augmentation", "data.augmentation")
+    for key in ("mean", "std"):
+        values = getattr(dc, key)
+        if values is None:
+            continue
+        wanted = dc.channels or info.channels
+        _check(not wanted or len(values) == wanted, f"data.{key}", f"needs {wanted} value(s), one per channel, got {show(values)}")
+        _check(all(math.isfinite(v) for v in values) and (key == "mean" or all(v > 0 for v in values)),
+               f"data.{key}", f"must be finite{' and > 0' if key == 'std' else ''}, got {show(values)}")
+    if dc.classes is not None:
+        _check(len(dc.classes) > 0 and len(set(dc.classes)) == len(dc.classes), "data.classes",
+               f"must name each class once, got {show(dc.classes)}")
 
 
 def _check_optim(o: OptimConfig, epochs: int) -> None:

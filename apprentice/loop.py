@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -149,6 +150,8 @@ class _Run:
 def _run(cfg: Config, rt: Runtime, signals: StopSignals, *, resume: bool, overwrite: bool) -> dict[str, Any]:
     t_start, out, progress = time.perf_counter(), Path(cfg.train.out), Progress(enabled=rt.rank == 0)
     _check_run_folder(out, rt, progress, resume=resume, overwrite=overwrite)
+    new_folder = not out.exists()
+    cfg = build.resolve_data(cfg, report=progress.line)  # a folder's classes, size, mean/std: recorded in the run
     saved = _read_resume_state(cfg, out, resume, progress)
     _seed_everything(cfg.train.seed, rt)
     run = _Run(cfg, rt, signals, out, progress, build.build_training(cfg, rt), Counters(), t_start=t_start)
@@ -163,10 +166,22 @@ def _run(cfg: Config, rt: Runtime, signals: StopSignals, *, resume: bool, overwr
         for epoch in range(run.counters.epoch, cfg.train.epochs):
             _train_epoch(run, epoch)
             _end_epoch(run, _evaluate(run))
+    except ApprenticeError:
+        if new_folder:
+            _remove_unsaved_run(run)
+        raise
     finally:
         progress.close()
         run.metrics.close()
     return _finish(run)
+
+
+def _remove_unsaved_run(run: _Run) -> None:
+    """Bad data found while training (an unreadable image of a streamed folder) before the first
+    checkpoint: the run folder this command created holds nothing worth keeping, so it goes."""
+    if run.main and not ck.run_files(run.out):
+        run.metrics.close()
+        shutil.rmtree(run.out, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------

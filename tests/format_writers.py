@@ -1,5 +1,5 @@
-"""Writers of the real on-disk data formats (IDX, CIFAR python pickles), for tests that load them
-through the real code: tests/test_datafiles.py and tests/test_data.py."""
+"""Writers of the real on-disk data formats (IDX, CIFAR python pickles, image folders), for tests that
+load them through the real code: tests/test_datafiles.py, tests/test_data.py, tests/test_folders.py."""
 
 from __future__ import annotations
 
@@ -76,3 +76,22 @@ def make_cifar10(root: Path, n: int = 8, py2: bool = False) -> Path:
 
 def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def write_image_folder(root: Path, classes=("a", "b"), counts=(("train", 8), ("val", 4)), channels: int = 1,
+                       size: tuple[int, int] = (20, 16), seed: int = 0) -> Path:
+    """An image folder ``root/<split>/<class>/<i>.png``: class k is brightness 40 + 170·k/(K-1) plus
+    noise (RGB: the channels differ), ``size`` = (width, height). Learnable in a few steps."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in counts:
+        for k, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            level = 40 + 170 * k / max(len(classes) - 1, 1)
+            for i in range(n):
+                shape = (size[1], size[0]) if channels == 1 else (size[1], size[0], 3)
+                pixels = level + rng.normal(0, 20, shape) + (np.array([0, 15, -15]) if channels == 3 else 0)
+                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return root

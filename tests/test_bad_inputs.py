@@ -38,7 +38,7 @@ from apprentice.loop import fit
 from apprentice.models import build_model
 
 import tiny_runs
-from format_writers import make_cifar10, make_idx_folder, write_idx
+from format_writers import make_cifar10, make_idx_folder, write_idx, write_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "bad-inputs.md"
@@ -67,6 +67,7 @@ TEACHER_B = "distill.scheme=B distill.teacher={f}"
 AS_R8 = "distill.teacher_model.name=resnet8 distill.teacher_model.width=0.25"
 FM = "data.name=fashion_mnist data.limit=null data.dir={d}"
 CIFAR = "data.name=cifar10 data.limit=null data.batch_size=16 data.dir={d}"
+FOLDER = "data.name=folder data.limit=null data.batch_size=4 data.workers=0 data.dir={d}"
 
 CASES = [
     # ---- the recipe and its overrides
@@ -160,6 +161,16 @@ CASES = [
          ("cannot read CIFAR batch", "data_batch_1")),
     Case("cifar-labels-out-of-range", "CIFAR-10 label 10", f"{T} {CIFAR}/cifar-labels {NEW}",
          ("data_batch_1", "label values 0..10; allowed 0..9")),
+    Case("folder-classes-differ", "image folder whose val/ lacks a class of train/", f"{T} {FOLDER}/folder-classes {NEW}",
+         ("val/", "does not have the classes of train/", "missing 'dog'"), sub=True),
+    Case("folder-corrupt-image", "image folder holding a file that is not an image", f"{T} {FOLDER}/folder-corrupt {NEW}",
+         ("cannot read image", "dog/1.png")),
+    Case("npz-images-channels-last", "npz images stored N×H×W×C", f"{T} data.name=npz data.limit=null data.dir={{d}}/npz {NEW}",
+         ("look like N×H×W×C", "N×C×H×W")),
+    Case("augmentation-unknown", "data.augmentation=cutout", f"{T} data.augmentation=cutout {NEW}",
+         ("data.augmentation: unknown augmentation 'cutout'", "pad-crop-flip")),
+    Case("channels-of-a-fixed-data-set", "data.channels for a data set that fixes them", f"{T} data.channels=3 {NEW}",
+         ("data.channels", "only your own images")),
     # ---- run folders
     Case("finished-run", "train.out holds a finished run", "train {cfg} train.out={run}",
          ("already holds a finished run", "--resume", "--overwrite"), sub=True),
@@ -213,6 +224,8 @@ CASES = [
     Case("packed-truncated", "packed file cut short", "eval {f}/cut.safetensors", ("not a readable safetensors file",)),
     Case("packed-config-garbled", "packed file whose stored config is unreadable", "eval {f}/config.safetensors",
          ("stored in the packed file is unreadable",)),
+    Case("predict-unreadable-image", "predict on a file that is not an image", "predict {run} {f}/notes.pt",
+         ("cannot read image", "notes.pt")),
 ]
 
 
@@ -313,8 +326,19 @@ def world(tmp_path_factory) -> dict[str, Path]:
         else:
             with open(batch, "wb") as fh:
                 pickle.dump({b"data": np.zeros((20, 3072), np.uint8), b"labels": [0] * 19 + [10]}, fh, protocol=2)
+    _folder_cases(d)
     return {"root": root, "run": run, "partial": partial, "f": f, "d": d, "cfg": cfg,
             "hashes": {"run": snapshot(run), "partial": snapshot(partial)}}
+
+
+def _folder_cases(d: Path) -> None:
+    """Your own images, broken: a val/ without one class, a corrupt image, channels-last arrays."""
+    write_image_folder(d / "folder-classes", classes=("cat", "dog"), counts=(("train", 4), ("val", 2)))
+    shutil.rmtree(d / "folder-classes" / "val" / "dog")
+    write_image_folder(d / "folder-corrupt", classes=("cat", "dog"), counts=(("train", 4), ("val", 2)))
+    (d / "folder-corrupt" / "train" / "dog" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    (d / "npz").mkdir()
+    np.savez(d / "npz" / "train.npz", images=np.zeros((8, 16, 16, 3), np.uint8), labels=np.arange(8) % 2)
 
 
 def argv_of(case: Case, world: dict, new: Path) -> list[str]:

@@ -239,3 +239,18 @@ def test_frontier_points_pareto_and_budgets(monkeypatch):
         ("2W/8A", 1.0, True), ("2W/8A", 2.0, True), ("8W/8A", 1.0, False), ("32W/32A", 1.0, True)]
     lines = frontier.winners(pts)
     assert lines[2].startswith("- up to 39.1 KiB: 2W/8A at width 2 (90.10 % ± 0.14)")
+
+
+def test_folder_vs_idx_writes_pngs_whose_natural_order_is_the_label_order(tmp_path):
+    import folder_vs_idx
+    import numpy as np
+
+    from apprentice.data import resolve_spec
+
+    names = [folder_vs_idx.class_folder(k) for k in range(10)]
+    assert names[0] == "0_T-shirt-top" and all("/" not in n for n in names)
+    images = np.arange(10 * 28 * 28, dtype=np.int64).reshape(10, 28, 28).astype(np.uint8)
+    for split in ("train", "val"):
+        folder_vs_idx.write_png_folder(tmp_path, images, np.arange(10)[::-1], split)
+    spec = resolve_spec("folder", str(tmp_path), mean=(0.5,), std=(0.25,))
+    assert list(spec.classes) == names and spec.channels == 1 and spec.image_size == 28

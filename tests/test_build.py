@@ -136,3 +136,11 @@ def test_torchrun_two_processes_share_one_cache(teacher_and_cache, tmp_path):
     r0, r1 = (json.loads((dump / f"rank{k}.json").read_text()) for k in (0, 1))
     assert len(r0["epoch0_indices"]) == 128 and not set(r0["epoch0_indices"]) & set(r1["epoch0_indices"])
     assert r0["params_sha256"] == r1["params_sha256"]
+
+
+def test_a_stored_config_from_before_null_image_sizes_reads_as_null_for_tensor_data_sets():
+    from apprentice.build import stored_config
+
+    for name, expected in (("fashion_mnist", None), ("imagenet", 224)):
+        cfg = stored_config({"config": {"data": {"name": name, "image_size": 224}}}, "old.pt")
+        assert cfg.data.image_size == expected  # a resumed old run's config still matches a new one

@@ -28,8 +28,10 @@ def _cache(tmp_path, monkeypatch):
 def test_dataset_table_is_consistent(name):
     info = lookup(D.DATASETS, name, "dataset")
     assert len(info.mean) == len(info.std) == info.channels
-    assert info.kind in ("idx", "cifar", "folder", "synthetic") and info.pad >= 0
+    assert info.kind in ("idx", "cifar", "folder", "npz", "synthetic") and info.pad >= 0
     assert all(len(md5sum) == 32 for _, md5sum in info.files)
+    assert info.augmentation in D.AUGMENTATIONS
+    assert not info.classes or len(info.classes) == info.num_classes
 
 
 def test_unknown_dataset_and_split():

@@ -111,3 +111,27 @@ def test_readme_tables_copied_from_results_match_them():
             assert table in [t for _, t in sources], f"README's copy of a {sources[0][0]} table is stale"
             copied += 1
     assert copied >= 5  # accuracy (main, gap, sweep) and speed (steps, before/after)
+
+
+def test_your_own_images_commands_run_as_written(tmp_path):
+    """The "Your own images" block, in a short form: its commands on a generated 3-class PNG folder."""
+    pytest.importorskip("PIL.Image")
+    from format_writers import write_image_folder
+
+    block = re.search(re.escape("<!-- README-TEST: images -->") + r"\s*```bash\n(.*?)```", README, re.DOTALL)
+    commands = [ln.split() for ln in block.group(1).splitlines() if ln.strip() and not ln.startswith("#")]
+    assert [c[:2] for c in commands] == [["apprentice", "train"]] * 2 + [["apprentice", "export"], ["apprentice", "predict"]]
+    write_image_folder(tmp_path / "my_images", classes=("cat", "dog", "owl"), counts=(("train", 8), ("val", 4)))
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    short = ["train.epochs=1", "model.width=0.25", "data.batch_size=8", "data.eval_batch_size=16", "data.workers=0",
+             "train.device=cpu"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    for command in commands:
+        argv = [sys.executable, "-m", "apprentice", *command[1:], *(short if command[1] == "train" else [])]
+        out = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert out.returncode == 0, (command, out.stderr[-2000:])
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 12 and all(re.fullmatch(r"my_images/val/(cat|dog|owl)/\d\.png: \w+ [\d.]+ %, \w+ [\d.]+ %", ln)
+                                    for ln in lines), lines
+    assert (tmp_path / "mine.safetensors").is_file()
+    assert "- owl" in (tmp_path / "runs" / "mine" / "student" / "config.yaml").read_text()

@@ -1,9 +1,14 @@
 """The data sets apprentice knows: one `DatasetInfo` row each in the `DATASETS` table.
 
 A row holds the facts the rest of the data package needs: class and channel counts, image size,
-normalisation (per channel, on the [0, 1] scale), the tensor path's training augmentation, where
-the files come from (name, md5, mirrors, the folder a Debian package installs them to), and how to
-get them when they are missing.
+normalisation (per channel, on the [0, 1] scale), the training augmentation, where the files come
+from (name, md5, mirrors, the folder a Debian package installs them to), and how to get them when
+they are missing.
+
+Two rows are formats rather than data sets: ``folder`` (your own images, ``train/<class>/*``,
+``val/<class>/*``, optional ``test/``) and ``npz`` (your own arrays). Their facts are zero/empty
+here and come from the files and the ``data.*`` settings (`apprentice.data.spec.resolve_spec`);
+``imagenet`` is the folder format with ImageNet's facts filled in.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ __all__ = ["DATASETS", "DatasetInfo"]
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """Facts about one data set. ``pad``/``flip`` give the training augmentation of the tensor path
-    (random crop after zero-padding by ``pad`` pixels, random horizontal flip); ImageNet is augmented
-    while decoding instead (`ImageFolder`). ``files`` are (name, md5) pairs fetched from ``mirrors``;
-    mean/std are per channel on the [0, 1] scale."""
+    """Facts about one data set. ``augmentation`` names its training augmentation (a key of
+    `apprentice.data.augment.AUGMENTATIONS`), ``pad``/``flip`` its settings (pad-crop-flip: random
+    crop after zero-padding by ``pad`` pixels; flip: random horizontal mirroring). ``files`` are
+    (name, md5) pairs fetched from ``mirrors``; mean/std are per channel on the [0, 1] scale;
+    ``classes`` the class names in label order (empty: numbered). Zero or empty values (the
+    ``folder`` and ``npz`` formats) are read from the files or computed from the training images."""
 
     num_classes: int
     channels: int
@@ -27,25 +34,31 @@ class DatasetInfo:
     std: tuple[float, ...]
     pad: int
     flip: bool
-    kind: str  # "idx" | "cifar" | "folder" | "synthetic"
+    kind: str  # "idx" | "cifar" | "folder" | "npz" | "synthetic"
     sizes: tuple[int, int]  # (train, test) images
     files: tuple[tuple[str, str], ...] = ()
     mirrors: tuple[str, ...] = ()
     subdir: str = ""  # folder the archive unpacks to (CIFAR)
     system_dir: str | None = None  # where a distribution package installs the files
     hint: str = ""  # how to get the data, for the not-found message
+    augmentation: str = "pad-crop-flip"
+    classes: tuple[str, ...] = ()
 
 
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 _FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+_FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                    "Ankle boot")
+_FOLDER_HINT = ("arrange it as <dir>/train/<class>/<image>, <dir>/val/<class>/<image> (optional <dir>/test/) "
+                "and set data.dir")
 
 
 # Augmentation choices: MNIST digits are not mirror-symmetric (no flip); clothes are, so Fashion-
 # MNIST flips (method.md section 5); a mirrored synthetic pattern is not its class pattern: no flip.
 DATASETS: dict[str, DatasetInfo] = {
     "fashion_mnist": DatasetInfo(
-        10, 1, 28, (0.2860,), (0.3530,), pad=2, flip=True, kind="idx", sizes=(60000, 10000),
+        10, 1, 28, (0.2860,), (0.3530,), pad=2, flip=True, kind="idx", sizes=(60000, 10000), classes=_FASHION_CLASSES,
         files=tuple(zip((f + ".gz" for f in _IDX_FILES), ("8d4fb7e6c68d591d4c3dfef9ec88bf0d",
               "25c81989df183df01b3e8a0aad5dffbe", "bef4ecab320f06d8554ea6380940ec79",
               "bb300cfdad3c16e7a12a480ee83cd310"))),
@@ -63,7 +76,8 @@ DATASETS: dict[str, DatasetInfo] = {
              "train-images-idx3-ubyte.gz and the other three files)"),
     "cifar10": DatasetInfo(
         10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), pad=4, flip=True,
-        kind="cifar", sizes=(50000, 10000),
+        kind="cifar", sizes=(50000, 10000), classes=("airplane", "automobile", "bird", "cat", "deer", "dog",
+                                                     "frog", "horse", "ship", "truck"),
         files=(("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),),
         mirrors=("https://www.cs.toronto.edu/~kriz/",), subdir="cifar-10-batches-py",
         hint="use download=True (fetches https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz)"),
@@ -75,8 +89,13 @@ DATASETS: dict[str, DatasetInfo] = {
         hint="use download=True (fetches https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz)"),
     "imagenet": DatasetInfo(
         1000, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), pad=0, flip=True,
-        kind="folder", sizes=(1281167, 50000),
-        hint="arrange it as <root>/train/<class>/*.JPEG and <root>/val/<class>/* and use imagenet_loader"),
+        kind="folder", sizes=(1281167, 50000), augmentation="random-resized-crop",
+        hint="arrange it as <root>/train/<class>/*.JPEG and <root>/val/<class>/* and set data.dir"),
+    "folder": DatasetInfo(0, 0, 0, (), (), pad=0, flip=True, kind="folder", sizes=(0, 0), hint=_FOLDER_HINT),
+    "npz": DatasetInfo(
+        0, 0, 0, (), (), pad=0, flip=True, kind="npz", sizes=(0, 0),
+        hint="put train.npz and test.npz (arrays 'images' uint8 N×H×W or N×C×H×W, 'labels', optional "
+             "'classes') in one folder and set data.dir"),
     "synthetic": DatasetInfo(
         10, 1, 16, (0.5,), (0.25,), pad=2, flip=False, kind="synthetic", sizes=(2048, 512)),
 }

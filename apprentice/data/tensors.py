@@ -22,7 +22,7 @@ from apprentice.data.files import load_cifar, load_idx
 from apprentice.errors import ApprenticeError, lookup
 
 __all__ = ["Batch", "TensorData", "TensorLoader", "apply_views", "augment_batch", "center_views", "draw_views",
-           "load_tensors", "normalize", "synthetic", "view_count", "view_ids", "view_params"]
+           "load_tensors", "normalize", "synthetic", "take_split", "view_count", "view_ids", "view_params"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,14 +103,17 @@ def load_tensors(name: str, split: str, *, data_dir: str | None = None, download
     elif info.kind == "cifar":
         images, labels = load_cifar(name, info, base, data_dir, download)
     elif info.kind == "synthetic":
-        return _finish(synthetic(info.sizes[base == "test"], split=base), split, holdout, seed, limit)
+        return take_split(synthetic(info.sizes[base == "test"], split=base), split, holdout, seed, limit)
     else:
-        raise ApprenticeError(f"dataset {name!r} is too large to hold as tensors; use imagenet_loader")
+        raise ApprenticeError(f"dataset {name!r} is not a file set load_tensors reads: use apprentice.data.load_split"
+                              f"(resolve_spec({name!r}, data_dir), split), or imagenet_loader to stream a folder")
     data = TensorData(images, labels, info.num_classes, info.mean, info.std, name, info.pad, info.flip)
-    return _finish(data, split, holdout, seed, limit)
+    return take_split(data, split, holdout, seed, limit)
 
 
-def _finish(data: TensorData, split: str, holdout: int, seed: int, limit: int | None) -> TensorData:
+def take_split(data: TensorData, split: str, holdout: int, seed: int, limit: int | None) -> TensorData:
+    """The ``split`` share of a loaded training (or test) set: ``holdout`` images set aside by a
+    permutation seeded with ``seed`` ("holdout": those, "train": the rest), then the first ``limit``."""
     if holdout > 0 and split != "test":
         if holdout >= len(data):
             raise ApprenticeError(f"holdout {holdout} must be smaller than the {len(data)} training images")

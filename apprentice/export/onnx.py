@@ -31,7 +31,7 @@ import io
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -160,6 +160,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     fold_bn: bool = False,
     model: nn.Module | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write an ONNX file whose quantized weights are int8 initializers behind DequantizeLinear.
 
@@ -173,6 +174,8 @@ def export_onnx(
             the folding it was saved with).
         model: for a packed file of a model built by hand (no registered name), its float
             architecture, as for `apprentice.export.load_packed`.
+        metadata: extra ``metadata_props``, each value stored as JSON text (``apprentice export``
+            records ``"classes"`` and ``"preprocess"`` here, for ``apprentice predict``).
 
     Returns:
         The quantization map, which is also stored in the file's ``metadata_props["apprentice"]``
@@ -211,7 +214,8 @@ def export_onnx(
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
         )
     proto = onnx.load_from_string(buffer.getvalue())
-    for key, value in (("apprentice", json.dumps(qmap, separators=(",", ":"))), ("opset", str(opset))):
+    extra = [(str(k), json.dumps(v, separators=(",", ":"))) for k, v in (metadata or {}).items()]
+    for key, value in (("apprentice", json.dumps(qmap, separators=(",", ":"))), ("opset", str(opset)), *extra):
         proto.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(proto)
     write_export(os.fspath(path), proto.SerializeToString())

@@ -1,0 +1,71 @@
+"""Training augmentations by name: the `AUGMENTATIONS` table (``data.augmentation``).
+
+- ``none``: the evaluation view (shorter side resized, centre crop) of every image, every epoch.
+- ``pad-crop-flip``: zero-pad by ``pad`` pixels, take a random crop of the original size, mirror
+  with probability 1/2 when ``flip`` (He et al. 2016 on CIFAR). Runs on whole uint8 batches on the
+  device (`apprentice.data.tensors.augment_batch`), so tensor data sets and image folders decoded
+  into a tensor cache train at tensor speed; streamed folders apply it per image.
+- ``random-resized-crop``: a crop of 8-100 % of the image's area at aspect 3/4..4/3, resized to the
+  image size, mirrored when ``flip`` (Szegedy et al. 2015; the fb.resnet.torch ImageNet recipe). It
+  needs the original image files, so folders with it are streamed; evaluation then resizes the
+  shorter side to size / 0.875 before the centre crop, as that recipe does.
+
+``data.augment=false`` turns any of them off (``none``); ``data.flip`` turns the mirroring off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from apprentice.errors import lookup
+
+__all__ = ["AUGMENTATIONS", "Augmentation", "eval_resize", "pad_crop_flip"]
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """One row of `AUGMENTATIONS`.
+
+    Attributes:
+        on_tensors: it runs on decoded uint8 tensors (tensor data sets, a folder's tensor cache);
+            otherwise it needs the image files (folders are streamed).
+        eval_crop: the centre crop's share of the resized shorter side at evaluation
+            (0.875: resize to size / 0.875, then crop size).
+        pads: it uses ``data.pad``.
+    """
+
+    on_tensors: bool
+    eval_crop: float
+    pads: bool
+
+
+AUGMENTATIONS: dict[str, Augmentation] = {
+    "none": Augmentation(on_tensors=True, eval_crop=1.0, pads=False),
+    "pad-crop-flip": Augmentation(on_tensors=True, eval_crop=1.0, pads=True),
+    "random-resized-crop": Augmentation(on_tensors=False, eval_crop=0.875, pads=False),
+}
+
+
+def eval_resize(augmentation: str, image_size: int) -> int:
+    """The shorter side an image is resized to before its centre ``image_size`` crop at evaluation.
+
+    Example:
+        >>> eval_resize("random-resized-crop", 224), eval_resize("pad-crop-flip", 28)
+        (256, 28)
+    """
+    return round(image_size / lookup(AUGMENTATIONS, augmentation, "augmentation").eval_crop)
+
+
+def pad_crop_flip(image: Tensor, *, pad: int, flip: bool, generator: torch.Generator | None = None) -> Tensor:
+    """One uint8 image C×H×W zero-padded by ``pad``, randomly cropped back to H×W and mirrored with
+    probability 1/2 if ``flip`` (the per-image form of `apprentice.data.tensors.augment_batch`)."""
+    _, h, w = image.shape
+    if pad > 0:
+        dy, dx = (int(v) for v in torch.randint(2 * pad + 1, (2,), generator=generator))
+        image = torch.nn.functional.pad(image, (pad, pad, pad, pad))[:, dy:dy + h, dx:dx + w]
+    if flip and bool(torch.rand((), generator=generator) < 0.5):
+        image = image.flip(2)
+    return image.contiguous()

@@ -168,10 +168,12 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
             raise ApprenticeError(f"config file {str(path)!r} is not UTF-8 text (a checkpoint or other binary "
                                   f"file?); give a YAML recipe") from None
         tree = yaml_load(text, str(path))
-        if tree is None:
-            tree = {}
-        if not isinstance(tree, dict):
+        if tree is not None and not isinstance(tree, dict):
             raise ApprenticeError(f"{path}: expected a mapping of sections at the top, got {show(tree)}")
+        if not tree or all(v is None or v == {} for v in tree.values()):
+            # An unsaved or wrong file would otherwise train every default (resnet20, 10 epochs) silently.
+            raise ApprenticeError(f"{path}: the recipe sets nothing (the file is empty, only comments or empty "
+                                  f"sections); write the sections you mean, e.g. 'model: {{name: resnet20}}'")
         try:
             build(Config, tree, "")  # type errors here name the file, not an override
         except ApprenticeError as e:

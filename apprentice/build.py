@@ -138,12 +138,16 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
     ckpt = read_checkpoint(file)
     config = stored_config(ckpt, file)
     model, plan = model_from_checkpoint(ckpt, file)
+    check_finite(model.state_dict(), f"checkpoint {str(file)!r}", why=_DAMAGED)
     model.eval()
     summary = None
     if run_dir is not None and (run_dir / "summary.json").is_file():
         with contextlib.suppress(OSError, json.JSONDecodeError):
             summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     return LoadedRun(config, model, plan, summary, str(file))
+
+
+_DAMAGED = "its outputs would be NaN; the file is damaged or the run diverged: use another checkpoint"
 
 
 def build_from_config(m: ModelConfig, *, num_classes: int, in_channels: int) -> nn.Module:

@@ -71,7 +71,7 @@ from apprentice.train.step import (
     train_step,
 )
 from apprentice.version import __version__
-from apprentice.weights import load_strict
+from apprentice.weights import check_finite, load_strict
 
 __all__ = ["HARMLESS_KEYS", "fit"]
 
@@ -202,7 +202,11 @@ def _read_resume_state(cfg: Config, out: Path, resume: bool, progress: Progress)
     if diffs:
         raise ApprenticeError(f"cannot resume {str(out)!r}: the config differs from its checkpoint's in "
                               f"{'; '.join(diffs)}; use the same config, or --overwrite to start again")
-    return TrainState.from_dict(saved, f"checkpoint {str(last)!r}")
+    state = TrainState.from_dict(saved, f"checkpoint {str(last)!r}")
+    weights = {f"{prefix}{k}": v for prefix, sd in (("", state.model), ("teacher ", state.teacher))
+               if isinstance(sd, dict) for k, v in sd.items()}
+    check_finite(weights, f"checkpoint {str(last)!r}", why="it cannot be resumed; --overwrite starts the run again")
+    return state
 
 
 def _seed_everything(seed: int, rt: Runtime) -> None:

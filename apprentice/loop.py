@@ -103,6 +103,10 @@ def fit(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> dict[s
     if resume and overwrite:
         raise ApprenticeError("give resume or overwrite, not both")
     validate(cfg)
+    kd = cfg.distill  # a run never writes where it reads; checked before anything of train.out is touched
+    reads = {"distill.teacher": kd.teacher, "distill.student_init": kd.student_init,
+             "distill.teacher_cache": kd.teacher_cache}
+    build.check_output_apart(cfg.train.out, "train.out", reads)
     if cfg.train.amp == "fp16" and not (cfg.train.device.startswith("cuda") or
                                         (cfg.train.device == "auto" and torch.cuda.is_available())):
         raise ApprenticeError("train.amp=fp16 needs CUDA (its GradScaler); use train.amp=bf16 or off on the CPU")

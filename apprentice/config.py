@@ -163,7 +163,9 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
         try:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as e:
-            raise ApprenticeError(f"cannot read config file {str(path)!r}: {e.strerror or e}") from None
+            override = "=" in str(path) and not Path(path).exists()  # `apprentice train optim.lr=0.1`: no recipe
+            raise ApprenticeError(f"cannot read config file {str(path)!r}: {e.strerror or e}" + (
+                "; the first argument is the YAML recipe, key=value overrides come after it" if override else "")) from None
         except UnicodeDecodeError:
             raise ApprenticeError(f"config file {str(path)!r} is not UTF-8 text (a checkpoint or other binary "
                                   f"file?); give a YAML recipe") from None

@@ -92,6 +92,8 @@ CASES = [
     Case("yaml-binary", "a checkpoint given as the recipe", "train {run}/checkpoints/last.pt", ("not UTF-8 text",)),
     Case("recipe-missing", "recipe file that does not exist", "train {f}/nope.yaml",
          ("cannot read config file", "No such file or directory")),
+    Case("recipe-is-an-override", "an override where the recipe belongs", "train optim.lr=0.1 train.out={run} --overwrite",
+         ("cannot read config file 'optim.lr=0.1'", "the first argument is the YAML recipe")),
     Case("unknown-key-file", "unknown key in the recipe", "train {f}/unknown.yaml", ("unknown key 'optim.lrr'", "allowed:")),
     Case("unknown-key-override", "unknown key on the command line", f"{T} model.nmae=resnet8 {NEW}",
          ("unknown key 'model.nmae'", "allowed: name"), sub=True),

@@ -329,6 +329,13 @@ def test_top_level_must_be_mapping(tmp_path):
 
 def test_missing_file():
     assert "cannot read config file 'no/such.yaml'" in error("no/such.yaml")
+    assert "the first argument is the YAML recipe" not in error("no/such.yaml")
+
+
+def test_an_override_given_as_the_recipe_says_where_the_recipe_goes():
+    assert error("train.epochs=1", ["optim.lr=0.1"]) == (
+        "cannot read config file 'train.epochs=1': No such file or directory; the first argument is the YAML "
+        "recipe, key=value overrides come after it")
 
 
 @pytest.mark.parametrize("bad", ["optim.lr", "=3", "optim..lr=1", "optim.lr 0.1", "1x.y=2"])

@@ -28,6 +28,7 @@ from apprentice.data import (
     teacher_hash,
     train_batches,
 )
+from apprentice.data.teacher_cache import FORMAT as CACHE_FORMAT
 from apprentice.distill import SCHEMES, Distiller, make_student
 from apprentice.errors import ApprenticeError, lookup
 from apprentice.export import MAP_KEY, model_from_packed, read_packed
@@ -48,6 +49,7 @@ from apprentice.train.runtime import Runtime
 from apprentice.weights import check_finite, load_strict, torch_load
 
 __all__ = [
+    "FILE_KINDS",
     "LoadedModel",
     "LoadedRun",
     "Training",
@@ -58,7 +60,9 @@ __all__ = [
     "build_teacher",
     "build_training",
     "data_spec",
+    "check_output_apart",
     "eval_data",
+    "file_kind",
     "is_packed_export",
     "is_packed_file",
     "load_model_file",
@@ -134,6 +138,12 @@ def train_data(cfg: Config, rt: Runtime, *, teacher_hash: str | None = None) -> 
     the logits of ``distill.teacher_cache``, which must have been made from that teacher and data.
     """
     data, cache = cfg.data, cfg.distill.teacher_cache if teacher_hash is not None else None
+    if cache is not None:
+        if Path(cache).is_dir():
+            raise ApprenticeError(f"distill.teacher_cache {cache!r} is a folder; give the file apprentice "
+                                  f"cache-teacher wrote")
+        _check_kind(cache, "distill.teacher_cache", ("packed", "onnx", "safetensors"),
+                    "give the file apprentice cache-teacher wrote")
     try:
         return train_batches(data.name, batch_size=data.batch_size, seed=cfg.train.seed, data_dir=data.dir,
                              download=data.download, holdout=data.holdout, limit=data.limit,
@@ -197,6 +207,7 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
     ckpt = read_checkpoint(file)
     config = stored_config(ckpt, file)
     model, plan = model_from_checkpoint(ckpt, file)
+    check_finite(model.state_dict(), f"checkpoint {str(file)!r}", why=_DAMAGED)
     model.eval()
     summary = None
     if run_dir is not None and (run_dir / "summary.json").is_file():
@@ -218,6 +229,9 @@ def model_arguments(m: ModelConfig, *, num_classes: int, in_channels: int) -> di
         if value is not None:
             kwargs[option] = value
     return kwargs
+
+
+_DAMAGED = "its outputs would be NaN; the file is damaged or the run diverged: use another checkpoint"
 
 
 def build_from_config(m: ModelConfig, *, num_classes: int, in_channels: int) -> nn.Module:
@@ -243,6 +257,8 @@ def load_teacher(path: str, model_cfg: ModelConfig | None, *, num_classes: int, 
     p = Path(path)
     if not p.exists():
         raise ApprenticeError(f"distill.teacher {path!r} does not exist")
+    _check_kind(path, "distill.teacher", _WEIGHTS,
+                "a teacher needs float weights: give its run folder, checkpoint or state-dict file")
     loaded: Any = None
     if p.is_dir():
         loaded = read_checkpoint(find_checkpoint(p))
@@ -293,15 +309,94 @@ def is_packed_file(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
-def is_packed_export(path: Path) -> bool:
-    """Whether ``path`` is a packed file written by apprentice (its safetensors header has our map)."""
+def _safetensors_metadata(path: Path) -> dict | None:
+    """The ``__metadata__`` of a safetensors file's header ({} if none); None if ``path`` is not one."""
     try:
         with open(path, "rb") as f:
             size = int.from_bytes(f.read(8), "little")
             header = json.loads(f.read(size)) if 0 < size < 1 << 26 else None
     except (OSError, ValueError):
-        return False
-    return isinstance(header, dict) and MAP_KEY in (header.get("__metadata__") or {})
+        return None
+    if not isinstance(header, dict):
+        return None
+    meta = header.get("__metadata__")
+    return meta if isinstance(meta, dict) else {}
+
+
+def is_packed_export(path: Path) -> bool:
+    """Whether ``path`` is a packed file written by apprentice (its safetensors header has our map)."""
+    return MAP_KEY in (_safetensors_metadata(path) or {})
+
+
+# Files that are not a model's float weights, by what an error calls them (`file_kind`).
+FILE_KINDS = {
+    "packed": "a packed export (apprentice export --format packed: quantized integer codes)",
+    "onnx": "an ONNX export (apprentice export --format onnx)",
+    "cache": "a teacher cache (apprentice cache-teacher: a teacher's stored logits)",
+    "safetensors": "a safetensors file that is neither a teacher cache nor a packed export",
+}
+
+
+def file_kind(path: str | os.PathLike) -> str | None:
+    """Which of `FILE_KINDS` the file ``path`` is: by its header (ONNX: by its ``.onnx`` name); else None.
+
+    Example:
+        >>> file_kind("student.safetensors")   # written by apprentice export --format packed
+        'packed'
+    """
+    p = Path(path)
+    if not p.is_file():
+        return None
+    meta = _safetensors_metadata(p)
+    if meta is not None:
+        return "packed" if MAP_KEY in meta else "cache" if meta.get("format") == CACHE_FORMAT else "safetensors"
+    return "onnx" if p.suffix.lower() == ".onnx" else None
+
+
+def _check_kind(path: str, key: str, refused: tuple[str, ...], need: str) -> None:
+    """Refuse ``path`` (given as ``key``) when it is one of the ``refused`` kinds, naming what it is."""
+    kind = file_kind(path)
+    if kind not in refused:
+        return
+    source = None
+    if kind == "packed":  # the map records what it was exported from: point there
+        with contextlib.suppress(Exception):
+            source = json.loads((_safetensors_metadata(Path(path)) or {})[MAP_KEY])["metadata"]["source"]
+    where = f" (this one was exported from {source!r})" if isinstance(source, str) else ""
+    raise ApprenticeError(f"{key + ' ' if key else ''}{path!r} is {FILE_KINDS[kind]}; {need}{where}")
+
+
+_WEIGHTS = ("packed", "onnx", "cache")  # never a teacher's or an init's weights
+
+
+def check_output_apart(out: str | os.PathLike, option: str, reads: Mapping[str, str | os.PathLike | None]) -> None:
+    """Refuse an output that is, or is a folder holding, a file or folder the same command reads.
+
+    A student trained with ``train.out`` set to its teacher's run folder would replace the teacher's
+    checkpoints with its own (silently, with ``--overwrite``); an export or a cache written over the
+    checkpoint it reads destroys its own source. Paths are compared once symbolic links and ``..``
+    are resolved, so another spelling of the same place is caught too. Call it before anything is
+    created or cleared: ``fit`` (train), ``apprentice export`` and ``apprentice cache-teacher`` do.
+
+    Args:
+        out: the folder or file the command writes (``train.out``, ``--out``).
+        option: how the message names ``out``.
+        reads: ``{how the message names it: path}`` of what the command reads; None: nothing.
+
+    Raises:
+        ApprenticeError: ``out`` is one of ``reads``, or a folder holding one.
+    """
+    target = Path(out).resolve()
+    for name, path in reads.items():
+        if path is None:
+            continue
+        source = Path(path).resolve()
+        if source != target and target not in source.parents:
+            continue
+        same = os.path.normpath(out) == os.path.normpath(path)
+        how = "holds" if source != target else "is" if same else "is (once links and '..' are resolved)"
+        raise ApprenticeError(f"{option} {str(out)!r} {how} {name} {str(path)!r}; a command never writes where "
+                              f"it reads (it could replace what it is made from): choose another {option}")
 
 
 @dataclass(frozen=True)
@@ -330,6 +425,7 @@ def load_model_file(path_text: str) -> LoadedModel:
     path = Path(path_text)
     if not path.exists():
         raise ApprenticeError(f"{path_text!r} does not exist (expected a run folder, checkpoint or packed file)")
+    _check_kind(path_text, "", ("onnx", "cache"), "give a run folder, checkpoint or packed file")
     if is_packed_file(path):
         tensors, qmap = read_packed(path)
         model = model_from_packed(tensors, qmap)
@@ -420,6 +516,8 @@ def build_student(cfg: Config, *, num_classes: int, in_channels: int) -> nn.Modu
     scheme = lookup(SCHEMES, kd.scheme, "scheme")
     init = None
     if scheme.student_init == "pretrained":
+        _check_kind(kd.student_init, "distill.student_init", _WEIGHTS,  # type: ignore[arg-type]
+                    "scheme C starts from float weights: give a run folder, checkpoint or state-dict file")
         try:
             init = load_state_dict_file(kd.student_init)  # type: ignore[arg-type]
             check_finite(init, repr(kd.student_init))

@@ -220,17 +220,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_read(source: Path) -> Path:
+    """The checkpoint file that loading ``source`` (a run folder or a checkpoint) read."""
+    from apprentice.train.checkpoint import find_checkpoint
+
+    return find_checkpoint(source) if source.is_dir() else source
+
+
 def _export_target(text: str, fmt: str, source: Path) -> Path:
     """``--out`` as a path, refusing to replace anything but an earlier export of the same format."""
-    from apprentice.build import is_packed_export
+    from apprentice.build import check_output_apart, is_packed_export
 
     out = Path(text)
     if out.is_dir():
         raise ApprenticeError(f"--out {text!r} is a folder; give a file name, e.g. {str(out / ('model.' + _SUFFIX[fmt]))!r}")
+    check_output_apart(out, "--out", {"the checkpoint being exported": _checkpoint_read(source)})
     if not out.exists():
         return out
-    inside = out.resolve() == source.resolve() or (source.is_dir() and out.resolve().is_relative_to(source.resolve()))
-    if out.resolve() != source.resolve() and (is_packed_export(out) if fmt == "packed" else out.suffix == ".onnx"):
+    inside = source.is_dir() and out.resolve().is_relative_to(source.resolve())
+    if is_packed_export(out) if fmt == "packed" else out.suffix == ".onnx":
         return out  # replacing an earlier export is what re-exporting means
     if inside:
         raise ApprenticeError(f"--out {text!r} would overwrite the run being exported; choose another file")
@@ -291,6 +299,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_cache_teacher(args: argparse.Namespace) -> int:
     """Run a trained teacher over every training view once and store its logits (schemes B and C)."""
+    from apprentice.build import check_output_apart
     from apprentice.config import Config, config_from_dict, config_to_dict
     from apprentice.data import cache_teacher
     from apprentice.typed_yaml import apply_override
@@ -300,6 +309,9 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
         raise ApprenticeError(f"{args.teacher!r} is a packed export; cache-teacher needs the teacher's run folder or "
                               f"checkpoint (its data set and full-precision weights)")
     out = Path(args.out)
+    if out.is_dir():
+        raise ApprenticeError(f"--out {args.out!r} is a folder; give a file name, e.g. {str(out / 'teacher.cache')!r}")
+    check_output_apart(out, "--out", {"the teacher's checkpoint": _checkpoint_read(loaded.path)})
     if out.exists():
         raise ApprenticeError(f"--out {args.out!r} already exists; a finished cache is never replaced (remove it "
                               f"or choose another file)")

@@ -173,15 +173,19 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
         try:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as e:
-            raise ApprenticeError(f"cannot read config file {str(path)!r}: {e.strerror or e}") from None
+            override = "=" in str(path) and not Path(path).exists()  # `apprentice train optim.lr=0.1`: no recipe
+            raise ApprenticeError(f"cannot read config file {str(path)!r}: {e.strerror or e}" + (
+                "; the first argument is the YAML recipe, key=value overrides come after it" if override else "")) from None
         except UnicodeDecodeError:
             raise ApprenticeError(f"config file {str(path)!r} is not UTF-8 text (a checkpoint or other binary "
                                   f"file?); give a YAML recipe") from None
         tree = yaml_load(text, str(path))
-        if tree is None:
-            tree = {}
-        if not isinstance(tree, dict):
+        if tree is not None and not isinstance(tree, dict):
             raise ApprenticeError(f"{path}: expected a mapping of sections at the top, got {show(tree)}")
+        if not tree or all(v is None or v == {} for v in tree.values()):
+            # An unsaved or wrong file would otherwise train every default (resnet20, 10 epochs) silently.
+            raise ApprenticeError(f"{path}: the recipe sets nothing (the file is empty, only comments or empty "
+                                  f"sections); write the sections you mean, e.g. 'model: {{name: resnet20}}'")
         try:
             build(Config, tree, "")  # type errors here name the file, not an override
         except ApprenticeError as e:

@@ -72,7 +72,7 @@ from apprentice.train.step import (
     train_step,
 )
 from apprentice.version import __version__
-from apprentice.weights import load_strict
+from apprentice.weights import check_finite, load_strict
 
 __all__ = ["HARMLESS_KEYS", "fit"]
 
@@ -104,6 +104,10 @@ def fit(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> dict[s
     if resume and overwrite:
         raise ApprenticeError("give resume or overwrite, not both")
     validate(cfg)
+    kd = cfg.distill  # a run never writes where it reads; checked before anything of train.out is touched
+    reads = {"distill.teacher": kd.teacher, "distill.student_init": kd.student_init,
+             "distill.teacher_cache": kd.teacher_cache}
+    build.check_output_apart(cfg.train.out, "train.out", reads)
     if cfg.train.amp == "fp16" and not (cfg.train.device.startswith("cuda") or
                                         (cfg.train.device == "auto" and torch.cuda.is_available())):
         raise ApprenticeError("train.amp=fp16 needs CUDA (its GradScaler); use train.amp=bf16 or off on the CPU")
@@ -217,7 +221,11 @@ def _read_resume_state(cfg: Config, out: Path, resume: bool, progress: Progress)
     if diffs:
         raise ApprenticeError(f"cannot resume {str(out)!r}: the config differs from its checkpoint's in "
                               f"{'; '.join(diffs)}; use the same config, or --overwrite to start again")
-    return TrainState.from_dict(saved, f"checkpoint {str(last)!r}")
+    state = TrainState.from_dict(saved, f"checkpoint {str(last)!r}")
+    weights = {f"{prefix}{k}": v for prefix, sd in (("", state.model), ("teacher ", state.teacher))
+               if isinstance(sd, dict) for k, v in sd.items()}
+    check_finite(weights, f"checkpoint {str(last)!r}", why="it cannot be resumed; --overwrite starts the run again")
+    return state
 
 
 def _seed_everything(seed: int, rt: Runtime) -> None:

@@ -108,10 +108,16 @@ def load_strict(model: nn.Module, sd: Mapping[str, Tensor], source: str, *, into
     model.load_state_dict(sd, strict=True)
 
 
-def check_finite(sd: Mapping[str, Tensor], source: str) -> None:
-    """Raise naming the first tensors of ``sd`` that hold NaN or inf (a teacher or init that diverged)."""
+def check_finite(sd: Mapping[str, Tensor], source: str, *,
+                 why: str = "it cannot teach or initialise anything") -> None:
+    """Raise naming the first tensors of ``sd`` that hold NaN or inf (a teacher or init that diverged).
+
+    Args:
+        sd: the tensors; those that are not floating point are skipped.
+        source: how the message names where they came from.
+        why: the end of the message: what the file cannot be used for, or what to do instead.
+    """
     bad = [k for k, v in sd.items() if isinstance(v, Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
-        raise ApprenticeError(f"{source} holds non-finite values (NaN or inf) in {', '.join(bad[:3])}{more}; "
-                              f"it cannot teach or initialise anything")
+        raise ApprenticeError(f"{source} holds non-finite values (NaN or inf) in {', '.join(bad[:3])}{more}; {why}")

@@ -111,9 +111,17 @@ def test_override_into_null_section_from_file(tmp_path):
     assert cfg.distill.teacher_model.name == "resnet44"
 
 
-def test_empty_file_and_empty_section(tmp_path):
-    assert load_config(write(tmp_path, "")) == Config()
-    assert load_config(write(tmp_path, "optim:\n  # lr: 0.3\n")) == Config()
+@pytest.mark.parametrize("text", ["", "# model:\n#   name: resnet8\n", "{}\n", "null\n", "---\n",
+                                  "optim:\n  # lr: 0.3\n", "model:\noptim: {}\n"])
+def test_a_recipe_that_sets_nothing_is_refused(tmp_path, text):
+    """An empty, comment-only or all-empty-sections recipe would train every default silently."""
+    message = error(write(tmp_path, text))
+    assert message.startswith(f"{tmp_path / 'cfg.yaml'}: the recipe sets nothing")
+
+
+def test_an_empty_section_beside_a_setting_is_the_defaults(tmp_path):
+    assert load_config(write(tmp_path, "model: {name: resnet8}\noptim:\n  # lr: 0.3\n")) == Config(
+        model=ModelConfig(name="resnet8"))
 
 
 def test_parse_override():
@@ -321,6 +329,13 @@ def test_top_level_must_be_mapping(tmp_path):
 
 def test_missing_file():
     assert "cannot read config file 'no/such.yaml'" in error("no/such.yaml")
+    assert "the first argument is the YAML recipe" not in error("no/such.yaml")
+
+
+def test_an_override_given_as_the_recipe_says_where_the_recipe_goes():
+    assert error("train.epochs=1", ["optim.lr=0.1"]) == (
+        "cannot read config file 'train.epochs=1': No such file or directory; the first argument is the YAML "
+        "recipe, key=value overrides come after it")
 
 
 @pytest.mark.parametrize("bad", ["optim.lr", "=3", "optim..lr=1", "optim.lr 0.1", "1x.y=2"])

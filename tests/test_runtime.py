@@ -63,6 +63,68 @@ def test_setup_without_torchrun_is_one_process_on_the_device(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
+# torchrun's variables
+
+_TORCHRUN = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+_MASTER = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+
+
+def _environment(monkeypatch, **values: str) -> None:
+    for name in _TORCHRUN:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"WORLD_SIZE": "2", "RANK": "2", **_MASTER}, "environment variable RANK=2 contradicts WORLD_SIZE=2: ranks run 0..1"),
+    ({"WORLD_SIZE": "2", "RANK": "-1", **_MASTER}, "environment variable RANK=-1 contradicts WORLD_SIZE=2"),
+    ({"RANK": "1"}, "environment variable RANK=1 contradicts WORLD_SIZE (not set: one process)"),
+    ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "2", **_MASTER}, "environment variable LOCAL_RANK=2 contradicts"),
+    ({"WORLD_SIZE": "two"}, "environment variable WORLD_SIZE='two' is not an integer"),
+    ({"WORLD_SIZE": "2.0", "RANK": "0", **_MASTER}, "environment variable WORLD_SIZE='2.0' is not an integer"),
+    ({"WORLD_SIZE": "2", "RANK": "zero", **_MASTER}, "environment variable RANK='zero' is not an integer"),
+    ({"LOCAL_RANK": "x"}, "environment variable LOCAL_RANK='x' is not an integer"),
+    ({"WORLD_SIZE": "0"}, "environment variable WORLD_SIZE=0 must be at least 1"),
+    ({"WORLD_SIZE": "-2"}, "environment variable WORLD_SIZE=-2 must be at least 1"),
+    ({"WORLD_SIZE": "2", **_MASTER}, "environment variable WORLD_SIZE=2 is set but RANK is not"),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, "environment variable MASTER_ADDR is not set, but WORLD_SIZE=2"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "h"}, "environment variable MASTER_PORT is not set"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "h", "MASTER_PORT": "0"}, "environment variable MASTER_PORT='0' is not a port number"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "h", "MASTER_PORT": "p"}, "environment variable MASTER_PORT='p' is not an integer"),
+])
+def test_torchrun_variables_that_contradict_each_other_get_one_line(monkeypatch, env, message):
+    """Before any rendezvous: a bad RANK would otherwise wait for a peer until the socket times out."""
+    _environment(monkeypatch, **env)
+    with pytest.raises(ApprenticeError) as e:
+        runtime.setup("cpu")
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_torchrun_variables_that_agree_are_read(monkeypatch):
+    _environment(monkeypatch)
+    assert runtime.torchrun_env() == (1, 0, 0)
+    _environment(monkeypatch, WORLD_SIZE="1", RANK="0", LOCAL_RANK="0")
+    assert runtime.torchrun_env() == (1, 0, 0)
+    _environment(monkeypatch, WORLD_SIZE=" 4", RANK="3", LOCAL_RANK="1", **_MASTER)
+    assert runtime.torchrun_env() == (4, 3, 1)
+
+
+def test_train_with_a_contradicting_rank_exits_2_before_making_the_run_folder(monkeypatch, tmp_path, capsys):
+    from apprentice.cli import main
+
+    from tiny_runs import recipe
+
+    _environment(monkeypatch, WORLD_SIZE="2", RANK="5", **_MASTER)
+    code = main(["train", str(recipe(tmp_path / "r.yaml")), f"train.out={tmp_path / 'run'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0] == ("apprentice: error: environment variable RANK=5 contradicts WORLD_SIZE=2: ranks run 0..1; "
+                      "start the processes with torchrun, which sets both")
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------------------
 # Collectives of a single process
 
 

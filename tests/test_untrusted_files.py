@@ -96,3 +96,52 @@ def test_pickle_payload_is_refused_by_every_entry_point(entry, kind, runs, tmp_p
     assert re.search(r"never unpickled|refusing to load|cannot read|not a PyTorch|not a dict", lines[0]), err
     assert not marker.exists()
     assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "out" / "summary.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-finite values in packed files: refused when read, never evaluated to NaN logits
+
+
+def _damage(tensors: dict, qmap: dict, how: str) -> str:
+    """Put a NaN or inf where ``how`` says; return the words the error must hold."""
+    acts = qmap["layers"]["layer1.0.conv1"]["activations"]
+    if how in ("nan scale", "inf scale"):
+        tensors["layer1.0.conv1.weight_scale"].fill_(float(how[:3]))
+        return "non-finite values (NaN or inf) in layer1.0.conv1.weight_scale"
+    if how == "nan float layer":
+        tensors["conv1.weight"][0, 0, 0, 0] = float("nan")
+        return "non-finite values (NaN or inf) in conv1.weight"
+    if how == "inf BatchNorm variance":
+        tensors["bn1.running_var"][1] = float("inf")
+        return "non-finite values (NaN or inf) in bn1.running_var"
+    key = "step" if "step" in acts else "clip"
+    acts[key] = float(how[:3])
+    return f"non-finite activation {key} ({float(how[:3])}) in layer 'layer1.0.conv1'"
+
+
+@pytest.mark.parametrize(("precision", "quantizer", "how"), [
+    ("2W/8A", None, "nan scale"), ("4W/8A", None, "inf scale"), ("2W/8A", None, "nan float layer"),
+    ("2W/32A", None, "inf BatchNorm variance"), ("2W/8A", None, "nan clip"), ("2W/8A", None, "inf clip"),
+    ("4W/4A", "lsq", "nan step"), ("4W/4A", "lsq", "inf step")])
+def test_a_packed_file_holding_nan_or_inf_is_refused_when_read(tmp_path, precision, quantizer, how, capsys):
+    import json
+
+    from safetensors.torch import save_file
+
+    from apprentice.errors import ApprenticeError
+    from apprentice.export import MAP_KEY, load_packed, read_packed, save_packed
+    from apprentice.models import build_model
+    from apprentice.quant import parse_precision, prepare
+
+    model = build_model("resnet8", num_classes=10, in_channels=1, width=0.25)
+    weights, acts = parse_precision(precision, **({"quantizer": quantizer} if quantizer else {}))
+    prepare(model, weights=weights, activations=acts)
+    path = tmp_path / "m.safetensors"
+    save_packed(model.eval(), path)
+    tensors, qmap = read_packed(path)
+    words = _damage(tensors, qmap, how)
+    save_file(tensors, str(path), metadata={"format": "pt", MAP_KEY: json.dumps(qmap)})
+    with pytest.raises(ApprenticeError) as e:
+        load_packed(path)
+    assert str(e.value).startswith(f"packed model {str(path)!r} holds ") and words in str(e.value)
+    assert main(["eval", str(path)]) == 2 and words in capsys.readouterr().err

@@ -200,8 +200,12 @@ class MappedFile:
     def __init__(self, path: str | os.PathLike, what: str = "teacher cache") -> None:
         self.path = Path(path)
         if not self.path.is_file():
+            unfinished = partial_path(self.path).is_file()  # a build stopped before its last chunk
             raise ApprenticeError(f"{what} {str(self.path)!r} does not exist"
-                                  + (" (a folder)" if self.path.is_dir() else ""))
+                                  + (" (a folder)" if self.path.is_dir() else "")
+                                  + (f"; its build was interrupted (the work so far is in "
+                                     f"{str(partial_path(self.path))!r}): run apprentice cache-teacher again to "
+                                     f"finish it" if unfinished else ""))
         self.layout = Layout.read(self.path, what)
         self._maps: dict[str, np.memmap] = {}
 

@@ -49,9 +49,10 @@ from apprentice.quant import (
     to_float,
 )
 from apprentice.version import __version__
+from apprentice.weights import check_finite
 
 __all__ = [
-    "FORMAT_VERSION", "MAP_KEY", "TERNARY_PACKINGS", "find_conv_bn_pairs", "fp32_bytes", "load_packed",
+    "FORMAT_VERSION", "MAP_KEY", "TERNARY_PACKINGS", "check_packed_finite", "find_conv_bn_pairs", "fp32_bytes", "load_packed",
     "model_from_packed",
     "package_version", "packed_tensors", "read_packed", "save_packed", "write_export",
 ]
@@ -468,7 +469,27 @@ def read_packed(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, A
         qmap = json.loads(meta[MAP_KEY])
     except json.JSONDecodeError as e:
         raise ApprenticeError(f"{path!r}: quantization map is not valid JSON ({e})") from None
+    check_packed_finite(tensors, qmap, path)
     return tensors, qmap
+
+
+def check_packed_finite(tensors: dict[str, Tensor], qmap: Any, path: str) -> None:
+    """Refuse a packed file holding NaN or inf in a float tensor (a weight scale, a float layer,
+    BatchNorm) or in an activation clip or step of its map: its model would load and give NaN logits.
+
+    Raises:
+        ApprenticeError: one line naming the file and the first tensors or the layer.
+    """
+    why = "its logits would be NaN: export the model again from a healthy run"
+    check_finite(tensors, f"packed model {path!r}", why=why)
+    layers = qmap.get("layers") if isinstance(qmap, dict) else None
+    for name, entry in layers.items() if isinstance(layers, dict) else ():
+        acts = entry.get("activations") if isinstance(entry, dict) else None
+        for key in ("clip", "step"):
+            value = acts.get(key) if isinstance(acts, dict) else None
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ApprenticeError(f"packed model {path!r} holds a non-finite activation {key} ({value}) in "
+                                      f"layer {name!r}; {why}")
 
 
 def load_packed(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:

@@ -36,7 +36,7 @@ from apprentice.errors import ApprenticeError
 
 __all__ = ["DEFAULT_TIMEOUT", "DEVICE_NAMES", "EXIT_SIGTERM", "TIMEOUT_ENV", "PeerLostError", "Runtime",
            "StopSignals", "TrainingInterrupted", "agree", "check_device", "collective_timeout", "is_collective_failure",
-           "peer_lost", "raise_from_rank0", "resolve_device", "setup", "teardown"]
+           "peer_lost", "raise_from_rank0", "resolve_device", "setup", "teardown", "torchrun_env"]
 
 EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
 # Device names (``train.device``, ``eval --device``): N is a GPU index. A pattern, not a dict: the
@@ -151,9 +151,57 @@ def resolve_device(name: str, option: str = "train.device", *, local_rank: int |
     return torch.device("cuda", index)
 
 
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ApprenticeError(f"environment variable {name}={text!r} is not an integer; torchrun sets it "
+                              f"(start the processes with torchrun, or unset it)") from None
+
+
+def torchrun_env() -> tuple[int, int, int]:
+    """``(WORLD_SIZE, RANK, LOCAL_RANK)`` of this process as torchrun sets them (1, 0, 0 when unset).
+
+    They must agree with each other: a rank outside ``0..WORLD_SIZE-1`` would otherwise wait for a
+    peer that never comes until the rendezvous times out. With ``WORLD_SIZE > 1``, ``MASTER_ADDR``
+    and ``MASTER_PORT`` (torchrun's rendezvous) must be set too, unless a process group exists.
+
+    Raises:
+        ApprenticeError: one line naming the variable that is not an integer or contradicts another.
+    """
+    world, rank, local = _env_int("WORLD_SIZE", 1), _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    sized = f"WORLD_SIZE={world}" if "WORLD_SIZE" in os.environ else "WORLD_SIZE (not set: one process)"
+    if world < 1:
+        raise ApprenticeError(f"environment variable WORLD_SIZE={world} must be at least 1 (the number of processes)")
+    for name, value in (("RANK", rank), ("LOCAL_RANK", local)):
+        if not 0 <= value < world:
+            raise ApprenticeError(f"environment variable {name}={value} contradicts {sized}: ranks run "
+                                  f"0..{world - 1}; start the processes with torchrun, which sets both")
+    if world > 1 and not dist.is_initialized():
+        if "RANK" not in os.environ:
+            raise ApprenticeError(f"environment variable WORLD_SIZE={world} is set but RANK is not; start the "
+                                  f"processes with torchrun, which sets both")
+        for name in ("MASTER_ADDR", "MASTER_PORT"):
+            if not os.environ.get(name, "").strip():
+                raise ApprenticeError(f"environment variable {name} is not set, but WORLD_SIZE={world} asks for "
+                                      f"{world} processes; start them with torchrun, which sets it")
+        if not 0 < _env_int("MASTER_PORT", 0) < 65536:
+            raise ApprenticeError(f"environment variable MASTER_PORT={os.environ['MASTER_PORT']!r} is not a port "
+                                  f"number (1..65535)")
+    return world, rank, local
+
+
 def setup(device_name: str) -> Runtime:
-    """Resolve ``device_name`` (see `resolve_device`) and, under torchrun, join the process group."""
-    world, local_rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
+    """Resolve ``device_name`` (see `resolve_device`) and, under torchrun, join the process group.
+
+    Raises:
+        ApprenticeError: a bad device name or torchrun variables that contradict each other
+            (`torchrun_env`), before any process group is joined.
+    """
+    world, _, local_rank = torchrun_env()
     # Under torchrun every process takes the GPU of its local rank.
     device = resolve_device(device_name, local_rank=local_rank if world > 1 else None)
     if device.type == "cuda":

@@ -9,6 +9,11 @@ Learned quantizer state lives in the layer: a PACT clip ``act_clip``; LSQ steps 
 (initialised from the weights when the layer is built) and ``act_step`` with the buffer
 ``act_step_initialized`` (set by the first training batch, saved in the state dict so that a resume
 or a reload never initialises again).
+
+In a deployable model (``LayerPlan.deploy``, `apprentice.quant.deploy`) a layer that reads the same
+tensor as an earlier layer (a block's projection conv beside its ``conv1``) has no input quantizer of
+its own: ``LayerPlan.input_from`` names the layer whose quantizer it uses, so the tensor is
+quantized once, as in the integer graph.
 """
 
 from __future__ import annotations
@@ -34,23 +39,33 @@ from apprentice.quant.quantizers import (
 #: Trainable parameters of the quantizers themselves (no weight decay; see `apprentice.train.optim`).
 QUANTIZER_PARAMETERS: tuple[str, ...] = ("act_clip", "act_step", "weight_step")
 #: Everything a quantized layer holds beyond its float module's state: not part of a float model.
-QUANTIZER_STATE: tuple[str, ...] = (*QUANTIZER_PARAMETERS, "act_step_initialized")
+QUANTIZER_STATE: tuple[str, ...] = (*QUANTIZER_PARAMETERS, "act_step_initialized", "zero_point")
 
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """How one layer is quantized: its kind ("conv2d" | "linear"), weights (None = float) and input activations."""
+    """How one layer is quantized: its kind ("conv2d" | "linear"), weights (None = float) and input activations.
+
+    ``deploy``: the deployable graph the layer belongs to ("int8", `apprentice.quant.deploy`), or None.
+    ``input_from``: in a deployable graph, the layer whose input quantizer this one uses (both read the
+    same tensor); ``activations`` are then that layer's.
+    """
 
     kind: str
     weights: WeightQuant | None
     activations: ActQuant
+    input_from: str | None = None
+    deploy: str | None = None
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "kind": self.kind,
             "weights": None if self.weights is None else asdict(self.weights),
             "activations": asdict(self.activations),
         }
+        # Written only when set, so the plans of runs without a deployable graph stay as they were.
+        d.update({k: v for k, v in (("input_from", self.input_from), ("deploy", self.deploy)) if v is not None})
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> LayerPlan:
@@ -60,16 +75,20 @@ class LayerPlan:
             kind = d["kind"]
             weights = None if d.get("weights") is None else WeightQuant(**d["weights"])
             activations = ActQuant(**d["activations"])
+            input_from, deploy = d.get("input_from"), d.get("deploy")
+            if not all(v is None or isinstance(v, str) for v in (input_from, deploy)):
+                raise TypeError("input_from and deploy are names")
         except KeyError as e:
             raise ApprenticeError(f"malformed layer plan {dict(d)!r}: missing {e}") from None
         except TypeError as e:
             raise ApprenticeError(f"malformed layer plan {dict(d)!r}: {e}") from None
         lookup(_QMODULES, kind, "layer kind")
-        return cls(kind, weights, activations)
+        return cls(kind, weights, activations, input_from, deploy)
 
     def describe(self) -> str:
         w = "float" if self.weights is None else self.weights.describe()
-        return f"W: {w}, A: {self.activations.describe()}"
+        a = self.activations.describe() + (f" (as {self.input_from}'s input)" if self.input_from else "")
+        return f"W: {w}, A: {a}"
 
 
 class _QuantMixin:
@@ -78,17 +97,22 @@ class _QuantMixin:
     weight: nn.Parameter
     kind: str
 
-    def _init_quant(self, weights: WeightQuant | None, activations: ActQuant) -> None:
+    def _init_quant(self, weights: WeightQuant | None, activations: ActQuant, deploy: str | None = None,
+                    input_layer: tuple[str, _QuantMixin] | None = None) -> None:
         self.weight_quant = weights
         self.act_quant = activations
-        pact = activations.enabled and activations.learned
+        self.deploy = deploy
+        # The layer whose input quantizer this one uses: a plain reference, not a second parent of it.
+        object.__setattr__(self, "_input_layer", input_layer)
+        own = input_layer is None  # a layer using another's input quantizer holds no quantizer state of its own
+        pact = own and activations.enabled and activations.learned
         self.register_parameter("act_clip", nn.Parameter(self.weight.new_tensor(float(activations.clip))) if pact else None)
         step = None
         if weights is not None and weights.learns_step:  # LSQ: from the weights as they are now (pretrained or not)
             step = nn.Parameter(lsq_init_step(self.weight.detach(), weights.levels, per_channel=weights.per_channel))
         self.register_parameter("weight_step", step)
         self.register_parameter("act_step", None)
-        if activations.learns_step:  # a placeholder until the first training batch, unless the plan gives it
+        if own and activations.learns_step:  # a placeholder until the first training batch, unless the plan gives it
             given = activations.step is not None
             self.act_step = nn.Parameter(self.weight.new_tensor(activations.step if given else 1.0))
             self.register_buffer("act_step_initialized", torch.tensor(given, device=self.weight.device))
@@ -109,6 +133,8 @@ class _QuantMixin:
         return self._wq_cache[1]
 
     def quantize_input(self, x: Tensor) -> Tensor:
+        if self._input_layer is not None:
+            return self._input_layer[1].quantize_input(x)
         acts = self.act_quant
         if not acts.enabled:
             return x
@@ -139,6 +165,8 @@ class _QuantMixin:
     def activation_clip(self) -> float:
         """The clip c the forward uses now, as a number: a learned (PACT) clip as clamped by
         :func:`effective_clip`, else the fixed setting. Plans and exported maps record this value."""
+        if self._input_layer is not None:
+            return self._input_layer[1].activation_clip()
         if self.act_clip is None:
             return float(self.act_quant.clip)
         return float(effective_clip(self.act_clip.detach()))
@@ -146,26 +174,41 @@ class _QuantMixin:
     def activation_step(self) -> float | None:
         """The LSQ step the forward uses now, as a number (floored as the forward floors it); None
         for a layer without an LSQ activation step or one not yet initialised by a training batch."""
+        if self._input_layer is not None:
+            return self._input_layer[1].activation_step()
         if self.act_step is None or not bool(self.act_step_initialized):
             return None
         return float(effective_step(self.act_step))
 
     def plan(self) -> LayerPlan:
         """This layer's settings with learned activation values (PACT clip, LSQ step) as numbers."""
+        if self._input_layer is not None:
+            name, layer = self._input_layer
+            return LayerPlan(self.kind, self.weight_quant, layer.plan().activations, name, self.deploy)
         acts = self.act_quant
         if self.act_clip is not None:
             acts = ActQuant(acts.bits, self.activation_clip(), learned=True)
         if self.act_step is not None:
             acts = replace(acts, step=self.activation_step())
-        return LayerPlan(self.kind, self.weight_quant, acts)
+        return LayerPlan(self.kind, self.weight_quant, acts, None, self.deploy)
+
+    @property
+    def input_layer(self) -> tuple[str, nn.Module] | None:
+        """(name, layer) whose input quantizer this layer uses (`LayerPlan.input_from`), or None."""
+        return self._input_layer
 
     @classmethod
-    def from_float(cls, mod: nn.Module, weights: WeightQuant | None, activations: ActQuant):
-        """Build the quantized module around ``mod``'s own parameters (shared, not copied)."""
+    def from_float(cls, mod: nn.Module, weights: WeightQuant | None, activations: ActQuant, *,
+                   deploy: str | None = None, input_layer: tuple[str, nn.Module] | None = None):
+        """Build the quantized module around ``mod``'s own parameters (shared, not copied).
+
+        ``input_layer``: (name, quantized layer) whose input quantizer this layer uses (a deployable
+        graph's shared input, `LayerPlan.input_from`).
+        """
         q = _empty(cls, mod)
         q.weight = mod.weight
         q.bias = mod.bias
-        q._init_quant(weights, activations)
+        q._init_quant(weights, activations, deploy, input_layer)
         q.train(mod.training)
         return q
 

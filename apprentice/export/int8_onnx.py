@@ -37,14 +37,19 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from apprentice.errors import ApprenticeError
-from apprentice.export.onnx_ops import DequantizeConst, QuantizeUint8
+from apprentice.export.onnx_ops import ClipQuantize, DequantizeConst, QuantizeUint8
 from apprentice.export.packed import find_conv_bn_pairs, model_from_packed
 from apprentice.export.packing import unpack_codes
 from apprentice.quant import QAdd, QConv2d, QLinear, integer_layers, replace_module
+from apprentice.quant.integer import (
+    bn_affine,
+    folded_bias,
+    integer_weights,
+    rounded_bias,
+)
 
 __all__ = ["int8_module", "runtime_ops", "share_quantized"]
 
-_INT32 = torch.iinfo(torch.int32)
 
 
 class _Cache(dict):
@@ -53,42 +58,37 @@ class _Cache(dict):
 
 
 class _Uint8Input(nn.Module):
-    """One activation quantizer of the integer graph (QuantizeLinear -> DequantizeLinear, uint8)."""
+    """One activation quantizer of the integer graph: QuantizeLinear -> DequantizeLinear, uint8; for
+    k < 8 bits a Clip at c = s·(2^k − 1) first (the uint8 codes then end at 2^k − 1)."""
 
-    def __init__(self, scale: float, zero_point: int, cache: _Cache) -> None:
+    def __init__(self, scale: float, zero_point: int, cache: _Cache, bits: int = 8) -> None:
         super().__init__()
+        self.bits = bits
         self.register_buffer("scale", torch.tensor(float(scale)))
         self.register_buffer("zero_point", torch.tensor(int(zero_point), dtype=torch.uint8))
+        if bits < 8:
+            self.register_buffer("low", torch.tensor(0.0))
+            self.register_buffer("high", torch.tensor(float(scale) * (2**bits - 1)))
         object.__setattr__(self, "_cache", cache)
 
     def forward(self, x: Tensor) -> Tensor:
         key = (id(self), id(x))
         hit = self._cache.get(key)
         if hit is None or hit[0] is not x:
-            hit = self._cache[key] = (x, QuantizeUint8.apply(x, self.scale, self.zero_point))
+            if self.bits < 8:
+                y = ClipQuantize.apply(x, self.low, self.high, self.scale, self.zero_point, self.bits)
+            else:
+                y = QuantizeUint8.apply(x, self.scale, self.zero_point)
+            hit = self._cache[key] = (x, y)
         return hit[1]
 
 
-def _fold(codes: Tensor, scale: Tensor, bias: Tensor | None, bn: nn.BatchNorm2d | None) -> tuple[Tensor, Tensor, Tensor | None]:
-    """BatchNorm folded into per-channel weight scales and the bias; scales made positive (codes flip sign)."""
-    out = codes.shape[0]
-    scale = scale.reshape(-1).expand(out) if bn is not None or scale.numel() > 1 else scale.reshape(())
-    if bn is not None:
-        alpha = torch.rsqrt(bn.running_var + bn.eps) * (bn.weight if bn.weight is not None else 1)
-        shift = (bn.bias if bn.bias is not None else 0) - bn.running_mean * alpha
-        bias = shift + (bias * alpha if bias is not None else 0)
-        scale = scale * alpha
-    sign = torch.where(scale < 0, -1, 1).to(codes.dtype)
-    codes = codes * (sign.reshape([-1] + [1] * (codes.dim() - 1)) if sign.dim() else sign)
-    scale = scale.abs()
-    # A channel whose weights are all zero (or scaled to zero) needs no scale; 1 keeps the bias scale finite.
-    zero = (codes.reshape(out, -1) == 0).all(dim=1) | (scale == 0 if scale.dim() else scale.expand(out) == 0)
-    if scale.dim():
-        codes = codes * (~zero).to(codes.dtype).reshape([-1] + [1] * (codes.dim() - 1))
-        scale = torch.where(zero, torch.ones_like(scale), scale)
-    elif bool(scale == 0):
-        codes, scale = torch.zeros_like(codes), torch.ones_like(scale)
-    return codes, scale.float(), None if bias is None else bias.detach().float()
+def _fold(codes: Tensor, scale: Tensor, bias: Tensor | None,
+          bn: nn.BatchNorm2d | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(codes, unit, bias) of the integer layer: BatchNorm folded in (`apprentice.quant.integer`)."""
+    alpha, shift = bn_affine(bn) if bn is not None else (None, None)
+    codes, unit = integer_weights(codes.float(), scale, alpha)
+    return codes, unit, folded_bias(bias, alpha, shift)
 
 
 class _Int8Layer(nn.Module):
@@ -105,8 +105,7 @@ class _Int8Layer(nn.Module):
         self.register_buffer("zero", torch.zeros(scale.shape, dtype=torch.int8))
         self.has_bias = bias is not None
         if bias is not None:
-            bias_scale = (act.scale * scale).float().expand(bias.shape)  # s_x·s_w, per output channel
-            q = torch.round(bias / bias_scale).clamp(_INT32.min, _INT32.max)
+            q, bias_scale = rounded_bias(bias, float(act.scale), scale)  # int32 codes, s_x·s_w per channel
             self.register_buffer("bias_codes", q.to(torch.int32))
             self.register_buffer("bias_scale", bias_scale.contiguous())
             self.register_buffer("bias_zero", torch.zeros(bias.shape, dtype=torch.int32))
@@ -162,12 +161,6 @@ class _Root(nn.Module):
             self._cache.clear()
 
 
-def _act_scale(module: QConv2d | QLinear) -> float:
-    """s_x of the layer's (own) uint8 input quantizer: LSQ's step, or c/255."""
-    step = module.activation_step()
-    return step if step is not None else module.activation_clip() / 255
-
-
 def _codes(tensors: dict[str, Tensor], name: str, entry: dict[str, Any]) -> tuple[Tensor, Tensor]:
     w = entry["weights"]
     codes = unpack_codes(tensors[f"{name}.weight_codes"], w["packing"], w["count"]).view(w["shape"])
@@ -190,16 +183,23 @@ def int8_module(tensors: dict[str, Tensor], qmap: dict[str, Any], template: nn.M
     for name, module in sorted(layers.items(), key=lambda kv: kv[1].input_layer is not None):
         entry = entries[name]
         codes, scale = _codes(tensors, name, entry) if entry.get("weights") else (None, None)
+        bn = model.get_submodule(bn_of[name]) if name in bn_of and codes is not None else None
+        if codes is not None:
+            codes, scale, bias = _fold(codes, scale, module.bias, bn)  # type: ignore[arg-type]
         if reasons.get(name) is not None:
-            built[name] = fallback(module, codes, scale)
+            if codes is not None:  # the bias the model adds: rounded where its eval forward rounds it
+                if bias is not None and module.bias_correction() is not None:
+                    q, bias_scale = rounded_bias(bias, module.activation_scale(), scale)
+                    bias = q * bias_scale
+                module.bias = None if bias is None else nn.Parameter(bias)
+            built[name] = fallback(module, None if codes is None else codes.to(torch.int8), scale)
         else:
             owner = module.input_layer[0] if module.input_layer is not None else name
             if owner not in owners:
-                owners[owner] = _Uint8Input(_act_scale(layers[owner]), 0, cache)
-            bn = model.get_submodule(bn_of[name]) if name in bn_of else None
-            built[name] = _Int8Layer(module, *_fold(codes.float(), scale, module.bias, bn), act=owners[owner])  # type: ignore[union-attr]
-            if bn is not None:
-                replace_module(model, bn_of[name], nn.Identity())
+                owners[owner] = _Uint8Input(layers[owner].activation_scale(), 0, cache, layers[owner].act_quant.bits)
+            built[name] = _Int8Layer(module, codes, scale, bias, act=owners[owner])  # type: ignore[arg-type]
+        if bn is not None:
+            replace_module(model, bn_of[name], nn.Identity())
         replace_module(model, name, built[name])
     for name, add in [(n, m) for n, m in model.named_modules() if isinstance(m, QAdd)]:
         replace_module(model, name, _Int8Add(name, add, built, cache))

@@ -153,7 +153,7 @@ def packed_tensors(
             tensors.pop(f"{name}.{key}", None)
         entry: dict[str, Any] = {"kind": mod.kind, "precision": format_precision(mod.weight_quant, mod.act_quant),
                                  "geometry": _geometry(mod), "weights": None, "activations": _activation_entry(mod)}
-        entry.update({k: v for k, v in (("input_from", mod.plan().input_from), ("deploy", mod.deploy)) if v})
+        entry.update({k: v for k, v in mod.plan().to_dict().items() if k in ("input_from", "deploy", "batchnorm")})
         if mod.weight_quant is not None:
             spec = mod.weight_quant
             codes, scales[name] = mod.weight_codes()
@@ -186,6 +186,8 @@ def packed_tensors(
         tensors[f"{conv_name}.bias"] = shift.detach().clone().contiguous()
         for key in _BN_KEYS:
             tensors.pop(f"{bn_name}.{key}", None)
+        if conv_name in layers:  # folded: the layer's bias rounding has no BatchNorm left to take into account
+            layers[conv_name].pop("batchnorm", None)
     for name, scale in scales.items():
         tensors[f"{name}.weight_scale"] = scale.detach().cpu().contiguous()
         layers[name]["weights"]["scale_shape"] = list(scale.shape)
@@ -302,8 +304,10 @@ def model_from_packed(tensors: dict[str, Tensor], qmap: dict[str, Any], model: n
     dtypes = [t.dtype for t in tensors.values() if t.is_floating_point()]
     model.to(max(set(dtypes), key=dtypes.count) if dtypes else torch.float32)
     _unfold_placeholders(model, _get(qmap, "folded_bn", dict, "metadata"))
+    integer = {k: v for k, v in tensors.items() if k.endswith((".weight_codes", ".weight_scale"))}
     plan, weights = _layer_plan(model, _get(qmap, "layers", dict, "metadata"), tensors)
     apply_plan(model, plan)
+    _give_integer_weights(model, qmap["layers"], integer)
     expected = model.state_dict()
     for key in tensors:
         if key not in expected:
@@ -354,14 +358,23 @@ def _layer_plan(model: nn.Module, layers: dict[str, Any],
             diff = {k: v for k, v in _geometry(module).items() if geometry.get(k) != v}
             raise _bad(where, f"the file's layer has {', '.join(f'{k}={geometry.get(k)}' for k in diff)}, "
                               f"the model's has {', '.join(f'{k}={v}' for k, v in diff.items())}")
-        shared = {k: entry.get(k) for k in ("input_from", "deploy")}
+        shared = {k: entry.get(k) for k in ("input_from", "deploy", "batchnorm")}
         if not all(v is None or isinstance(v, str) for v in shared.values()):
-            raise _bad(where, "input_from and deploy must be names")
+            raise _bad(where, "input_from, deploy and batchnorm must be names")
         plan[name] = LayerPlan(kind, None, _activation_settings(_get(entry, "activations", dict, where), where),
                                **shared)
         if entry.get("weights") is not None:
             weights[f"{name}.weight"] = _dequantize(name, _get(entry, "weights", dict, where), tensors, module)
     return plan, weights
+
+
+def _give_integer_weights(model: nn.Module, layers: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+    """A deployable layer's eval forward rounds its bias as the integer graph does: it needs its codes."""
+    for name, entry in layers.items():
+        w = entry.get("weights")
+        if entry.get("deploy") is not None and w is not None:
+            codes = unpack_codes(tensors[f"{name}.weight_codes"], w["packing"], w["count"]).view(w["shape"])
+            model.get_submodule(name).set_integer_weights(codes, tensors[f"{name}.weight_scale"])
 
 
 def _add_plan(entry: dict[str, Any], module: nn.Module, where: str) -> AddPlan:

@@ -125,6 +125,16 @@ class _Graph:
                 if same and calls[other] == 1 and calls[names[0]] == 1:
                     self.input_from[other] = names[0]
 
+    def batchnorms(self) -> dict[str, str]:
+        """``{layer: the BatchNorm2d that alone reads its output}``, for the layers called once."""
+        out = {}
+        for node in self.graph.nodes:
+            if node.op == "call_module" and self.calls[node.target] == 1 and len(node.users) == 1:
+                user = next(iter(node.users))
+                if isinstance(_module(user, self.modules), nn.BatchNorm2d) and self.calls[user.target] == 1:
+                    out[node.target] = user.target
+        return out
+
     def adds(self) -> list[torch.fx.Node]:
         return [n for n in self.graph.nodes if isinstance(_module(n, self.modules), (Add, QAdd))]
 
@@ -167,8 +177,9 @@ def deploy_plan(model: nn.Module, plan: Mapping[str, Any], mode: str) -> dict[st
     lookup(DEPLOY_MODES, mode, "deploy mode")
     g = _Graph(model, plan)
     out: dict[str, Any] = {}
+    batchnorms = g.batchnorms()
     for name, lp in plan.items():
-        out[name] = LayerPlan(lp.kind, lp.weights, lp.activations, g.input_from.get(name), mode)
+        out[name] = LayerPlan(lp.kind, lp.weights, lp.activations, g.input_from.get(name), mode, batchnorms.get(name))
     for node in g.adds():
         if g.calls[node.target] != 1:
             raise ApprenticeError(f"add {node.target!r} is called {g.calls[node.target]} times; give each "
@@ -225,11 +236,10 @@ def _float_reason(node: torch.fx.Node, lp: LayerPlan | None, integer_weights: bo
         return "its weights are float (32W)"
     if not lp.activations.enabled:
         return "its input activations are float (32A)"
-    if lp.activations.bits != INTEGER_ACT_BITS:
-        return (f"its input activations are {lp.activations.bits}-bit; integer kernels read uint8 whose range ends "
-                f"at code 255, so only 8-bit activations fuse")
     if g.calls[node.target] != 1:
         return "the module is called more than once"
+    if isinstance(g.modules[node.target], nn.Linear):  # type: ignore[index]
+        return None  # ONNX Runtime's QGemm may write float: the logits need no quantizer after them
     out = node
     while len(out.users) == 1 and _fused_after(next(iter(out.users)), g.modules):
         out = next(iter(out.users))
@@ -240,8 +250,8 @@ def _float_reason(node: torch.fx.Node, lp: LayerPlan | None, integer_weights: bo
     narrow = [(u.target, m.plan().activations.bits) for u in users
               if isinstance(m := _module(u, g.modules), _QuantMixin) and m.plan().activations.enabled]
     if narrow and not plain:
-        return (f"its output goes to {narrow[0][0]}'s {narrow[0][1]}-bit input quantizer; an integer kernel writes "
-                f"8-bit codes, so only 8-bit activations fuse")
+        return (f"its output goes to {narrow[0][0]}'s {narrow[0][1]}-bit input quantizer, whose clip stays a float op: "
+                f"an integer kernel writes 8-bit codes (0..255), so it fuses only before an 8-bit quantizer")
     if plain:
         return (f"its output goes to a plain '+' ({plain[0]}), which stays float; write that add as an "
                 f"apprentice.quant.Add module")

@@ -26,6 +26,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from apprentice.errors import ApprenticeError, lookup
+from apprentice.quant.integer import (
+    bn_affine,
+    folded_bias,
+    integer_weights,
+    rounded_bias,
+)
 from apprentice.quant.lsq import effective_step, lsq_init_step
 from apprentice.quant.quantizers import (
     ACT_QUANTIZERS,
@@ -42,6 +48,9 @@ QUANTIZER_PARAMETERS: tuple[str, ...] = ("act_clip", "act_step", "weight_step")
 QUANTIZER_STATE: tuple[str, ...] = (*QUANTIZER_PARAMETERS, "act_step_initialized", "zero_point")
 
 
+_DEPLOY_FIELDS = ("input_from", "deploy", "batchnorm")
+
+
 @dataclass(frozen=True)
 class LayerPlan:
     """How one layer is quantized: its kind ("conv2d" | "linear"), weights (None = float) and input activations.
@@ -49,6 +58,8 @@ class LayerPlan:
     ``deploy``: the deployable graph the layer belongs to ("int8", `apprentice.quant.deploy`), or None.
     ``input_from``: in a deployable graph, the layer whose input quantizer this one uses (both read the
     same tensor); ``activations`` are then that layer's.
+    ``batchnorm``: in a deployable graph, the BatchNorm right after the layer, which the export folds
+    into it; the layer's eval-mode bias rounding (`apprentice.quant.integer`) takes it into account.
     """
 
     kind: str
@@ -56,6 +67,7 @@ class LayerPlan:
     activations: ActQuant
     input_from: str | None = None
     deploy: str | None = None
+    batchnorm: str | None = None
 
     def to_dict(self) -> dict:
         d = {
@@ -64,7 +76,7 @@ class LayerPlan:
             "activations": asdict(self.activations),
         }
         # Written only when set, so the plans of runs without a deployable graph stay as they were.
-        d.update({k: v for k, v in (("input_from", self.input_from), ("deploy", self.deploy)) if v is not None})
+        d.update({k: getattr(self, k) for k in _DEPLOY_FIELDS if getattr(self, k) is not None})
         return d
 
     @classmethod
@@ -75,15 +87,15 @@ class LayerPlan:
             kind = d["kind"]
             weights = None if d.get("weights") is None else WeightQuant(**d["weights"])
             activations = ActQuant(**d["activations"])
-            input_from, deploy = d.get("input_from"), d.get("deploy")
-            if not all(v is None or isinstance(v, str) for v in (input_from, deploy)):
-                raise TypeError("input_from and deploy are names")
+            names = {k: d.get(k) for k in _DEPLOY_FIELDS}
+            if not all(v is None or isinstance(v, str) for v in names.values()):
+                raise TypeError(f"{', '.join(_DEPLOY_FIELDS)} are names")
         except KeyError as e:
             raise ApprenticeError(f"malformed layer plan {dict(d)!r}: missing {e}") from None
         except TypeError as e:
             raise ApprenticeError(f"malformed layer plan {dict(d)!r}: {e}") from None
         lookup(_QMODULES, kind, "layer kind")
-        return cls(kind, weights, activations, input_from, deploy)
+        return cls(kind, weights, activations, **names)
 
     def describe(self) -> str:
         w = "float" if self.weights is None else self.weights.describe()
@@ -98,12 +110,16 @@ class _QuantMixin:
     kind: str
 
     def _init_quant(self, weights: WeightQuant | None, activations: ActQuant, deploy: str | None = None,
-                    input_layer: tuple[str, _QuantMixin] | None = None) -> None:
+                    input_layer: tuple[str, _QuantMixin] | None = None,
+                    batchnorm: tuple[str, nn.BatchNorm2d] | None = None) -> None:
         self.weight_quant = weights
         self.act_quant = activations
         self.deploy = deploy
-        # The layer whose input quantizer this one uses: a plain reference, not a second parent of it.
+        # The layer whose input quantizer this one uses, and the BatchNorm after it: plain references,
+        # not second parents of those modules.
         object.__setattr__(self, "_input_layer", input_layer)
+        object.__setattr__(self, "_batchnorm", batchnorm)
+        self._bias_cache: tuple[tuple, Tensor | None] | None = None
         own = input_layer is None  # a layer using another's input quantizer holds no quantizer state of its own
         pact = own and activations.enabled and activations.learned
         self.register_parameter("act_clip", nn.Parameter(self.weight.new_tensor(float(activations.clip))) if pact else None)
@@ -162,6 +178,53 @@ class _QuantMixin:
             raise ApprenticeError("this layer's weights are not quantized; it has no integer codes")
         return weight_codes(self.weight, self.weight_quant, self.weight_step)
 
+    def set_integer_weights(self, codes: Tensor, scale: Tensor) -> None:
+        """Give a layer whose weight is already dequantized (a packed file's) the codes and scale it came
+        from, which its deployable bias rounding needs. Not part of the state dict."""
+        self.register_buffer("integer_codes", codes.to(torch.int8), persistent=False)
+        self.register_buffer("integer_scale", scale.to(self.weight.dtype), persistent=False)
+
+    def _integer_weights(self) -> tuple[Tensor, Tensor] | None:
+        if self.weight_quant is not None:
+            return self.weight_codes()
+        if "integer_codes" in self._buffers:
+            return self.integer_codes, self.integer_scale
+        return None
+
+    def bias_correction(self) -> Tensor | None:
+        """What the eval-mode forward adds to the output of a deployable layer (per output channel):
+        the integer kernel's rounding of the (BatchNorm-folded) bias to its accumulator unit, divided
+        by the BatchNorm's α so that the BatchNorm after the layer passes it on unchanged; None where
+        the export keeps the bias float (float weights or activations, no bias)."""
+        integer = self._integer_weights() if self.deploy is not None else None
+        if integer is None or not self.act_quant.enabled:
+            return None
+        bn = self._batchnorm[1] if self._batchnorm is not None else None
+        key = tuple((t._version, t.data_ptr()) for t in (self.weight, self.bias, *integer, *(
+            [] if bn is None else [bn.running_mean, bn.running_var, bn.weight, bn.bias])) if t is not None)
+        key += (self.activation_step(), self.activation_clip())
+        if self._bias_cache is None or self._bias_cache[0] != key:
+            self._bias_cache = (key, self._bias_rounding(integer, bn))
+        return self._bias_cache[1]
+
+    def _bias_rounding(self, integer: tuple[Tensor, Tensor], bn: nn.BatchNorm2d | None) -> Tensor | None:
+        alpha, shift = bn_affine(bn) if bn is not None else (None, None)
+        bias = folded_bias(self.bias, alpha, shift)
+        if bias is None:
+            return None
+        _, unit = integer_weights(integer[0].float(), integer[1], alpha)
+        codes, scale = rounded_bias(bias, self.activation_scale(), unit)
+        delta = codes * scale - bias.float()
+        if alpha is not None:  # before the BatchNorm: it scales by α (a zero α passes nothing on)
+            delta = torch.where(alpha != 0, delta / torch.where(alpha != 0, alpha, 1), 0)
+        return delta.to(self.weight.dtype)
+
+    def _add_bias_correction(self, out: Tensor) -> Tensor:
+        if self.training or self.deploy is None:
+            return out
+        delta = self.bias_correction()
+        return out if delta is None else out + delta.reshape([-1] + [1] * (out.dim() - 2))
+
     def activation_clip(self) -> float:
         """The clip c the forward uses now, as a number: a learned (PACT) clip as clamped by
         :func:`effective_clip`, else the fixed setting. Plans and exported maps record this value."""
@@ -180,17 +243,23 @@ class _QuantMixin:
             return None
         return float(effective_step(self.act_step))
 
+    def activation_scale(self) -> float:
+        """s_x, the value of one step of the input quantizer: LSQ's step, or c/(2^bits − 1)."""
+        step = self.activation_step()
+        return step if step is not None else self.activation_clip() / (2**self.act_quant.bits - 1)
+
     def plan(self) -> LayerPlan:
         """This layer's settings with learned activation values (PACT clip, LSQ step) as numbers."""
+        bn = self._batchnorm[0] if self._batchnorm is not None else None
         if self._input_layer is not None:
             name, layer = self._input_layer
-            return LayerPlan(self.kind, self.weight_quant, layer.plan().activations, name, self.deploy)
+            return LayerPlan(self.kind, self.weight_quant, layer.plan().activations, name, self.deploy, bn)
         acts = self.act_quant
         if self.act_clip is not None:
             acts = ActQuant(acts.bits, self.activation_clip(), learned=True)
         if self.act_step is not None:
             acts = replace(acts, step=self.activation_step())
-        return LayerPlan(self.kind, self.weight_quant, acts, None, self.deploy)
+        return LayerPlan(self.kind, self.weight_quant, acts, None, self.deploy, bn)
 
     @property
     def input_layer(self) -> tuple[str, nn.Module] | None:
@@ -199,16 +268,17 @@ class _QuantMixin:
 
     @classmethod
     def from_float(cls, mod: nn.Module, weights: WeightQuant | None, activations: ActQuant, *,
-                   deploy: str | None = None, input_layer: tuple[str, nn.Module] | None = None):
+                   deploy: str | None = None, input_layer: tuple[str, nn.Module] | None = None,
+                   batchnorm: tuple[str, nn.BatchNorm2d] | None = None):
         """Build the quantized module around ``mod``'s own parameters (shared, not copied).
 
         ``input_layer``: (name, quantized layer) whose input quantizer this layer uses (a deployable
-        graph's shared input, `LayerPlan.input_from`).
+        graph's shared input, `LayerPlan.input_from`); ``batchnorm``: (name, the BatchNorm after it).
         """
         q = _empty(cls, mod)
         q.weight = mod.weight
         q.bias = mod.bias
-        q._init_quant(weights, activations, deploy, input_layer)
+        q._init_quant(weights, activations, deploy, input_layer, batchnorm)
         q.train(mod.training)
         return q
 
@@ -231,7 +301,7 @@ class QConv2d(_QuantMixin, nn.Conv2d):
     _float_cls = nn.Conv2d
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self.quantize_input(x), self.quantized_weight(), self.bias)
+        return self._add_bias_correction(self._conv_forward(self.quantize_input(x), self.quantized_weight(), self.bias))
 
 
 class QLinear(_QuantMixin, nn.Linear):
@@ -241,7 +311,7 @@ class QLinear(_QuantMixin, nn.Linear):
     _float_cls = nn.Linear
 
     def forward(self, x: Tensor) -> Tensor:
-        return nn.functional.linear(self.quantize_input(x), self.quantized_weight(), self.bias)
+        return self._add_bias_correction(nn.functional.linear(self.quantize_input(x), self.quantized_weight(), self.bias))
 
 
 _QMODULES: dict[str, tuple[type, type]] = {"conv2d": (nn.Conv2d, QConv2d), "linear": (nn.Linear, QLinear)}

@@ -257,7 +257,7 @@ def _planned_module(model: nn.Module, name: str, kind: str) -> nn.Module:
         mod = model.get_submodule(name)
     except AttributeError:
         raise ApprenticeError(f"quantization plan names layer {name!r}, which the model does not have") from None
-    float_cls = lookup(_QMODULES, kind, "layer kind")[0] if kind != "add" else Add
+    float_cls = {"add": Add, "batchnorm": nn.BatchNorm2d}.get(kind) or lookup(_QMODULES, kind, "layer kind")[0]
     if type(mod) is not float_cls:
         raise ApprenticeError(f"quantization plan says layer {name!r} is a float {kind}, "
                               f"but the model has {type(mod).__name__}")
@@ -280,8 +280,12 @@ def apply_plan(model: nn.Module, plan: Mapping[str, LayerPlan | AddPlan]) -> Non
                 raise ApprenticeError(f"layer {name!r} uses the input quantizer of {lp.input_from!r}, "
                                       f"which the plan does not quantize with its own")
             shared = (lp.input_from, swapped[lp.input_from])
+        bn = None
+        if lp.batchnorm is not None:
+            bn = (lp.batchnorm, _planned_module(model, lp.batchnorm, "batchnorm"))
         q_cls = _QMODULES[lp.kind][1]
-        swapped[name] = q_cls.from_float(mod, lp.weights, lp.activations, deploy=lp.deploy, input_layer=shared)
+        swapped[name] = q_cls.from_float(mod, lp.weights, lp.activations, deploy=lp.deploy, input_layer=shared,
+                                         batchnorm=bn)
         replace_module(model, name, swapped[name])
     for name, ap in plan.items():
         if isinstance(ap, AddPlan):

@@ -30,6 +30,8 @@ exactly as the QDQ export writes it, and stays a float Conv in ONNX Runtime.
 from __future__ import annotations
 
 import collections
+import os
+import tempfile
 from typing import Any
 
 import torch
@@ -48,7 +50,7 @@ from apprentice.quant.integer import (
     rounded_bias,
 )
 
-__all__ = ["int8_module", "runtime_ops", "share_quantized"]
+__all__ = ["describe_export", "int8_module", "runtime_ops", "share_quantized"]
 
 
 
@@ -289,3 +291,27 @@ def _layer_name(node_name: str) -> str:
         full = full + p[len(prev):] if prev and p.startswith(prev + ".") else (f"{full}.{p}" if full else p)
         prev = p
     return full or node_name
+
+
+def describe_export(qmap: dict[str, Any], path: str | os.PathLike) -> list[str]:
+    """Lines saying which graph `export_onnx` wrote, which quantized layers stay float and why, and
+    (with onnxruntime installed) what ONNX Runtime's optimized graph holds."""
+    info = qmap.get("onnx", {})
+    if info.get("mode") == "qdq":
+        return [("QDQ graph: the model was not trained with quant.deploy=int8 (its block identities and residual "
+                "adds are float), so ONNX Runtime runs the convs before each add in float; train or fine-tune "
+                "with quant.deploy=int8 for an integer graph")]
+    floats = info.get("float_layers", {})
+    quantized = [n for n, e in qmap["layers"].items() if e.get("kind") != "add"]
+    lines = [(f"int8 graph: {len([n for n in quantized if n not in floats])} of {len(quantized)} quantized layers "
+             f"run as integer kernels in ONNX Runtime")]
+    lines += [f"  float: {name}: {why}" for name, why in floats.items()]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            check = runtime_ops(os.fspath(path), os.path.join(tmp, "optimized.onnx"))
+    except ImportError:
+        return lines
+    ops = check["ops"]
+    found = [f"{ops[op]} {op}" for op in ("QLinearConv", "QLinearAdd", "QGemm", "Conv", "FusedConv", "Gemm") if ops.get(op)]
+    float_layers = f"; float: {', '.join(check['float_layers'])}" if check["float_layers"] else ""
+    return lines + [f"ONNX Runtime's optimized graph: {', '.join(found)}{float_layers}"]

@@ -196,15 +196,18 @@ class _QuantMixin:
         the integer kernel's rounding of the (BatchNorm-folded) bias to its accumulator unit, divided
         by the BatchNorm's α so that the BatchNorm after the layer passes it on unchanged; None where
         the export keeps the bias float (float weights or activations, no bias)."""
-        integer = self._integer_weights() if self.deploy is not None else None
-        if integer is None or not self.act_quant.enabled:
+        if self.deploy is None or not self.act_quant.enabled or (
+                self.weight_quant is None and "integer_codes" not in self._buffers):
             return None
         bn = self._batchnorm[1] if self._batchnorm is not None else None
-        key = tuple((t._version, t.data_ptr()) for t in (self.weight, self.bias, *integer, *(
-            [] if bn is None else [bn.running_mean, bn.running_var, bn.weight, bn.bias])) if t is not None)
+        # Recomputed only when something it depends on changes (a tensor's version moves on every in-place update).
+        tensors = [self.weight, self.weight_step, self.bias, self._buffers.get("integer_codes"),
+                   self._buffers.get("integer_scale")]
+        tensors += [] if bn is None else [bn.running_mean, bn.running_var, bn.weight, bn.bias]
+        key = tuple((t.data_ptr(), None if t.is_inference() else t._version) for t in tensors if t is not None)
         key += (self.activation_step(), self.activation_clip())
         if self._bias_cache is None or self._bias_cache[0] != key:
-            self._bias_cache = (key, self._bias_rounding(integer, bn))
+            self._bias_cache = (key, self._bias_rounding(self._integer_weights(), bn))  # type: ignore[arg-type]
         return self._bias_cache[1]
 
     def _bias_rounding(self, integer: tuple[Tensor, Tensor], bn: nn.BatchNorm2d | None) -> Tensor | None:

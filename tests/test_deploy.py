@@ -239,3 +239,19 @@ def test_integer_layers_says_why_a_layer_stays_float() -> None:
     plain = build_model("resnet8", num_classes=10, in_channels=1)
     prepare(plain, "4W/8A")
     assert set(integer_layers(plain).values()) >= {"not trained deployable (quant.deploy is off)"}
+
+
+def test_checkpoints_from_before_the_add_module_load_and_start_a_deployable_student() -> None:
+    from pathlib import Path
+
+    from apprentice.build import load_run
+    from apprentice.distill import make_student
+
+    # A committed FP ResNet-8 checkpoint, written before the blocks had an Add module: loads strictly.
+    run = load_run(Path(__file__).resolve().parents[1] / "benchmarks/results/accuracy_lsq_runs/fp-s0")
+    student = build_model(**run.model.arch)
+    plan = make_student(student, scheme="C", precision="4W/8A", init_state_dict=run.model.state_dict(), deploy="int8")
+    assert sum(isinstance(p, AddPlan) for p in plan.values()) == 3
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.isfinite(_calibrated(student)(x)).all()

@@ -32,6 +32,7 @@ from __future__ import annotations
 import collections
 import os
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -170,7 +171,8 @@ def _codes(tensors: dict[str, Tensor], name: str, entry: dict[str, Any]) -> tupl
 
 
 def int8_module(tensors: dict[str, Tensor], qmap: dict[str, Any], template: nn.Module | None,
-                fallback: Any) -> tuple[nn.Module, dict[str, str | None]]:
+                fallback: Callable[[nn.Module, Tensor | None, Tensor | None], nn.Module],
+                ) -> tuple[nn.Module, dict[str, str | None]]:
     """The export model of a deployable packed model, and ``{layer: None | why it stays float}``.
 
     ``fallback(module, codes, scale)`` builds the QDQ export's layer for a layer that cannot be integer.

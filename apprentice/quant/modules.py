@@ -205,7 +205,7 @@ class _QuantMixin:
                    self._buffers.get("integer_scale")]
         tensors += [] if bn is None else [bn.running_mean, bn.running_var, bn.weight, bn.bias]
         key = tuple((t.data_ptr(), None if t.is_inference() else t._version) for t in tensors if t is not None)
-        key += (self.activation_step(), self.activation_clip())
+        key += (self.activation_scale(),)
         if self._bias_cache is None or self._bias_cache[0] != key:
             self._bias_cache = (key, self._bias_rounding(self._integer_weights(), bn))  # type: ignore[arg-type]
         return self._bias_cache[1]
@@ -247,9 +247,13 @@ class _QuantMixin:
         return float(effective_step(self.act_step))
 
     def activation_scale(self) -> float:
-        """s_x, the value of one step of the input quantizer: LSQ's step, or c/(2^bits − 1)."""
-        step = self.activation_step()
-        return step if step is not None else self.activation_clip() / (2**self.act_quant.bits - 1)
+        """s_x, the value of one step of the input quantizer as the forward uses it now: LSQ's step
+        (its placeholder before the first training batch, as packed files record it), or c/(2^bits − 1)."""
+        if self._input_layer is not None:
+            return self._input_layer[1].activation_scale()
+        if self.act_step is not None:
+            return float(effective_step(self.act_step))
+        return self.activation_clip() / (2**self.act_quant.bits - 1)
 
     def plan(self) -> LayerPlan:
         """This layer's settings with learned activation values (PACT clip, LSQ step) as numbers."""

@@ -62,10 +62,10 @@ def integer_weights(codes: Tensor, scale: Tensor, alpha: Tensor | None = None) -
     channel whose weights are all zero gets unit 1 (its bias then needs no finer grid).
 
     Example:
-        >>> c, u = integer_weights(torch.tensor([[1.0, -1.0], [0.0, 1.0]]), torch.tensor(0.5),
+        >>> c, u = integer_weights(torch.tensor([[1.0, 0.0], [-1.0, 1.0]]), torch.tensor(0.5),
         ...                        torch.tensor([2.0, -1.0]))
-        >>> c.tolist(), [round(v, 6) for v in u.tolist()]     # m = 63 on both channels
-        ([[63.0, -63.0], [0.0, -63.0]], [0.015873, 0.007937])
+        >>> c.tolist(), [round(v, 6) for v in u.tolist()]     # m = 63; α < 0 flips channel 1's codes
+        ([[63.0, 0.0], [63.0, -63.0]], [0.015873, 0.007937])
     """
     out = codes.shape[0]
     per_channel = alpha is not None or scale.numel() > 1

@@ -33,7 +33,12 @@ from apprentice.distill import SCHEMES, Distiller, make_student
 from apprentice.errors import ApprenticeError, lookup
 from apprentice.export import MAP_KEY, model_from_packed, read_packed
 from apprentice.models import build_model, count_parameters, takes_argument
-from apprentice.quant import parse_layer_rules, parse_precision, quantized_layers
+from apprentice.quant import (
+    LayerPlan,
+    parse_layer_rules,
+    parse_precision,
+    quantized_layers,
+)
 from apprentice.train.checkpoint import (
     CHECKPOINT_DIR,
     as_state_dict,
@@ -505,7 +510,8 @@ def build_training(cfg: Config, rt: Runtime) -> Training:
                           milestones=o.milestones, decay=o.lr_decay)
     return Training(data, evals, student, teacher, distiller, build_optimizer(cfg, distiller),
                     torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" else None, schedule,
-                    steps_per_epoch, count_parameters(student), len(quantized_layers(student)))
+                    steps_per_epoch, count_parameters(student),
+                    sum(isinstance(p, LayerPlan) for p in quantized_layers(student).values()))
 
 
 def build_student(cfg: Config, *, num_classes: int, in_channels: int) -> nn.Module:
@@ -529,7 +535,7 @@ def build_student(cfg: Config, *, num_classes: int, in_channels: int) -> nn.Modu
                                                             clip=q.act_clip, learned=q.learned_clip)
     try:
         make_student(student, scheme=scheme, weights=weights, activations=acts, init_state_dict=init,
-                     exclude=list(q.exclude) if q.exclude is not None else None, layers=layers)
+                     exclude=list(q.exclude) if q.exclude is not None else None, layers=layers, deploy=q.deploy)
     except ApprenticeError as e:
         if init is None or "init_state_dict" not in str(e):
             raise

@@ -214,9 +214,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         # export_onnx itself explains how to install onnx when it is missing.
         from apprentice.export import export_onnx
 
-        export_onnx(loaded.model, out, input_shape=(1, pre.channels, pre.image_size, pre.image_size),
-                    fold_bn=args.fold_bn, metadata=pre.to_metadata())
+        qmap = export_onnx(loaded.model, out, input_shape=(1, pre.channels, pre.image_size, pre.image_size),
+                           fold_bn=args.fold_bn, metadata=pre.to_metadata(), mode=args.onnx_mode)
     print(f"{PROG}: wrote {out} ({out.stat().st_size:,} bytes, {args.format})")
+    if args.format == "onnx":
+        from apprentice.export.int8_onnx import describe_export
+
+        for line in describe_export(qmap, out):
+            print(f"{PROG}: {line}")
     return 0
 
 
@@ -408,6 +413,7 @@ def _add_info(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _add_export(sub: Any, common: argparse.ArgumentParser) -> None:
     from apprentice.export import TERNARY_PACKINGS
+    from apprentice.export.onnx import ONNX_MODES
 
     p = sub.add_parser("export", parents=[common], help="write a packed (or ONNX) model",
                        description="Export a trained run: 'packed' = safetensors with 2/4/8-bit or base-3 "
@@ -418,6 +424,9 @@ def _add_export(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--ternary-packing", default="base3", choices=list(TERNARY_PACKINGS),
                    help="ternary layers: 5 weights per byte (base3, default) or 4 per byte (2bit)")
     p.add_argument("--fold-bn", action="store_true", help="fold BatchNorm into the preceding convs")
+    p.add_argument("--onnx-mode", default="auto", choices=list(ONNX_MODES),
+                   help="onnx: 'int8' integer graph (QLinearConv/QLinearAdd; needs a run trained with "
+                        "quant.deploy=int8), 'qdq' float ops between QDQ pairs; auto (default): int8 when the run allows it")
     p.set_defaults(func=cmd_export)
 
 

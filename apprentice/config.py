@@ -73,6 +73,7 @@ class QuantConfig:
     learned_clip: bool = _f(False, "learn the activation clip per layer (PACT)")
     exclude: tuple[str, ...] | None = _f(None, "layer-name patterns kept in float; null = first conv and last linear (@first, @last)")
     layers: tuple[tuple[str, str], ...] | None = _f(None, "per-layer precision, first match wins: {pattern: precision}, e.g. {conv1: 8W/32A, 'layer4.*': 4W/8A, '*': 2W/8A}; unmatched layers take quant.precision; conv1/fc only when named exactly")
+    deploy: str | None = _f(None, "train the graph an integer runtime runs: 'int8' quantizes each tensor once, conv outputs before residual adds and the adds (uint8), so the ONNX export runs as QLinearConv/QLinearAdd and equals the trained model; needs 8-bit activations; null = off")
 
 
 @dataclass(frozen=True)
@@ -297,7 +298,8 @@ def _owners() -> SimpleNamespace:
         model_constructor=models.model_constructor, shortcuts=models.SHORTCUTS,
         builtin_models=models.BUILTIN_MODELS, data_arguments=models.DATA_ARGUMENTS, schemes=distill.SCHEMES,
         datasets=data.DATASETS, augmentations=data.AUGMENTATIONS,
-        quantizers=quant.WEIGHT_QUANTIZERS, parse_precision=quant.parse_precision,
+        quantizers=quant.WEIGHT_QUANTIZERS, parse_precision=quant.parse_precision, deploy_modes=quant.DEPLOY_MODES,
+        integer_act_bits=quant.INTEGER_ACT_BITS,
         parse_layer_rules=quant.parse_layer_rules,
         check_loss_weights=losses.check_loss_weights, check_device=runtime.check_device,
     )
@@ -406,6 +408,11 @@ def _check_quant(q: QuantConfig, owners: SimpleNamespace) -> None:
         raise ApprenticeError(f"quant.precision={q.precision!r}{with_q}: {e}") from None
     _check(not q.learned_clip or acts.enabled, "quant.learned_clip",
            f"needs quantized activations, but precision {q.precision!r} keeps them at 32 bits")
+    if q.deploy is not None:
+        _choice(owners.deploy_modes, q.deploy, "deploy mode", "quant.deploy")
+        _check(acts.bits == owners.integer_act_bits, "quant.deploy",
+               f"{q.deploy!r} runs uint8 activations: quant.precision needs {owners.integer_act_bits}-bit activations "
+               f"(e.g. 2W/8A, 4W/8A), got {q.precision!r}")
     for i, pattern in enumerate(q.exclude or ()):
         _check(bool(pattern.strip()), f"quant.exclude[{i}]", "empty layer pattern")
     if q.layers is not None:  # which layers a pattern matches is checked against the model when it is built

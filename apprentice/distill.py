@@ -37,8 +37,8 @@ from apprentice.errors import ApprenticeError, lookup
 from apprentice.losses import apprentice_loss, check_loss_weights
 from apprentice.quant import (
     ActQuant,
-    LayerPlan,
     LayerRules,
+    Plan,
     WeightQuant,
     prepare,
     quantized_layers,
@@ -358,7 +358,8 @@ def make_student(
     exclude: Sequence[str] | None = None,
     init_state_dict: Mapping[str, Any] | None = None,
     layers: LayerRules | None = None,
-) -> dict[str, LayerPlan]:
+    deploy: str | None = None,
+) -> Plan:
     """Turn a float model into the low-precision student of ``scheme``, in place.
 
     For a scheme whose ``student_init`` is ``"pretrained"`` (C), ``init_state_dict`` — the trained
@@ -376,6 +377,7 @@ def make_student(
         exclude: Layer name patterns to keep float (default: first conv and last linear).
         init_state_dict: Full-precision state dict of the student architecture (scheme C only).
         layers: Per-layer precision rules, first match wins (as in `apprentice.quant.prepare`).
+        deploy: A deployable graph ("int8"; as in `apprentice.quant.prepare`), or None.
 
     Returns:
         ``{layer_name: LayerPlan}`` of the quantized layers, as returned by `apprentice.quant.prepare`.
@@ -395,4 +397,5 @@ def make_student(
             raise ApprenticeError("init_state_dict must be a mapping of parameter names to tensors, "
                                   f"got {type(init_state_dict).__name__}")
         load_strict(model, init_state_dict, "init_state_dict", into="the student")
-    return prepare(model, precision, weights=weights, activations=activations, exclude=exclude, layers=layers)
+    return prepare(model, precision, weights=weights, activations=activations, exclude=exclude, layers=layers,
+                   deploy=deploy)

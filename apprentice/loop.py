@@ -306,7 +306,8 @@ def _compile(run: _Run) -> None:
 
 def _describe(run: _Run, *, resumed: bool) -> str:
     cfg, t, rt = run.cfg, run.training, run.rt
-    return (f"training {cfg.model.name} ({cfg.quant.precision}, {t.quantized_layers} quantized layers, "
+    deploy = f", deployable {cfg.quant.deploy}" if cfg.quant.deploy else ""
+    return (f"training {cfg.model.name} ({cfg.quant.precision}{deploy}, {t.quantized_layers} quantized layers, "
             f"{t.parameters:,} parameters), scheme {t.distiller.scheme.name}, on {cfg.data.name}: "
             f"{t.data.images} images, {t.steps_per_epoch} steps/epoch x {cfg.train.epochs} epochs on {rt.device}"
             f"{f' x {rt.world_size} processes' if rt.world_size > 1 else ''}; run folder {run.out}"

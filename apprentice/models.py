@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from apprentice.errors import ApprenticeError, lookup
+from apprentice.quant.add import Add
 
 # Residual shortcuts of the CIFAR ResNets where the shape changes (He et al. 2016, section 4.2).
 SHORTCUTS = {"A": "parameter-free (zero-padded identity)", "B": "1x1 projection"}
@@ -83,12 +84,13 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
         self.stride = stride
+        self.add = Add()  # a module, so that a deployable graph (quant.deploy) can quantize it; no state
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        return self.relu(self.add(out, identity))
 
 
 class Bottleneck(nn.Module):
@@ -107,13 +109,14 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
         self.stride = stride
+        self.add = Add()
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        return self.relu(self.add(out, identity))
 
 
 Block = type[BasicBlock] | type[Bottleneck]

@@ -127,6 +127,8 @@ def grid_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
         for precision in args.precisions:
             for scheme in args.schemes:
                 o = {**common(args, seed), **_precision_overrides(precision), "distill.scheme": scheme}
+                if getattr(args, "deploy", None):  # the deployable graph (quant.deploy) for the students
+                    o["quant.deploy"] = args.deploy
                 needs: tuple[str, ...] = ()
                 if scheme in ("A", "B", "C"):
                     extra, needs = _teacher(args, runs, scheme)
@@ -406,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="trainings at once")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per training")
     ap.add_argument("--no-sweep", action="store_true", help="skip the gamma/temperature sweep")
+    ap.add_argument("--deploy", default=None, help="train the students' deployable graph (quant.deploy, e.g. int8; "
+                                                   "8-bit activations only): what it costs in accuracy")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the results from finished runs")
     args = ap.parse_args(argv)
     runs = (REPO / args.runs_dir).resolve()

@@ -4,12 +4,15 @@ Loads a trained run (``apprentice.build.load_run``: the fake-quant student, ``ev
 whole Fashion-MNIST test set (10,000 images, normalised by ``TensorLoader(shuffle=False)``) through
 
 * the PyTorch fake-quant student (the reference),
-* the ONNX file from ``export_onnx`` in ONNX Runtime (CPUExecutionProvider, default options),
+* the ONNX file from ``export_onnx`` in ONNX Runtime (CPUExecutionProvider, default options): the
+  int8 graph for a run trained with ``quant.deploy=int8`` (QLinearConv/QLinearAdd), else the QDQ graph,
+* the same file in OpenVINO (CPU), when the optional extra ``openvino`` is installed,
 * the packed file from ``save_packed`` reloaded with ``load_packed``,
 
 and reports top-1 agreement with the reference, the largest absolute logit difference and every
-model's accuracy. ``--fold-bn`` adds the same checks for exports written with ``fold_bn=True``.
-The export issue requires >= 99.9 % ONNX/PyTorch agreement.
+model's accuracy; ONNX rows also record the export's mode and ONNX Runtime's optimized op counts.
+``--fold-bn`` adds the same checks for exports written with ``fold_bn=True`` (QDQ runs only; the
+int8 graph always folds). The export issue requires >= 99.9 % ONNX/PyTorch agreement.
 
     .venv/bin/python benchmarks/onnx_agreement.py runs/qs1/student      # ~1 min on 2 cores
 """
@@ -30,11 +33,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _runtimes import openvino_available, openvino_runner
 from _stamp import markdown_table, stamp, stamp_markdown, write_results
 
 from apprentice.build import load_run
 from apprentice.data import TensorLoader, load_tensors
 from apprentice.export import export_onnx, load_packed, save_packed
+from apprentice.export.int8_onnx import runtime_ops
 
 REQUIRED = 0.999
 
@@ -65,6 +70,39 @@ def compare(name: str, logits: np.ndarray, reference: np.ndarray, labels: np.nda
     }
 
 
+def check_exports(model: Any, batches: list, reference: np.ndarray, labels: np.ndarray, shape: tuple[int, ...],
+                  fold: bool, tmp: str, threads: int) -> list[dict]:
+    """The ONNX file in ONNX Runtime (and OpenVINO) and the packed reload, compared with the reference."""
+    import onnxruntime as ort
+
+    suffix = "-foldbn" if fold else ""
+    onnx_path = os.path.join(tmp, f"model{suffix}.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmap = export_onnx(model, onnx_path, input_shape=shape, fold_bn=fold)
+    mode = qmap["onnx"]["mode"]
+    graph = {"onnx_mode": mode, "float_layers": qmap["onnx"].get("float_layers"),
+             "ops_after_optimization": runtime_ops(onnx_path, os.path.join(tmp, "optimized.onnx"))["ops"]}
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+    logits = np.concatenate([sess.run(None, {"input": x.numpy()})[0] for x, _ in batches])
+    extra = {"fold_bn": fold, "file_bytes": os.path.getsize(onnx_path), "sha256": sha256(onnx_path)}
+    rows = [compare(f"onnxruntime {mode}{suffix}", logits, reference, labels, **extra, **graph)]
+    if openvino_available():
+        run = openvino_runner(onnx_path, threads)
+        logits = np.concatenate([run(x.numpy()) for x, _ in batches])
+        rows.append(compare(f"openvino {mode}{suffix}", logits, reference, labels, **extra, onnx_mode=mode))
+    packed_path = os.path.join(tmp, f"model{suffix}.safetensors")
+    save_packed(model, packed_path, fold_bn=fold)
+    reloaded = load_packed(packed_path).eval()
+    with torch.inference_mode():
+        logits = torch.cat([reloaded(x) for x, _ in batches]).numpy()
+    rows.append(compare(f"load_packed{suffix}", logits, reference, labels, fold_bn=fold,
+                        file_bytes=os.path.getsize(packed_path), sha256=sha256(packed_path)))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run", nargs="?", default="runs/qs1/student", help="run folder or checkpoint (default runs/qs1/student)")
@@ -91,34 +129,17 @@ def main(argv: list[str] | None = None) -> int:
     results = [compare("pytorch fake-quant (reference)", reference, reference, labels, fold_bn=False)]
 
     with tempfile.TemporaryDirectory() as tmp:
-        for fold in ([False, True] if args.fold_bn else [False]):
-            suffix = "-foldbn" if fold else ""
-            onnx_path = os.path.join(tmp, f"model{suffix}.onnx")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                export_onnx(model, onnx_path, input_shape=tuple(data.images.shape[1:]), fold_bn=fold)
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = args.threads
-            sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
-            logits = np.concatenate([sess.run(None, {"input": x.numpy()})[0] for x, _ in batches])
-            results.append(compare(f"onnxruntime{suffix}", logits, reference, labels, fold_bn=fold,
-                                   file_bytes=os.path.getsize(onnx_path), sha256=sha256(onnx_path)))
-            del sess
-
-            packed_path = os.path.join(tmp, f"model{suffix}.safetensors")
-            save_packed(model, packed_path, fold_bn=fold)
-            reloaded = load_packed(packed_path).eval()
-            with torch.inference_mode():
-                logits = torch.cat([reloaded(x) for x, _ in batches]).numpy()
-            results.append(compare(f"load_packed{suffix}", logits, reference, labels, fold_bn=fold,
-                                   file_bytes=os.path.getsize(packed_path), sha256=sha256(packed_path)))
-
+        deployable = any(getattr(m, "deploy", None) for m in model.modules())
+        for fold in ([False, True] if args.fold_bn and not deployable else [False]):
+            results += check_exports(model, batches, reference, labels, tuple(data.images.shape[1:]), fold, tmp,
+                                     args.threads)
     summary = loaded.summary or {}
     run_info = {"run": args.run, "checkpoint": loaded.checkpoint_path, "checkpoint_sha256": sha256(loaded.checkpoint_path),
                 "precision": summary.get("precision"), "model": summary.get("model"),
                 "scheme": summary.get("scheme"), "run_git_commit": summary.get("git_commit"),
                 "summary_top1": summary.get("final_top1")}
-    out = {"benchmark": "onnx_agreement", "stamp": st, "onnxruntime": ort.__version__, "run": run_info,
+    ov = __import__("openvino").__version__ if openvino_available() else None
+    out = {"benchmark": "onnx_agreement", "stamp": st, "onnxruntime": ort.__version__, "openvino": ov, "run": run_info,
            "dataset": args.dataset, "split": "test", "required_agreement": REQUIRED,
            "seconds": round(time.perf_counter() - t0, 1), "results": results}
     table = markdown_table(
@@ -129,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     md = (f"# ONNX / packed reload agreement with the PyTorch student\n\n{stamp_markdown(st)}\n\n"
           f"Run `{args.run}` ({run_info['model']}, {run_info['precision']}, scheme {run_info['scheme']}; "
           f"checkpoint `{loaded.checkpoint_path}` sha256 `{run_info['checkpoint_sha256'][:16]}…`), {args.dataset} test "
-          f"set, onnxruntime {ort.__version__}.\n\n{table}\n")
+          f"set, onnxruntime {ort.__version__}, openvino {ov or 'not installed'}.\n\n{table}\n")
     write_results(args.out, out, md, table)
     return 0
 

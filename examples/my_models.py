@@ -62,10 +62,14 @@ class _SeparableBlock(nn.Module):
         self.depthwise = _conv_bn_relu(in_ch, in_ch, stride=stride, groups=in_ch)
         self.pointwise = _conv_bn_relu(in_ch, out_ch, kernel=1)
         self.residual = stride == 1 and in_ch == out_ch
+        # apprentice's Add rather than `x + y`: a float add all the same (no state), but one that a
+        # deployable graph (quant.deploy: int8) can quantize, so the add and the convs before it run as
+        # integer kernels in the ONNX export.
+        self.add = apprentice.quant.Add()
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.pointwise(self.depthwise(x))
-        return x + y if self.residual else y
+        return self.add(x, y) if self.residual else y
 
 
 @apprentice.register_model("sepnet")

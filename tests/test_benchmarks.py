@@ -59,6 +59,14 @@ def test_grid_plan_with_the_teacher_cache_and_named_quantizers(tmp_path):
     assert accuracy.state(tmp_path / accuracy.CACHE, by[accuracy.CACHE]) == "resume"  # cache-teacher continues its file
 
 
+def test_grid_plan_of_deployable_students(tmp_path):
+    jobs = accuracy.grid_jobs(_args(precisions=["4W/8A"], schemes=["B", "C"], deploy="int8"), tmp_path)
+    assert {j.name: j.overrides.get("quant.deploy") for j in jobs} == {
+        "teacher": None, "fp-s0": None, "fp-s1": None, "4w8a-B-s0": "int8", "4w8a-C-s0": "int8",
+        "4w8a-B-s1": "int8", "4w8a-C-s1": "int8"}
+    assert all("quant.deploy" not in j.overrides for j in accuracy.grid_jobs(_args(), tmp_path))
+
+
 def test_a_row_committed_in_another_checkout_counts_as_done(tmp_path):
     job = accuracy.grid_jobs(_args(), tmp_path / "here" / "runs" / "accuracy")[-1]  # a scheme-C cell
     there = {k: v.replace(str(tmp_path / "here"), "/elsewhere/repo") if isinstance(v, str) else v
@@ -254,3 +262,43 @@ def test_folder_vs_idx_writes_pngs_whose_natural_order_is_the_label_order(tmp_pa
         folder_vs_idx.write_png_folder(tmp_path, images, np.arange(10)[::-1], split)
     spec = resolve_spec("folder", str(tmp_path), mean=(0.5,), std=(0.25,))
     assert list(spec.classes) == names and spec.channels == 1 and spec.image_size == 28
+
+
+def test_onnx_speed_tiny_times_every_runtime_and_counts_integer_kernels(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnx_speed
+
+    out = tmp_path / "speed.json"
+    assert onnx_speed.main(["--models", "tiny", "--precisions", "4W/8A", "--batches", "2", "--threads", "1",
+                            "--runs", "2", "--warmup", "1", "--out", str(out)]) == 0
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["results"]}
+    expected = {v for v, (runtime, _) in onnx_speed.VARIANTS.items()
+                if runtime != "openvino" or onnx_speed.openvino_available()}
+    assert set(rows) == expected and all(len(r["times_ms"]) == 2 for r in rows.values())
+    # tiny = ResNet-8 with projection shortcuts: 8 quantized convs (the stem stays float), 3 adds.
+    assert rows["ort-int8"]["ops_after_optimization"]["QLinearConv"] == 8
+    assert rows["ort-int8"]["ops_after_optimization"]["QLinearAdd"] == 3
+    assert rows["ort-int8"]["top1_agreement_vs_fakequant"] == 1.0
+    assert "QLinearConv" in rows["ort-anchor"]["ops_after_optimization"]
+    assert "QLinearConv" not in rows["ort-fp32"]["ops_after_optimization"]
+    assert "| tiny | 1x16x16 | 4W/8A | 1 | 2 | ort-int8 |" in out.with_suffix(".md").read_text()
+
+
+def test_onnx_agreement_on_a_tiny_deployable_run(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnx_agreement
+
+    from apprentice.loop import fit
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_runs import tiny
+
+    run = tmp_path / "run"
+    fit(tiny(run, "quant.precision=4W/8A", "quant.deploy=int8", "model.shortcut=B"))
+    out = tmp_path / "agreement.json"
+    assert onnx_agreement.main([str(run), "--dataset", "synthetic", "--threads", "1", "--out", str(out)]) == 0
+    rows = {r["model"]: r for r in json.loads(out.read_text())["results"]}
+    ort_row = rows["onnxruntime int8"]
+    assert ort_row["onnx_mode"] == "int8" and ort_row["ops_after_optimization"]["QLinearAdd"] == 3
+    assert ort_row["images"] == 512 and ort_row["top1_agreement"] >= 0.999
+    assert rows["load_packed"]["max_abs_logit_diff"] == 0.0

@@ -259,7 +259,25 @@ def test_export_onnx(smoke_run, tmp_path, capsys):
     pytest.importorskip("onnx")
     out = tmp_path / "smoke.onnx"
     assert main(["export", str(smoke_run), "--format", "onnx", "--out", str(out)]) == 0
-    assert out.is_file() and "onnx" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert out.is_file() and "onnx" in text and "QDQ graph: the model was not trained with quant.deploy=int8" in text
+
+
+def test_export_onnx_of_a_deployable_run_is_the_int8_graph(tmp_path, capsys):
+    """A run trained with quant.deploy=int8: `export --format onnx` writes the integer graph and says
+    which layers stay float and why; a run without it gets the QDQ graph and is told why."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "deploy"
+    proc = run_cli("train", str(SMOKE), f"train.out={out}", "data.limit=128", "quant.deploy=int8")
+    assert proc.returncode == 0, proc.stderr
+    assert "deployable int8" in proc.stderr  # the run header
+    assert main(["export", str(out), "--format", "onnx", "--out", str(tmp_path / "d.onnx")]) == 0
+    text = capsys.readouterr().out
+    assert "int8 graph: 6 of 6 quantized layers run as integer kernels in ONNX Runtime" in text
+    assert "float: conv1: not quantized (kept float by the recipe's exclude or layers)" in text
+    assert "6 QLinearConv, 3 QLinearAdd, 1 Conv, 1 Gemm; float: conv1, fc" in text
+    assert main(["export", str(out), "--format", "onnx", "--onnx-mode", "qdq", "--out", str(tmp_path / "q.onnx")]) == 2
+    assert "trained deployable (quant.deploy=int8); its quantized adds are exported by mode 'int8'" in capsys.readouterr().err
 
 
 def test_export_onnx_passes_fold_bn(smoke_run, tmp_path):

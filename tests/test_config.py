@@ -270,6 +270,9 @@ def test_choices(override, expected):
         (["quant.quantizer=uniform"], "quant.precision='32W/32A' with quant.quantizer='uniform'"),
         (["quant.precision=4W/32A", "quant.quantizer=ternary"], "with quant.quantizer='ternary'"),
         (["quant.exclude=['']"], "quant.exclude[0]: empty layer pattern"),
+        (["quant.precision=2W/8A", "quant.deploy=int4"], "quant.deploy: unknown deploy mode 'int4'"),
+        (["quant.precision=4W/4A", "quant.deploy=int8"], "quant.deploy: 'int8' runs uint8 activations"),
+        (["quant.precision=2W/32A", "quant.deploy=int8"], "quant.deploy: 'int8' runs uint8 activations"),
         (["data.holdout=60000"], "data.holdout: holds out 60000 of only 60000 fashion_mnist training images"),
         (["data.name=imagenet", "data.limit=100"], "data.limit: not supported for imagenet"),
         (["data.name=imagenet", "data.holdout=100"], "data.holdout: not supported for imagenet"),
@@ -289,6 +292,7 @@ def test_combinations(overrides, key):
         ["distill.scheme=C", "distill.teacher=no/such/run", "distill.student_init=no/such.pt"],
         ["quant.precision=4W/8A", "quant.learned_clip=true", "quant.per_channel=true"],
         ["quant.precision=2W/32A", "quant.quantizer=wrpn"],
+        ["quant.precision=4W/8A", "quant.deploy=int8", "quant.quantizer=lsq"],
         ["model.name=resnet18", "model.small_input=true"],
         ["model.shortcut=B"],
         ["optim.momentum=0", "optim.nesterov=false"],  # plain SGD

@@ -24,11 +24,13 @@ from apprentice.export import (
 )
 from apprentice.models import MODELS, build_model
 from apprentice.quant import (
+    AddPlan,
     QConv2d,
     QLinear,
     parse_layer_rules,
     parse_precision,
     prepare,
+    quantized_layers,
     weight_codes,
 )
 
@@ -500,3 +502,47 @@ def test_the_model_given_is_checked_layer_by_layer(tmp_path, change, message):
     save_packed(model, tmp_path / "m.safetensors")
     with pytest.raises(ApprenticeError, match=message):
         load_packed(tmp_path / "m.safetensors", model=net(change()))
+
+
+# ----------------------------------------------------------------------------------------------
+# Deployable models (quant.deploy=int8): the adds' quantizers and shared inputs travel in the map
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "arch", "precision", "options"), [
+    ("resnet8", {"shortcut": "A"}, "2W/8A", {}),
+    ("resnet8", {"shortcut": "B"}, "4W/8A", {"per_channel": True, "learned": True}),
+    ("resnet8", {"shortcut": "B"}, "3W/8A", {"quantizer": "lsq"}),
+    ("sepnet", {"channels": 8}, "4W/8A", {}),
+])
+def test_deployable_reload_equals_fake_quant(tmp_path, user_models, name, arch, precision, options) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10, in_channels=1, **arch)
+    w, a = parse_precision(precision, **options)
+    plan = prepare(model, weights=w, activations=a, deploy="int8")
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(16, 1, 16, 16))  # calibrates the adds, moves BN statistics
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(-1.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    model.eval()
+    x = torch.randn(64, 1, 16, 16)
+    with torch.no_grad():
+        ref = model(x)
+    qmap = save_packed(model, tmp_path / "m.safetensors")
+    assert qmap["deploy"] == "int8" and {n for n, e in qmap["layers"].items() if e["kind"] == "add"} == {
+        n for n, p in plan.items() if isinstance(p, AddPlan)}
+    assert not [k for k in packed_tensors(model)[0] if ".add." in k]  # add quantizers are numbers in the map
+    loaded = load_packed(tmp_path / "m.safetensors")
+    def wiring(m: nn.Module) -> dict:  # adds with their frozen values; each layer's shared input and BatchNorm
+        return {n: p if isinstance(p, AddPlan) else (p.input_from, p.deploy, p.batchnorm)
+                for n, p in quantized_layers(m).items()}
+
+    assert wiring(loaded) == wiring(model)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), ref)
+    save_packed(model, tmp_path / "f.safetensors", fold_bn=True)  # BatchNorm folded: close, not bit-equal
+    with torch.no_grad():
+        assert _rel_err(load_packed(tmp_path / "f.safetensors")(x), ref) <= 2e-2

@@ -208,6 +208,24 @@ def test_nonfinite_skip_counts_and_rolls_back(nan_at, tmp_path):
     assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
 
 
+def test_deployable_run_resumes_bit_identically_without_calibrating_again(nan_at, tmp_path):
+    """quant.deploy=int8: the adds' quantizers calibrate on the first batch and are saved; a run stopped
+    at step 6 and resumed from its step-5 checkpoint ends exactly where an uninterrupted run ends."""
+    settings = ("quant.precision=2W/8A", "quant.deploy=int8", "train.epochs=2", "train.checkpoint_every=5",
+                "model.shortcut=B")
+    fit(tiny(tmp_path / "whole", *settings))
+    nan_at(6)
+    with pytest.raises(NonFiniteLossError):
+        fit(tiny(tmp_path / "cut", *settings))
+    stopped = ck.read_checkpoint(tmp_path / "cut" / "checkpoints/last.pt")
+    assert stopped["step"] == 5 and stopped["plan"]["layer3.0.add"]["kind"] == "add"
+    assert bool(stopped["model"]["layer3.0.add.quant_out.act_step_initialized"])
+    fit(tiny(tmp_path / "cut", *settings), resume=True)
+    whole, cut = (ck.read_checkpoint(tmp_path / r / "checkpoints/last.pt")["model"] for r in ("whole", "cut"))
+    assert whole.keys() == cut.keys() and any(k.endswith(".zero_point") for k in whole)
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
+
+
 # ---------------------------------------------------------------------------------------------
 # Stop and resume
 

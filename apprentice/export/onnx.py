@@ -1,5 +1,11 @@
 """ONNX export with integer weights: the QDQ (QuantizeLinear/DequantizeLinear) format.
 
+`export_onnx` writes one of two graphs (`ONNX_MODES`). A model trained with ``quant.deploy=int8``
+gets ONNX Runtime's integer graph (`apprentice.export.int8_onnx`: every quantized conv a
+QLinearConv, every residual add a QLinearAdd). Any other quantized model gets the "qdq" graph this
+module describes, which equals it but leaves ONNX Runtime most convs in float (a block's identity and
+its adds are float in such a model, so an integer graph could not equal it).
+
 Every quantized layer's weights are stored as an int8 initializer (the exact integer codes) with a
 ``DequantizeLinear`` in front of the Conv/Gemm: one float scale per tensor, or one per output
 channel (``axis=0``, which needs opset >= 13). A quantized input activation becomes
@@ -38,7 +44,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from apprentice.errors import ApprenticeError
+from apprentice.errors import ApprenticeError, lookup
+from apprentice.export.int8_onnx import int8_module, share_quantized
+from apprentice.export.onnx_ops import ClipQuantize, DequantizeConst
 from apprentice.export.packed import (
     model_from_packed,
     packed_tensors,
@@ -57,35 +65,12 @@ DEFAULT_OPSET = 17
 MIN_OPSET, MAX_OPSET = 11, 20  # Clip with min/max inputs needs 11; TorchScript exporter stops at 20
 PER_AXIS_MIN_OPSET = 13  # DequantizeLinear's `axis` attribute
 
-__all__ = ["DEFAULT_OPSET", "export_onnx"]
+__all__ = ["DEFAULT_OPSET", "ONNX_MODES", "export_onnx"]
 
 
-class _DequantizeWeight(torch.autograd.Function):
-    """codes * scale in PyTorch; ``DequantizeLinear(codes, scale, 0)`` in the ONNX graph."""
-
-    @staticmethod
-    def forward(ctx: Any, codes: Tensor, scale: Tensor, zero_point: Tensor, axis: int | None) -> Tensor:
-        shape = [] if axis is None else [-1] + [1] * (codes.dim() - 1)
-        return codes.to(scale.dtype) * scale.reshape(shape)
-
-    @staticmethod
-    def symbolic(g: Any, codes: Any, scale: Any, zero_point: Any, axis: int | None) -> Any:
-        extra = {} if axis is None else {"axis_i": axis}
-        return g.op("DequantizeLinear", codes, scale, zero_point, **extra)
-
-
-class _QuantizeActivation(torch.autograd.Function):
-    """Clip -> QuantizeLinear -> DequantizeLinear in ONNX, and the same arithmetic in PyTorch."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, low: Tensor, high: Tensor, scale: Tensor, zero_point: Tensor,
-                bits: int) -> Tensor:
-        return torch.round(x.clamp(low, high) / scale) * scale
-
-    @staticmethod
-    def symbolic(g: Any, x: Any, low: Any, high: Any, scale: Any, zero_point: Any, bits: int) -> Any:
-        clipped = g.op("Clip", x, low, high)
-        return g.op("DequantizeLinear", g.op("QuantizeLinear", clipped, scale, zero_point), scale, zero_point)
+# The QDQ export's names for the shared ops (tests and older callers import them from here).
+_DequantizeWeight = DequantizeConst
+_QuantizeActivation = ClipQuantize
 
 
 class _OnnxLayer(nn.Module):
@@ -97,12 +82,14 @@ class _OnnxLayer(nn.Module):
         if self.conv is not None and module.padding_mode != "zeros":
             raise ApprenticeError(f"ONNX export supports zero padding only, got {module.padding_mode!r}")
         self.bias = module.bias
-        acts = module.act_quant
+        quantizer = module if module.input_layer is None else module.input_layer[1]  # whose input quantizer it uses
+        acts = quantizer.act_quant
         self.act_bits = acts.bits
         levels = 2**acts.bits - 1
         # clip: step c/(2^b − 1) up to c; LSQ: its learned step s up to s·(2^b − 1).
-        step = float(module.act_step.detach()) if module.act_step is not None else float(acts.clip) / levels
-        high = step * levels if module.act_step is not None else float(acts.clip)
+        lsq = quantizer.act_step is not None
+        step = float(quantizer.act_step.detach()) if lsq else float(acts.clip) / levels
+        high = step * levels if lsq else float(acts.clip)
         # Activation constants become graph initializers; uint8 zero point as ONNX's QDQ convention.
         self.register_buffer("act_low", torch.tensor(0.0))
         self.register_buffer("act_high", torch.tensor(high))
@@ -118,12 +105,15 @@ class _OnnxLayer(nn.Module):
             self.register_buffer("scale", scale.reshape(-1) if per_axis else scale.reshape(()))
             self.register_buffer("zero", torch.zeros(self.scale.shape, dtype=torch.int8))
 
+    def quantize_input(self, x: Tensor) -> Tensor:
+        if self.act_bits == FLOAT_BITS:
+            return x
+        return ClipQuantize.apply(x, self.act_low, self.act_high, self.act_scale, self.act_zero, self.act_bits)
+
     def forward(self, x: Tensor) -> Tensor:
-        if self.act_bits != FLOAT_BITS:
-            x = _QuantizeActivation.apply(x, self.act_low, self.act_high, self.act_scale, self.act_zero,
-                                          self.act_bits)
+        x = self.quantize_input(x)
         if hasattr(self, "codes"):
-            w = _DequantizeWeight.apply(self.codes, self.scale, self.zero, self.axis)
+            w = DequantizeConst.apply(self.codes, self.scale, self.zero, self.axis)
         else:
             w = self.weight
         if self.conv is None:
@@ -152,58 +142,33 @@ def _onnx_module(tensors: dict[str, Tensor], qmap: dict[str, Any], opset: int,
     return model.eval()
 
 
-def export_onnx(
-    model_or_packed_path: nn.Module | str | os.PathLike,
-    path: str | os.PathLike,
-    *,
-    input_shape: Sequence[int],
-    opset: int = DEFAULT_OPSET,
-    fold_bn: bool = False,
-    model: nn.Module | None = None,
-    metadata: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Write an ONNX file whose quantized weights are int8 initializers behind DequantizeLinear.
+#: What ``export_onnx(mode=...)`` writes.
+ONNX_MODES: dict[str, str] = {
+    "auto": "int8 for a model trained deployable (quant.deploy=int8), else qdq",
+    "int8": "ONNX Runtime's integer graph (QLinearConv/QLinearAdd), equal to a deployable model as trained",
+    "qdq": "int8 weights and k-bit activations as QDQ pairs around float ops, equal to any quantized model",
+}
 
-    Args:
-        model_or_packed_path: a (fake-)quantized model (any ``nn.Module`` prepared by
-            `apprentice.quant.prepare`), or the path of a file written by `apprentice.export.save_packed`.
-        path: destination ``.onnx`` file (written atomically).
-        input_shape: ``(C, H, W)`` or ``(N, C, H, W)``; the batch axis is dynamic either way.
-        opset: ONNX opset, 11..20 (default 17); per-channel weight scales need >= 13.
-        fold_bn: fold BatchNorm into the preceding convs first (models only; a packed file keeps
-            the folding it was saved with).
-        model: for a packed file of a model built by hand (no registered name), its float
-            architecture, as for `apprentice.export.load_packed`.
-        metadata: extra ``metadata_props``, each value stored as JSON text (``apprentice export``
-            records ``"classes"`` and ``"preprocess"`` here, for ``apprentice predict``).
 
-    Returns:
-        The quantization map, which is also stored in the file's ``metadata_props["apprentice"]``
-        next to ``metadata_props["opset"]``.
+def _resolve_mode(mode: str, qmap: dict[str, Any], opset: int) -> str:
+    lookup(ONNX_MODES, mode, "ONNX export mode")
+    deployable = qmap.get("deploy") == "int8"
+    if mode == "auto":
+        mode = "int8" if deployable else "qdq"
+    if mode == "int8" and not deployable:
+        raise ApprenticeError("the int8 ONNX graph needs a model trained deployable (quant.deploy=int8): this one's "
+                              "residual adds and block inputs are float, so an integer graph would differ from it; "
+                              "train or fine-tune it with quant.deploy=int8, or export mode 'qdq'")
+    if mode == "qdq" and deployable:
+        raise ApprenticeError("this model was trained deployable (quant.deploy=int8); its quantized adds are exported "
+                              "by mode 'int8' (the default)")
+    if mode == "int8" and opset < PER_AXIS_MIN_OPSET:
+        raise ApprenticeError(f"the int8 ONNX graph has per-channel scales, which need opset >= {PER_AXIS_MIN_OPSET}, "
+                              f"got {opset}")
+    return mode
 
-    Raises:
-        ApprenticeError: ONNX not installed ("pip install 'apprentice-kd[onnx]'"), bad opset or
-            input shape, or an invalid packed file.
-    """
-    try:
-        import onnx
-    except ImportError:
-        raise ApprenticeError("ONNX export needs the optional extra: pip install 'apprentice-kd[onnx]'") from None
-    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ApprenticeError(f"opset must be an integer in {MIN_OPSET}..{MAX_OPSET}, got {opset!r}")
-    shape = tuple(input_shape)
-    if len(shape) == 3:
-        shape = (1,) + shape
-    if len(shape) != 4 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
-        raise ApprenticeError(f"input_shape must be (C, H, W) or (N, C, H, W) positive ints, got {input_shape!r}")
-    if isinstance(model_or_packed_path, nn.Module):
-        tensors, qmap = packed_tensors(model_or_packed_path, fold_bn=fold_bn)
-        model = model_or_packed_path
-    elif isinstance(model_or_packed_path, (str, os.PathLike)):
-        tensors, qmap = read_packed(model_or_packed_path)
-    else:
-        raise ApprenticeError(f"export_onnx takes a model or a packed file path, got {type(model_or_packed_path).__name__}")
-    module = _onnx_module(tensors, qmap, opset, model)
+
+def _to_onnx(module: nn.Module, shape: tuple[int, ...], opset: int) -> bytes:
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         # The TorchScript exporter is deprecated in favour of torch.export (needs onnxscript).
@@ -213,7 +178,84 @@ def export_onnx(
             input_names=["input"], output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
         )
-    proto = onnx.load_from_string(buffer.getvalue())
+    return buffer.getvalue()
+
+
+def _input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    shape = tuple(input_shape)
+    if len(shape) == 3:
+        shape = (1,) + shape
+    if len(shape) != 4 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        raise ApprenticeError(f"input_shape must be (C, H, W) or (N, C, H, W) positive ints, got {input_shape!r}")
+    return shape
+
+
+def export_onnx(
+    model_or_packed_path: nn.Module | str | os.PathLike,
+    path: str | os.PathLike,
+    *,
+    input_shape: Sequence[int],
+    opset: int = DEFAULT_OPSET,
+    fold_bn: bool = False,
+    model: nn.Module | None = None,
+    mode: str = "auto",
+    metadata: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write an ONNX file whose quantized weights are int8 initializers behind DequantizeLinear.
+
+    Two graphs (`ONNX_MODES`): "int8", for a model trained with ``quant.deploy=int8``, is ONNX Runtime's
+    integer graph (`apprentice.export.int8_onnx`: every quantized conv a QLinearConv, every
+    `apprentice.quant.Add` a QLinearAdd, BatchNorm folded, int32 biases), equal to the model within
+    integer rounding; "qdq" (any other quantized model) quantizes each layer's input and weights
+    around float ops (module notes). "auto" (default) picks "int8" for a deployable model.
+
+    Args:
+        model_or_packed_path: a (fake-)quantized model (any ``nn.Module`` prepared by
+            `apprentice.quant.prepare`), or the path of a file written by `apprentice.export.save_packed`.
+        path: destination ``.onnx`` file (written atomically).
+        input_shape: ``(C, H, W)`` or ``(N, C, H, W)``; the batch axis is dynamic either way.
+        opset: ONNX opset, 11..20 (default 17); per-channel weight scales and "int8" need >= 13.
+        fold_bn: "qdq": fold BatchNorm into the preceding convs first (models only; a packed file keeps
+            the folding it was saved with). "int8" always folds it into the integer layers.
+        model: for a packed file of a model built by hand (no registered name), its float
+            architecture, as for `apprentice.export.load_packed`.
+        mode: "auto", "int8" or "qdq".
+        metadata: extra ``metadata_props``, each value stored as JSON text (``apprentice export``
+            records ``"classes"`` and ``"preprocess"`` here, for ``apprentice predict``).
+
+    Returns:
+        The quantization map, which is also stored in the file's ``metadata_props["apprentice"]``
+        next to ``metadata_props["opset"]``, with ``"onnx": {"mode": ..., "float_layers": {layer: why}}``:
+        the quantized layers that ONNX Runtime cannot run as integer kernels, and why ("int8").
+
+    Raises:
+        ApprenticeError: ONNX not installed ("pip install 'apprentice-kd[onnx]'"), bad opset, input
+            shape or mode, a mode the model was not trained for, or an invalid packed file.
+    """
+    try:
+        import onnx
+    except ImportError:
+        raise ApprenticeError("ONNX export needs the optional extra: pip install 'apprentice-kd[onnx]'") from None
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ApprenticeError(f"opset must be an integer in {MIN_OPSET}..{MAX_OPSET}, got {opset!r}")
+    shape = _input_shape(input_shape)
+    if isinstance(model_or_packed_path, nn.Module):
+        tensors, qmap = packed_tensors(model_or_packed_path, fold_bn=fold_bn and mode != "int8")
+        model = model_or_packed_path
+    elif isinstance(model_or_packed_path, (str, os.PathLike)):
+        tensors, qmap = read_packed(model_or_packed_path)
+    else:
+        raise ApprenticeError(f"export_onnx takes a model or a packed file path, got {type(model_or_packed_path).__name__}")
+    mode = _resolve_mode(mode, qmap, opset)
+    if mode == "int8":
+        module, reasons = int8_module(tensors, qmap, model, fallback=_OnnxLayer)
+        qmap["onnx"] = {"mode": mode, "float_layers": {n: r for n, r in reasons.items() if r is not None}}
+    else:
+        module = _onnx_module(tensors, qmap, opset, model)
+        qmap["onnx"] = {"mode": mode}
+    proto = onnx.load_from_string(_to_onnx(module, shape, opset))
+    if mode == "int8":
+        share_quantized(proto.graph)
     extra = [(str(k), json.dumps(v, separators=(",", ":"))) for k, v in (metadata or {}).items()]
     for key, value in (("apprentice", json.dumps(qmap, separators=(",", ":"))), ("opset", str(opset)), *extra):
         proto.metadata_props.add(key=key, value=value)

@@ -39,7 +39,10 @@ from apprentice.models import build_model
 from apprentice.quant import (
     QUANTIZER_STATE,
     ActQuant,
+    Add,
+    AddPlan,
     LayerPlan,
+    QAdd,
     QConv2d,
     QLinear,
     apply_plan,
@@ -100,7 +103,7 @@ def find_conv_bn_pairs(model: nn.Module) -> dict[str, str]:
     """
     class _Tracer(torch.fx.Tracer):
         def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-            return isinstance(m, (QConv2d, QLinear)) or super().is_leaf_module(m, qualname)
+            return isinstance(m, (QConv2d, QLinear, Add, QAdd)) or super().is_leaf_module(m, qualname)
 
     try:
         graph = _Tracer().trace(model)
@@ -140,12 +143,18 @@ def packed_tensors(
     layers: dict[str, Any] = {}
     scales: dict[str, Tensor] = {}
     for name, mod in model.named_modules():
+        if isinstance(mod, QAdd):  # its quantizers' values are frozen into the map as numbers
+            for key in [k for k in tensors if k.startswith(f"{name}.")]:
+                tensors.pop(key)
+            layers[name] = mod.plan().to_dict()
+            continue
         if not isinstance(mod, (QConv2d, QLinear)):
             continue
         for key in QUANTIZER_STATE:
             tensors.pop(f"{name}.{key}", None)
         entry: dict[str, Any] = {"kind": mod.kind, "precision": format_precision(mod.weight_quant, mod.act_quant),
                                  "geometry": _geometry(mod), "weights": None, "activations": _activation_entry(mod)}
+        entry.update({k: v for k, v in mod.plan().to_dict().items() if k in ("input_from", "deploy", "batchnorm")})
         if mod.weight_quant is not None:
             spec = mod.weight_quant
             codes, scales[name] = mod.weight_codes()
@@ -178,6 +187,8 @@ def packed_tensors(
         tensors[f"{conv_name}.bias"] = shift.detach().clone().contiguous()
         for key in _BN_KEYS:
             tensors.pop(f"{bn_name}.{key}", None)
+        if conv_name in layers:  # folded: the layer's bias rounding has no BatchNorm left to take into account
+            layers[conv_name].pop("batchnorm", None)
     for name, scale in scales.items():
         tensors[f"{name}.weight_scale"] = scale.detach().cpu().contiguous()
         layers[name]["weights"]["scale_shape"] = list(scale.shape)
@@ -186,10 +197,17 @@ def packed_tensors(
         "package_version": package_version(), "arch": _arch(model),
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "layers": layers, "folded_bn": folded,
+        **({"deploy": deploy} if (deploy := _deploy(layers)) else {}),
         # Recorded because a reloaded folded model has lost its BatchNorm tensors.
         "fp32_bytes": sum(fp32_bytes(model).values()),
     }
     return tensors, qmap
+
+
+def _deploy(layers: dict[str, Any]) -> str | None:
+    """The deployable graph every quantized layer of the map belongs to (`apprentice.quant.deploy`), or None."""
+    modes = {entry.get("deploy") for entry in layers.values()}
+    return modes.pop() if len(modes) == 1 else None
 
 
 def _arch(model: nn.Module) -> dict[str, Any] | None:
@@ -200,6 +218,8 @@ def _arch(model: nn.Module) -> dict[str, Any] | None:
 
 def _activation_entry(mod: QConv2d | QLinear) -> dict[str, Any]:
     """A layer's activation quantizer with its learned value frozen as the number the forward uses now."""
+    if mod.input_layer is not None:  # it uses another layer's quantizer: record that one's values
+        mod = mod.input_layer[1]
     if mod.act_step is not None:  # LSQ; a step no training batch has set is its placeholder, as eval uses it
         return {"bits": mod.act_quant.bits, "quantizer": mod.act_quant.quantizer,
                 "step": float(effective_step(mod.act_step))}
@@ -285,15 +305,19 @@ def model_from_packed(tensors: dict[str, Tensor], qmap: dict[str, Any], model: n
     dtypes = [t.dtype for t in tensors.values() if t.is_floating_point()]
     model.to(max(set(dtypes), key=dtypes.count) if dtypes else torch.float32)
     _unfold_placeholders(model, _get(qmap, "folded_bn", dict, "metadata"))
+    integer = {k: v for k, v in tensors.items() if k.endswith((".weight_codes", ".weight_scale"))}
     plan, weights = _layer_plan(model, _get(qmap, "layers", dict, "metadata"), tensors)
     apply_plan(model, plan)
+    _give_integer_weights(model, qmap["layers"], integer)
     expected = model.state_dict()
     for key in tensors:
         if key not in expected:
             raise _bad(f"tensor {key!r}", "not part of the model (extra tensor)")
     tensors.update(weights)
-    for name, lp in plan.items():  # an LSQ step comes from the map (a number), which built the layer with it
-        if lp.activations.learns_step:
+    for name, lp in plan.items():  # an LSQ step or an add's quantizers come from the map (numbers): as built
+        if isinstance(lp, AddPlan):
+            tensors.update({k: v for k, v in expected.items() if k.startswith(f"{name}.")})
+        elif lp.activations.learns_step and lp.input_from is None:
             tensors[f"{name}.act_step"] = expected[f"{name}.act_step"]
             tensors[f"{name}.act_step_initialized"] = expected[f"{name}.act_step_initialized"]
     for key, ref in expected.items():
@@ -317,13 +341,17 @@ def _unfold_placeholders(model: nn.Module, folded: dict[str, Any]) -> None:
 
 
 def _layer_plan(model: nn.Module, layers: dict[str, Any],
-                tensors: dict[str, Tensor]) -> tuple[dict[str, LayerPlan], dict[str, Tensor]]:
+                tensors: dict[str, Tensor]) -> tuple[dict[str, LayerPlan | AddPlan], dict[str, Tensor]]:
     """Each quantized layer's plan and dequantized weight, checked against the model layer by layer."""
-    plan, weights = {}, {}
+    plan: dict[str, LayerPlan | AddPlan] = {}
+    weights = {}
     for name, entry in layers.items():
         where = f"layer {name!r}"
         module = _submodule(model, name)
         kind = _get(entry, "kind", str, where)
+        if kind == "add":
+            plan[name] = _add_plan(entry, module, where)
+            continue
         if (kind, type(module)) not in (("conv2d", nn.Conv2d), ("linear", nn.Linear)):
             raise _bad(where, f"map says {kind!r}, the model has {type(module).__name__}")
         geometry = entry.get("geometry")
@@ -331,10 +359,32 @@ def _layer_plan(model: nn.Module, layers: dict[str, Any],
             diff = {k: v for k, v in _geometry(module).items() if geometry.get(k) != v}
             raise _bad(where, f"the file's layer has {', '.join(f'{k}={geometry.get(k)}' for k in diff)}, "
                               f"the model's has {', '.join(f'{k}={v}' for k, v in diff.items())}")
-        plan[name] = LayerPlan(kind, None, _activation_settings(_get(entry, "activations", dict, where), where))
+        shared = {k: entry.get(k) for k in ("input_from", "deploy", "batchnorm")}
+        if not all(v is None or isinstance(v, str) for v in shared.values()):
+            raise _bad(where, "input_from, deploy and batchnorm must be names")
+        plan[name] = LayerPlan(kind, None, _activation_settings(_get(entry, "activations", dict, where), where),
+                               **shared)
         if entry.get("weights") is not None:
             weights[f"{name}.weight"] = _dequantize(name, _get(entry, "weights", dict, where), tensors, module)
     return plan, weights
+
+
+def _give_integer_weights(model: nn.Module, layers: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+    """A deployable layer's eval forward rounds its bias as the integer graph does: it needs its codes."""
+    for name, entry in layers.items():
+        w = entry.get("weights")
+        if entry.get("deploy") is not None and w is not None:
+            codes = unpack_codes(tensors[f"{name}.weight_codes"], w["packing"], w["count"]).view(w["shape"])
+            model.get_submodule(name).set_integer_weights(codes, tensors[f"{name}.weight_scale"])
+
+
+def _add_plan(entry: dict[str, Any], module: nn.Module, where: str) -> AddPlan:
+    if type(module) is not Add:
+        raise _bad(where, f"map says 'add', the model has {type(module).__name__} (not apprentice.quant.Add)")
+    try:
+        return AddPlan.from_dict(entry)
+    except ApprenticeError as e:
+        raise _bad(where, str(e)) from None
 
 
 def _geometry(module: nn.Module) -> dict[str, Any]:

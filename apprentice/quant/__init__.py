@@ -8,6 +8,9 @@
 - `apprentice.quant.modules`: QConv2d/QLinear and `LayerPlan`.
 - `apprentice.quant.prepare`: `prepare`/`apply_plan`/`to_float`, with include/exclude patterns and
   per-layer precision rules.
+- `apprentice.quant.add`: `Add`, the residual add a model uses, and `QAdd`, its 8-bit deployable form.
+- `apprentice.quant.deploy`: deployable graphs (``prepare(deploy="int8")``): what the integer graph of
+  the export quantizes, found by tracing the model; `integer_layers` says which layers run as integer kernels.
 
 Example:
     >>> from torch import nn
@@ -16,6 +19,21 @@ Example:
     ['2']
 """
 
+from apprentice.quant.add import (
+    UINT8_MAX,
+    Add,
+    AddInput,
+    AddPlan,
+    QAdd,
+    calibrate_uint8,
+    uint8_fake_quant,
+)
+from apprentice.quant.deploy import (
+    DEPLOY_MODES,
+    INTEGER_ACT_BITS,
+    deploy_plan,
+    integer_layers,
+)
 from apprentice.quant.lsq import (
     MIN_LEARNED_STEP,
     effective_step,
@@ -36,8 +54,10 @@ from apprentice.quant.prepare import (
     DEFAULT_EXCLUDE,
     LayerRules,
     LayerSettings,
+    Plan,
     apply_plan,
     parse_layer_rules,
+    plan_from_dict,
     prepare,
     quantized_layers,
     replace_module,
@@ -68,11 +88,59 @@ from apprentice.quant.quantizers import (
 from apprentice.quant.ste import ste
 
 __all__ = [
-    "ACT_QUANTIZERS", "DEFAULT_EXCLUDE", "FLOAT_BITS", "LEARNED_STEP", "MAX_BITS", "MIN_BITS", "MIN_LEARNED_CLIP",
-    "MIN_LEARNED_STEP", "QUANTIZER_PARAMETERS", "QUANTIZER_STATE", "WEIGHT_QUANTIZERS", "ActQuant", "LayerPlan",
-    "LayerRules", "LayerSettings", "QConv2d", "QLinear", "WeightQuant", "apply_plan", "dorefa", "effective_clip",
-    "effective_step", "fake_quant_activation", "fake_quant_weight", "format_precision", "lsq_activation",
-    "lsq_grad_scale", "lsq_init_step", "lsq_quantize", "lsq_weight", "parse_layer_rules", "parse_precision",
-    "precision_bits", "prepare", "quantized_layers", "replace_module", "ste", "ternary_twn", "to_float",
-    "uniform_max", "weight_codes", "wrpn",
+    "ACT_QUANTIZERS",
+    "DEFAULT_EXCLUDE",
+    "DEPLOY_MODES",
+    "FLOAT_BITS",
+    "INTEGER_ACT_BITS",
+    "LEARNED_STEP",
+    "MAX_BITS",
+    "MIN_BITS",
+    "MIN_LEARNED_CLIP",
+    "MIN_LEARNED_STEP",
+    "QUANTIZER_PARAMETERS",
+    "QUANTIZER_STATE",
+    "UINT8_MAX",
+    "WEIGHT_QUANTIZERS",
+    "ActQuant",
+    "Add",
+    "AddInput",
+    "AddPlan",
+    "LayerPlan",
+    "LayerRules",
+    "LayerSettings",
+    "Plan",
+    "QAdd",
+    "QConv2d",
+    "QLinear",
+    "WeightQuant",
+    "apply_plan",
+    "calibrate_uint8",
+    "deploy_plan",
+    "dorefa",
+    "effective_clip",
+    "effective_step",
+    "fake_quant_activation",
+    "fake_quant_weight",
+    "format_precision",
+    "integer_layers",
+    "lsq_activation",
+    "lsq_grad_scale",
+    "lsq_init_step",
+    "lsq_quantize",
+    "lsq_weight",
+    "parse_layer_rules",
+    "parse_precision",
+    "plan_from_dict",
+    "precision_bits",
+    "prepare",
+    "quantized_layers",
+    "replace_module",
+    "ste",
+    "ternary_twn",
+    "to_float",
+    "uint8_fake_quant",
+    "uniform_max",
+    "weight_codes",
+    "wrpn",
 ]

@@ -9,6 +9,11 @@ Learned quantizer state lives in the layer: a PACT clip ``act_clip``; LSQ steps 
 (initialised from the weights when the layer is built) and ``act_step`` with the buffer
 ``act_step_initialized`` (set by the first training batch, saved in the state dict so that a resume
 or a reload never initialises again).
+
+In a deployable model (``LayerPlan.deploy``, `apprentice.quant.deploy`) a layer that reads the same
+tensor as an earlier layer (a block's projection conv beside its ``conv1``) has no input quantizer of
+its own: ``LayerPlan.input_from`` names the layer whose quantizer it uses, so the tensor is
+quantized once, as in the integer graph.
 """
 
 from __future__ import annotations
@@ -21,6 +26,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from apprentice.errors import ApprenticeError, lookup
+from apprentice.quant.integer import (
+    bn_affine,
+    folded_bias,
+    integer_weights,
+    rounded_bias,
+)
 from apprentice.quant.lsq import effective_step, lsq_init_step
 from apprentice.quant.quantizers import (
     ACT_QUANTIZERS,
@@ -34,23 +45,39 @@ from apprentice.quant.quantizers import (
 #: Trainable parameters of the quantizers themselves (no weight decay; see `apprentice.train.optim`).
 QUANTIZER_PARAMETERS: tuple[str, ...] = ("act_clip", "act_step", "weight_step")
 #: Everything a quantized layer holds beyond its float module's state: not part of a float model.
-QUANTIZER_STATE: tuple[str, ...] = (*QUANTIZER_PARAMETERS, "act_step_initialized")
+QUANTIZER_STATE: tuple[str, ...] = (*QUANTIZER_PARAMETERS, "act_step_initialized", "zero_point")
+
+
+_DEPLOY_FIELDS = ("input_from", "deploy", "batchnorm")
 
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """How one layer is quantized: its kind ("conv2d" | "linear"), weights (None = float) and input activations."""
+    """How one layer is quantized: its kind ("conv2d" | "linear"), weights (None = float) and input activations.
+
+    ``deploy``: the deployable graph the layer belongs to ("int8", `apprentice.quant.deploy`), or None.
+    ``input_from``: in a deployable graph, the layer whose input quantizer this one uses (both read the
+    same tensor); ``activations`` are then that layer's.
+    ``batchnorm``: in a deployable graph, the BatchNorm right after the layer, which the export folds
+    into it; the layer's eval-mode bias rounding (`apprentice.quant.integer`) takes it into account.
+    """
 
     kind: str
     weights: WeightQuant | None
     activations: ActQuant
+    input_from: str | None = None
+    deploy: str | None = None
+    batchnorm: str | None = None
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "kind": self.kind,
             "weights": None if self.weights is None else asdict(self.weights),
             "activations": asdict(self.activations),
         }
+        # Written only when set, so the plans of runs without a deployable graph stay as they were.
+        d.update({k: getattr(self, k) for k in _DEPLOY_FIELDS if getattr(self, k) is not None})
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> LayerPlan:
@@ -60,16 +87,20 @@ class LayerPlan:
             kind = d["kind"]
             weights = None if d.get("weights") is None else WeightQuant(**d["weights"])
             activations = ActQuant(**d["activations"])
+            names = {k: d.get(k) for k in _DEPLOY_FIELDS}
+            if not all(v is None or isinstance(v, str) for v in names.values()):
+                raise TypeError(f"{', '.join(_DEPLOY_FIELDS)} are names")
         except KeyError as e:
             raise ApprenticeError(f"malformed layer plan {dict(d)!r}: missing {e}") from None
         except TypeError as e:
             raise ApprenticeError(f"malformed layer plan {dict(d)!r}: {e}") from None
         lookup(_QMODULES, kind, "layer kind")
-        return cls(kind, weights, activations)
+        return cls(kind, weights, activations, **names)
 
     def describe(self) -> str:
         w = "float" if self.weights is None else self.weights.describe()
-        return f"W: {w}, A: {self.activations.describe()}"
+        a = self.activations.describe() + (f" (as {self.input_from}'s input)" if self.input_from else "")
+        return f"W: {w}, A: {a}"
 
 
 class _QuantMixin:
@@ -78,17 +109,26 @@ class _QuantMixin:
     weight: nn.Parameter
     kind: str
 
-    def _init_quant(self, weights: WeightQuant | None, activations: ActQuant) -> None:
+    def _init_quant(self, weights: WeightQuant | None, activations: ActQuant, deploy: str | None = None,
+                    input_layer: tuple[str, _QuantMixin] | None = None,
+                    batchnorm: tuple[str, nn.BatchNorm2d] | None = None) -> None:
         self.weight_quant = weights
         self.act_quant = activations
-        pact = activations.enabled and activations.learned
+        self.deploy = deploy
+        # The layer whose input quantizer this one uses, and the BatchNorm after it: plain references,
+        # not second parents of those modules.
+        object.__setattr__(self, "_input_layer", input_layer)
+        object.__setattr__(self, "_batchnorm", batchnorm)
+        self._bias_cache: tuple[tuple, Tensor | None] | None = None
+        own = input_layer is None  # a layer using another's input quantizer holds no quantizer state of its own
+        pact = own and activations.enabled and activations.learned
         self.register_parameter("act_clip", nn.Parameter(self.weight.new_tensor(float(activations.clip))) if pact else None)
         step = None
         if weights is not None and weights.learns_step:  # LSQ: from the weights as they are now (pretrained or not)
             step = nn.Parameter(lsq_init_step(self.weight.detach(), weights.levels, per_channel=weights.per_channel))
         self.register_parameter("weight_step", step)
         self.register_parameter("act_step", None)
-        if activations.learns_step:  # a placeholder until the first training batch, unless the plan gives it
+        if own and activations.learns_step:  # a placeholder until the first training batch, unless the plan gives it
             given = activations.step is not None
             self.act_step = nn.Parameter(self.weight.new_tensor(activations.step if given else 1.0))
             self.register_buffer("act_step_initialized", torch.tensor(given, device=self.weight.device))
@@ -109,6 +149,8 @@ class _QuantMixin:
         return self._wq_cache[1]
 
     def quantize_input(self, x: Tensor) -> Tensor:
+        if self._input_layer is not None:
+            return self._input_layer[1].quantize_input(x)
         acts = self.act_quant
         if not acts.enabled:
             return x
@@ -136,9 +178,61 @@ class _QuantMixin:
             raise ApprenticeError("this layer's weights are not quantized; it has no integer codes")
         return weight_codes(self.weight, self.weight_quant, self.weight_step)
 
+    def set_integer_weights(self, codes: Tensor, scale: Tensor) -> None:
+        """Give a layer whose weight is already dequantized (a packed file's) the codes and scale it came
+        from, which its deployable bias rounding needs. Not part of the state dict."""
+        self.register_buffer("integer_codes", codes.to(torch.int8), persistent=False)
+        self.register_buffer("integer_scale", scale.to(self.weight.dtype), persistent=False)
+
+    def _integer_weights(self) -> tuple[Tensor, Tensor] | None:
+        if self.weight_quant is not None:
+            return self.weight_codes()
+        if "integer_codes" in self._buffers:
+            return self.integer_codes, self.integer_scale
+        return None
+
+    def bias_correction(self) -> Tensor | None:
+        """What the eval-mode forward adds to the output of a deployable layer (per output channel):
+        the integer kernel's rounding of the (BatchNorm-folded) bias to its accumulator unit, divided
+        by the BatchNorm's α so that the BatchNorm after the layer passes it on unchanged; None where
+        the export keeps the bias float (float weights or activations, no bias)."""
+        if self.deploy is None or not self.act_quant.enabled or (
+                self.weight_quant is None and "integer_codes" not in self._buffers):
+            return None
+        bn = self._batchnorm[1] if self._batchnorm is not None else None
+        # Recomputed only when something it depends on changes (a tensor's version moves on every in-place update).
+        tensors = [self.weight, self.weight_step, self.bias, self._buffers.get("integer_codes"),
+                   self._buffers.get("integer_scale")]
+        tensors += [] if bn is None else [bn.running_mean, bn.running_var, bn.weight, bn.bias]
+        key = tuple((t.data_ptr(), None if t.is_inference() else t._version) for t in tensors if t is not None)
+        key += (self.activation_scale(),)
+        if self._bias_cache is None or self._bias_cache[0] != key:
+            self._bias_cache = (key, self._bias_rounding(self._integer_weights(), bn))  # type: ignore[arg-type]
+        return self._bias_cache[1]
+
+    def _bias_rounding(self, integer: tuple[Tensor, Tensor], bn: nn.BatchNorm2d | None) -> Tensor | None:
+        alpha, shift = bn_affine(bn) if bn is not None else (None, None)
+        bias = folded_bias(self.bias, alpha, shift)
+        if bias is None:
+            return None
+        _, unit = integer_weights(integer[0].float(), integer[1], alpha)
+        codes, scale = rounded_bias(bias, self.activation_scale(), unit)
+        delta = codes * scale - bias.float()
+        if alpha is not None:  # before the BatchNorm: it scales by α (a zero α passes nothing on)
+            delta = torch.where(alpha != 0, delta / torch.where(alpha != 0, alpha, 1), 0)
+        return delta.to(self.weight.dtype)
+
+    def _add_bias_correction(self, out: Tensor) -> Tensor:
+        if self.training or self.deploy is None:
+            return out
+        delta = self.bias_correction()
+        return out if delta is None else out + delta.reshape([-1] + [1] * (out.dim() - 2))
+
     def activation_clip(self) -> float:
         """The clip c the forward uses now, as a number: a learned (PACT) clip as clamped by
         :func:`effective_clip`, else the fixed setting. Plans and exported maps record this value."""
+        if self._input_layer is not None:
+            return self._input_layer[1].activation_clip()
         if self.act_clip is None:
             return float(self.act_quant.clip)
         return float(effective_clip(self.act_clip.detach()))
@@ -146,26 +240,52 @@ class _QuantMixin:
     def activation_step(self) -> float | None:
         """The LSQ step the forward uses now, as a number (floored as the forward floors it); None
         for a layer without an LSQ activation step or one not yet initialised by a training batch."""
+        if self._input_layer is not None:
+            return self._input_layer[1].activation_step()
         if self.act_step is None or not bool(self.act_step_initialized):
             return None
         return float(effective_step(self.act_step))
 
+    def activation_scale(self) -> float:
+        """s_x, the value of one step of the input quantizer as the forward uses it now: LSQ's step
+        (its placeholder before the first training batch, as packed files record it), or c/(2^bits − 1)."""
+        if self._input_layer is not None:
+            return self._input_layer[1].activation_scale()
+        if self.act_step is not None:
+            return float(effective_step(self.act_step))
+        return self.activation_clip() / (2**self.act_quant.bits - 1)
+
     def plan(self) -> LayerPlan:
         """This layer's settings with learned activation values (PACT clip, LSQ step) as numbers."""
+        bn = self._batchnorm[0] if self._batchnorm is not None else None
+        if self._input_layer is not None:
+            name, layer = self._input_layer
+            return LayerPlan(self.kind, self.weight_quant, layer.plan().activations, name, self.deploy, bn)
         acts = self.act_quant
         if self.act_clip is not None:
             acts = ActQuant(acts.bits, self.activation_clip(), learned=True)
         if self.act_step is not None:
             acts = replace(acts, step=self.activation_step())
-        return LayerPlan(self.kind, self.weight_quant, acts)
+        return LayerPlan(self.kind, self.weight_quant, acts, None, self.deploy, bn)
+
+    @property
+    def input_layer(self) -> tuple[str, nn.Module] | None:
+        """(name, layer) whose input quantizer this layer uses (`LayerPlan.input_from`), or None."""
+        return self._input_layer
 
     @classmethod
-    def from_float(cls, mod: nn.Module, weights: WeightQuant | None, activations: ActQuant):
-        """Build the quantized module around ``mod``'s own parameters (shared, not copied)."""
+    def from_float(cls, mod: nn.Module, weights: WeightQuant | None, activations: ActQuant, *,
+                   deploy: str | None = None, input_layer: tuple[str, nn.Module] | None = None,
+                   batchnorm: tuple[str, nn.BatchNorm2d] | None = None):
+        """Build the quantized module around ``mod``'s own parameters (shared, not copied).
+
+        ``input_layer``: (name, quantized layer) whose input quantizer this layer uses (a deployable
+        graph's shared input, `LayerPlan.input_from`); ``batchnorm``: (name, the BatchNorm after it).
+        """
         q = _empty(cls, mod)
         q.weight = mod.weight
         q.bias = mod.bias
-        q._init_quant(weights, activations)
+        q._init_quant(weights, activations, deploy, input_layer, batchnorm)
         q.train(mod.training)
         return q
 
@@ -188,7 +308,7 @@ class QConv2d(_QuantMixin, nn.Conv2d):
     _float_cls = nn.Conv2d
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self.quantize_input(x), self.quantized_weight(), self.bias)
+        return self._add_bias_correction(self._conv_forward(self.quantize_input(x), self.quantized_weight(), self.bias))
 
 
 class QLinear(_QuantMixin, nn.Linear):
@@ -198,7 +318,7 @@ class QLinear(_QuantMixin, nn.Linear):
     _float_cls = nn.Linear
 
     def forward(self, x: Tensor) -> Tensor:
-        return nn.functional.linear(self.quantize_input(x), self.quantized_weight(), self.bias)
+        return self._add_bias_correction(nn.functional.linear(self.quantize_input(x), self.quantized_weight(), self.bias))
 
 
 _QMODULES: dict[str, tuple[type, type]] = {"conv2d": (nn.Conv2d, QConv2d), "linear": (nn.Linear, QLinear)}

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from torch import nn
 
 from apprentice.errors import ApprenticeError, lookup
+from apprentice.quant.add import Add, AddPlan, QAdd
+from apprentice.quant.deploy import deploy_plan
 from apprentice.quant.modules import _QMODULES, LayerPlan, _QuantMixin
 from apprentice.quant.quantizers import (
     FLOAT_BITS,
@@ -24,8 +26,8 @@ from apprentice.quant.quantizers import (
 )
 
 __all__ = [
-    "DEFAULT_EXCLUDE", "LayerRules", "LayerSettings", "apply_plan", "parse_layer_rules", "prepare", "quantized_layers",
-    "replace_module", "to_float",
+    "DEFAULT_EXCLUDE", "LayerRules", "LayerSettings", "Plan", "apply_plan", "parse_layer_rules", "plan_from_dict",
+    "prepare", "quantized_layers", "replace_module", "to_float",
 ]
 
 DEFAULT_EXCLUDE: tuple[str, ...] = ("@first", "@last")
@@ -36,6 +38,8 @@ LayerSettings = tuple[WeightQuant | None, ActQuant]
 """One layer's quantizer settings: weights (None = float) and input activations."""
 LayerRules = Mapping[str, "str | LayerSettings"] | Sequence[tuple[str, "str | LayerSettings"]]
 """Ordered (layer-name pattern -> precision text or settings) rules; the first match wins."""
+Plan = dict[str, "LayerPlan | AddPlan"]
+"""A model's quantization: ``{module name: LayerPlan}`` for layers, `AddPlan` for a deployable graph's adds."""
 
 
 def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -177,7 +181,8 @@ def prepare(
     include: Sequence[str] = ("*",),
     exclude: Sequence[str] | None = None,
     layers: LayerRules | None = None,
-) -> dict[str, LayerPlan]:
+    deploy: str | None = None,
+) -> Plan:
     """Quantize a model in place by swapping its Conv2d/Linear layers for QConv2d/QLinear.
 
     Give ``precision`` in the paper's notation ("2W/32A", "4W/8A") or explicit ``weights`` and
@@ -198,8 +203,15 @@ def prepare(
     decide at least one layer; one that matches none, or only layers taken by earlier rules or
     excluded, is an error.
 
+    Deployable graph: ``deploy="int8"`` (`apprentice.quant.deploy.DEPLOY_MODES`) also fake-quantizes
+    what the integer graph of the ONNX export quantizes — each tensor once, the residual adds written
+    as `apprentice.quant.Add` (swapped for `QAdd`: quantized inputs and output) —, so the export runs
+    every such layer as an integer kernel and equals the model as trained. None (default): off; the
+    model and its state dict are exactly as without it.
+
     Returns:
-        ``{layer name: LayerPlan}`` of the layers swapped, in module order; empty for a full-precision setting.
+        ``{layer name: LayerPlan}`` of the layers swapped, in module order (with ``deploy``: then
+        ``{add name: AddPlan}``); empty for a full-precision setting.
 
     Example:
         >>> from torch import nn
@@ -213,7 +225,7 @@ def prepare(
     given = precision is not None or weights is not None or activations is not None
     default = _default_settings(precision, weights, activations) if given or layers is None else None
     rules = [] if layers is None else parse_layer_rules(layers)
-    already = [n for n, m in model.named_modules() if isinstance(m, _QuantMixin)]
+    already = [n for n, m in model.named_modules() if isinstance(m, (_QuantMixin, QAdd))]
     if already:
         raise ApprenticeError(f"model is already quantized (layer {already[0]!r}); call to_float(model) first")
     if not rules and default is not None and _float(default):
@@ -226,8 +238,10 @@ def prepare(
     if not settings:
         raise ApprenticeError("include/exclude patterns and layers rules leave no layer to quantize")
     modules = dict(_candidates(model))
-    plan = {n: LayerPlan("conv2d" if isinstance(modules[n], nn.Conv2d) else "linear", w, a)
-            for n, (w, a) in settings.items()}
+    plan: Plan = {n: LayerPlan("conv2d" if isinstance(modules[n], nn.Conv2d) else "linear", w, a)
+                  for n, (w, a) in settings.items()}
+    if deploy is not None:
+        plan = deploy_plan(model, plan, deploy)
     apply_plan(model, plan)
     return plan
 
@@ -238,28 +252,64 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
-def apply_plan(model: nn.Module, plan: Mapping[str, LayerPlan]) -> None:
-    """Swap exactly the layers named in ``plan`` (from :func:`prepare` or a checkpoint), in place."""
-    for name, lp in plan.items():
-        try:
-            mod = model.get_submodule(name)
-        except AttributeError:
-            raise ApprenticeError(f"quantization plan names layer {name!r}, which the model does not have") from None
-        float_cls, q_cls = lookup(_QMODULES, lp.kind, "layer kind")
-        if type(mod) is not float_cls:
-            raise ApprenticeError(f"quantization plan says layer {name!r} is a float {lp.kind}, "
-                                  f"but the model has {type(mod).__name__}")
-        replace_module(model, name, q_cls.from_float(mod, lp.weights, lp.activations))
+def _planned_module(model: nn.Module, name: str, kind: str) -> nn.Module:
+    try:
+        mod = model.get_submodule(name)
+    except AttributeError:
+        raise ApprenticeError(f"quantization plan names layer {name!r}, which the model does not have") from None
+    float_cls = {"add": Add, "batchnorm": nn.BatchNorm2d}.get(kind) or lookup(_QMODULES, kind, "layer kind")[0]
+    if type(mod) is not float_cls:
+        raise ApprenticeError(f"quantization plan says layer {name!r} is a float {kind}, "
+                              f"but the model has {type(mod).__name__}")
+    return mod
 
 
-def quantized_layers(model: nn.Module) -> dict[str, LayerPlan]:
-    """The plan of an already prepared model: ``{layer name: LayerPlan}``."""
-    return {n: m.plan() for n, m in model.named_modules() if isinstance(m, _QuantMixin)}
+def apply_plan(model: nn.Module, plan: Mapping[str, LayerPlan | AddPlan]) -> None:
+    """Swap exactly the layers (and adds) named in ``plan`` (from :func:`prepare` or a checkpoint), in place.
+
+    Layers with their own input quantizer come first, then those that use another's
+    (`LayerPlan.input_from`), then the adds, which may use any layer's.
+    """
+    layers = {n: p for n, p in plan.items() if isinstance(p, LayerPlan)}
+    swapped: dict[str, nn.Module] = {}
+    for name, lp in sorted(layers.items(), key=lambda kv: kv[1].input_from is not None):
+        mod = _planned_module(model, name, lp.kind)
+        shared = None
+        if lp.input_from is not None:
+            if not isinstance(layers.get(lp.input_from), LayerPlan) or layers[lp.input_from].input_from is not None:
+                raise ApprenticeError(f"layer {name!r} uses the input quantizer of {lp.input_from!r}, "
+                                      f"which the plan does not quantize with its own")
+            shared = (lp.input_from, swapped[lp.input_from])
+        bn = None
+        if lp.batchnorm is not None:
+            bn = (lp.batchnorm, _planned_module(model, lp.batchnorm, "batchnorm"))
+        q_cls = _QMODULES[lp.kind][1]
+        swapped[name] = q_cls.from_float(mod, lp.weights, lp.activations, deploy=lp.deploy, input_layer=shared,
+                                         batchnorm=bn)
+        replace_module(model, name, swapped[name])
+    for name, ap in plan.items():
+        if isinstance(ap, AddPlan):
+            _planned_module(model, name, "add")
+            replace_module(model, name, QAdd(ap, swapped))
+        elif not isinstance(ap, LayerPlan):
+            raise ApprenticeError(f"quantization plan entry {name!r} is a {type(ap).__name__}, not a LayerPlan or AddPlan")
+
+
+def plan_from_dict(d: Mapping) -> LayerPlan | AddPlan:
+    """One plan entry read back from its ``to_dict()`` form (checkpoints)."""
+    if isinstance(d, Mapping) and d.get("kind") == "add":
+        return AddPlan.from_dict(d)
+    return LayerPlan.from_dict(d)
+
+
+def quantized_layers(model: nn.Module) -> Plan:
+    """The plan of an already prepared model: ``{layer name: LayerPlan}`` (and `AddPlan` for its `QAdd`)."""
+    return {n: m.plan() for n, m in model.named_modules() if isinstance(m, (_QuantMixin, QAdd))}
 
 
 def to_float(model: nn.Module) -> list[str]:
-    """Swap every quantized layer back to its float module (shadow weights), in place; return their names."""
-    names = [n for n, m in model.named_modules() if isinstance(m, _QuantMixin)]
+    """Swap every quantized layer (and add) back to its float module (shadow weights), in place; return their names."""
+    names = [n for n, m in model.named_modules() if isinstance(m, (_QuantMixin, QAdd))]
     for n in names:
         replace_module(model, n, model.get_submodule(n).to_float())
     return names

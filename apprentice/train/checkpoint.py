@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from apprentice.atomic import atomic_file
 from apprentice.errors import ApprenticeError
 from apprentice.models import build_model
-from apprentice.quant import LayerPlan, apply_plan
+from apprentice.quant import apply_plan, plan_from_dict
 from apprentice.train.state import FORMAT, MODEL_KEYS
 from apprentice.weights import load_strict, torch_load
 
@@ -223,7 +223,7 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], path: str | Path, *, key: str
         raise ApprenticeError(f"checkpoint {str(path)!r} has a malformed quantization plan ({plan_key!r} entry)")
     try:
         model = build_model(**arch)
-        plan = {n: LayerPlan.from_dict(d) for n, d in plans.items()}
+        plan = {n: plan_from_dict(d) for n, d in plans.items()}
         apply_plan(model, plan)
     except ApprenticeError as e:
         raise ApprenticeError(f"checkpoint {str(path)!r}: {e}") from None

@@ -11,7 +11,8 @@ Format 1, key by key::
     format        1
     config        the run's config as plain containers (`apprentice.config.config_to_dict`)
     arch          the student's ``model.arch`` (name and constructor arguments)
-    plan          {layer: LayerPlan.to_dict()} of the student's quantized layers
+    plan          {layer: LayerPlan.to_dict()} of the student's quantized layers (and AddPlan.to_dict() of a
+                  deployable graph's adds, quant.deploy)
     model         student state dict
     epoch, step   epochs finished, optimizer steps taken
     best, best_top1   {top1, top5, epoch} of the best test top-1 so far, and its top1 alone

@@ -295,7 +295,7 @@ def _owners() -> SimpleNamespace:
             "train.amp": ("amp mode", step.AMP_MODES),
             "train.on_nonfinite": ("non-finite policy", step.NONFINITE_POLICIES),
         },
-        model_constructor=models.model_constructor, shortcuts=models.SHORTCUTS,
+        model_constructor=models.model_constructor, takes_argument=models.takes_argument, shortcuts=models.SHORTCUTS,
         builtin_models=models.BUILTIN_MODELS, data_arguments=models.DATA_ARGUMENTS, schemes=distill.SCHEMES,
         datasets=data.DATASETS, augmentations=data.AUGMENTATIONS,
         quantizers=quant.WEIGHT_QUANTIZERS, parse_precision=quant.parse_precision, deploy_modes=quant.DEPLOY_MODES,
@@ -337,8 +337,7 @@ def _choice(table: Mapping[str, Any], value: str, what: str, key: str) -> None:
 
 
 def _takes(name: str, argument: str, owners: SimpleNamespace) -> bool:
-    params = inspect.signature(owners.model_constructor(name)).parameters.values()
-    return any(p.name == argument or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    return owners.takes_argument(name, argument)
 
 
 def _imagenet_style(name: str, owners: SimpleNamespace) -> bool:

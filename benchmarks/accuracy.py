@@ -81,7 +81,7 @@ def cache_file(runs: Path) -> Path:
 #: regime options and the override each sets when it differs from the committed 10,000-image grid's
 #: (so that grid's rows keep matching their jobs): option -> (default, override key)
 REGIME = {"student_width": (1.0, "model.width"), "batch_size": (128, "data.batch_size"),
-          "channels_last": (False, "train.channels_last")}
+          "channels_last": (False, "train.channels_last"), "pad": (None, "data.pad")}
 
 
 def common(args: argparse.Namespace, seed: int) -> dict[str, Any]:
@@ -104,6 +104,7 @@ def teacher_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The teacher's run: FP, seed 0, its own depth, width and length (a stronger teacher trains longer)."""
     o = {**common(args, 0), "model.name": args.teacher, "quant.precision": "32W/32A", "distill.scheme": "baseline"}
     o.pop("model.width", None)
+    o.pop("data.pad", None)  # the teacher trains with the data set's own augmentation; --pad is the students'
     if getattr(args, "teacher_width", 1.0) != 1.0:
         o["model.width"] = args.teacher_width
     if getattr(args, "teacher_epochs", None):
@@ -118,8 +119,9 @@ def grid_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
                                                              "scheme": "baseline", "seed": 0})
     jobs = [teacher]
     if args.teacher_cache:  # the students' data: the grid's holdout and limit
-        jobs.append(Job(CACHE, {"data.holdout": args.holdout, "data.limit": args.train_images or None}, ("teacher",),
-                        {"role": "cache"}))
+        views = {"data.pad": args.pad} if getattr(args, "pad", None) is not None else {}
+        jobs.append(Job(CACHE, {"data.holdout": args.holdout, "data.limit": args.train_images or None, **views},
+                        ("teacher",), {"role": "cache"}))
     for seed in args.seeds:
         twin = f"fp-s{seed}"
         jobs.append(Job(twin, {**common(args, seed), "quant.precision": "32W/32A", "distill.scheme": "baseline"},
@@ -387,6 +389,9 @@ def regime_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--lr", type=float, default=0.1, help="learning rate of every run but scheme C's")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--channels-last", action="store_true", help="train.channels_last for every run")
+    ap.add_argument("--pad", type=int, default=None,
+                    help="the students' crop padding (data.pad; 0 = flips only: 2 views an image, a cache 25x "
+                         "smaller and cheaper than pad 2's 50); the teacher keeps the data set's own")
     ap.add_argument("--milestones", nargs="+", type=float, default=[0.5, 0.75],
                     help="fractions of the run where the step schedule divides lr by 10")
     ap.add_argument("--holdout", type=int, default=5000, help="training images held out for the sweep")

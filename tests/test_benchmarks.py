@@ -205,7 +205,7 @@ def test_committed_rows_still_match_their_jobs(result):
 
 def test_regime_jobs_plateau_and_convergence(tmp_path):
     args = _args(teacher_cache=True, plateau=True, convergence=True, milestones=[0.5, 0.75], train_images=0,
-                 student_width=0.5, teacher_width=2.0, teacher_epochs=30, channels_last=True)
+                 student_width=0.5, teacher_width=2.0, teacher_epochs=30, channels_last=True, pad=0)
     jobs = {j.name: j for j in accuracy.regime_jobs(args, tmp_path)}
     assert sorted(jobs) == ["conv-A-s0", "conv-A-s1", "conv-B-s0", "conv-B-s1", "fp-long-s0"]
     assert jobs["fp-long-s0"].overrides["train.epochs"] == 2 * args.epochs
@@ -213,11 +213,14 @@ def test_regime_jobs_plateau_and_convergence(tmp_path):
     for j in (a, b):
         assert j.overrides["optim.schedule"] == "step" and j.overrides["optim.milestones"] == [0.5, 0.75]
         assert j.overrides["data.limit"] is None and j.overrides["model.width"] == 0.5
-        assert j.overrides["train.channels_last"] is True
+        assert j.overrides["train.channels_last"] is True and j.overrides["data.pad"] == 0
     assert a.needs == () and a.overrides["distill.teacher_model.width"] == 2.0
     assert b.needs == ("teacher", accuracy.CACHE)
     teacher = accuracy.teacher_overrides(args)
     assert teacher["train.epochs"] == 30 and teacher["model.width"] == 2.0 and teacher["model.name"] == "resnet14"
+    assert "data.pad" not in teacher  # the teacher keeps the data set's augmentation; the cache takes the students'
+    cache = next(j for j in accuracy.grid_jobs(args, tmp_path) if j.name == accuracy.CACHE)
+    assert cache.overrides["data.pad"] == 0
 
 
 def test_frontier_plan_shares_the_grids_width_one_runs(tmp_path):

@@ -49,10 +49,7 @@ def ort_ops(path: str, threads: int) -> dict[str, int]:
 
 
 def ort_runner(path: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    """A timed ONNX Runtime session. With more than one thread its pool does not spin between calls:
-    the benchmark alternates sessions, and a pool left spinning after its call takes the cores from
-    the next variant (measured: ORT int8 at 2 threads, batch 1, 46 ms spinning vs 32 ms at 1 thread)."""
-    sess = ort_session(path, threads, config={"session.intra_op.allow_spinning": "0"} if threads > 1 else None)
+    sess = ort_session(path, threads)
     return lambda x: sess.run(None, {"input": x})[0]
 
 

@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                 for threads in args.threads:
                     for batch in args.batches:
                         rows += bench_cell(m, precision, threads, batch, variants, models, files, args)
-    settings = {"threads": args.threads, "ort_inter_op_threads": 1, "ort_spinning": "off when threads > 1", "onnxruntime": ort.__version__,
+    settings = {"threads": args.threads, "ort_inter_op_threads": 1, "onnxruntime": ort.__version__,
                 "openvino": _openvino_version() if has_ov else None, "runs": args.runs, "warmup": args.warmup,
                 "seed": args.seed, "variants": variants, "protocol": "alternating"}
     out = {"benchmark": "onnx_speed", "stamp": st, "settings": settings, "quiet_wait": quiet,

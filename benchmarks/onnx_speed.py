@@ -122,8 +122,14 @@ def graph_info(variant: str, files: dict[str, str], threads: int) -> dict[str, A
     return {}
 
 
-def time_alternating(fns: dict[str, Callable[[], Any]], *, warmup: int, runs: int) -> dict[str, dict[str, Any]]:
-    """Wall-clock ms of each ``fn()``: ``warmup`` calls each, then ``runs`` rounds calling each once in turn."""
+def time_alternating(fns: dict[str, Callable[[], Any]], *, warmup: int, runs: int,
+                     pause_ms: float = 0.0) -> dict[str, dict[str, Any]]:
+    """Wall-clock ms of each ``fn()``: ``warmup`` calls each, then ``runs`` rounds calling each once in turn.
+
+    ``pause_ms`` of idle time (not timed) precede each call: with several threads every runtime's pool
+    (OpenMP in PyTorch, ONNX Runtime's, OpenVINO's) spins for a while after its call before it sleeps,
+    and without the pause those spinning threads take the cores from the next variant (measured on
+    the 2-core VM without it: PyTorch FP32 ResNet-20 at 2 threads 83 ms against 8 ms at 1 thread)."""
     load_before = load_average()
     for fn in fns.values():
         for _ in range(warmup):
@@ -131,6 +137,7 @@ def time_alternating(fns: dict[str, Callable[[], Any]], *, warmup: int, runs: in
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(runs):
         for k, fn in fns.items():
+            time.sleep(pause_ms / 1e3)
             t0 = time.perf_counter()
             fn()
             times[k].append((time.perf_counter() - t0) * 1e3)
@@ -146,7 +153,8 @@ def bench_cell(model_name: str, precision: str, threads: int, batch: int, varian
     run = runners(variants, models, files, threads)
     with torch.inference_mode():
         reference = models["student"](torch.from_numpy(x)).numpy()
-        timings = time_alternating({v: (lambda f=f: f(x)) for v, f in run.items()}, warmup=args.warmup, runs=args.runs)
+        timings = time_alternating({v: (lambda f=f: f(x)) for v, f in run.items()}, warmup=args.warmup, runs=args.runs,
+                                   pause_ms=args.pause_ms)
         outputs = {v: run[v](x) for v in variants if v.endswith("int8")}
     rows = []
     for v in variants:
@@ -204,6 +212,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="default: all (the OpenVINO ones when openvino is installed)")
     p.add_argument("--runs", type=int, default=30, help="timed runs per cell (median reported)")
     p.add_argument("--warmup", type=int, default=5, help="discarded runs per variant before timing")
+    p.add_argument("--pause-ms", type=float, default=50.0,
+                   help="idle time before each timed call, so the previous variant's thread pool has stopped spinning")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--wait-load", type=float, default=None, metavar="LOAD",
                    help="first wait until the 1-minute load average is below LOAD and no pytest/apprentice "
@@ -229,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                 for threads in args.threads:
                     for batch in args.batches:
                         rows += bench_cell(m, precision, threads, batch, variants, models, files, args)
-    settings = {"threads": args.threads, "ort_inter_op_threads": 1, "onnxruntime": ort.__version__,
+    settings = {"threads": args.threads, "ort_inter_op_threads": 1, "pause_ms": args.pause_ms, "onnxruntime": ort.__version__,
                 "openvino": _openvino_version() if has_ov else None, "runs": args.runs, "warmup": args.warmup,
                 "seed": args.seed, "variants": variants, "protocol": "alternating"}
     out = {"benchmark": "onnx_speed", "stamp": st, "settings": settings, "quiet_wait": quiet,

@@ -39,6 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _stamp import REPO, markdown_table, stamp, stamp_markdown, write_results
 
+from apprentice.atomic import atomic_write_text
 from apprentice.data import DATASETS, load_tensors
 
 RECIPES = {"teacher": "configs/fashion_mnist/teacher.yaml", "student": "configs/fashion_mnist/student_b.yaml"}
@@ -86,16 +87,23 @@ def run_summary(run: Path) -> dict[str, Any]:
 
 
 def train_pair(path: str, seed: int, common: list[str], work: Path) -> dict[str, Any]:
-    """Teacher then scheme-B student on one data path; their results and command times."""
+    """Teacher then scheme-B student on one data path; their results and command times. Each finished
+    run's result is kept in the work folder, so a rerun with the same ``--workdir`` skips it (and
+    restarts an unfinished one)."""
     runs = work / "runs" / f"{path}-s{seed}"
     out: dict[str, Any] = {"path": path, "seed": seed}
     for role, recipe in RECIPES.items():
+        done = work / f"{path}-s{seed}-{role}.json"
+        if done.exists():
+            out[role] = json.loads(done.read_text())
+            continue
         extra = [f"distill.teacher={runs / 'teacher'}"] if role == "student" else []
-        wall, text = cli(["train", recipe, *common, f"train.seed={seed}", f"train.out={runs / role}", *extra],
-                         work / f"{path}-s{seed}-{role}.log")
+        wall, text = cli(["train", recipe, "--overwrite", *common, f"train.seed={seed}", f"train.out={runs / role}",
+                          *extra], work / f"{path}-s{seed}-{role}.log")
         decoded = re.findall(r"decoded the \d+ images of .*?\(([\d.]+) s,", text)
         out[role] = {**run_summary(runs / role), "command_wall_s": round(wall, 1),
                      **({"decode_s": [float(s) for s in decoded]} if decoded else {})}
+        atomic_write_text(done, json.dumps(out[role]))
     return out
 
 
@@ -117,7 +125,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--epochs", type=int, default=3, help="epochs of teacher and student (default 3, as the quickstart)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--predict", type=int, default=5, help="test PNGs to predict at the end")
-    ap.add_argument("--workdir", help="keep the PNG folder and runs here (default: a temporary folder, removed)")
+    ap.add_argument("--workdir", help="keep the PNG folder and runs here (default: a temporary folder, removed); "
+                    "rerun with the same folder to continue: finished pairs are skipped")
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/folder_vs_idx.json"))
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="folder_vs_idx-") as tmp:
@@ -144,10 +153,16 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     train, test = load_tensors("fashion_mnist", "train"), load_tensors("fashion_mnist", "test")
     n, m = min(args.images, len(train)), min(args.test_images, len(test))
     folder = work / "fashion_png"
-    t0 = time.perf_counter()
-    write_png_folder(folder, train.images[:n, 0].numpy(), train.labels[:n].numpy(), "train")
-    val_paths = write_png_folder(folder, test.images[:m, 0].numpy(), test.labels[:m].numpy(), "val")
-    png_s = round(time.perf_counter() - t0, 1)
+    written = work / "png_write.json"  # a kept work folder (--workdir) is written once
+    if written.exists():
+        png_s = json.loads(written.read_text())["seconds"]
+        val_paths = sorted((folder / "val").glob("*/*.png"), key=lambda q: q.name)
+    else:
+        t0 = time.perf_counter()
+        write_png_folder(folder, train.images[:n, 0].numpy(), train.labels[:n].numpy(), "train")
+        val_paths = write_png_folder(folder, test.images[:m, 0].numpy(), test.labels[:m].numpy(), "val")
+        png_s = round(time.perf_counter() - t0, 1)
+        atomic_write_text(written, json.dumps({"seconds": png_s, "train": n, "test": m}))
     common = [f"train.epochs={args.epochs}"]
     idx = [*common, *([f"data.limit={n}"] if n < len(train) else [])]
     own = [*common, *FOLDER_SETTINGS, f"data.dir={folder}"]

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from apprentice.config import Config
+from apprentice.config_schema import Config
 from apprentice.data import DATASETS, eval_resize, normalize
 from apprentice.data.images import center_tensor, read_image
 from apprentice.errors import ApprenticeError
@@ -124,7 +124,7 @@ def load_predictor(path_text: str, *, device: str | torch.device = "cpu") -> Pre
     path = Path(path_text)
     if path.suffix.lower() == ".onnx":
         return _onnx_predictor(path)
-    from apprentice.build import load_model_file
+    from apprentice.runs import load_model_file
 
     loaded = load_model_file(path_text)
     num_classes = int(getattr(loaded.model, "arch", {}).get("num_classes", 0))

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from apprentice.build import data_spec, eval_data, load_run
+from apprentice.build import data_spec, eval_data
 from apprentice.cli import main
 from apprentice.predict import Preprocess, load_predictor, predict
+from apprentice.runs import load_run
 
 from format_writers import write_image_folder
 

@@ -22,8 +22,10 @@ from apprentice.config_schema import Config
 from apprentice.data import (
     DATASETS,
     DataSpec,
+    Preprocess,
     TrainSet,
     eval_batches,
+    eval_resize,
     resolve_spec,
     teacher_hash,
     train_batches,
@@ -54,6 +56,7 @@ __all__ = [
     "build_training",
     "data_spec",
     "eval_data",
+    "preprocess_from_config",
     "resolve_data",
     "train_data",
 ]
@@ -87,13 +90,35 @@ def resolve_data(cfg: Config, report: Callable[[str], None] | None = None) -> Co
     if DATASETS[cfg.data.name].kind not in ("folder", "npz"):
         return cfg
     spec = data_spec(cfg, prepare=True, report=report)
-    facts = {"classes": spec.classes, "mean": spec.mean, "std": spec.std, "channels": spec.channels,
-             "image_size": spec.image_size}
+    pre = spec.preprocess
+    facts = {"classes": pre.classes, "mean": pre.mean, "std": pre.std, "channels": pre.channels,
+             "image_size": pre.image_size}
     if spec.kind == "folder":
         facts["tensor_cache"] = spec.tensor_cache
     resolved = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **facts))
     validate(resolved)  # an image size read from the files meets the model's stride check here
     return resolved
+
+
+def preprocess_from_config(cfg: Config, num_classes: int) -> Preprocess:
+    """The preprocessing a run's config records (a folder's facts were written there by training);
+    values left null come from the data set's table row. Touches no data file."""
+    d, info = cfg.data, DATASETS.get(cfg.data.name)
+    if info is None:
+        raise ApprenticeError(f"the run's data set {cfg.data.name!r} is unknown to this version of apprentice")
+    own = info.kind in ("folder", "npz")  # other sets' sizes are the table's (old configs say 224 for all)
+    size, channels = (d.image_size or info.image_size, d.channels or info.channels) if own else (
+        info.image_size, info.channels)
+    classes = d.classes or info.classes or tuple(str(i) for i in range(num_classes))
+    p = Preprocess(channels, size, eval_resize(d.augmentation or info.augmentation, size) if size else 0,
+                   tuple(d.mean or info.mean), tuple(d.std or info.std), tuple(classes))
+    if not (p.channels and p.image_size and p.mean and p.std):
+        raise ApprenticeError(f"the run's config does not record how its {cfg.data.name} images were prepared "
+                              f"(trained before apprentice recorded it); set data.channels, data.image_size, "
+                              f"data.mean and data.std in it")
+    if len(p.classes) != num_classes:
+        raise ApprenticeError(f"the run records {len(p.classes)} class names but the model predicts {num_classes}")
+    return p
 
 
 def eval_data(cfg: Config, split: str = "test", *, data_dir: str | None = None, batch_size: int | None = None,

@@ -195,11 +195,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     if loaded.kind == "packed":
         raise ApprenticeError(f"{args.path!r} is already a packed file; export a run folder or checkpoint")
     from apprentice import export
+    from apprentice.build import preprocess_from_config
     from apprentice.config import config_to_dict
-    from apprentice.predict import Preprocess
 
     out = _export_target(args.out, args.format, loaded.path)
-    pre = Preprocess.from_config(loaded.config, int(loaded.model.arch["num_classes"]))  # for apprentice predict
+    pre = preprocess_from_config(loaded.config, int(loaded.model.arch["num_classes"]))  # for apprentice predict
     if args.format == "packed":
         meta = {"config": config_to_dict(loaded.config), "summary": loaded.summary, "source": str(loaded.path),
                 **pre.to_metadata()}

@@ -13,8 +13,8 @@ A model of your own is any float ``nn.Module``: `prepare` quantizes it, `save_pa
 ``--import``, and `load_packed` without a ``model=``).
 """
 
-from apprentice.build import LoadedRun, load_run
-from apprentice.config import Config, load_config
+from apprentice.config import load_config
+from apprentice.config_schema import Config
 from apprentice.distill import SCHEMES, Distiller, Scheme, make_student
 from apprentice.errors import ApprenticeError
 from apprentice.export import load_packed, save_packed
@@ -44,6 +44,7 @@ from apprentice.quant import (
     to_float,
     weight_codes,
 )
+from apprentice.runs import LoadedRun, load_run
 from apprentice.train import evaluate
 from apprentice.version import __version__
 

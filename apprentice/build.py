@@ -1,16 +1,15 @@
-"""The one bridge from the config tree to plain objects: data, models, teacher, runs read back.
+"""The one bridge from the config tree to plain objects: data, student, teacher, distiller, optimizer.
 
 Only the command line, `apprentice.fit` and this module see a `Config`; every component below
-takes plain typed arguments. ``build_*`` functions map config sections onto those arguments.
+takes plain typed arguments. ``build_*`` functions map config sections onto those arguments. Runs
+read back live in `apprentice.runs`, the teacher read back in `apprentice.teacher`, the checks on
+the files a command is given in `apprentice.file_checks`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
-import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,63 +17,47 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from apprentice.config import Config, ModelConfig, config_from_dict, validate
+from apprentice.config_checks import validate
+from apprentice.config_schema import Config
 from apprentice.data import (
     DATASETS,
     DataSpec,
+    Preprocess,
     TrainSet,
     eval_batches,
+    eval_resize,
     resolve_spec,
     teacher_hash,
     train_batches,
 )
-from apprentice.data.teacher_cache import FORMAT as CACHE_FORMAT
 from apprentice.distill import SCHEMES, Distiller, make_student
 from apprentice.errors import ApprenticeError, lookup
-from apprentice.export import MAP_KEY, model_from_packed, read_packed
-from apprentice.models import build_model, count_parameters, takes_argument
+from apprentice.file_checks import NOT_WEIGHTS, check_kind
+from apprentice.models import count_parameters
 from apprentice.quant import (
     LayerPlan,
     parse_layer_rules,
     parse_precision,
     quantized_layers,
 )
-from apprentice.train.checkpoint import (
-    CHECKPOINT_DIR,
-    as_state_dict,
-    check_checkpoint,
-    find_checkpoint,
-    is_checkpoint,
-    load_state_dict_file,
-    model_from_checkpoint,
-    read_checkpoint,
-)
+from apprentice.teacher import build_from_config, load_teacher
+from apprentice.train.checkpoint import load_state_dict_file
 from apprentice.train.optim import LRSchedule, make_optimizer, param_groups
 from apprentice.train.runtime import Runtime
-from apprentice.weights import check_finite, load_strict, torch_load
+from apprentice.weights import check_finite
 
 __all__ = [
-    "FILE_KINDS",
-    "LoadedModel",
-    "LoadedRun",
     "Training",
     "build_distiller",
-    "build_from_config",
+    "build_from_config",  # its home is apprentice.teacher; benchmarks/speed.py reaches it here at any commit
     "build_optimizer",
     "build_student",
     "build_teacher",
     "build_training",
-    "check_output_apart",
     "data_spec",
     "eval_data",
-    "file_kind",
-    "is_packed_export",
-    "is_packed_file",
-    "load_model_file",
-    "load_run",
-    "load_teacher",
+    "preprocess_from_config",
     "resolve_data",
-    "stored_config",
     "train_data",
 ]
 
@@ -107,13 +90,35 @@ def resolve_data(cfg: Config, report: Callable[[str], None] | None = None) -> Co
     if DATASETS[cfg.data.name].kind not in ("folder", "npz"):
         return cfg
     spec = data_spec(cfg, prepare=True, report=report)
-    facts = {"classes": spec.classes, "mean": spec.mean, "std": spec.std, "channels": spec.channels,
-             "image_size": spec.image_size}
+    pre = spec.preprocess
+    facts = {"classes": pre.classes, "mean": pre.mean, "std": pre.std, "channels": pre.channels,
+             "image_size": pre.image_size}
     if spec.kind == "folder":
         facts["tensor_cache"] = spec.tensor_cache
     resolved = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **facts))
     validate(resolved)  # an image size read from the files meets the model's stride check here
     return resolved
+
+
+def preprocess_from_config(cfg: Config, num_classes: int) -> Preprocess:
+    """The preprocessing a run's config records (a folder's facts were written there by training);
+    values left null come from the data set's table row. Touches no data file."""
+    d, info = cfg.data, DATASETS.get(cfg.data.name)
+    if info is None:
+        raise ApprenticeError(f"the run's data set {cfg.data.name!r} is unknown to this version of apprentice")
+    own = info.kind in ("folder", "npz")  # other sets' sizes are the table's (old configs say 224 for all)
+    size, channels = (d.image_size or info.image_size, d.channels or info.channels) if own else (
+        info.image_size, info.channels)
+    classes = d.classes or info.classes or tuple(str(i) for i in range(num_classes))
+    p = Preprocess(channels, size, eval_resize(d.augmentation or info.augmentation, size) if size else 0,
+                   tuple(d.mean or info.mean), tuple(d.std or info.std), tuple(classes))
+    if not (p.channels and p.image_size and p.mean and p.std):
+        raise ApprenticeError(f"the run's config does not record how its {cfg.data.name} images were prepared "
+                              f"(trained before apprentice recorded it); set data.channels, data.image_size, "
+                              f"data.mean and data.std in it")
+    if len(p.classes) != num_classes:
+        raise ApprenticeError(f"the run records {len(p.classes)} class names but the model predicts {num_classes}")
+    return p
 
 
 def eval_data(cfg: Config, split: str = "test", *, data_dir: str | None = None, batch_size: int | None = None,
@@ -147,8 +152,8 @@ def train_data(cfg: Config, rt: Runtime, *, teacher_hash: str | None = None) -> 
         if Path(cache).is_dir():
             raise ApprenticeError(f"distill.teacher_cache {cache!r} is a folder; give the file apprentice "
                                   f"cache-teacher wrote")
-        _check_kind(cache, "distill.teacher_cache", ("packed", "onnx", "safetensors"),
-                    "give the file apprentice cache-teacher wrote")
+        check_kind(cache, "distill.teacher_cache", ("packed", "onnx", "safetensors"),
+                   "give the file apprentice cache-teacher wrote")
     try:
         return train_batches(data.name, batch_size=data.batch_size, seed=cfg.train.seed, data_dir=data.dir,
                              download=data.download, holdout=data.holdout, limit=data.limit,
@@ -158,296 +163,6 @@ def train_data(cfg: Config, rt: Runtime, *, teacher_hash: str | None = None) -> 
         if cache is None:
             raise
         raise ApprenticeError(f"distill.teacher_cache: {e}") from None
-
-
-@dataclass(frozen=True)
-class LoadedRun:
-    """A trained model read back from a run folder or checkpoint file (see `load_run`).
-
-    Attributes:
-        config: the run's config.
-        model: the student, quantization plan applied, weights loaded, in eval mode, on the CPU.
-        plan: ``{layer name: LayerPlan}`` of its quantized layers (empty for a float model).
-        summary: the run's ``summary.json`` if it has one (finished runs), else None.
-        checkpoint_path: the file the weights came from.
-    """
-
-    config: Config
-    model: nn.Module
-    plan: dict[str, Any]
-    summary: dict[str, Any] | None
-    checkpoint_path: str
-
-
-def stored_config(ckpt: Mapping[str, Any], file: str | os.PathLike) -> Config:
-    """The training config a checkpoint (read from ``file``) holds, unvalidated: it was valid when written."""
-    try:
-        cfg = config_from_dict(ckpt["config"], check=False)
-    except ApprenticeError as e:
-        raise ApprenticeError(f"checkpoint {str(file)!r} holds a config this version cannot read: {e}") from None
-    return _legacy_image_size(cfg)
-
-
-def _legacy_image_size(cfg: Config) -> Config:
-    """Configs written before data.image_size could be null hold 224 for every data set; only folders
-    ever used it, so for the others it reads as null (and a resumed run's config still matches)."""
-    kind = DATASETS[cfg.data.name].kind if cfg.data.name in DATASETS else None
-    if kind not in ("folder", None) and cfg.data.image_size == 224:
-        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, image_size=None))
-    return cfg
-
-
-def load_run(path: str | os.PathLike) -> LoadedRun:
-    """Load the trained student of a run folder (its best checkpoint, else the last) or a checkpoint file.
-
-    Only tensors and plain containers are read (``weights_only=True``); nothing in the file runs.
-
-    Raises:
-        ApprenticeError: no checkpoint, an unreadable/truncated/foreign file, or a checkpoint whose
-            config, architecture or weights do not fit together; names the file.
-    """
-    p = Path(path)
-    file = find_checkpoint(p) if p.is_dir() else p
-    run_dir = p if p.is_dir() else (p.parent.parent if p.parent.name == CHECKPOINT_DIR else None)
-    ckpt = read_checkpoint(file)
-    config = stored_config(ckpt, file)
-    model, plan = model_from_checkpoint(ckpt, file)
-    check_finite(model.state_dict(), f"checkpoint {str(file)!r}", why=_DAMAGED)
-    model.eval()
-    summary = None
-    if run_dir is not None and (run_dir / "summary.json").is_file():
-        with contextlib.suppress(OSError, json.JSONDecodeError):
-            summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    return LoadedRun(config, model, plan, summary, str(file))
-
-
-def model_arguments(m: ModelConfig, *, num_classes: int, in_channels: int) -> dict[str, Any]:
-    """The constructor arguments a `ModelConfig` means for a data set of ``num_classes`` and ``in_channels``.
-
-    ``width`` goes to models that take it (the ResNets; a model of one's own only if it says so);
-    ``shortcut``/``small_input`` only when set; ``model.args`` as written.
-    """
-    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_channels": in_channels, **dict(m.args or ())}
-    if m.width != 1.0 or takes_argument(m.name, "width"):
-        kwargs["width"] = m.width
-    for option, value in (("shortcut", m.shortcut), ("small_input", m.small_input)):
-        if value is not None:
-            kwargs[option] = value
-    return kwargs
-
-
-_DAMAGED = "its outputs would be NaN; the file is damaged or the run diverged: use another checkpoint"
-
-
-def build_from_config(m: ModelConfig, *, num_classes: int, in_channels: int) -> nn.Module:
-    """``models.build_model`` from a `ModelConfig` plus the data set's class and channel counts."""
-    return build_model(m.name, **model_arguments(m, num_classes=num_classes, in_channels=in_channels))
-
-
-def load_teacher(path: str, model_cfg: ModelConfig | None, *, num_classes: int, in_channels: int) -> nn.Module:
-    """The trained teacher of schemes B/C, in eval mode on the CPU.
-
-    Args:
-        path: a run folder or apprentice checkpoint (architecture read from it), or a plain
-            ``.pt``/``.pth``/``.safetensors`` state dict (architecture from ``model_cfg``).
-        model_cfg: the teacher architecture (``distill.teacher_model``); required for plain state
-            dicts, checked against the run's architecture otherwise.
-        num_classes: classes of the data set; the teacher must predict the same.
-        in_channels: image channels of the data set.
-
-    Raises:
-        ApprenticeError: missing/unreadable file, class-count or channel mismatch, or weights that
-            do not fit the architecture (names the file and the first mismatched keys).
-    """
-    p = Path(path)
-    if not p.exists():
-        raise ApprenticeError(f"distill.teacher {path!r} does not exist")
-    _check_kind(path, "distill.teacher", _WEIGHTS,
-                "a teacher needs float weights: give its run folder, checkpoint or state-dict file")
-    loaded: Any = None
-    if p.is_dir():
-        loaded = read_checkpoint(find_checkpoint(p))
-    elif p.suffix != ".safetensors":
-        loaded = torch_load(p, "teacher file")  # once: teacher files can be large
-    if is_checkpoint(loaded):
-        ckpt = check_checkpoint(loaded, p)
-        arch = ckpt["arch"]
-        if not isinstance(arch, Mapping):
-            raise ApprenticeError(f"teacher {path!r} has no architecture ('arch' entry)")
-        if arch.get("num_classes") != num_classes or arch.get("in_channels") != in_channels:
-            raise ApprenticeError(
-                f"teacher {path!r} was trained for {arch.get('num_classes')} classes and {arch.get('in_channels')} "
-                f"input channels, but the data set has {num_classes} classes and {in_channels} channels")
-        if model_cfg is not None:
-            wanted = {"name": model_cfg.name,
-                      **model_arguments(model_cfg, num_classes=num_classes, in_channels=in_channels)}
-            diff = [f"{k}={v!r} (run has {arch.get(k)!r})" for k, v in wanted.items() if arch.get(k) != v]
-            if diff:
-                raise ApprenticeError(f"distill.teacher_model does not match teacher run {path!r}: {', '.join(diff)}")
-        model, _ = model_from_checkpoint(ckpt, p)
-        check_finite(model.state_dict(), f"teacher {path!r}")
-        return model.eval()
-    if model_cfg is None:
-        raise ApprenticeError(f"distill.teacher {path!r} is a plain weights file; set distill.teacher_model "
-                              f"to its architecture (e.g. distill.teacher_model.name=resnet56)")
-    sd = load_state_dict_file(p) if loaded is None else as_state_dict(loaded, p)
-    fc = sd.get("fc.weight")
-    if fc is not None and fc.dim() == 2 and fc.shape[0] != num_classes:
-        raise ApprenticeError(f"teacher {path!r} predicts {fc.shape[0]} classes (fc.weight {tuple(fc.shape)}), "
-                              f"but the data set has {num_classes}")
-    model = build_from_config(model_cfg, num_classes=num_classes, in_channels=in_channels)
-    load_strict(model, sd, f"teacher {path!r}")
-    check_finite(sd, f"teacher {path!r}")
-    return model.eval()
-
-
-# ---------------------------------------------------------------------------------------------
-# Any model file: a run folder, a checkpoint or a packed file
-
-
-def is_packed_file(path: Path) -> bool:
-    """A packed model is a safetensors file: 8-byte header length, then a JSON header (``{``)."""
-    if not path.is_file():
-        return False
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{"
-
-
-def _safetensors_metadata(path: Path) -> dict | None:
-    """The ``__metadata__`` of a safetensors file's header ({} if none); None if ``path`` is not one."""
-    try:
-        with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(size)) if 0 < size < 1 << 26 else None
-    except (OSError, ValueError):
-        return None
-    if not isinstance(header, dict):
-        return None
-    meta = header.get("__metadata__")
-    return meta if isinstance(meta, dict) else {}
-
-
-def is_packed_export(path: Path) -> bool:
-    """Whether ``path`` is a packed file written by apprentice (its safetensors header has our map)."""
-    return MAP_KEY in (_safetensors_metadata(path) or {})
-
-
-# Files that are not a model's float weights, by what an error calls them (`file_kind`).
-FILE_KINDS = {
-    "packed": "a packed export (apprentice export --format packed: quantized integer codes)",
-    "onnx": "an ONNX export (apprentice export --format onnx)",
-    "cache": "a teacher cache (apprentice cache-teacher: a teacher's stored logits)",
-    "safetensors": "a safetensors file that is neither a teacher cache nor a packed export",
-}
-
-
-def file_kind(path: str | os.PathLike) -> str | None:
-    """Which of `FILE_KINDS` the file ``path`` is: by its header (ONNX: by its ``.onnx`` name); else None.
-
-    Example:
-        >>> file_kind("student.safetensors")   # written by apprentice export --format packed
-        'packed'
-    """
-    p = Path(path)
-    if not p.is_file():
-        return None
-    meta = _safetensors_metadata(p)
-    if meta is not None:
-        return "packed" if MAP_KEY in meta else "cache" if meta.get("format") == CACHE_FORMAT else "safetensors"
-    return "onnx" if p.suffix.lower() == ".onnx" else None
-
-
-def _check_kind(path: str, key: str, refused: tuple[str, ...], need: str) -> None:
-    """Refuse ``path`` (given as ``key``) when it is one of the ``refused`` kinds, naming what it is."""
-    kind = file_kind(path)
-    if kind not in refused:
-        return
-    source = None
-    if kind == "packed":  # the map records what it was exported from: point there
-        with contextlib.suppress(Exception):
-            source = json.loads((_safetensors_metadata(Path(path)) or {})[MAP_KEY])["metadata"]["source"]
-    where = f" (this one was exported from {source!r})" if isinstance(source, str) else ""
-    raise ApprenticeError(f"{key + ' ' if key else ''}{path!r} is {FILE_KINDS[kind]}; {need}{where}")
-
-
-_WEIGHTS = ("packed", "onnx", "cache")  # never a teacher's or an init's weights
-
-
-def check_output_apart(out: str | os.PathLike, option: str, reads: Mapping[str, str | os.PathLike | None]) -> None:
-    """Refuse an output that is, or is a folder holding, a file or folder the same command reads.
-
-    A student trained with ``train.out`` set to its teacher's run folder would replace the teacher's
-    checkpoints with its own (silently, with ``--overwrite``); an export or a cache written over the
-    checkpoint it reads destroys its own source. Paths are compared once symbolic links and ``..``
-    are resolved, so another spelling of the same place is caught too. Call it before anything is
-    created or cleared: ``fit`` (train), ``apprentice export`` and ``apprentice cache-teacher`` do.
-
-    Args:
-        out: the folder or file the command writes (``train.out``, ``--out``).
-        option: how the message names ``out``.
-        reads: ``{how the message names it: path}`` of what the command reads; None: nothing.
-
-    Raises:
-        ApprenticeError: ``out`` is one of ``reads``, or a folder holding one.
-    """
-    target = Path(out).resolve()
-    for name, path in reads.items():
-        if path is None:
-            continue
-        source = Path(path).resolve()
-        if source != target and target not in source.parents:
-            continue
-        same = os.path.normpath(out) == os.path.normpath(path)
-        how = "holds" if source != target else "is" if same else "is (once links and '..' are resolved)"
-        raise ApprenticeError(f"{option} {str(out)!r} {how} {name} {str(path)!r}; a command never writes where "
-                              f"it reads (it could replace what it is made from): choose another {option}")
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A model with what we know about it.
-
-    Attributes:
-        path: where it came from.
-        model: the eval-mode model (a packed file's has dequantized weights).
-        config: its training `Config`, or None for a packed file saved without one.
-        summary: the run's summary.json contents, if any.
-        kind: "run", "checkpoint" or "packed".
-        qmap: a packed file's quantization map (None otherwise).
-    """
-
-    path: Path
-    model: Any
-    config: Any
-    summary: dict | None
-    kind: str
-    qmap: dict | None = None
-
-
-def load_model_file(path_text: str) -> LoadedModel:
-    """Load a run folder, a checkpoint file or a packed file (decided by content, not name)."""
-    path = Path(path_text)
-    if not path.exists():
-        raise ApprenticeError(f"{path_text!r} does not exist (expected a run folder, checkpoint or packed file)")
-    _check_kind(path_text, "", ("onnx", "cache"), "give a run folder, checkpoint or packed file")
-    if is_packed_file(path):
-        tensors, qmap = read_packed(path)
-        model = model_from_packed(tensors, qmap)
-        meta = qmap.get("metadata")
-        meta = meta if isinstance(meta, dict) else {}  # the caller's extras: optional, never trusted
-        config = None
-        if isinstance(meta.get("config"), dict):
-            try:
-                config = config_from_dict(meta["config"], check=False)
-            except ApprenticeError as e:
-                raise ApprenticeError(f"{path_text!r}: the training config stored in the packed file is "
-                                      f"unreadable: {e}") from None
-        summary = meta.get("summary") if isinstance(meta.get("summary"), dict) else None
-        return LoadedModel(path, model, config, summary, "packed", qmap)
-    run = load_run(str(path))
-    return LoadedModel(path, run.model, run.config, run.summary, "run" if path.is_dir() else "checkpoint")
-
 
 # ---------------------------------------------------------------------------------------------
 # What a training run trains with
@@ -522,8 +237,8 @@ def build_student(cfg: Config, *, num_classes: int, in_channels: int) -> nn.Modu
     scheme = lookup(SCHEMES, kd.scheme, "scheme")
     init = None
     if scheme.student_init == "pretrained":
-        _check_kind(kd.student_init, "distill.student_init", _WEIGHTS,  # type: ignore[arg-type]
-                    "scheme C starts from float weights: give a run folder, checkpoint or state-dict file")
+        check_kind(kd.student_init, "distill.student_init", NOT_WEIGHTS,  # type: ignore[arg-type]
+                   "scheme C starts from float weights: give a run folder, checkpoint or state-dict file")
         try:
             init = load_state_dict_file(kd.student_init)  # type: ignore[arg-type]
             check_finite(init, repr(kd.student_init))

@@ -50,9 +50,13 @@ import torch.distributed as dist
 
 from apprentice import build
 from apprentice.atomic import atomic_copy, atomic_write_text, remove_stale_temps
-from apprentice.config import Config, config_to_dict, diff_configs, dump_yaml, validate
+from apprentice.config import config_to_dict, diff_configs, dump_yaml
+from apprentice.config_checks import validate
+from apprentice.config_schema import Config
 from apprentice.errors import ApprenticeError
+from apprentice.file_checks import check_output_apart
 from apprentice.quant import quantized_layers
+from apprentice.runs import stored_config
 from apprentice.train import checkpoint as ck
 from apprentice.train import runtime
 from apprentice.train.checkpoint import CHECKPOINT_DIR, LAST
@@ -107,7 +111,7 @@ def fit(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> dict[s
     kd = cfg.distill  # a run never writes where it reads; checked before anything of train.out is touched
     reads = {"distill.teacher": kd.teacher, "distill.student_init": kd.student_init,
              "distill.teacher_cache": kd.teacher_cache}
-    build.check_output_apart(cfg.train.out, "train.out", reads)
+    check_output_apart(cfg.train.out, "train.out", reads)
     if cfg.train.amp == "fp16" and not (cfg.train.device.startswith("cuda") or
                                         (cfg.train.device == "auto" and torch.cuda.is_available())):
         raise ApprenticeError("train.amp=fp16 needs CUDA (its GradScaler); use train.amp=bf16 or off on the CPU")
@@ -217,7 +221,7 @@ def _read_resume_state(cfg: Config, out: Path, resume: bool, progress: Progress)
         progress.line(f"nothing to resume in {out}: no {CHECKPOINT_DIR}/{LAST}; starting a new run")
         return None
     saved = ck.read_checkpoint(last)
-    diffs = [x for x in diff_configs(build.stored_config(saved, last), cfg) if x.split(":")[0] not in HARMLESS_KEYS]
+    diffs = [x for x in diff_configs(stored_config(saved, last), cfg) if x.split(":")[0] not in HARMLESS_KEYS]
     if diffs:
         raise ApprenticeError(f"cannot resume {str(out)!r}: the config differs from its checkpoint's in "
                               f"{'; '.join(diffs)}; use the same config, or --overwrite to start again")

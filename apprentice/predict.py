@@ -1,7 +1,7 @@
 """``apprentice predict``: the class a trained model sees in image files, with the model's own preprocessing.
 
 A model is a run folder, a checkpoint, a packed file or an ONNX file. Each records how its images
-were prepared (`Preprocess`: channels, image size, the evaluation resize and centre crop, mean and
+were prepared (`apprentice.data.Preprocess`: channels, image size, the evaluation resize and centre crop, mean and
 std, class names): a run in its config (a folder's computed facts are written there when it
 trains), an export in its metadata (``"preprocess"`` and ``"classes"``). Images are decoded exactly
 as the evaluation images of an image folder were (`apprentice.data.images`), so a prediction on a
@@ -13,7 +13,6 @@ An image that cannot be read gets one error line and the others are still predic
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,77 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from apprentice.config import Config
-from apprentice.data import DATASETS, eval_resize, normalize
-from apprentice.data.images import center_tensor, read_image
+from apprentice.data import Preprocess, normalize
 from apprentice.errors import ApprenticeError
 
-__all__ = ["Prediction", "Predictor", "Preprocess", "load_predictor", "predict"]
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How an image file becomes a model's input, and what its outputs are called.
-
-    Attributes:
-        channels: 1 (greyscale) or 3 (RGB).
-        image_size: side of the square the model sees.
-        resize: the shorter side is resized to this before the centre ``image_size`` crop.
-        mean, std: per-channel normalisation on the [0, 1] scale.
-        classes: class names in output order.
-    """
-
-    channels: int
-    image_size: int
-    resize: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    classes: tuple[str, ...]
-
-    def to_metadata(self) -> dict[str, Any]:
-        """``{"preprocess": {...}, "classes": [...]}``: what an export records (JSON values)."""
-        return {"preprocess": {"channels": self.channels, "image_size": self.image_size, "resize": self.resize,
-                               "mean": list(self.mean), "std": list(self.std)}, "classes": list(self.classes)}
-
-    @classmethod
-    def from_metadata(cls, preprocess: Any, classes: Any, where: str) -> Preprocess:
-        """Read back `to_metadata` (from an export's metadata; checked, never trusted)."""
-        try:
-            p = cls(int(preprocess["channels"]), int(preprocess["image_size"]), int(preprocess["resize"]),
-                    tuple(float(v) for v in preprocess["mean"]), tuple(float(v) for v in preprocess["std"]),
-                    tuple(str(c) for c in classes))
-        except (TypeError, KeyError, ValueError) as e:
-            raise ApprenticeError(f"{where}: its recorded preprocessing is malformed ({type(e).__name__}: {e})") from None
-        ok = p.channels in (1, 3) and p.image_size > 0 and p.resize >= p.image_size and p.classes
-        ok = ok and len(p.mean) == len(p.std) == p.channels and all(math.isfinite(v) and v > 0 for v in p.std)
-        if not ok:
-            raise ApprenticeError(f"{where}: its recorded preprocessing is inconsistent: {preprocess}, {len(p.classes)} classes")
-        return p
-
-    @classmethod
-    def from_config(cls, cfg: Config, num_classes: int) -> Preprocess:
-        """The preprocessing a run's config records (a folder's facts were written there by training);
-        values left null come from the data set's table row. Touches no data file."""
-        d, info = cfg.data, DATASETS.get(cfg.data.name)
-        if info is None:
-            raise ApprenticeError(f"the run's data set {cfg.data.name!r} is unknown to this version of apprentice")
-        own = info.kind in ("folder", "npz")  # other sets' sizes are the table's (old configs say 224 for all)
-        size, channels = (d.image_size or info.image_size, d.channels or info.channels) if own else (
-            info.image_size, info.channels)
-        classes = d.classes or info.classes or tuple(str(i) for i in range(num_classes))
-        p = cls(channels, size, eval_resize(d.augmentation or info.augmentation, size) if size else 0,
-                tuple(d.mean or info.mean), tuple(d.std or info.std), tuple(classes))
-        if not (p.channels and p.image_size and p.mean and p.std):
-            raise ApprenticeError(f"the run's config does not record how its {cfg.data.name} images were prepared "
-                                  f"(trained before apprentice recorded it); set data.channels, data.image_size, "
-                                  f"data.mean and data.std in it")
-        if len(p.classes) != num_classes:
-            raise ApprenticeError(f"the run records {len(p.classes)} class names but the model predicts {num_classes}")
-        return p
-
-    def image(self, path: str | Path) -> Tensor:
-        """Image file ``path`` as the model's uint8 input C×S×S (ApprenticeError naming an unreadable file)."""
-        return center_tensor(read_image(path, self.channels), size=self.image_size, resize=self.resize)
+__all__ = ["Prediction", "Predictor", "load_predictor", "predict"]
 
 
 @dataclass
@@ -124,7 +56,7 @@ def load_predictor(path_text: str, *, device: str | torch.device = "cpu") -> Pre
     path = Path(path_text)
     if path.suffix.lower() == ".onnx":
         return _onnx_predictor(path)
-    from apprentice.build import load_model_file
+    from apprentice.runs import load_model_file
 
     loaded = load_model_file(path_text)
     num_classes = int(getattr(loaded.model, "arch", {}).get("num_classes", 0))
@@ -132,7 +64,9 @@ def load_predictor(path_text: str, *, device: str | torch.device = "cpu") -> Pre
     if isinstance(meta, dict) and "preprocess" in meta:
         pre = Preprocess.from_metadata(meta["preprocess"], meta.get("classes"), repr(path_text))
     elif loaded.config is not None:
-        pre = Preprocess.from_config(loaded.config, num_classes)
+        from apprentice.build import preprocess_from_config
+
+        pre = preprocess_from_config(loaded.config, num_classes)
     else:
         raise ApprenticeError(f"{path_text!r} records neither its preprocessing nor its training config; "
                               f"export it again from its run folder")

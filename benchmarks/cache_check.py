@@ -29,7 +29,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _stamp import REPO, markdown_table, stamp, stamp_markdown, write_results
 
-from apprentice.build import load_run
 from apprentice.data import (
     HOLDOUT_SEED,
     apply_views,
@@ -40,6 +39,7 @@ from apprentice.data import (
     tensor_source,
     view_count,
 )
+from apprentice.runs import load_run
 
 
 def build_seconds(log: Path) -> float | None:

@@ -382,8 +382,8 @@ def _cifar_folder(root: Path) -> Path:
 
 def _cache_variants(run: Path, f: Path) -> None:
     """A teacher cache of ``run`` over the tiny training set, and broken copies of it."""
-    from apprentice.build import load_run
     from apprentice.data import cache_teacher
+    from apprentice.runs import load_run
 
     cache_teacher(str(f / "t.cache"), load_run(run).model, "synthetic", limit=128)
     raw = (f / "t.cache").read_bytes()

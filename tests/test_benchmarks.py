@@ -265,7 +265,8 @@ def test_folder_vs_idx_writes_pngs_whose_natural_order_is_the_label_order(tmp_pa
     for split in ("train", "val"):
         folder_vs_idx.write_png_folder(tmp_path, images, np.arange(10)[::-1], split)
     spec = resolve_spec("folder", str(tmp_path), mean=(0.5,), std=(0.25,))
-    assert list(spec.classes) == names and spec.channels == 1 and spec.image_size == 28
+    pre = spec.preprocess
+    assert list(pre.classes) == names and pre.channels == 1 and pre.image_size == 28
 
 
 def _benchmark_process(script: str, *args: str) -> None:

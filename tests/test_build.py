@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from apprentice.build import load_run
 from apprentice.data import cache_teacher
 from apprentice.errors import ApprenticeError
 from apprentice.loop import fit
+from apprentice.runs import load_run
 from apprentice.train.runtime import TrainingInterrupted
 
 from tiny_runs import recipe, tiny
@@ -139,7 +139,7 @@ def test_torchrun_two_processes_share_one_cache(teacher_and_cache, tmp_path):
 
 
 def test_a_stored_config_from_before_null_image_sizes_reads_as_null_for_tensor_data_sets():
-    from apprentice.build import stored_config
+    from apprentice.runs import stored_config
 
     for name, expected in (("fashion_mnist", None), ("imagenet", 224)):
         cfg = stored_config({"config": {"data": {"name": name, "image_size": 224}}}, "old.pt")

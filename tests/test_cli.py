@@ -341,7 +341,7 @@ def test_eval_of_a_model_with_fewer_than_five_classes(tmp_path, capsys, image_fo
 
 
 def test_table_right_aligns_numbers_with_thousands_separators():
-    from apprentice.cli import _table
+    from apprentice.commands import _table
 
     text = _table([["conv1", "2,304", "-1.5", "12.3%", "4.0x"], ["layer1.0.conv1", "36", "10", "9%", "12.5x"]],
                   ["layer", "params", "delta", "share", "ratio"])
@@ -354,8 +354,8 @@ def test_mixed_precision_recipe_trains_exports_and_reloads_equal(tmp_path, capsy
     8-bit activations; `info` shows each layer's precision; the packed reload equals the run."""
     import torch
 
-    from apprentice.build import load_run
     from apprentice.export import load_packed
+    from apprentice.runs import load_run
 
     out, packed = tmp_path / "mixed", tmp_path / "mixed.safetensors"
     rules = "quant.layers={conv1: 8W/32A, 'layer3.*': 4W/8A, '*': 2W/8A}"

@@ -244,8 +244,8 @@ def test_integer_layers_says_why_a_layer_stays_float() -> None:
 def test_checkpoints_from_before_the_add_module_load_and_start_a_deployable_student() -> None:
     from pathlib import Path
 
-    from apprentice.build import load_run
     from apprentice.distill import make_student
+    from apprentice.runs import load_run
 
     # A committed FP ResNet-8 checkpoint, written before the blocks had an Add module: loads strictly.
     run = load_run(Path(__file__).resolve().parents[1] / "benchmarks/results/accuracy_lsq_runs/fp-s0")

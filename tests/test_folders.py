@@ -46,9 +46,9 @@ def test_folder_classes_are_sorted_naturally_and_label_every_split_alike(tmp_pat
     root = write_image_folder(tmp_path / "f", classes=("10", "2", "1"), counts=(("train", 2), ("val", 1)))
     (root / "train" / ".ipynb_checkpoints").mkdir()  # hidden folders are never classes
     spec = _spec(root)
-    assert spec.classes == ("1", "2", "10")
+    assert spec.preprocess.classes == ("1", "2", "10")
     for split in ("train", "val"):
-        folder = ImageFolder(root, split, classes=spec.classes)
+        folder = ImageFolder(root, split, classes=spec.preprocess.classes)
         assert [(p.parent.name, label) for p, label in folder.samples[::len(folder) // 3]] == [
             ("1", 0), ("2", 1), ("10", 2)]
 
@@ -68,7 +68,7 @@ def test_splits_with_other_classes_are_refused_naming_the_class(tmp_path, change
 
 def test_given_classes_fix_the_order_and_must_match_the_folders(tmp_path):
     root = write_image_folder(tmp_path / "f", counts=(("train", 2), ("val", 1)))
-    assert _spec(root, classes=("b", "a")).classes == ("b", "a")
+    assert _spec(root, classes=("b", "a")).preprocess.classes == ("b", "a")
     assert ImageFolder(root, "val", classes=("b", "a")).samples[0][0].parent.name == "b"
     with pytest.raises(ApprenticeError, match="missing 'c'"):
         _spec(root, classes=("a", "b", "c"))
@@ -94,10 +94,11 @@ def test_empty_class_folder_and_folder_without_images(tmp_path):
 def test_folders_of_grey_and_rgb_images(tmp_path, channels):
     root = write_image_folder(tmp_path / "f", channels=channels, size=(20, 16))
     spec = _spec(root)
-    assert (spec.channels, spec.image_size, spec.resize, spec.tensor_cache) == (channels, 16, 16, True)
+    pre = spec.preprocess
+    assert (pre.channels, pre.image_size, pre.resize, spec.tensor_cache) == (channels, 16, 16, True)
     train = D.load_split(spec, "train")
     assert train.images.shape == (16, channels, 16, 16) and train.labels.tolist() == [0] * 8 + [1] * 8
-    assert len(spec.mean) == len(spec.std) == channels
+    assert len(pre.mean) == len(pre.std) == channels
     other = 3 if channels == 1 else 1  # converted on decoding: grey to RGB repeats, RGB to grey mixes
     converted = D.load_split(_spec(root, channels=other), "val").images
     assert converted.shape == (8, other, 16, 16)
@@ -110,18 +111,18 @@ def test_image_size_resizes_the_shorter_side_and_crops_the_centre(tmp_path):
     spec = _spec(root, image_size=8)
     assert D.load_split(spec, "val").images.shape[1:] == (1, 8, 8)
     rrc = _spec(root, image_size=8, augmentation="random-resized-crop")
-    assert (rrc.resize, rrc.tensor_cache) == (9, False)  # 8 / 0.875: the ImageNet recipe's crop
+    assert (rrc.preprocess.resize, rrc.tensor_cache) == (9, False)  # 8 / 0.875: the ImageNet recipe's crop
 
 
 def test_computed_normalisation_is_that_of_every_training_pixel(tmp_path):
     root = write_image_folder(tmp_path / "f", channels=3)
     spec = _spec(root)
     x = D.load_split(spec, "train").images.double() / 255
-    assert spec.mean == pytest.approx(x.mean((0, 2, 3)).tolist(), abs=1e-4)
-    assert spec.std == pytest.approx(x.std((0, 2, 3), unbiased=False).tolist(), abs=1e-4)
+    assert spec.preprocess.mean == pytest.approx(x.mean((0, 2, 3)).tolist(), abs=1e-4)
+    assert spec.preprocess.std == pytest.approx(x.std((0, 2, 3), unbiased=False).tolist(), abs=1e-4)
     streamed = _spec(root, tensor_cache=False)  # a sample of decoded images (here all of them)
-    assert streamed.mean == spec.mean and not streamed.tensor_cache
-    assert _spec(root, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)).mean == (0.5, 0.5, 0.5)
+    assert streamed.preprocess.mean == spec.preprocess.mean and not streamed.tensor_cache
+    assert _spec(root, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)).preprocess.mean == (0.5, 0.5, 0.5)
     with pytest.raises(ApprenticeError, match="data.mean has 1 values but the images have 3"):
         _spec(root, mean=(0.5,), std=(0.2,))
     assert D.channel_stats(torch.full((2, 1, 3, 3), 7, dtype=torch.uint8)) == ((0.0275,), (1.0,))  # flat: std 1
@@ -185,8 +186,8 @@ def test_tensor_data_sets_take_the_settings_too():
     spec = D.resolve_spec("synthetic", mean=(0.4,), std=(0.3,), flip=True, pad=1)
     train = D.load_split(spec, "train", limit=8)
     assert (train.mean, train.std, train.pad, train.flip) == ((0.4,), (0.3,), 1, True)
-    assert D.resolve_spec("fashion_mnist").classes[0] == "T-shirt/top"
-    assert D.resolve_spec("synthetic").classes == tuple(str(i) for i in range(10))
+    assert D.resolve_spec("fashion_mnist").preprocess.classes[0] == "T-shirt/top"
+    assert D.resolve_spec("synthetic").preprocess.classes == tuple(str(i) for i in range(10))
 
 
 # ---------------------------------------------------------------- the tensor cache
@@ -270,8 +271,9 @@ def test_npz_arrays_train_and_test(tmp_path, shape):
     _npz(tmp_path / "a", "val", images[:6], labels[:6])
     spec = D.resolve_spec("npz", str(tmp_path / "a"))
     channels = 1 if len(shape) == 3 else 3
-    assert (spec.channels, spec.image_size, spec.classes, spec.pad) == (channels, 10, ("cat", "dog", "owl"), 1)
-    assert spec.mean == pytest.approx((images.reshape(12, channels, -1) / 255).mean((0, 2)).tolist(), abs=1e-4)
+    pre = spec.preprocess
+    assert (pre.channels, pre.image_size, pre.classes, spec.pad) == (channels, 10, ("cat", "dog", "owl"), 1)
+    assert pre.mean == pytest.approx((images.reshape(12, channels, -1) / 255).mean((0, 2)).tolist(), abs=1e-4)
     train = D.load_split(spec, "train", holdout=2, seed=0)
     assert len(train) == 10 and train.images.shape[1:] == (channels, 10, 10)
     test = batches.eval_batches("npz", "test", batch_size=4, spec=spec)  # test.npz is missing: val.npz
@@ -306,7 +308,7 @@ def test_the_exact_teacher_cache_serves_a_folder_decoded_into_tensors(tmp_path):
     teacher = build_model("resnet8", num_classes=2, in_channels=1, width=0.25).eval()
     path = tmp_path / "teacher.cache"
     source = batches.cache_teacher(str(path), teacher, "folder", spec=spec, batch_size=64)
-    assert (source.mode, source.views, source.mean) == ("exact", D.view_count(2, True), spec.mean)
+    assert (source.mode, source.views, source.mean) == ("exact", D.view_count(2, True), spec.preprocess.mean)
     train = batches.train_batches("folder", batch_size=8, seed=0, spec=spec, teacher_cache=str(path),
                                   teacher_hash=D.teacher_hash(teacher))
     x, _, cached = next(iter(train.batches))

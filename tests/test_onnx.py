@@ -6,6 +6,7 @@ import json
 import math
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,6 +28,32 @@ def _onnx_student(precision: str, options: dict | None = None) -> nn.Module:
     return model
 
 
+def _export_and_compare(model: nn.Module, tmp_path: Path, input_shape: tuple[int, ...], *, source: str = "file",
+                        images: int, agreement: float, **options) -> Path:
+    """Export ``model`` to ``tmp_path / "m.onnx"`` (``source`` "model": from the model itself with a
+    batch dimension; "file": from its packed file) and check that ONNX Runtime gives its logits on
+    ``images`` random inputs: close, and the same class on at least ``agreement`` of them (ORT's
+    convolutions sum in another order, so an activation on an 8-bit rounding tie may land one step
+    away). ``options`` go to `export_onnx`. Returns the ONNX file."""
+    ort = pytest.importorskip("onnxruntime")
+    from apprentice.export import export_onnx
+
+    path = tmp_path / "m.onnx"
+    if source == "file":
+        save_packed(model, tmp_path / "m.safetensors")
+        export_onnx(tmp_path / "m.safetensors", path, input_shape=input_shape, **options)
+    else:
+        export_onnx(model, path, input_shape=(1, *input_shape), **options)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(images, *input_shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(x)
+    out = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    assert _rel_err(out, ref) <= 5e-3
+    assert (out.argmax(1) == ref.argmax(1)).float().mean().item() >= agreement
+    return path
+
+
 @pytest.mark.parametrize(("precision", "options", "source"),
                          [("2W/8A", {}, "model"), ("4W/8A", {}, "file"),
                           ("4W/8A", {"per_channel": True, "learned": True}, "file"),
@@ -34,16 +61,9 @@ def _onnx_student(precision: str, options: dict | None = None) -> nn.Module:
                           ("2W/8A", {"quantizer": "lsq"}, "model")])
 def test_onnx_runtime_matches_fake_quant(tmp_path, precision, options, source) -> None:
     onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
-    from apprentice.export import export_onnx
-
     model = _onnx_student(precision, options)
-    path = tmp_path / "m.onnx"
-    if source == "file":
-        save_packed(model, tmp_path / "m.safetensors")
-        export_onnx(tmp_path / "m.safetensors", path, input_shape=(1, 28, 28), opset=13)
-    else:
-        export_onnx(model, path, input_shape=(1, 1, 28, 28))
+    path = _export_and_compare(model, tmp_path, (1, 28, 28), source=source, images=1000, agreement=0.999,
+                               **({"opset": 13} if source == "file" else {}))
     proto = onnx.load(str(path))
     meta = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(meta["apprentice"])["arch"] == model.arch
@@ -58,16 +78,6 @@ def test_onnx_runtime_matches_fake_quant(tmp_path, precision, options, source) -
     ops = [n.op_type for n in proto.graph.node]
     assert ops.count("QuantizeLinear") == len(quantized) and ops.count("Clip") == len(quantized)
     assert ops.count("DequantizeLinear") == 2 * len(quantized)
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = torch.randn(1000, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        ref = model(x)
-    out = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
-    # ORT's convolutions sum in another order, so an activation on an 8-bit rounding tie may land
-    # one step away: close, and the same class on >= 99.9 % of inputs.
-    assert _rel_err(out, ref) <= 5e-3
-    assert (out.argmax(1) == ref.argmax(1)).float().mean().item() >= 0.999
 
 
 def test_onnx_activation_quantizer_rounds_and_clips_like_torch(tmp_path) -> None:
@@ -139,19 +149,8 @@ def test_onnx_folded_bn_and_negative_scales(tmp_path) -> None:
 @pytest.mark.parametrize(("name", "scheme", "precision", "options"), USER_CASES)
 def test_user_models_run_in_onnx_runtime(tmp_path, user_models, name, scheme, precision, options) -> None:
     pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
-    from apprentice.export import export_onnx
-
     student = distilled_user_student(name, scheme, precision, options)
-    save_packed(student, tmp_path / "m.safetensors")
-    export_onnx(tmp_path / "m.safetensors", tmp_path / "m.onnx", input_shape=(1, 16, 16))
-    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    x = torch.randn(500, 1, 16, 16, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        ref = student(x)
-    out = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
-    assert _rel_err(out, ref) <= 5e-3
-    assert (out.argmax(1) == ref.argmax(1)).float().mean().item() >= 0.99
+    _export_and_compare(student, tmp_path, (1, 16, 16), images=500, agreement=0.99)
 
 
 def test_hand_built_model_exports_to_onnx(tmp_path) -> None:

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from apprentice.build import data_spec, eval_data, load_run
+from apprentice.build import data_spec, eval_data, preprocess_from_config
 from apprentice.cli import main
-from apprentice.predict import Preprocess, load_predictor, predict
+from apprentice.data import Preprocess
+from apprentice.predict import load_predictor, predict
+from apprentice.runs import load_run
 
 from format_writers import write_image_folder
 
@@ -43,10 +45,10 @@ def test_a_folder_run_records_the_facts_it_computed_and_reuses_them(grey_run, ca
     assert recorded["classes"] == ["1", "2", "10"] and (recorded["channels"], recorded["image_size"]) == (1, 16)
     assert recorded["tensor_cache"] is True and len(recorded["mean"]) == len(recorded["std"]) == 1
     cfg = load_run(run).config
-    spec = data_spec(cfg)
-    assert (spec.mean, spec.std, spec.classes) == (tuple(recorded["mean"]), tuple(recorded["std"]), ("1", "2", "10"))
-    pre = Preprocess.from_config(cfg, 3)
-    assert (pre.mean, pre.std, pre.resize) == (spec.mean, spec.std, 16)
+    facts = data_spec(cfg).preprocess
+    assert (facts.mean, facts.std, facts.classes) == (tuple(recorded["mean"]), tuple(recorded["std"]), ("1", "2", "10"))
+    pre = preprocess_from_config(cfg, 3)
+    assert (pre.mean, pre.std, pre.resize) == (facts.mean, facts.std, 16)
     assert main(["eval", str(run), "--json"]) == 0
     first = json.loads(capsys.readouterr().out)
     # Images the run never saw change what a fresh computation would give, not what the run uses.
@@ -54,7 +56,7 @@ def test_a_folder_run_records_the_facts_it_computed_and_reuses_them(grey_run, ca
     shutil.copytree(folder, extra)
     for p in (extra / "train" / "1").iterdir():
         p.write_bytes((folder / "train" / "10" / p.name).read_bytes())
-    assert data_spec(cfg, data_dir=str(extra)).mean == spec.mean
+    assert data_spec(cfg, data_dir=str(extra)).preprocess.mean == facts.mean
     assert main(["eval", str(run), "--json", "--split", "val"]) == 0
     assert json.loads(capsys.readouterr().out)["top1"] == first["top1"] and first["images"] == 12
 
@@ -109,7 +111,7 @@ def test_an_rgb_folder_trains_with_a_given_normalisation_and_the_named_augmentat
                   "data.augmentation=random-resized-crop", "data.flip=false") == 0
     cfg = load_run(out).config
     assert (cfg.data.channels, cfg.data.image_size, cfg.data.mean, cfg.data.tensor_cache) == (3, 12, (0.5,) * 3, False)
-    assert Preprocess.from_config(cfg, 2).resize == 14  # random-resized-crop: evaluated at 12 / 0.875
+    assert preprocess_from_config(cfg, 2).resize == 14  # random-resized-crop: evaluated at 12 / 0.875
     assert load_run(out).model.conv1.weight.shape[1] == 3
 
 
@@ -180,5 +182,5 @@ def test_the_preprocessing_of_a_fashion_mnist_config_is_the_tables_even_from_an_
     cfg = load_config(None, ["data.name=fashion_mnist"])
     old = cfg.__class__(**{**vars(cfg), "data": cfg.data.__class__(**{**vars(cfg.data), "image_size": 224})})
     for c in (cfg, old):  # configs written before data.image_size could be null say 224 for every data set
-        p = Preprocess.from_config(c, 10)
+        p = preprocess_from_config(c, 10)
         assert (p.channels, p.image_size, p.resize, p.mean, p.classes[0]) == (1, 28, 28, (0.286,), "T-shirt/top")

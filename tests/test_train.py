@@ -1,4 +1,4 @@
-"""Tests of apprentice.loop (fit) and apprentice.build.load_run, end to end on tiny runs.
+"""Tests of apprentice.loop (fit) and apprentice.runs.load_run, end to end on tiny runs.
 
 Everything runs on the CPU with the synthetic data set (1x16x16, 10 classes) and resnet8 at width
 0.25, so each fit takes a second or two. Subprocess tests (SIGTERM + resume, torchrun) use one
@@ -22,11 +22,11 @@ import torch
 from torch import nn
 
 from apprentice import loop
-from apprentice.build import load_run
 from apprentice.config import config_to_dict, load_config
 from apprentice.errors import ApprenticeError
 from apprentice.loop import fit
 from apprentice.models import build_model
+from apprentice.runs import load_run
 from apprentice.train import checkpoint as ck
 from apprentice.train.checkpoint import load_state_dict_file
 from apprentice.train.runtime import EXIT_SIGTERM, TrainingInterrupted

@@ -10,6 +10,8 @@
 - `apprentice.data.folders`: image folders (your own, ImageNet) decoded by DataLoader workers;
   `apprentice.data.folder_cache`: a small folder decoded once into a tensor file;
   `apprentice.data.arrays`: ``.npz`` arrays.
+- `apprentice.data.preprocess`: `Preprocess`, how an image file becomes a model's input (channels,
+  size, resize and crop, normalisation) and what its outputs are called.
 - `apprentice.data.spec`: `DataSpec`, every fact of a data set resolved from settings, table and
   files (`resolve_spec`), and `load_split` for every data set held as tensors.
 - `apprentice.data.batches`: `train_batches`/`eval_batches`, the one interface training uses;
@@ -41,6 +43,7 @@ from apprentice.data.folder_cache import folder_tensors
 from apprentice.data.folders import ImageFolder, folder_loader, imagenet_loader
 from apprentice.data.images import natural_key, read_image
 from apprentice.data.normalise import channel_stats
+from apprentice.data.preprocess import Preprocess
 from apprentice.data.spec import DataSpec, load_split, resolve_spec
 from apprentice.data.teacher_cache import (
     CACHE_DTYPES,
@@ -68,7 +71,7 @@ from apprentice.data.tensors import (
 
 __all__ = [
     "AUGMENTATIONS", "CACHE_DTYPES", "DATASETS", "HOLDOUT_SEED", "Augmentation", "Batch", "CacheSource",
-    "CachedBatches", "CropCache", "DataSpec", "DatasetInfo", "FolderBatches", "ImageFolder", "TeacherCache",
+    "CachedBatches", "CropCache", "DataSpec", "DatasetInfo", "FolderBatches", "ImageFolder", "Preprocess", "TeacherCache",
     "TensorData", "TensorLoader", "TrainSet", "apply_views", "augment_batch", "build_crop_cache",
     "build_teacher_cache", "cache_teacher", "channel_stats", "dense_logits", "eval_batches", "eval_resize",
     "folder_loader", "folder_tensors", "imagenet_loader", "load_npz", "load_split", "load_tensors",

@@ -170,7 +170,7 @@ def eval_batches(name: str, split: str = "test", *, batch_size: int, data_dir: s
         images = open_folder(spec, split, train=False)
         loader = torch.utils.data.DataLoader(images, batch_size=batch_size, sampler=list(range(rank, len(images), world_size)),
                                              num_workers=workers, pin_memory=device.type == "cuda")
-        return _Reiterable(lambda: _normalized(loader, device, spec.mean, spec.std))
+        return _Reiterable(lambda: _normalized(loader, device, spec.preprocess.mean, spec.preprocess.std))
     if split == "holdout" and holdout <= 0:
         raise ApprenticeError("this run held out no training images (data.holdout=0); use the test or train split")
     if split == "val" and spec.kind not in ("folder", "npz"):
@@ -230,8 +230,8 @@ def train_batches(name: str, *, batch_size: int, seed: int, data_dir: str | None
         folder = open_folder(spec, "train", train=True)
         loader = folder_loader(folder, batch_size=per_rank, workers=workers, shuffle=True, seed=seed, rank=rank,
                                world_size=world_size, drop_last=True)
-        return TrainSet(FolderBatches(loader, device=device, seed=seed, mean=spec.mean, std=spec.std),
-                        spec.num_classes, spec.channels, len(folder))
+        return TrainSet(FolderBatches(loader, device=device, seed=seed, mean=spec.preprocess.mean,
+                                      std=spec.preprocess.std), spec.num_classes, spec.preprocess.channels, len(folder))
     train = load_split(spec, "train", download=download, holdout=holdout, seed=HOLDOUT_SEED, limit=limit,
                        workers=workers)
     if len(train) < batch_size:
@@ -259,13 +259,13 @@ def _crops_only(spec: DataSpec) -> None:
 def _cached_folder(spec: DataSpec, path: str, teacher: str, *, batch_size: int, workers: int, seed: int,
                    rank: int, world_size: int, device: torch.device) -> TrainSet:
     _crops_only(spec)
-    folder = open_folder(spec, "train", train=True)
-    cache = open_crop_cache(path, folder_source(folder, teacher=teacher, dataset=spec.name, mean=spec.mean,
-                                                std=spec.std))
+    folder, pre = open_folder(spec, "train", train=True), spec.preprocess
+    cache = open_crop_cache(path, folder_source(folder, teacher=teacher, dataset=spec.name, mean=pre.mean,
+                                                std=pre.std))
     loader = crop_loader(folder, cache, batch_size=batch_size, workers=workers, seed=seed, rank=rank,
                          world_size=world_size)
-    return TrainSet(FolderBatches(loader, device=device, seed=seed, mean=spec.mean, std=spec.std, cache=cache),
-                    spec.num_classes, spec.channels, len(folder))
+    return TrainSet(FolderBatches(loader, device=device, seed=seed, mean=pre.mean, std=pre.std, cache=cache),
+                    spec.num_classes, pre.channels, len(folder))
 
 
 def cache_teacher(path: str, teacher: torch.nn.Module, name: str, *, data_dir: str | None = None,
@@ -295,8 +295,9 @@ def cache_teacher(path: str, teacher: torch.nn.Module, name: str, *, data_dir: s
             raise ApprenticeError(f"data.holdout and data.limit are not supported for {name}; set them to 0 and null")
         _crops_only(spec)
         folder = open_folder(spec, "train", train=True)
-        return build_crop_cache(path, teacher, folder, dataset=spec.name, mean=spec.mean, std=spec.std, views=views,
-                                topk=topk, seed=seed, dtype=dtype, batch_size=batch_size, report=report)
+        return build_crop_cache(path, teacher, folder, dataset=spec.name, mean=spec.preprocess.mean,
+                                std=spec.preprocess.std, views=views, topk=topk, seed=seed, dtype=dtype,
+                                batch_size=batch_size, report=report)
     train = load_split(spec, "train", download=download, holdout=holdout, seed=HOLDOUT_SEED, limit=limit)
     return build_teacher_cache(path, teacher, train, holdout=holdout, limit=limit, dtype=dtype, batch_size=batch_size,
                                report=report)

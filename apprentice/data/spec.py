@@ -37,6 +37,7 @@ from apprentice.data.folder_cache import AUTO_CACHE_BYTES, folder_tensors
 from apprentice.data.folders import ImageFolder, check_classes, probe_image
 from apprentice.data.images import class_folders
 from apprentice.data.normalise import channel_stats
+from apprentice.data.preprocess import Preprocess
 from apprentice.data.tensors import TensorData, load_tensors, take_split
 from apprentice.errors import ApprenticeError, lookup
 
@@ -52,10 +53,8 @@ class DataSpec:
 
     Attributes:
         name, kind, dir: the `DATASETS` key, its kind, and the data folder (None: the standard place).
-        channels, image_size: what the model sees, C×S×S.
-        resize: the shorter side an image is resized to before its centre crop (folders, predict).
-        mean, std: per-channel normalisation on the [0, 1] scale.
-        classes: class names in label order.
+        preprocess: what the model sees (channels, image size), how an image file is resized and
+            cropped to it, the normalisation and the class names in label order.
         augmentation: the training augmentation in effect (an `AUGMENTATIONS` key; "none" when off).
         pad, flip: its settings.
         tensor_cache: the training images are held as tensors (always, but for streamed folders).
@@ -64,12 +63,7 @@ class DataSpec:
     name: str
     kind: str
     dir: str | None
-    channels: int
-    image_size: int
-    resize: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    classes: tuple[str, ...]
+    preprocess: Preprocess
     augmentation: str
     pad: int
     flip: bool
@@ -77,7 +71,7 @@ class DataSpec:
 
     @property
     def num_classes(self) -> int:
-        return len(self.classes)
+        return len(self.preprocess.classes)
 
 
 def folder_split(root: str | Path, split: str) -> str:
@@ -90,8 +84,9 @@ def open_folder(spec: DataSpec, split: str, *, train: bool) -> ImageFolder:
     """The `ImageFolder` of ``split`` with the spec's settings (its classes required in that split)."""
     if spec.dir is None:
         raise ApprenticeError(f"data.dir must name the {spec.name} folder (with train/ and val/ inside)")
-    return ImageFolder(spec.dir, folder_split(spec.dir, split), image_size=spec.image_size, resize=spec.resize,
-                       train=train, channels=spec.channels, classes=spec.classes, augmentation=spec.augmentation,
+    pre = spec.preprocess
+    return ImageFolder(spec.dir, folder_split(spec.dir, split), image_size=pre.image_size, resize=pre.resize,
+                       train=train, channels=pre.channels, classes=pre.classes, augmentation=spec.augmentation,
                        pad=spec.pad, flip=spec.flip)
 
 
@@ -149,8 +144,8 @@ def _finish(name: str, info: DatasetInfo, data_dir: str | None, given: dict[str,
     for key, values in (("data.mean", mean), ("data.std", std)):
         if len(values) != channels:
             raise ApprenticeError(f"{key} has {len(values)} values but the images have {channels} channel(s)")
-    return DataSpec(name, info.kind, data_dir, channels, size, eval_resize(named, size), tuple(mean), tuple(std),
-                    tuple(classes), named if given["augment"] else "none", pad, flip, cached)
+    pre = Preprocess(channels, size, eval_resize(named, size), tuple(mean), tuple(std), tuple(classes))
+    return DataSpec(name, info.kind, data_dir, pre, named if given["augment"] else "none", pad, flip, cached)
 
 
 def _folder_spec(name: str, info: DatasetInfo, data_dir: str | None, given: dict[str, Any], workers: int,
@@ -225,27 +220,29 @@ def load_split(spec: DataSpec, split: str, *, download: bool = False, holdout: i
         if not spec.tensor_cache:
             raise ApprenticeError(f"{spec.name} is streamed from its files (data.tensor_cache=false), not held as tensors")
         images, labels = folder_tensors(open_folder(spec, split, train=False), workers=workers, report=report)
-        data = TensorData(images, labels, spec.num_classes, spec.mean, spec.std, spec.name, spec.pad, spec.flip)
+        data = TensorData(images, labels, spec.num_classes, spec.preprocess.mean, spec.preprocess.std, spec.name,
+                          spec.pad, spec.flip)
     elif spec.kind == "npz":
         data = _npz_split(spec, split)
     else:
         data = load_tensors(spec.name, split, data_dir=spec.dir, download=download, holdout=holdout, seed=seed,
                             limit=limit)
-        return replace(data, mean=spec.mean, std=spec.std, pad=spec.pad, flip=spec.flip)
+        return replace(data, mean=spec.preprocess.mean, std=spec.preprocess.std, pad=spec.pad, flip=spec.flip)
     return _holdout_and_limit(data, split, holdout, seed, limit)
 
 
 def _npz_split(spec: DataSpec, split: str) -> TensorData:
     images, labels, names = load_npz(spec.dir, "train" if split == "holdout" else split)
-    if names is not None and names != spec.classes:
+    pre = spec.preprocess
+    if names is not None and names != pre.classes:
         raise ApprenticeError(f"the 'classes' of the {split} .npz file differ from the run's: {list(names)} vs "
-                              f"{list(spec.classes)}")
-    if tuple(images.shape[1:]) != (spec.channels, spec.image_size, spec.image_size):
+                              f"{list(pre.classes)}")
+    if tuple(images.shape[1:]) != (pre.channels, pre.image_size, pre.image_size):
         raise ApprenticeError(f"the {split} .npz images are {tuple(images.shape[1:])}, the training images "
-                              f"{(spec.channels, spec.image_size, spec.image_size)}")
+                              f"{(pre.channels, pre.image_size, pre.image_size)}")
     if len(labels) and int(labels.max()) >= spec.num_classes:
         raise ApprenticeError(f"the {split} .npz file has label {int(labels.max())} but only {spec.num_classes} classes")
-    return TensorData(images, labels, spec.num_classes, spec.mean, spec.std, spec.name, spec.pad, spec.flip)
+    return TensorData(images, labels, spec.num_classes, pre.mean, pre.std, spec.name, spec.pad, spec.flip)
 
 
 def _holdout_and_limit(data: TensorData, split: str, holdout: int, seed: int, limit: int | None) -> TensorData:

@@ -1,7 +1,8 @@
 """Export: bit packing, the packed safetensors file (and its reload), ONNX with integer weights, sizes.
 
 - `apprentice.export.packing`: integer codes packed 2/4/8 bits per weight or 5 ternary weights a byte.
-- `apprentice.export.packed`: `save_packed`/`load_packed`, the one-file artifact with its quantization map.
+- `apprentice.export.packed`: `save_packed`/`read_packed`, the one-file artifact with its quantization map.
+- `apprentice.export.rebuild`: `load_packed`/`model_from_packed`, the model rebuilt from that file.
 - `apprentice.export.onnx`: `export_onnx`, a QDQ graph with int8 weight initializers (extra ``onnx``).
 - `apprentice.export.sizes`: the per-layer size report of ``apprentice info``.
 """
@@ -13,8 +14,6 @@ from apprentice.export.packed import (
     TERNARY_PACKINGS,
     find_conv_bn_pairs,
     fp32_bytes,
-    load_packed,
-    model_from_packed,
     package_version,
     packed_tensors,
     read_packed,
@@ -30,6 +29,7 @@ from apprentice.export.packing import (
     unpack_codes,
     unpack_ternary_base3,
 )
+from apprentice.export.rebuild import load_packed, model_from_packed
 from apprentice.export.sizes import (
     SizeRow,
     format_size_report,

@@ -41,8 +41,9 @@ from torch.nn import functional as F
 
 from apprentice.errors import ApprenticeError
 from apprentice.export.onnx_ops import ClipQuantize, DequantizeConst, QuantizeUint8
-from apprentice.export.packed import find_conv_bn_pairs, model_from_packed
+from apprentice.export.packed import find_conv_bn_pairs
 from apprentice.export.packing import unpack_codes
+from apprentice.export.rebuild import model_from_packed
 from apprentice.quant import QAdd, QConv2d, QLinear, integer_layers, replace_module
 from apprentice.quant.integer import (
     bn_affine,

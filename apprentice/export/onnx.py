@@ -47,13 +47,9 @@ from torch.nn import functional as F
 from apprentice.errors import ApprenticeError, lookup
 from apprentice.export.int8_onnx import int8_module, share_quantized
 from apprentice.export.onnx_ops import ClipQuantize, DequantizeConst
-from apprentice.export.packed import (
-    model_from_packed,
-    packed_tensors,
-    read_packed,
-    write_export,
-)
+from apprentice.export.packed import packed_tensors, read_packed, write_export
 from apprentice.export.packing import unpack_codes
+from apprentice.export.rebuild import model_from_packed
 from apprentice.quant import (
     FLOAT_BITS,
     QConv2d,

@@ -1,0 +1,109 @@
+"""Models a `ModelConfig` names: a fresh one (`build_from_config`), or a trained teacher read back.
+
+`load_teacher` takes the teacher of schemes B and C from a run folder, an apprentice checkpoint or
+a plain state-dict file, and checks it against the data set (classes, channels) and against the
+architecture the config names (`model_arguments`) before a student ever trains with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from apprentice.config_schema import ModelConfig
+from apprentice.errors import ApprenticeError
+from apprentice.file_checks import NOT_WEIGHTS, check_kind
+from apprentice.models import build_model, takes_argument
+from apprentice.train.checkpoint import (
+    as_state_dict,
+    check_checkpoint,
+    find_checkpoint,
+    is_checkpoint,
+    load_state_dict_file,
+    model_from_checkpoint,
+    read_checkpoint,
+)
+from apprentice.weights import check_finite, load_strict, torch_load
+
+__all__ = ["build_from_config", "load_teacher", "model_arguments"]
+
+
+def model_arguments(m: ModelConfig, *, num_classes: int, in_channels: int) -> dict[str, Any]:
+    """The constructor arguments a `ModelConfig` means for a data set of ``num_classes`` and ``in_channels``.
+
+    ``width`` goes to models that take it (the ResNets; a model of one's own only if it says so);
+    ``shortcut``/``small_input`` only when set; ``model.args`` as written.
+    """
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_channels": in_channels, **dict(m.args or ())}
+    if m.width != 1.0 or takes_argument(m.name, "width"):
+        kwargs["width"] = m.width
+    for option, value in (("shortcut", m.shortcut), ("small_input", m.small_input)):
+        if value is not None:
+            kwargs[option] = value
+    return kwargs
+
+
+def build_from_config(m: ModelConfig, *, num_classes: int, in_channels: int) -> nn.Module:
+    """``models.build_model`` from a `ModelConfig` plus the data set's class and channel counts."""
+    return build_model(m.name, **model_arguments(m, num_classes=num_classes, in_channels=in_channels))
+
+
+def load_teacher(path: str, model_cfg: ModelConfig | None, *, num_classes: int, in_channels: int) -> nn.Module:
+    """The trained teacher of schemes B/C, in eval mode on the CPU.
+
+    Args:
+        path: a run folder or apprentice checkpoint (architecture read from it), or a plain
+            ``.pt``/``.pth``/``.safetensors`` state dict (architecture from ``model_cfg``).
+        model_cfg: the teacher architecture (``distill.teacher_model``); required for plain state
+            dicts, checked against the run's architecture otherwise.
+        num_classes: classes of the data set; the teacher must predict the same.
+        in_channels: image channels of the data set.
+
+    Raises:
+        ApprenticeError: missing/unreadable file, class-count or channel mismatch, or weights that
+            do not fit the architecture (names the file and the first mismatched keys).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ApprenticeError(f"distill.teacher {path!r} does not exist")
+    check_kind(path, "distill.teacher", NOT_WEIGHTS,
+               "a teacher needs float weights: give its run folder, checkpoint or state-dict file")
+    loaded: Any = None
+    if p.is_dir():
+        loaded = read_checkpoint(find_checkpoint(p))
+    elif p.suffix != ".safetensors":
+        loaded = torch_load(p, "teacher file")  # once: teacher files can be large
+    if is_checkpoint(loaded):
+        ckpt = check_checkpoint(loaded, p)
+        arch = ckpt["arch"]
+        if not isinstance(arch, Mapping):
+            raise ApprenticeError(f"teacher {path!r} has no architecture ('arch' entry)")
+        if arch.get("num_classes") != num_classes or arch.get("in_channels") != in_channels:
+            raise ApprenticeError(
+                f"teacher {path!r} was trained for {arch.get('num_classes')} classes and {arch.get('in_channels')} "
+                f"input channels, but the data set has {num_classes} classes and {in_channels} channels")
+        if model_cfg is not None:
+            wanted = {"name": model_cfg.name,
+                      **model_arguments(model_cfg, num_classes=num_classes, in_channels=in_channels)}
+            diff = [f"{k}={v!r} (run has {arch.get(k)!r})" for k, v in wanted.items() if arch.get(k) != v]
+            if diff:
+                raise ApprenticeError(f"distill.teacher_model does not match teacher run {path!r}: {', '.join(diff)}")
+        model, _ = model_from_checkpoint(ckpt, p)
+        check_finite(model.state_dict(), f"teacher {path!r}")
+        return model.eval()
+    if model_cfg is None:
+        raise ApprenticeError(f"distill.teacher {path!r} is a plain weights file; set distill.teacher_model "
+                              f"to its architecture (e.g. distill.teacher_model.name=resnet56)")
+    sd = load_state_dict_file(p) if loaded is None else as_state_dict(loaded, p)
+    fc = sd.get("fc.weight")
+    if fc is not None and fc.dim() == 2 and fc.shape[0] != num_classes:
+        raise ApprenticeError(f"teacher {path!r} predicts {fc.shape[0]} classes (fc.weight {tuple(fc.shape)}), "
+                              f"but the data set has {num_classes}")
+    model = build_from_config(model_cfg, num_classes=num_classes, in_channels=in_channels)
+    load_strict(model, sd, f"teacher {path!r}")
+    check_finite(sd, f"teacher {path!r}")
+    return model.eval()
+

@@ -301,8 +301,9 @@ def describe_export(qmap: dict[str, Any], path: str | os.PathLike) -> list[str]:
     (with onnxruntime installed) what ONNX Runtime's optimized graph holds."""
     info = qmap.get("onnx", {})
     if info.get("mode") == "qdq":
-        return [("QDQ graph: the model was not trained with quant.deploy=int8 (its block identities and residual "
-                "adds are float), so ONNX Runtime runs the convs before each add in float; train or fine-tune "
+        return [("QDQ graph: the model was not trained with quant.deploy=int8; ONNX Runtime makes a conv an "
+                "integer kernel only where its input, weights and output are all quantized, so a conv whose output "
+                "no quantizer reads (before a residual add, before pooling) runs in float; train or fine-tune "
                 "with quant.deploy=int8 for an integer graph")]
     floats = info.get("float_layers", {})
     quantized = [n for n, e in qmap["layers"].items() if e.get("kind") != "add"]

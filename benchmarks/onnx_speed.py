@@ -11,6 +11,9 @@ variants of `VARIANTS`:
 * ``ort-int8``: apprentice's int8 export of the deployable student (QLinearConv/QLinearAdd);
 * ``ort-qdq``: apprentice's QDQ export (``--fold-bn``) of the same precision without ``deploy``
   (today's graph: convs before residual adds stay float);
+* ``ort-int8-ends8``, ``ov-int8-ends8``: the int8 export of the same deployable student with its first
+  conv and classifier at 8 bits too (``layers=[("@first", "8W/8A"), ("@last", "8W/8A")]``), which is
+  what the anchor quantizes: the like-for-like comparison (the plain int8 rows keep them float);
 * ``ov-fp32``, ``ov-anchor``, ``ov-int8``: the fp32, anchor and int8 files in OpenVINO (CPU), when the
   optional extra ``openvino`` is installed.
 
@@ -68,7 +71,11 @@ VARIANTS = {
     "torch-fp32": ("torch", None), "torch-fakequant": ("torch", None),
     "ort-fp32": ("ort", "fp32"), "ort-anchor": ("ort", "anchor"), "ort-int8": ("ort", "int8"), "ort-qdq": ("ort", "qdq"),
     "ov-fp32": ("openvino", "fp32"), "ov-anchor": ("openvino", "anchor"), "ov-int8": ("openvino", "int8"),
+    "ort-int8-ends8": ("ort", "int8e"), "ov-int8-ends8": ("openvino", "int8e"),
 }
+# The deployable student with its first conv and classifier at 8 bits too (like the anchor, which
+# quantizes every conv and the classifier); the plain int8 variants keep them float, as trained by default.
+ENDS8 = [("@first", "8W/8A"), ("@last", "8W/8A")]
 BASELINE = "ort-fp32"
 
 
@@ -77,24 +84,27 @@ def build_files(model_name: str, precision: str, tmp: str, seed: int) -> tuple[d
     kwargs, shape = MODELS[model_name]
     torch.manual_seed(seed)
     float_model = ap.build_model(**kwargs).eval()
-    student = copy.deepcopy(float_model)
+    student, student8 = copy.deepcopy(float_model), copy.deepcopy(float_model)
     ap.prepare(student, precision, deploy="int8")
+    ap.prepare(student8, precision, deploy="int8", layers=ENDS8)
     plain = copy.deepcopy(float_model)
     ap.prepare(plain, precision)
     with torch.no_grad():  # one train-mode batch calibrates the adds' quantizers (and moves BN statistics)
-        student.train()(torch.randn(8, *shape, generator=torch.Generator().manual_seed(seed)))
-    student.eval()
+        for m in (student, student8):
+            m.train()(torch.randn(8, *shape, generator=torch.Generator().manual_seed(seed)))
+            m.eval()
     stem = os.path.join(tmp, f"{model_name}_{precision.replace('/', '_')}")
-    files = {k: f"{stem}_{k}.onnx" for k in ("fp32", "anchor", "int8", "qdq")}
+    files = {k: f"{stem}_{k}.onnx" for k in ("fp32", "anchor", "int8", "int8e", "qdq")}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(float_model, (torch.zeros(1, *shape),), files["fp32"], dynamo=False, opset_version=17,
                           input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
         export_onnx(student, files["int8"], input_shape=shape)
+        export_onnx(student8, files["int8e"], input_shape=shape)
         export_onnx(plain.eval(), files["qdq"], input_shape=shape, fold_bn=True)
     ort_anchor(files["fp32"], files["anchor"], (1, *shape), seed=seed)
-    return {"float": float_model, "student": student}, files
+    return {"float": float_model, "student": student, "student8": student8}, files
 
 
 def runners(variants: list[str], models: dict[str, Any], files: dict[str, str],
@@ -152,16 +162,17 @@ def bench_cell(model_name: str, precision: str, threads: int, batch: int, varian
     x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(batch)).numpy()
     run = runners(variants, models, files, threads)
     with torch.inference_mode():
-        reference = models["student"](torch.from_numpy(x)).numpy()
+        reference = {k: models[k](torch.from_numpy(x)).numpy() for k in ("student", "student8")}
         timings = time_alternating({v: (lambda f=f: f(x)) for v, f in run.items()}, warmup=args.warmup, runs=args.runs,
                                    pause_ms=args.pause_ms)
-        outputs = {v: run[v](x) for v in variants if v.endswith("int8")}
+        outputs = {v: run[v](x) for v in variants if "int8" in v}
     rows = []
     for v in variants:
         check = {}
         if v in outputs:
-            check = {"max_abs_diff_vs_fakequant": float(np.abs(outputs[v] - reference).max()),
-                     "top1_agreement_vs_fakequant": float((outputs[v].argmax(1) == reference.argmax(1)).mean())}
+            ref = reference["student8" if v.endswith("ends8") else "student"]
+            check = {"max_abs_diff_vs_fakequant": float(np.abs(outputs[v] - ref).max()),
+                     "top1_agreement_vs_fakequant": float((outputs[v].argmax(1) == ref.argmax(1)).mean())}
         row = {"model": model_name, "input_shape": list(shape), "precision": precision, "variant": v, "batch": batch,
                "threads": threads, **timings[v], **graph_info(v, files, threads), **check}
         rows.append(row)

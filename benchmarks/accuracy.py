@@ -80,8 +80,9 @@ def cache_file(runs: Path) -> Path:
 
 #: regime options and the override each sets when it differs from the committed 10,000-image grid's
 #: (so that grid's rows keep matching their jobs): option -> (default, override key)
-REGIME = {"student_width": (1.0, "model.width"), "batch_size": (128, "data.batch_size"),
-          "channels_last": (False, "train.channels_last"), "pad": (None, "data.pad")}
+# option: (default, override key, students' only: the teacher keeps its own value)
+REGIME = {"student_width": (1.0, "model.width", True), "batch_size": (128, "data.batch_size", False),
+          "channels_last": (False, "train.channels_last", False), "pad": (None, "data.pad", True)}
 
 
 def common(args: argparse.Namespace, seed: int) -> dict[str, Any]:
@@ -93,7 +94,7 @@ def common(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "optim.warmup_epochs": 0.0, "train.epochs": args.epochs, "train.seed": seed, "train.checkpoint_every": 0,
         "distill.beta": DistillConfig().beta, "distill.gamma": DEFAULT["gamma"], "distill.temperature": DEFAULT["temperature"],
     }
-    for option, (default, key) in REGIME.items():
+    for option, (default, key, _) in REGIME.items():
         value = getattr(args, option, default)
         if value != default:
             o[key] = value
@@ -103,8 +104,9 @@ def common(args: argparse.Namespace, seed: int) -> dict[str, Any]:
 def teacher_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The teacher's run: FP, seed 0, its own depth, width and length (a stronger teacher trains longer)."""
     o = {**common(args, 0), "model.name": args.teacher, "quant.precision": "32W/32A", "distill.scheme": "baseline"}
-    o.pop("model.width", None)
-    o.pop("data.pad", None)  # the teacher trains with the data set's own augmentation; --pad is the students'
+    for _, key, students_only in REGIME.values():  # e.g. the teacher trains with the data set's own augmentation
+        if students_only:
+            o.pop(key, None)
     if getattr(args, "teacher_width", 1.0) != 1.0:
         o["model.width"] = args.teacher_width
     if getattr(args, "teacher_epochs", None):

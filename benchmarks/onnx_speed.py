@@ -76,6 +76,7 @@ VARIANTS = {
 # The deployable student with its first conv and classifier at 8 bits too (like the anchor, which
 # quantizes every conv and the classifier); the plain int8 variants keep them float, as trained by default.
 ENDS8 = [("@first", "8W/8A"), ("@last", "8W/8A")]
+CHECKED = {"int8": "student", "int8e": "student8"}  # integer files, and the fake-quant model each must equal
 BASELINE = "ort-fp32"
 
 
@@ -162,15 +163,15 @@ def bench_cell(model_name: str, precision: str, threads: int, batch: int, varian
     x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(batch)).numpy()
     run = runners(variants, models, files, threads)
     with torch.inference_mode():
-        reference = {k: models[k](torch.from_numpy(x)).numpy() for k in ("student", "student8")}
+        reference = {k: models[k](torch.from_numpy(x)).numpy() for k in CHECKED.values()}
         timings = time_alternating({v: (lambda f=f: f(x)) for v, f in run.items()}, warmup=args.warmup, runs=args.runs,
                                    pause_ms=args.pause_ms)
-        outputs = {v: run[v](x) for v in variants if "int8" in v}
+        outputs = {v: run[v](x) for v in variants if VARIANTS[v][1] in CHECKED}
     rows = []
     for v in variants:
         check = {}
         if v in outputs:
-            ref = reference["student8" if v.endswith("ends8") else "student"]
+            ref = reference[CHECKED[VARIANTS[v][1]]]
             check = {"max_abs_diff_vs_fakequant": float(np.abs(outputs[v] - ref).max()),
                      "top1_agreement_vs_fakequant": float((outputs[v].argmax(1) == ref.argmax(1)).mean())}
         row = {"model": model_name, "input_shape": list(shape), "precision": precision, "variant": v, "batch": batch,

@@ -35,7 +35,8 @@ def summarize(times_ms: list[float]) -> dict[str, Any]:
 
 def busy_processes(words: tuple[str, ...] = ("pytest", "apprentice")) -> list[str]:
     """Command lines of other visible processes that look like test suites or training runs
-    (this benchmark's own processes, named by its script, are not counted)."""
+    (this benchmark's own processes, named by its script, are not counted, nor stopped ones: a run
+    paused with SIGSTOP for a quiet timing uses no CPU)."""
     me, script, found = os.getpid(), Path(sys.argv[0]).name, []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         if int(pid) == me:
@@ -44,9 +45,20 @@ def busy_processes(words: tuple[str, ...] = ("pytest", "apprentice")) -> list[st
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
             continue
+        if _stopped(pid):
+            continue
         if any(w in cmd for w in words) and script not in cmd:
             found.append(f"{pid}: {cmd[:120]}")
     return found
+
+
+def _stopped(pid: str) -> bool:
+    """Whether the process is stopped (state T or t in /proc/PID/stat, after the parenthesised name)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:][:1] in ("T", "t")
 
 
 def wait_quiet(threshold: float, max_wait: float) -> dict[str, Any]:

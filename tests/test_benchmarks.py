@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -315,3 +316,23 @@ def test_onnx_agreement_on_a_tiny_deployable_run(tmp_path):
     assert ort_row["onnx_mode"] == "int8" and ort_row["ops_after_optimization"]["QLinearAdd"] == 3
     assert ort_row["images"] == 512 and ort_row["top1_agreement"] >= 0.999
     assert rows["load_packed"]["max_abs_logit_diff"] == 0.0
+
+
+def test_quiet_wait_counts_running_training_processes_but_not_stopped_ones():
+    import signal
+
+    import _timing
+
+    probe = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "apprentice-busy-probe"])
+    try:
+        assert any(line.startswith(f"{probe.pid}:") for line in _timing.busy_processes())
+        probe.send_signal(signal.SIGSTOP)
+        for _ in range(100):  # the state changes asynchronously
+            if _timing._stopped(str(probe.pid)):
+                break
+            time.sleep(0.02)
+        assert not any(line.startswith(f"{probe.pid}:") for line in _timing.busy_processes())
+    finally:
+        probe.send_signal(signal.SIGCONT)
+        probe.kill()
+        probe.wait()

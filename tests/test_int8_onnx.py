@@ -9,12 +9,13 @@ import json
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from apprentice.errors import ApprenticeError
 from apprentice.export import export_onnx, load_packed, save_packed
-from apprentice.export.int8_onnx import runtime_ops
+from apprentice.export.int8_onnx import describe_export, runtime_ops
 from apprentice.models import build_model
-from apprentice.quant import QAdd, QConv2d, prepare
+from apprentice.quant import QAdd, QConv2d, integer_layers, pools_read_by, prepare
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -184,3 +185,48 @@ def test_modes_are_chosen_by_how_the_model_was_trained(tmp_path) -> None:
     with pytest.raises(ApprenticeError, match="add 'layer1.0.add': its quantizers are not calibrated"):
         export_onnx(fresh.eval(), tmp_path / "f.onnx", input_shape=(1, 28, 28))
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "f.onnx").exists()
+
+
+def test_a_stem_before_a_max_pool_runs_as_an_integer_kernel(tmp_path) -> None:
+    # ResNet-18's stem: conv -> BN -> ReLU -> max-pool -> layer1. ONNX Runtime fuses the conv only when a
+    # QuantizeLinear follows it, so the export quantizes the pool's input (exact: the two commute). 7-bit
+    # stem weights: 8-bit ones can saturate ORT's u8s8 kernel on x86 without VNNI (SAFE_U8S8_BITS).
+    model = _deployable("resnet18", {"width": 0.125}, 32, layers=[("@first", "7W/8A"), ("@last", "8W/8A")])
+    # The block's identity reads layer1.0.conv1's quantizer through the pool, as the export does.
+    assert model.layer1[0].add.plan().inputs[1].source == "layer1.0.conv1"
+    assert integer_layers(model)["conv1"] is None
+    qmap = export_onnx(model, tmp_path / "m.onnx", input_shape=(1, 32, 32))
+    assert qmap["onnx"]["float_layers"] == {}
+    check = runtime_ops(str(tmp_path / "m.onnx"), str(tmp_path / "optimized.onnx"))
+    convs = [n for n, m in model.named_modules() if isinstance(m, QConv2d)]
+    assert check["float_layers"] == [] and check["ops"]["QLinearConv"] == len(convs)
+    assert not any(op in check["ops"] for op in FLOAT_CONVS)
+    x = torch.randn(500, 1, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = model(x)
+    out = _run(tmp_path / "m.onnx", x)
+    assert _agreement(out, ref) >= 0.999 and (out - ref).abs().max() <= 0.05 * ref.abs().max()
+
+
+def test_8_bit_weights_in_an_integer_layer_are_named_in_the_report(tmp_path) -> None:
+    model = _deployable("resnet8", {"shortcut": "B"}, 16, layers=[("@first", "8W/8A"), ("layer1.0.conv1", "8W/8A")])
+    qmap = export_onnx(model, tmp_path / "m.onnx", input_shape=(1, 16, 16))
+    note = [line for line in describe_export(qmap, tmp_path / "m.onnx") if "note:" in line]
+    assert len(note) == 1 and "conv1, layer1.0.conv1 have 8-bit weights" in note[0] and "VNNI" in note[0]
+
+
+def test_a_max_pool_the_export_cannot_reach_keeps_its_conv_float() -> None:
+    class Functional(nn.Module):  # the same stem with a functional max-pool: no module to quantize before
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.conv2, self.fc = nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
+            return self.fc(self.conv2(x).mean((2, 3)))
+
+    model = Functional()
+    prepare(model, "8W/8A", deploy="int8", exclude=["fc"])
+    assert pools_read_by(model) == {}
+    assert "nn.MaxPool2d module" in integer_layers(model)["conv1"]

@@ -44,7 +44,14 @@ from apprentice.export.onnx_ops import ClipQuantize, DequantizeConst, QuantizeUi
 from apprentice.export.packed import find_conv_bn_pairs
 from apprentice.export.packing import unpack_codes
 from apprentice.export.rebuild import model_from_packed
-from apprentice.quant import QAdd, QConv2d, QLinear, integer_layers, replace_module
+from apprentice.quant import (
+    QAdd,
+    QConv2d,
+    QLinear,
+    integer_layers,
+    pools_read_by,
+    replace_module,
+)
 from apprentice.quant.integer import (
     bn_affine,
     folded_bias,
@@ -52,7 +59,12 @@ from apprentice.quant.integer import (
     rounded_bias,
 )
 
-__all__ = ["describe_export", "int8_module", "runtime_ops", "share_quantized"]
+__all__ = ["SAFE_U8S8_BITS", "describe_export", "int8_module", "runtime_ops", "share_quantized"]
+
+#: Widest weights whose uint8·int8 pair sums fit int16 (2·255·63 < 2^15): exact in ONNX Runtime's u8s8 kernels on
+#: x86 without VNNI (``vpmaddubsw`` saturates); 8-bit codes up to ±127 can overflow there (measured on an AVX2
+#: CPU: a ResNet-18 stem at 8W/8A, 2 % of its outputs off by up to 20 steps; at 7W/8A, exact).
+SAFE_U8S8_BITS = 7
 
 
 
@@ -149,6 +161,19 @@ class _Int8Add(nn.Module):
         return self.own["out"](y) if "out" in self.own else y
 
 
+class _QuantizedPool(nn.Module):
+    """A max-pool whose input is quantized with the quantizer of the layer reading its output
+    (`apprentice.quant.pools_read_by`): the conv before it ends in a QuantizeLinear (QLinearConv) and
+    ONNX Runtime pools the uint8 codes; the same values, as quantizing and max-pooling commute."""
+
+    def __init__(self, pool: nn.Module, act: _Uint8Input) -> None:
+        super().__init__()
+        self.pool, self.act = pool, act
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.act(x))
+
+
 class _Root(nn.Module):
     """The export model: clears the cache of quantized tensors around each forward."""
 
@@ -181,6 +206,7 @@ def int8_module(tensors: dict[str, Tensor], qmap: dict[str, Any], template: nn.M
     model = model_from_packed(tensors, qmap, template).float()
     entries = qmap["layers"]
     reasons = integer_layers(model, quantized_weights={n for n, e in entries.items() if e.get("weights")})
+    pools = pools_read_by(model)
     bn_of = {conv: bn for bn, conv in find_conv_bn_pairs(model).items()}
     cache, built = _Cache(), {}
     owners: dict[str, _Uint8Input] = {}
@@ -208,6 +234,10 @@ def int8_module(tensors: dict[str, Tensor], qmap: dict[str, Any], template: nn.M
         replace_module(model, name, built[name])
     for name, add in [(n, m) for n, m in model.named_modules() if isinstance(m, QAdd)]:
         replace_module(model, name, _Int8Add(name, add, built, cache))
+    for pool, reader in pools.items():
+        if reader not in owners:  # its reader stays float: quantized before the pool all the same (exact)
+            owners[reader] = _Uint8Input(layers[reader].activation_scale(), 0, cache, layers[reader].act_quant.bits)
+        replace_module(model, pool, _QuantizedPool(model.get_submodule(pool), owners[reader]))
     return _Root(model, cache).eval(), reasons
 
 
@@ -310,6 +340,11 @@ def describe_export(qmap: dict[str, Any], path: str | os.PathLike) -> list[str]:
     lines = [(f"int8 graph: {len([n for n in quantized if n not in floats])} of {len(quantized)} quantized layers "
              f"run as integer kernels in ONNX Runtime")]
     lines += [f"  float: {name}: {why}" for name, why in floats.items()]
+    wide = [n for n in quantized if n not in floats and (qmap["layers"][n].get("weights") or {}).get("bits", 0) > SAFE_U8S8_BITS]
+    if wide:
+        lines.append(f"  note: {', '.join(wide)} {'has' if len(wide) == 1 else 'have'} 8-bit weights: ONNX Runtime's u8s8 "
+                     f"kernels on x86 CPUs without VNNI add two uint8·int8 products in int16, which can saturate, so "
+                     f"these layers can differ from the model there; weights of at most {SAFE_U8S8_BITS} bits are exact")
     try:
         with tempfile.TemporaryDirectory() as tmp:
             check = runtime_ops(os.fspath(path), os.path.join(tmp, "optimized.onnx"))

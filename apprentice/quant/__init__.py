@@ -33,6 +33,7 @@ from apprentice.quant.deploy import (
     INTEGER_ACT_BITS,
     deploy_plan,
     integer_layers,
+    pools_read_by,
 )
 from apprentice.quant.lsq import (
     MIN_LEARNED_STEP,
@@ -132,6 +133,7 @@ __all__ = [
     "parse_layer_rules",
     "parse_precision",
     "plan_from_dict",
+    "pools_read_by",
     "precision_bits",
     "prepare",
     "quantized_layers",

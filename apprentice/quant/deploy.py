@@ -38,7 +38,7 @@ from apprentice.errors import ApprenticeError, lookup
 from apprentice.quant.add import Add, AddInput, AddPlan, QAdd
 from apprentice.quant.modules import LayerPlan, _QuantMixin
 
-__all__ = ["DEPLOY_MODES", "INTEGER_ACT_BITS", "deploy_plan", "integer_layers", "trace"]
+__all__ = ["DEPLOY_MODES", "INTEGER_ACT_BITS", "deploy_plan", "integer_layers", "pools_read_by", "trace"]
 
 #: Deployable graphs `prepare(deploy=...)` and ``quant.deploy`` know.
 DEPLOY_MODES: dict[str, str] = {
@@ -52,7 +52,8 @@ INTEGER_ACT_BITS = 8
 _SAME_GRID_FUNCTIONS = {operator.getitem, torch.flatten, torch.reshape}
 _SAME_GRID_METHODS = {"view", "reshape", "flatten", "contiguous"}
 _SAME_GRID_MODULES = (nn.Identity, nn.MaxPool2d, nn.Flatten)
-# Ops between a layer and the quantizer after it that the export folds or the runtime fuses.
+# Ops between a layer and the quantizer after it that the export folds or the runtime fuses (a max-pool
+# module: the export quantizes its input, see `pools_read_by`; a functional one it cannot reach).
 _FUSED_AFTER_LAYER = (nn.BatchNorm2d, nn.ReLU, nn.Identity, nn.MaxPool2d)
 _RELUS = (nn.ReLU,)
 
@@ -89,13 +90,6 @@ def _same_grid(node: torch.fx.Node, modules: Mapping[str, nn.Module]) -> bool:
     if node.op == "call_method":
         return node.target in _SAME_GRID_METHODS
     return isinstance(_module(node, modules), _SAME_GRID_MODULES)
-
-
-def _source(node: Any, modules: Mapping[str, nn.Module]) -> Any:
-    """The tensor ``node`` selects or pads its values from (itself if it is no such op)."""
-    while isinstance(node, torch.fx.Node) and _same_grid(node, modules) and isinstance(node.args[0], torch.fx.Node):
-        node = node.args[0]
-    return node
 
 
 class _Graph:
@@ -147,6 +141,26 @@ class _Graph:
             return True  # its input traces back to `node`, whose owner quantizes it (see add_plan)
         return _same_grid(user, self.modules) and all(self.shares_owner(node, u) for u in user.users)
 
+    def pools(self) -> dict[str, str]:
+        """`pools_read_by` of the traced model."""
+        out = {}
+        for node in self.graph.nodes:
+            if isinstance(_module(node, self.modules), nn.MaxPool2d) and self.calls[node.target] == 1 \
+                    and node in self.owner and all(self.shares_owner(node, u) for u in node.users):
+                out[str(node.target)] = self.owner[node]
+        return out
+
+    def source(self, node: Any) -> Any:
+        """The tensor whose quantizer ``node``'s values sit on: the nearest quantized tensor it selects,
+        pads or max-pools its values from (a block's identity after the stem's max-pool is the tensor
+        layer1's conv1 reads, not the pool's float input); else ``node`` itself."""
+        start = node
+        while isinstance(node, torch.fx.Node) and node not in self.owner:
+            if not (_same_grid(node, self.modules) and isinstance(node.args[0], torch.fx.Node)):
+                return start
+            node = node.args[0]
+        return node
+
     def after_relus(self, node: torch.fx.Node) -> torch.fx.Node:
         while len(node.users) == 1:
             user = next(iter(node.users))
@@ -160,7 +174,7 @@ class _Graph:
     def add_plan(self, node: torch.fx.Node, mode: str) -> AddPlan:
         inputs = []
         for arg in node.args[:2]:
-            src = _source(arg, self.modules)
+            src = self.source(arg)
             inputs.append(AddInput(source=self.owner[src]) if src in self.owner else AddInput())
         out = self.after_relus(node)
         downstream = out in self.owner and all(self.shares_owner(out, u) for u in out.users)
@@ -208,10 +222,23 @@ def integer_layers(model: nn.Module, *, quantized_weights: Collection[str] | Non
     return out
 
 
+def pools_read_by(model: nn.Module) -> dict[str, str]:
+    """``{max-pool: layer}`` for each ``nn.MaxPool2d`` module (called once) whose output only ``layer``'s input
+    quantizer reads (directly, through ops that keep the grid, or as a residual add's input).
+
+    The int8 export quantizes such a pool's input with that quantizer: ONNX Runtime fuses a conv into
+    ``QLinearConv`` only when a QuantizeLinear follows it (its ReLU at most between), and runs the pool on
+    the uint8 codes. The values are the same, since a quantizer q is monotone and max-pooling pads with
+    −∞: max_i q(x_i) = q(max_i x_i) (ResNet-18's stem: conv → BN → ReLU → max-pool → layer1).
+    """
+    plan = {n: m.plan() for n, m in model.named_modules() if isinstance(m, (_QuantMixin, QAdd))}
+    return _Graph(model, plan).pools()
+
+
 def _fused_after(node: torch.fx.Node, modules: Mapping[str, nn.Module]) -> bool:
     """An op between a layer and the quantizer after it that the export folds (BatchNorm) or ONNX Runtime fuses."""
     if node.op == "call_function":
-        return node.target in (F.relu, torch.relu, F.max_pool2d)
+        return node.target in (F.relu, torch.relu)
     if node.op == "call_method":
         return node.target in ("relu", "relu_")
     return isinstance(_module(node, modules), _FUSED_AFTER_LAYER)
@@ -240,9 +267,11 @@ def _float_reason(node: torch.fx.Node, lp: LayerPlan | None, integer_weights: bo
         return "the module is called more than once"
     if isinstance(g.modules[node.target], nn.Linear):  # type: ignore[index]
         return None  # ONNX Runtime's QGemm may write float: the logits need no quantizer after them
-    out = node
-    while len(out.users) == 1 and _fused_after(next(iter(out.users)), g.modules):
-        out = next(iter(out.users))
+    out, pools = node, g.pools()
+    while len(out.users) == 1 and _fused_after(nxt := next(iter(out.users)), g.modules):
+        if isinstance(_module(nxt, g.modules), nn.MaxPool2d) and nxt.target not in pools:
+            break  # a pool the export cannot quantize before (called twice, or read by more than one quantizer)
+        out = nxt
     users = list(out.users)
     if users and all(_quantizes_8bit(u, out, g.modules) for u in users):
         return None
@@ -257,4 +286,4 @@ def _float_reason(node: torch.fx.Node, lp: LayerPlan | None, integer_weights: bo
                 f"apprentice.quant.Add module")
     what = ", ".join(sorted({str(u.target) if u.op == "call_module" else u.name for u in users})) or "the output"
     return (f"its output is not quantized after it (it goes to {what} in float): a quantized layer or an "
-            f"apprentice.quant.Add must read it, after at most BatchNorm, ReLU and max-pooling")
+            f"apprentice.quant.Add must read it, after at most BatchNorm, ReLU and an nn.MaxPool2d module")

@@ -1,7 +1,7 @@
 """Untrusted files: a pickle payload, saved the three ways a checkpoint can be (torch zip, torch
 legacy, plain pickle), goes through every command-line entry point that reads a file. None may run
 it: each must answer one ``apprentice: error:`` line naming the file, exit 2, and write nothing.
-The catalogue of other bad inputs is tests/test_bad_inputs.py."""
+The catalogue of other bad inputs is tests/bad_input_cases.py (run by tests/test_bad_inputs.py)."""
 
 from __future__ import annotations
 

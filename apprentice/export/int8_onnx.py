@@ -234,7 +234,9 @@ def int8_module(tensors: dict[str, Tensor], qmap: dict[str, Any], template: nn.M
         replace_module(model, name, built[name])
     for name, add in [(n, m) for n, m in model.named_modules() if isinstance(m, QAdd)]:
         replace_module(model, name, _Int8Add(name, add, built, cache))
-    for pool, reader in pools.items():
+    for pool, (before, reader) in pools.items():
+        if before is None or reasons.get(before, "not quantized") is not None:
+            continue  # after a float conv, quantizing before the pool gains no integer kernel and costs time
         if reader not in owners:  # its reader stays float: quantized before the pool all the same (exact)
             owners[reader] = _Uint8Input(layers[reader].activation_scale(), 0, cache, layers[reader].act_quant.bits)
         replace_module(model, pool, _QuantizedPool(model.get_submodule(pool), owners[reader]))

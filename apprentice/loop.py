@@ -145,6 +145,7 @@ class _Run:
     t_start: float = 0.0
     first_step: int = 0  # the step this process's first training step started at, and when:
     t_first: float = 0.0  # its pace (for the ETA) is measured from there
+    commit: str | None = None  # apprentice's git commit when this process started (the code that ran)
 
     @property
     def main(self) -> bool:
@@ -162,7 +163,8 @@ def _run(cfg: Config, rt: Runtime, signals: StopSignals, *, resume: bool, overwr
     cfg = build.resolve_data(cfg, report=progress.line)  # a folder's classes, size, mean/std: recorded in the run
     saved = _read_resume_state(cfg, out, resume, progress)
     _seed_everything(cfg.train.seed, rt)
-    run = _Run(cfg, rt, signals, out, progress, build.build_training(cfg, rt), Counters(), t_start=t_start)
+    run = _Run(cfg, rt, signals, out, progress, build.build_training(cfg, rt), Counters(), t_start=t_start,
+               commit=_git_commit())
     if saved is not None:
         _restore(run, saved)
     run.metrics = _open_run_folder(run, resumed=saved is not None, overwrite=overwrite)
@@ -480,7 +482,7 @@ def _summary(run: _Run) -> dict[str, Any]:
         "best_epoch": c.best["epoch"], **({"holdout_top1": c.results["holdout"]["top1"]} if "holdout" in c.results else {}),
         "epochs": cfg.train.epochs, "steps": c.step, "skipped_steps": c.skipped,
         "wall_time_s": c.elapsed + time.perf_counter() - run.t_start,
-        "version": __version__, "git_commit": _git_commit(), "torch": torch.__version__, "device": str(rt.device),
+        "version": __version__, "git_commit": run.commit, "torch": torch.__version__, "device": str(rt.device),
         "host": socket.gethostname(), "threads": torch.get_num_threads(), "world_size": rt.world_size,
         "scheme": scheme.name, "precision": cfg.quant.precision, "model": cfg.model.name,
         "parameters": t.parameters, "quantized_layers": t.quantized_layers, "train_images": t.data.images,
@@ -491,8 +493,11 @@ def _summary(run: _Run) -> dict[str, Any]:
 
 
 def _git_commit() -> str | None:
+    """The commit of the apprentice checkout this code runs from (not of the folder it is run in); None
+    when it is not a git checkout (an installed wheel)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False,
+                             cwd=Path(__file__).resolve().parent)
     except (OSError, subprocess.SubprocessError):
         return None
     return (out.stdout.strip() or None) if out.returncode == 0 else None

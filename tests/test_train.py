@@ -80,6 +80,9 @@ def test_fit_writes_every_file_with_the_right_fields(teacher_run):
         assert key in summary, key
     assert summary["epochs"] == 1 and summary["steps"] == 4  # data.limit=128 training images / 32
     assert summary["world_size"] == 1 and summary["device"] == "cpu" and summary["scheme"] == "baseline"
+    # apprentice's own commit, whatever folder the command runs in (None outside a git checkout)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False, cwd=ROOT)
+    assert summary["git_commit"] == ((head.stdout.strip() or None) if head.returncode == 0 else None)
     steps, epochs = records(run, "step"), records(run, "epoch")
     assert [r["step"] for r in steps] == [2, 4] and len(epochs) == 1
     assert {"epoch", "step", "lr", "loss", "ce_student", "images_per_s"} <= set(steps[0])

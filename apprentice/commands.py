@@ -278,7 +278,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from apprentice.predict import load_predictor, predict
     from apprentice.train.runtime import resolve_device
 
-    images = image_files([Path(p) for p in args.images])
+    images = image_files([Path(p) for p in args.images], missing_ok=True)  # a missing one: an error line, the rest predicted
     if not images:
         raise ApprenticeError(f"no image files in {' '.join(args.images)}")
     device = resolve_device(args.device, "--device") if not args.model.lower().endswith(".onnx") else "cpu"

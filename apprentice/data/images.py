@@ -56,15 +56,16 @@ def class_folders(folder: Path) -> list[str]:
     return sorted((d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")), key=natural_key)
 
 
-def image_files(paths: Iterable[Path]) -> list[Path]:
+def image_files(paths: Iterable[Path], *, missing_ok: bool = False) -> list[Path]:
     """The image files among ``paths`` and inside those that are folders (recursively), each folder's in
-    sorted order; a path that is neither is an error naming it."""
+    sorted order; a path that is neither is an error naming it, or with ``missing_ok`` kept in place
+    (`read_image` then names it: ``apprentice predict`` reports it and predicts the others)."""
     out = []
     for p in paths:
         if p.is_dir():
             out += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
-        elif p.is_file():
+        elif p.is_file() or missing_ok:
             out.append(p)
         else:
             raise ApprenticeError(f"{str(p)!r} does not exist (expected an image file or a folder of images)")
@@ -78,6 +79,8 @@ def read_image(path: str | Path, channels: int) -> Any:
         ApprenticeError: the file cannot be read or is not a complete image; names the file.
     """
     image_mod = pil()
+    if not Path(path).exists():
+        raise ApprenticeError(f"cannot read image {str(path)!r}: it does not exist")
     try:
         with image_mod.open(path) as im:
             return im.convert(_MODES[channels])  # convert decodes: a truncated file fails here, not later

@@ -143,8 +143,8 @@ class _Run:
     counters: Counters
     metrics: MetricsWriter | None = None
     t_start: float = 0.0
-    first_step: int = 0  # the step this process's first training step started at, and when:
-    t_first: float = 0.0  # its pace (for the ETA) is measured from there
+    first_step: int = 0  # this process's first step, and when it began (t_first): the ETA's pace starts there
+    t_first: float = 0.0
     commit: str | None = None  # apprentice's git commit when this process started (the code that ran)
 
     @property
@@ -163,8 +163,7 @@ def _run(cfg: Config, rt: Runtime, signals: StopSignals, *, resume: bool, overwr
     cfg = build.resolve_data(cfg, report=progress.line)  # a folder's classes, size, mean/std: recorded in the run
     saved = _read_resume_state(cfg, out, resume, progress)
     _seed_everything(cfg.train.seed, rt)
-    run = _Run(cfg, rt, signals, out, progress, build.build_training(cfg, rt), Counters(), t_start=t_start,
-               commit=_git_commit())
+    run = _Run(cfg, rt, signals, out, progress, build.build_training(cfg, rt), Counters(), t_start=t_start, commit=_git_commit())
     if saved is not None:
         _restore(run, saved)
     run.metrics = _open_run_folder(run, resumed=saved is not None, overwrite=overwrite)
@@ -486,15 +485,13 @@ def _summary(run: _Run) -> dict[str, Any]:
         "host": socket.gethostname(), "threads": torch.get_num_threads(), "world_size": rt.world_size,
         "scheme": scheme.name, "precision": cfg.quant.precision, "model": cfg.model.name,
         "parameters": t.parameters, "quantized_layers": t.quantized_layers, "train_images": t.data.images,
-        "teacher_cache": cfg.distill.teacher_cache,
-        "teacher": cfg.distill.teacher if scheme.frozen_teacher else (
+        "teacher_cache": cfg.distill.teacher_cache, "teacher": cfg.distill.teacher if scheme.frozen_teacher else (
             cfg.distill.teacher_model.name if cfg.distill.teacher_model else None),
     }
 
 
 def _git_commit() -> str | None:
-    """The commit of the apprentice checkout this code runs from (not of the folder it is run in); None
-    when it is not a git checkout (an installed wheel)."""
+    """The commit of the apprentice checkout this code runs from (not the cwd's); None outside git."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False,
                              cwd=Path(__file__).resolve().parent)

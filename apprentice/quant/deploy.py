@@ -146,12 +146,15 @@ class _Graph:
         return _same_grid(user, self.modules) and all(self.shares_owner(node, u) for u in user.users)
 
     def pools(self) -> dict[str, tuple[str | None, str]]:
-        """`pools_read_by` of the traced model."""
-        out = {}
+        """`pools_read_by` of the traced model (found once: `_float_reason` asks for every layer)."""
+        if getattr(self, "_pools", None) is not None:
+            return self._pools
+        out: dict[str, tuple[str | None, str]] = {}
         for node in self.graph.nodes:
             if isinstance(_module(node, self.modules), nn.MaxPool2d) and self.calls[node.target] == 1 \
                     and node in self.owner and all(self.shares_owner(node, u) for u in node.users):
                 out[str(node.target)] = (self.layer_before(node.args[0]), self.owner[node])
+        self._pools = out
         return out
 
     def layer_before(self, node: Any) -> str | None:
@@ -233,7 +236,7 @@ def integer_layers(model: nn.Module, *, quantized_weights: Collection[str] | Non
     ``quantized_weights``: the layers with integer weights, where the model cannot say (a packed
     file's model holds its weights dequantized); None: the layers' own plans.
     """
-    plan = {n: m.plan() for n, m in model.named_modules() if isinstance(m, (_QuantMixin, QAdd))}
+    plan = _plans(model)
     g = _Graph(model, plan)
     out: dict[str, str | None] = {}
     for node in g.graph.nodes:
@@ -244,6 +247,11 @@ def integer_layers(model: nn.Module, *, quantized_weights: Collection[str] | Non
                 lp is not None and lp.weights is not None)
             out[node.target] = _float_reason(node, lp, integer_weights, g)  # type: ignore[index]
     return out
+
+
+def _plans(model: nn.Module) -> dict[str, Any]:
+    """The recorded plan of every quantized layer and deployable add of a prepared model."""
+    return {n: m.plan() for n, m in model.named_modules() if isinstance(m, (_QuantMixin, QAdd))}
 
 
 def pools_read_by(model: nn.Module) -> dict[str, tuple[str | None, str]]:
@@ -259,8 +267,7 @@ def pools_read_by(model: nn.Module) -> dict[str, tuple[str | None, str]]:
     stem: conv → BN → ReLU → max-pool → layer1). After a float conv it does not: quantizing the larger
     tensor before the pool costs time and gains no integer kernel.
     """
-    plan = {n: m.plan() for n, m in model.named_modules() if isinstance(m, (_QuantMixin, QAdd))}
-    return _Graph(model, plan).pools()
+    return _Graph(model, _plans(model)).pools()
 
 
 def _fused_after(node: torch.fx.Node, modules: Mapping[str, nn.Module]) -> bool:

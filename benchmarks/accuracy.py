@@ -31,6 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy_report
+from _commit import RowCommitter, check_committable
 from _stamp import REPO, stamp
 from accuracy_report import SCHEMES
 
@@ -418,25 +419,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deploy", default=None, help="train the students' deployable graph (quant.deploy, e.g. int8; "
                                                    "8-bit activations only): what it costs in accuracy")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the results from finished runs")
+    ap.add_argument("--commit", action="store_true", help="git-commit the results (only their files) as each run "
+                                                          "finishes, so a fresh clone continues from there")
     args = ap.parse_args(argv)
+    out = REPO / args.out
+    if args.commit:
+        check_committable(out)
     runs = (REPO / args.runs_dir).resolve()
     (runs / "logs").mkdir(parents=True, exist_ok=True)
     jobs = grid_jobs(args, runs) + regime_jobs(args, runs) + ([] if args.no_sweep else sweep_jobs(args, runs))
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "report_only")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "report_only", "commit")}
     settings["shared_overrides"] = {k: v for k, v in common(args, 0).items() if k != "train.seed"}
     info = {"stamp": stamp(argv), "settings": settings}
 
-    out, committed = REPO / args.out, committed_rows(REPO / args.out)
+    committed = committed_rows(out)
     matching = {j.name: committed[j.name] for j in jobs if is_committed(j, committed, args.runs_dir)}
     restored = restore_snapshots(jobs, runs, snapshot_dir(out))
     if restored:
         print(f"accuracy: restored {', '.join(restored)} from {snapshot_dir(out)}", flush=True)
+
+    commit = RowCommitter(out, f"accuracy grid {out.stem}") if args.commit else None
 
     def report() -> None:
         for j in jobs:  # the runs other cells start from travel with the results
             if j.meta.get("role") in ("teacher", "fp_twin") and state(runs / j.name, j) == "done":
                 save_snapshot(runs / j.name, snapshot_dir(out))
         accuracy_report.write(out, jobs, runs, info, matching)
+        if commit:
+            commit()
 
     if args.report_only:
         report()

@@ -25,6 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy
 import accuracy_report
+from _commit import RowCommitter, check_committable
 from _stamp import REPO, markdown_table, stamp, stamp_markdown, write_results
 
 PRECISIONS = ("2W/8A", "4W/8A", "8W/8A")  # ternary, 4-bit and 8-bit weights; FP is the twins
@@ -101,6 +102,9 @@ def plot(out: Path, pts: list[dict[str, Any]]) -> str | None:
         mine = [pt for pt in pts if pt["precision"] == p]
         ax.errorbar([pt["bytes"] / 1024 for pt in mine], [pt["mean"] for pt in mine],
                     yerr=[pt["std"] or 0 for pt in mine], fmt="o", capsize=3, label=p)
+        for pt in mine:  # one colour a precision: the width is written beside its point
+            ax.annotate(f"width {pt['width']:g}", (pt["bytes"] / 1024, pt["mean"]), textcoords="offset points",
+                        xytext=(5, -10), fontsize=7)
     front = [pt for pt in pts if pt["pareto"]]
     ax.plot([pt["bytes"] / 1024 for pt in front], [pt["mean"] for pt in front], "k--", lw=1, label="Pareto front")
     ax.set_xscale("log")
@@ -119,14 +123,17 @@ def report(out: Path, jobs: list, runs: Path, info: dict[str, Any], committed: d
                              accuracy_report._fmt(p), p["n"], "yes" if p["pareto"] else ""] for p in pts])
     text = ["# Accuracy vs packed size: precision x width, scheme C", "", stamp_markdown(info["stamp"]), "",
             (f"Student `{info['settings']['student']}`, regime as in the accuracy grid (settings in the JSON file); "
-             "each low-precision cell starts from the FP twin of its width and seed (scheme C). "
+             "each low-precision cell starts from the FP twin of its width and seed (scheme C). Width is the channel "
+             f"multiplier of the network: {info['settings']['student_width']:g} × {info['settings']['widths']} "
+             "(WRPN's wider low-precision networks). "
              "Final-epoch test top-1, mean ± std over seeds."), "", table, "",
             "## The most accurate choice at each size budget", "", *winners(pts), ""]
     figure = plot(out, pts)
     write_results(out, {**info, "points": pts, "plot": figure, "rows": rows}, "\n".join(text))
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line: the grid's regime options, precisions, width multipliers and seeds."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="benchmarks/results/frontier.json")
     ap.add_argument("--runs-dir", default="runs/accuracy")
@@ -136,23 +143,44 @@ def main(argv: list[str] | None = None) -> int:
     accuracy.regime_arguments(ap)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--shared-results", nargs="+", default=[], metavar="JSON",
+                    help="results of the grid that shares --runs-dir (benchmarks/results/accuracy_converged.json): "
+                         "its committed rows and run snapshots count here, so a fresh clone trains none of them again")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--commit", action="store_true", help="git-commit the results (only their files) as each run finishes")
     args = ap.parse_args(argv)
     args.schemes, args.plateau, args.convergence = ["C"], False, False
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    out = REPO / args.out
+    if args.commit:
+        check_committable(out)
     runs = (REPO / args.runs_dir).resolve()
     (runs / "logs").mkdir(parents=True, exist_ok=True)
     jobs = frontier_jobs(args, runs)
-    out = REPO / args.out
-    info = {"stamp": stamp(argv), "settings": {k: v for k, v in vars(args).items() if k not in ("out", "report_only")}}
+    info = {"stamp": stamp(argv),
+            "settings": {k: v for k, v in vars(args).items() if k not in ("out", "report_only", "commit")}}
     committed = accuracy.committed_rows(out)
-    matching = {j.name: committed[j.name] for j in jobs if accuracy.is_committed(j, committed, args.runs_dir)}
-    accuracy.restore_snapshots(jobs, runs, accuracy.snapshot_dir(out))
+    for shared in reversed(args.shared_results):  # this frontier's own rows win over a shared one
+        committed = {**accuracy.committed_rows(REPO / shared), **committed}
+    # A shared row keeps its numbers and takes this job's labels (the grid's rows have no width).
+    matching = {j.name: {**committed[j.name], **j.meta} for j in jobs
+                if accuracy.is_committed(j, committed, args.runs_dir)}
+    for results in [out, *(REPO / s for s in args.shared_results)]:
+        accuracy.restore_snapshots(jobs, runs, accuracy.snapshot_dir(results))
+
+    commit = RowCommitter(out, f"frontier {out.stem}") if args.commit else None
 
     def on_done() -> None:
         for j in jobs:
             if j.meta.get("role") in ("teacher", "fp_twin") and accuracy.state(runs / j.name, j) == "done":
                 accuracy.save_snapshot(runs / j.name, accuracy.snapshot_dir(out))
         report(out, jobs, runs, info, matching)
+        if commit:
+            commit()
 
     if not args.report_only:
         t0 = time.time()

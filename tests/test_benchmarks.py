@@ -123,6 +123,40 @@ def test_analysis_gap_and_recovery_are_paired_by_seed():
     assert an["teacher_top1"] == 92.0
 
 
+def test_goals_choose_the_teacher_scheme_on_holdout_and_say_noise():
+    import accuracy_goals
+
+    rows = [_row("teacher", "32W/32A", "baseline", 0, 93.0)]
+    # (FP twin, no teacher, B test, B holdout, C test, C holdout) per seed: C is better on test, B on holdout.
+    for seed, (fp, base, b, bh, c, ch) in enumerate([(92.0, 90.0, 92.4, 93.0, 93.5, 92.0),
+                                                     (92.4, 90.2, 92.6, 93.1, 93.7, 92.1)]):
+        rows += [_row("fp_twin", "32W/32A", "baseline", seed, fp), _row("student", "4W/8A", "baseline", seed, base),
+                 {**_row("student", "4W/8A", "B", seed, b), "final_holdout_top1": bh},
+                 {**_row("student", "4W/8A", "C", seed, c), "final_holdout_top1": ch}]
+    an = accuracy_report.analyse(rows, ["4W/8A"])
+    assert accuracy_goals.chosen_on_holdout(an["precisions"]["4W/8A"]["schemes"]) == "B"
+    fp_line, w4 = accuracy_goals.goal_lines(an)  # goals whose cells are absent (LSQ, 2W/32A) are left out
+    assert fp_line.startswith("- FP twin ≥ 92 %") and "**met**" in fp_line
+    # B − FP twin = +0.4, +0.2: mean +0.30 ≥ 0.3 (C's +1.4 on test does not count), std 0.14: not noise.
+    assert "scheme B (chosen on the holdout)" in w4 and "+0.30 ± 0.14" in w4 and "**met**" in w4
+    assert "noise" not in w4
+    rows[-2]["final_top1"] = 91.4  # B − FP twin = +0.4, −1.0: mean −0.30, std 0.99
+    w4 = accuracy_goals.goal_lines(accuracy_report.analyse(rows, ["4W/8A"]))[1]
+    assert "**missed by 0.60 points**" in w4 and "is noise" in w4
+    assert accuracy_report._diff({"mean": -0.3, "std": 0.99, "n": 3}) == "-0.30 ± 0.99 noise"
+    assert accuracy_report._diff({"mean": 1.2, "std": 0.2, "n": 3}) == "1.20 ± 0.20"
+
+
+def test_convergence_sentence_pairs_b_with_a_by_seed():
+    import accuracy_goals
+
+    conv = [{"scheme": s, "seed": seed, "epoch_to_99pct": e}
+            for s, seed, e in [("A", 0, 6), ("A", 1, 7), ("A", 2, 7), ("B", 0, 5), ("B", 1, 6), ("B", 2, None)]]
+    text = accuracy_goals.convergence_sentence(conv)
+    assert "paired by seed over 2: -1, -1 epochs (mean -1.00): B converges 15 % sooner than A" in text
+    assert accuracy_goals.convergence_sentence([{"scheme": "A", "seed": 0, "epoch_to_99pct": 3}]) is None
+
+
 def test_sweep_chooses_on_holdout_never_on_test():
     def run(role, scheme, gamma, tau, holdout, test, seed=0):
         return {**_row(role, "2W/32A", scheme, seed, test), "name": f"{scheme}-{gamma}-{tau}", "gamma": gamma,
@@ -252,6 +286,82 @@ def test_frontier_points_pareto_and_budgets(monkeypatch):
         ("2W/8A", 1.0, True), ("2W/8A", 2.0, True), ("8W/8A", 1.0, False), ("32W/32A", 1.0, True)]
     lines = frontier.winners(pts)
     assert lines[2].startswith("- up to 39.1 KiB: 2W/8A at width 2 (90.10 % ± 0.14)")
+
+
+def _finished_run(folder: Path, overrides: dict, top1: float) -> None:
+    """A run folder as a finished training run leaves it (job, summary, one epoch of metrics)."""
+    folder.mkdir(parents=True)
+    (folder / "job.json").write_text(json.dumps(overrides))
+    (folder / "summary.json").write_text(json.dumps({"status": "finished", "final_top1": top1, "best_top1": top1}))
+    (folder / "metrics.jsonl").write_text(json.dumps({"type": "epoch", "epoch": 1, "test_top1": top1,
+                                                      "holdout_top1": top1, "epoch_time_s": 1.0}) + "\n")
+
+
+def test_frontier_report_from_finished_runs_marks_the_pareto_front(tmp_path):
+    # The training path is the grid's (test_tiny_grid_runs_then_resumes_without_rerunning); here the
+    # frontier's own part: its jobs' folders -> rows -> points with real packed sizes -> table and plot.
+    import frontier
+
+    runs, out = tmp_path / "runs", tmp_path / "frontier.json"
+    argv = ["--precisions", "2W/8A", "8W/8A", "--widths", "1", "2", "--seeds", "0", "1", "--train-images", "100",
+            "--holdout", "50", "--runs-dir", str(runs), "--out", str(out)]
+    top1 = {"fp": 90.0, "2w8a-C": 88.0, "8w8a-C": 89.0, "fp-x2": 91.0, "2w8a-C-x2": 90.5, "8w8a-C-x2": 90.0}
+    grid_rows = []  # the grid's width-1 FP twins and 2W/8A cells: committed rows only, their folders gone
+    for job in frontier.frontier_jobs(frontier.parse(argv), runs):
+        stem = job.name.rsplit("-s", 1)[0]
+        if stem not in top1:  # the teacher and its cache make no point
+            continue
+        value = top1[stem] + 0.2 * job.meta["seed"]
+        if stem in ("fp", "2w8a-C"):
+            grid_rows.append({"name": job.name, "role": job.meta["role"], "precision": job.meta["precision"],
+                              "seed": job.meta["seed"], "final_top1": value,
+                              "config": {"overrides": job.overrides}})
+        else:
+            _finished_run(runs / job.name, job.overrides, value)
+    (tmp_path / "grid.json").write_text(json.dumps({"rows": grid_rows}))
+    assert frontier.main([*argv, "--report-only", "--shared-results", str(tmp_path / "grid.json")]) == 0
+    result = json.loads(out.read_text())
+    pts = {(p["precision"], p["width"]): p for p in result["points"]}
+    assert len(pts) == 6 and all(p["n"] == 2 for p in pts.values())
+    assert pts[("2W/8A", 1.0)]["bytes"] < pts[("8W/8A", 1.0)]["bytes"] < pts[("32W/32A", 1.0)]["bytes"]
+    assert pts[("2W/8A", 2.0)]["pareto"] and not pts[("8W/8A", 2.0)]["pareto"]  # 8W x2: larger and less accurate
+    text = out.with_suffix(".md").read_text()
+    assert "| 2W/8A | 2 |" in text and "## The most accurate choice at each size budget" in text
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_commit_takes_the_results_new_rows_and_nothing_else(tmp_path):
+    import _commit
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    (tmp_path / "other.py").write_text("a = 1\n")
+    git("add", "other.py")
+    git("commit", "-q", "-m", "start")
+    out = tmp_path / "results" / "grid.json"
+    committer = _commit.RowCommitter(out, "accuracy grid", repo=tmp_path)
+    (tmp_path / "other.py").write_text("a = 2\n")  # work in progress, edited and staged: not the grid's to commit
+    (tmp_path / "staged.py").write_text("b = 1\n")
+    git("add", "staged.py")
+    out.parent.mkdir()
+    out.write_text(json.dumps({"rows": [{"name": "fp-s0"}]}))
+    out.with_suffix(".md").write_text("table")
+    (out.parent / "grid_epochs.png").write_bytes(b"png")
+    (out.parent / "grid_runs" / "fp-s0").mkdir(parents=True)
+    (out.parent / "grid_runs" / "fp-s0" / "summary.json").write_text("{}")
+    committer()
+    assert git("log", "-1", "--format=%s") == "accuracy grid: fp-s0 finished (1 rows)\n"
+    assert sorted(git("show", "--name-only", "--format=", "HEAD").split()) == [
+        "results/grid.json", "results/grid.md", "results/grid_epochs.png", "results/grid_runs/fp-s0/summary.json"]
+    assert git("status", "--porcelain").splitlines() == [" M other.py", "A  staged.py"]
+    committer()  # nothing new: no commit
+    assert git("rev-list", "--count", "HEAD") == "2\n"
+    with pytest.raises(SystemExit, match="outside the repository"):
+        _commit.check_committable(tmp_path.parent / "elsewhere.json", repo=tmp_path)
 
 
 def test_folder_vs_idx_writes_pngs_whose_natural_order_is_the_label_order(tmp_path):

@@ -1,0 +1,77 @@
+"""The converged grid's goals (the accuracy-at-convergence issue), judged from the grid's analysis.
+
+Each goal compares a student *with a teacher* to the FP twin, paired by seed. Which scheme stands for
+"with a teacher" is chosen on the holdout split (highest mean final holdout top-1 among the schemes
+that ran), never on the test set the verdict reads. A difference whose |mean| is at most its standard
+deviation over seeds is called noise, whichever side of the target its mean falls.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: label -> (precision, minimum of student − FP twin in points); precision None: the FP twin's own top-1.
+GOALS: dict[str, tuple[str | None, float]] = {
+    "FP twin ≥ 92 % mean test top-1": (None, 92.0),
+    "ternary (2W/32A) with a teacher ≥ FP twin": ("2W/32A", 0.0),
+    "4W/8A with a teacher ≥ FP twin + 0.3 points (paper: +0.8 on ImageNet)": ("4W/8A", 0.3),
+    "LSQ 2W/2A with a teacher within 1.5 points of the FP twin": ("lsq:2W/2A", -1.5),
+    "LSQ 4W/4A with a teacher beats the FP twin": ("lsq:4W/4A", 0.0),
+}
+TEACHER_SCHEMES = ("A", "B", "C")
+
+
+def chosen_on_holdout(schemes: dict[str, Any]) -> str | None:
+    """The scheme with a teacher whose mean final holdout top-1 is highest (None if none has one)."""
+    scored = {s: schemes[s]["final_holdout_top1"]["mean"] for s in TEACHER_SCHEMES
+              if s in schemes and schemes[s].get("final_holdout_top1", {}).get("mean") is not None}
+    return max(scored, key=scored.get) if scored else None
+
+
+def is_noise(ms: dict[str, Any]) -> bool:
+    """|mean| ≤ std over seeds: the difference is within seed-to-seed spread."""
+    return ms.get("std") is not None and abs(ms["mean"]) <= ms["std"]
+
+
+def judge(label: str, an: dict[str, Any]) -> str | None:
+    """One line: the goal, what was measured, met or missed (by how much); None if its cells are absent."""
+    precision, target = GOALS[label]
+    if precision is None:
+        fp = an["fp_twin"]
+        if fp["mean"] is None:
+            return None
+        verdict = "met" if fp["mean"] >= target else f"missed by {target - fp['mean']:.2f} points"
+        return f"- {label}: {fp['mean']:.2f} ± {fp['std'] or 0:.2f} % over {fp['n']} seeds — **{verdict}**."
+    entry = an["precisions"].get(precision)
+    scheme = entry and chosen_on_holdout(entry["schemes"])
+    if scheme is None:
+        return None
+    d = entry["schemes"][scheme]["vs_fp_twin_points"]
+    if d["mean"] is None:
+        return None
+    verdict = "met" if d["mean"] >= target else f"missed by {target - d['mean']:.2f} points"
+    noise = " The difference from the FP twin is noise (|mean| ≤ std)." if is_noise(d) else ""
+    return (f"- {label}: scheme {scheme} (chosen on the holdout) − FP twin = {d['mean']:+.2f} ± {d['std'] or 0:.2f} "
+            f"points, paired by seed over {d['n']} — **{verdict}**.{noise}")
+
+
+def goal_lines(an: dict[str, Any]) -> list[str]:
+    """Every goal whose cells the grid has, in the table's order."""
+    return [line for label in GOALS if (line := judge(label, an)) is not None]
+
+
+def convergence_sentence(conv: list[dict[str, Any]]) -> str | None:
+    """B's epoch to 99 % of its final accuracy relative to A's, paired by seed (the paper: B 10–20 % sooner)."""
+    a = {r["seed"]: r["epoch_to_99pct"] for r in conv if r["scheme"] == "A" and r["epoch_to_99pct"]}
+    b = {r["seed"]: r["epoch_to_99pct"] for r in conv if r["scheme"] == "B" and r["epoch_to_99pct"]}
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    diffs = [b[s] - a[s] for s in seeds]
+    mean_a = sum(a[s] for s in seeds) / len(seeds)
+    mean_d = sum(diffs) / len(diffs)
+    pct = 100 * mean_d / mean_a
+    when = f"{abs(pct):.0f} % {'sooner' if pct < 0 else 'later'} than A" if round(pct) else "when A does"
+    return (f"B − A, epoch reaching 99 % of the final accuracy, paired by seed over {len(seeds)}: "
+            f"{', '.join(f'{d:+d}' for d in diffs)} epochs (mean {mean_d:+.2f}): B converges {when}. "
+            "The paper reports B 10–20 % sooner on ImageNet.")

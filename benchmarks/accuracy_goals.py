@@ -33,6 +33,12 @@ def is_noise(ms: dict[str, Any]) -> bool:
     return ms.get("std") is not None and abs(ms["mean"]) <= ms["std"]
 
 
+def _measured(ms: dict[str, Any], sign: str = "") -> str:
+    """"+0.30 ± 0.14 over 3 seeds", or "+0.30 over 1 seed" (no spread from one seed)."""
+    spread = f" ± {ms['std']:.2f}" if ms["std"] is not None else ""
+    return f"{ms['mean']:{sign}.2f}{spread} over {ms['n']} seed{'s' if ms['n'] != 1 else ''}"
+
+
 def judge(label: str, an: dict[str, Any]) -> str | None:
     """One line: the goal, what was measured, met or missed (by how much); None if its cells are absent."""
     precision, target = GOALS[label]
@@ -41,7 +47,7 @@ def judge(label: str, an: dict[str, Any]) -> str | None:
         if fp["mean"] is None:
             return None
         verdict = "met" if fp["mean"] >= target else f"missed by {target - fp['mean']:.2f} points"
-        return f"- {label}: {fp['mean']:.2f} ± {fp['std'] or 0:.2f} % over {fp['n']} seeds — **{verdict}**."
+        return f"- {label}: {_measured(fp)} (%) — **{verdict}**."
     entry = an["precisions"].get(precision)
     scheme = entry and chosen_on_holdout(entry["schemes"])
     if scheme is None:
@@ -51,8 +57,8 @@ def judge(label: str, an: dict[str, Any]) -> str | None:
         return None
     verdict = "met" if d["mean"] >= target else f"missed by {target - d['mean']:.2f} points"
     noise = " The difference from the FP twin is noise (|mean| ≤ std)." if is_noise(d) else ""
-    return (f"- {label}: scheme {scheme} (chosen on the holdout) − FP twin = {d['mean']:+.2f} ± {d['std'] or 0:.2f} "
-            f"points, paired by seed over {d['n']} — **{verdict}**.{noise}")
+    return (f"- {label}: scheme {scheme} (chosen on the holdout) − FP twin = {_measured(d, '+')} "
+            f"(points, paired by seed) — **{verdict}**.{noise}")
 
 
 def goal_lines(an: dict[str, Any]) -> list[str]:

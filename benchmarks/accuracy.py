@@ -40,6 +40,8 @@ from apprentice.config import DistillConfig
 PRECISIONS = ("2W/32A", "2W/8A", "4W/8A")
 SWEEP_GAMMA = (0.5, 1.0, 2.0)
 SWEEP_TEMPERATURE = (1.0, 2.0, 4.0)
+SWEEP_C_LR = (0.003, 0.03)  # a scheme-C sweep also tries its fine-tuning lr around the grid's 0.01
+SWEEP_CELL = "2W/32A:B"  # the committed grid's sweep: scheme B at 2W/32A, where the gain was least clear
 # The paper's loss weights are the library's defaults; the grid runs at them, the sweep around them.
 DEFAULT = {"gamma": DistillConfig().gamma, "temperature": DistillConfig().temperature}
 #: every run's recipe; the overrides make the teacher, twin and each student of it
@@ -131,20 +133,28 @@ def grid_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
                         meta={"role": "fp_twin", "precision": "32W/32A", "scheme": "baseline", "seed": seed}))
         for precision in args.precisions:
             for scheme in args.schemes:
-                o = {**common(args, seed), **_precision_overrides(precision), "distill.scheme": scheme}
-                if getattr(args, "deploy", None):  # the deployable graph (quant.deploy) for the students
-                    o["quant.deploy"] = args.deploy
-                needs: tuple[str, ...] = ()
-                if scheme in ("A", "B", "C"):
-                    extra, needs = _teacher(args, runs, scheme)
-                    o.update(extra)
-                if scheme == "C":
-                    o["distill.student_init"] = str(runs / twin)
-                    o["optim.lr"] = args.c_lr
-                    needs = (*needs, twin)
+                o, needs = student_overrides(args, runs, precision, scheme, seed)
                 jobs.append(Job(f"{_slug(precision)}-{scheme}-s{seed}", o, needs,
                                 {"role": "student", "precision": precision, "scheme": scheme, "seed": seed}))
     return jobs
+
+
+def student_overrides(args: argparse.Namespace, runs: Path, precision: str, scheme: str,
+                      seed: int) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """A student cell's overrides and the jobs it needs: B and C the teacher (and its cache), C also
+    the same seed's FP twin, which it starts from at ``--c-lr``."""
+    o = {**common(args, seed), **_precision_overrides(precision), "distill.scheme": scheme}
+    if getattr(args, "deploy", None):  # the deployable graph (quant.deploy) for the students
+        o["quant.deploy"] = args.deploy
+    needs: tuple[str, ...] = ()
+    if scheme in ("A", "B", "C"):
+        extra, needs = _teacher(args, runs, scheme)
+        o.update(extra)
+    if scheme == "C":
+        o["distill.student_init"] = str(runs / f"fp-s{seed}")
+        o["optim.lr"] = args.c_lr
+        needs = (*needs, f"fp-s{seed}")
+    return o, needs
 
 
 def _teacher(args: argparse.Namespace, runs: Path, scheme: str) -> tuple[dict[str, Any], tuple[str, ...]]:
@@ -179,19 +189,30 @@ def regime_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
     return jobs
 
 
+def sweep_cell(args: argparse.Namespace) -> tuple[str, str]:
+    """``--sweep-cell`` "PRECISION:SCHEME" (a teacher's scheme), e.g. "lsq:4W/4A:C", split and checked."""
+    label, _, scheme = getattr(args, "sweep_cell", SWEEP_CELL).rpartition(":")
+    if scheme not in ("A", "B", "C") or not label:
+        raise SystemExit(f"accuracy: --sweep-cell {getattr(args, 'sweep_cell', '')!r}: expected PRECISION:SCHEME "
+                         "with a teacher's scheme (A, B or C), e.g. 4W/8A:C")
+    return label, scheme
+
+
 def sweep_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
-    """Scheme B at 2W/32A, seed 0, over gamma x temperature (the default cell is the grid's own run)."""
-    jobs = []
-    for g in SWEEP_GAMMA:
-        for t in SWEEP_TEMPERATURE:
-            if {"gamma": g, "temperature": t} == DEFAULT:
-                continue
-            o = {**common(args, 0), "quant.precision": "2W/32A", "distill.scheme": "B",
-                 "distill.teacher": str(runs / "teacher"), "distill.gamma": g, "distill.temperature": t}
-            jobs.append(Job(f"sweep-g{g:g}-t{t:g}", o, ("teacher",),
-                            {"role": "sweep", "precision": "2W/32A", "scheme": "B", "seed": 0,
-                             "gamma": g, "temperature": t}))
-    return jobs
+    """One cell (``--sweep-cell``), seed 0, over gamma x temperature, and for scheme C also its
+    learning rate at the default gamma and temperature; the default point is the grid's own run."""
+    precision, scheme = sweep_cell(args)
+    base, needs = student_overrides(args, runs, precision, scheme, 0)
+    prefix = "sweep" if f"{precision}:{scheme}" == SWEEP_CELL else f"sweep-{_slug(precision)}-{scheme}"
+    meta = {"role": "sweep", "precision": precision, "scheme": scheme, "seed": 0}
+    points = [({"distill.gamma": g, "distill.temperature": t}, f"g{g:g}-t{t:g}")
+              for g in SWEEP_GAMMA for t in SWEEP_TEMPERATURE if {"gamma": g, "temperature": t} != DEFAULT]
+    points += [({"optim.lr": lr}, f"lr{lr:g}") for lr in (SWEEP_C_LR if scheme == "C" else ())]
+    return [Job(f"{prefix}-{tag}", {**base, **change}, needs,
+                {**meta, "gamma": change.get("distill.gamma", DEFAULT["gamma"]),
+                 "temperature": change.get("distill.temperature", DEFAULT["temperature"]),
+                 "lr": change.get("optim.lr", base["optim.lr"])})
+            for change, tag in points]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -416,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="trainings at once")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per training")
     ap.add_argument("--no-sweep", action="store_true", help="skip the gamma/temperature sweep")
+    ap.add_argument("--sweep-cell", default=SWEEP_CELL, metavar="PRECISION:SCHEME",
+                    help="the cell the sweep tunes on the holdout, seed 0 (scheme C: its lr too), e.g. 4W/8A:C")
     ap.add_argument("--deploy", default=None, help="train the students' deployable graph (quant.deploy, e.g. int8; "
                                                    "8-bit activations only): what it costs in accuracy")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the results from finished runs")

@@ -152,9 +152,10 @@ def sweep_table(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[
     cell = {(r["precision"], r["scheme"], r["seed"]) for r in sweep}
     grid = [r for r in rows if r["role"] == "student" and r["final_holdout_top1"] is not None]
     cand = sweep + [r for r in grid if (r["precision"], r["scheme"], r["seed"]) in cell]
-    cand.sort(key=lambda r: (r["gamma"], r["temperature"]))
-    table = [{"gamma": r["gamma"], "temperature": r["temperature"], "holdout_top1": r["final_holdout_top1"],
-              "test_top1": r["final_top1"], "run": r["name"]} for r in cand]
+    table = [{"gamma": r["gamma"], "temperature": r["temperature"],
+              "lr": r.get("lr", r.get("config", {}).get("overrides", {}).get("optim.lr")),
+              "holdout_top1": r["final_holdout_top1"], "test_top1": r["final_top1"], "run": r["name"]} for r in cand]
+    table.sort(key=lambda r: (r["gamma"], r["temperature"], r["lr"] or 0))
     chosen = dict(max(table, key=lambda r: r["holdout_top1"]))
     (precision, scheme, seed), *more = sorted(cell)
     if more:
@@ -213,8 +214,11 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]], an: dict[str, Any
     ]
     if sweep:
         c = chosen["cell"]
-        text += [f"## γ / τ sweep (scheme {c['scheme']}, {c['precision']}, seed {c['seed']}), chosen on the holdout split", "",
-                 markdown_table(["γ", "τ", "holdout top-1 %", "test top-1 %"], sweep_rows(sweep, chosen)), "",
+        lrs = len({r["lr"] for r in sweep}) > 1  # a scheme-C sweep tries C's learning rate too
+        text += [(f"## {'γ / τ / lr' if lrs else 'γ / τ'} sweep (scheme {c['scheme']}, {c['precision']}, "
+                  f"seed {c['seed']}), chosen on the holdout split"), "",
+                 markdown_table(["γ", "τ", *(["lr"] if lrs else []), "holdout top-1 %", "test top-1 %"],
+                                sweep_rows(sweep, chosen, lrs)), "",
                  sweep_sentence(chosen), ""]
     text += regime_section(rows, st)
     if goals := goal_lines(an):
@@ -253,16 +257,19 @@ def regime_section(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list
     return text
 
 
-def sweep_rows(sweep: list[dict[str, Any]], chosen: dict[str, Any]) -> list[list[Any]]:
-    table = [[r["gamma"], r["temperature"], f"{r['holdout_top1']:.2f}", f"{r['test_top1']:.2f}"] for r in sweep]
+def sweep_rows(sweep: list[dict[str, Any]], chosen: dict[str, Any], lrs: bool = False) -> list[list[Any]]:
+    table = [[r["gamma"], r["temperature"], *([f"{r['lr']:g}"] if lrs else []), f"{r['holdout_top1']:.2f}",
+              f"{r['test_top1']:.2f}"] for r in sweep]
     if "baseline_holdout_top1" in chosen:
-        table.append(["no teacher", "-", f"{chosen['baseline_holdout_top1']:.2f}", f"{chosen['baseline_test_top1']:.2f}"])
+        table.append(["no teacher", "-", *(["-"] if lrs else []), f"{chosen['baseline_holdout_top1']:.2f}",
+                      f"{chosen['baseline_test_top1']:.2f}"])
     return table
 
 
 def sweep_sentence(chosen: dict[str, Any]) -> str:
     """Which setting the holdout picks, and its margins, from the rows (so no number is typed by hand)."""
-    text = (f"Chosen on holdout: γ={chosen['gamma']:g}, τ={chosen['temperature']:g} "
+    lr = f", lr={chosen['lr']:g}" if chosen.get("lr") is not None else ""
+    text = (f"Chosen on holdout: γ={chosen['gamma']:g}, τ={chosen['temperature']:g}{lr} "
             f"(holdout {chosen['holdout_top1']:.2f} %, test {chosen['test_top1']:.2f} %).")
     if "baseline_holdout_top1" in chosen:
         text += (f" The same seed without a teacher: holdout {chosen['baseline_holdout_top1']:.2f} %, "

@@ -172,6 +172,31 @@ def test_sweep_chooses_on_holdout_never_on_test():
     assert accuracy_report.sweep_rows(table, chosen)[-1] == ["no teacher", "-", "84.00", "83.00"]
 
 
+def test_a_scheme_c_sweep_cell_tunes_gamma_temperature_and_its_lr(tmp_path):
+    args = _args(teacher_cache=True, sweep_cell="lsq:4W/4A:C")
+    jobs = {j.name: j for j in accuracy.sweep_jobs(args, tmp_path)}
+    assert len(jobs) == 8 + 2 and all(n.startswith("sweep-lsq-4w4a-C-") for n in jobs)
+    lr = jobs["sweep-lsq-4w4a-C-lr0.03"]
+    assert (lr.overrides["optim.lr"], lr.overrides["distill.gamma"], lr.overrides["quant.quantizer"]) == (0.03, 0.5, "lsq")
+    assert lr.needs == ("teacher", accuracy.CACHE, "fp-s0") and lr.overrides["train.seed"] == 0
+    g = jobs["sweep-lsq-4w4a-C-g2-t4"]
+    assert (g.overrides["optim.lr"], g.overrides["distill.temperature"]) == (0.01, 4.0)
+    assert g.overrides["distill.teacher_cache"] == str(accuracy.cache_file(tmp_path))
+    for bad in ("4W/8A", "4W/8A:baseline", ":C"):
+        with pytest.raises(SystemExit, match="--sweep-cell"):
+            accuracy.sweep_jobs(_args(sweep_cell=bad), tmp_path)
+    # The report: lr is a column, the holdout chooses among every point, the grid's own run included.
+    def row(name, lr, gamma, holdout, test, role="sweep", scheme="C"):
+        return {**_row(role, "lsq:4W/4A", scheme, 0, test), "name": name, "gamma": gamma, "lr": lr,
+                "final_holdout_top1": holdout}
+    rows = [row("own", 0.01, 0.5, 86.0, 86.5, role="student"), row("lr", 0.03, 0.5, 86.4, 85.0),
+            row("g1", 0.01, 1.0, 86.2, 87.0), row("base", 0.1, 0.5, 85.0, 85.1, role="student", scheme="baseline")]
+    table, chosen = accuracy_report.sweep_table(rows)
+    assert (chosen["run"], chosen["lr"], chosen["cell"]["scheme"]) == ("lr", 0.03, "C")
+    assert accuracy_report.sweep_rows(table, chosen, lrs=True)[-1] == ["no teacher", "-", "-", "85.00", "85.10"]
+    assert "lr=0.03" in accuracy_report.sweep_sentence(chosen)
+
+
 def test_row_machine_comes_from_the_run_else_says_it_is_the_reports():
     stamp = {"hostname": "here", "cpu_model": "CPU X", "cpu_count": 2}
     assert accuracy_report._machine({"host": "here", "threads": 1}, stamp) == {

@@ -380,6 +380,40 @@ def plots(out: Path, rows: list[dict[str, Any]], an: dict[str, Any], precisions:
     return written
 
 
+def convergence_plot(out: Path, rows: list[dict[str, Any]]) -> str | None:
+    """Schemes A and B under the step schedule (``--convergence``): test top-1 per epoch, each seed thin
+    and the mean thick, with the epoch where each mean first reaches 99 % of its final value marked."""
+    conv = [r for r in rows if r.get("role") == "convergence" and r["test_top1_per_epoch"]]
+    if not conv:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for scheme, colour in (("A", "tab:green"), ("B", "tab:red")):
+        curves = [r["test_top1_per_epoch"] for r in conv if r["scheme"] == scheme and None not in r["test_top1_per_epoch"]]
+        if not curves:
+            continue
+        n = min(len(c) for c in curves)
+        for c in curves:
+            ax.plot(range(1, n + 1), c[:n], color=colour, lw=0.6, alpha=0.5)
+        mean = [statistics.fmean(c[i] for c in curves) for i in range(n)]
+        ax.plot(range(1, n + 1), mean, color=colour, lw=2, marker="o", ms=3, label=f"scheme {scheme} (mean of {len(curves)})")
+        at = epoch_to_fraction(mean, 0.99)
+        ax.axvline(at, color=colour, ls=":", lw=1)
+    late = [v for r in conv for v in r["test_top1_per_epoch"][len(r["test_top1_per_epoch"]) // 3:] if v is not None]
+    ax.set_ylim(bottom=max(min(late) - 1, 0))
+    ax.set_xlabel("epoch (lr ÷10 at the milestones)")
+    ax.set_ylabel("test top-1 % (2W/32A student)")
+    ax.set_title("Convergence: dotted line = epoch reaching 99 % of the final mean", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    written = _savefig(fig, out.with_name(out.stem + "_convergence.png"))
+    plt.close(fig)
+    return written
+
+
 def _savefig(fig, path: Path) -> str:
     import io
     buf = io.BytesIO()
@@ -418,6 +452,8 @@ def write(out: Path, jobs: list, runs: Path, info: dict[str, Any],
                         info["settings"].get("student_width", 1.0))
     text, _ = markdown(info, rows, an, sweep, chosen)
     figs = plots(out, rows, an, precisions, sizes)
+    if figs and (conv := convergence_plot(out, rows)):  # figs: matplotlib is there
+        figs.append(conv)
     planned = [j for j in jobs if j.meta.get("role") != "cache"]  # the teacher cache is a step, not a result row
     result = {**info, "finished_runs": len(rows), "planned_runs": len(planned), "model_bytes": sizes,
               "analysis": an, "sweep": {"rows": sweep, "chosen_on_holdout": chosen},

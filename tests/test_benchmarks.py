@@ -157,6 +157,17 @@ def test_convergence_sentence_pairs_b_with_a_by_seed():
     assert accuracy_goals.convergence_sentence([{"scheme": "A", "seed": 0, "epoch_to_99pct": 3}]) is None
 
 
+
+def test_convergence_plot_only_when_the_grid_has_convergence_runs(tmp_path):
+    pytest.importorskip("matplotlib")
+    conv = [{**_row("convergence", "2W/32A", s, seed, 90.0), "test_top1_per_epoch": [80.0, 88.0, 89.5, 90.0]}
+            for s in ("A", "B") for seed in (0, 1)]
+    out = tmp_path / "grid.json"
+    assert accuracy_report.convergence_plot(out, [_row("fp_twin", "32W/32A", "baseline", 0, 90.0)]) is None
+    assert accuracy_report.convergence_plot(out, conv) == "grid_convergence.png"
+    assert (tmp_path / "grid_convergence.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_sweep_chooses_on_holdout_never_on_test():
     def run(role, scheme, gamma, tau, holdout, test, seed=0):
         return {**_row(role, "2W/32A", scheme, seed, test), "name": f"{scheme}-{gamma}-{tau}", "gamma": gamma,

@@ -30,6 +30,8 @@ from _stamp import REPO, markdown_table, stamp, stamp_markdown, write_results
 
 PRECISIONS = ("2W/8A", "4W/8A", "8W/8A")  # ternary, 4-bit and 8-bit weights; FP is the twins
 WIDTHS = (1.0, 2.0)
+#: the plot's legend names (2-bit weights are TWN's ternary levels)
+NAMES = {"2W/8A": "ternary (2W/8A)", "4W/8A": "4-bit (4W/8A)", "8W/8A": "8-bit (8W/8A)", "32W/32A": "FP (32W/32A)"}
 
 
 def _name(stem: str, multiplier: float, seed: int) -> str:
@@ -101,12 +103,14 @@ def plot(out: Path, pts: list[dict[str, Any]]) -> str | None:
     for p in sorted({pt["precision"] for pt in pts}):
         mine = [pt for pt in pts if pt["precision"] == p]
         ax.errorbar([pt["bytes"] / 1024 for pt in mine], [pt["mean"] for pt in mine],
-                    yerr=[pt["std"] or 0 for pt in mine], fmt="o", capsize=3, label=p)
+                    yerr=[pt["std"] or 0 for pt in mine], fmt="o", capsize=3, label=NAMES.get(p, p))
         for pt in mine:  # one colour a precision: the width is written beside its point
             ax.annotate(f"width {pt['width']:g}", (pt["bytes"] / 1024, pt["mean"]), textcoords="offset points",
                         xytext=(5, -10), fontsize=7)
     front = [pt for pt in pts if pt["pareto"]]
     ax.plot([pt["bytes"] / 1024 for pt in front], [pt["mean"] for pt in front], "k--", lw=1, label="Pareto front")
+    ax.scatter([pt["bytes"] / 1024 for pt in front], [pt["mean"] for pt in front], s=160, facecolors="none",
+               edgecolors="k", label="Pareto-optimal")
     ax.set_xscale("log")
     ax.set_xlabel("packed file (KiB, log scale)")
     ax.set_ylabel("test top-1 % (mean ± std over seeds)")

@@ -189,6 +189,14 @@ def regime_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
     return jobs
 
 
+def ordered(grid: list[Job], regime: list[Job]) -> list[Job]:
+    """The grid, then the regime's runs; the plateau run right after the FP twin it doubles, since it
+    says whether the grid's schedule is long enough (better known before most of the grid is spent)."""
+    plateau = [j for j in regime if j.meta.get("role") == "plateau"]
+    at = next((i + 1 for i, j in enumerate(grid) if j.name == "fp-s0"), len(grid))
+    return grid[:at] + plateau + grid[at:] + [j for j in regime if j not in plateau]
+
+
 def sweep_cell(args: argparse.Namespace) -> tuple[str, str]:
     """``--sweep-cell`` "PRECISION:SCHEME" (a teacher's scheme), e.g. "lsq:4W/4A:C", split and checked."""
     label, _, scheme = getattr(args, "sweep_cell", SWEEP_CELL).rpartition(":")
@@ -450,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         check_committable(out)
     runs = (REPO / args.runs_dir).resolve()
     (runs / "logs").mkdir(parents=True, exist_ok=True)
-    jobs = grid_jobs(args, runs) + regime_jobs(args, runs) + ([] if args.no_sweep else sweep_jobs(args, runs))
+    jobs = ordered(grid_jobs(args, runs), regime_jobs(args, runs)) + ([] if args.no_sweep else sweep_jobs(args, runs))
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "report_only", "commit")}
     settings["shared_overrides"] = {k: v for k, v in common(args, 0).items() if k != "train.seed"}
     info = {"stamp": stamp(argv), "settings": settings}

@@ -279,6 +279,8 @@ def test_regime_jobs_plateau_and_convergence(tmp_path):
                  student_width=0.5, teacher_width=2.0, teacher_epochs=30, channels_last=True, pad=0)
     jobs = {j.name: j for j in accuracy.regime_jobs(args, tmp_path)}
     assert sorted(jobs) == ["conv-A-s0", "conv-A-s1", "conv-B-s0", "conv-B-s1", "fp-long-s0"]
+    names = [j.name for j in accuracy.ordered(accuracy.grid_jobs(args, tmp_path), list(jobs.values()))]
+    assert names[names.index("fp-s0") + 1] == "fp-long-s0" and names[-4:] == ["conv-A-s0", "conv-B-s0", "conv-A-s1", "conv-B-s1"]
     assert jobs["fp-long-s0"].overrides["train.epochs"] == 2 * args.epochs
     a, b = jobs["conv-A-s1"], jobs["conv-B-s1"]
     for j in (a, b):

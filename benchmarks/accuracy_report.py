@@ -221,7 +221,7 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]], an: dict[str, Any
                                 sweep_rows(sweep, chosen, lrs)), "",
                  sweep_sentence(chosen), ""]
     text += regime_section(rows, st)
-    if goals := goal_lines(an):
+    if not st.get("train_images") and (goals := goal_lines(an)):  # the converged regime (all training images)
         text += ["## Goals of the accuracy-at-convergence study (generated from the rows above)", "",
                  ("'With a teacher' is the scheme with the highest mean final holdout top-1 (chosen on the "
                   "holdout split, never on test)."), "", *goals, ""]

@@ -197,19 +197,23 @@ def ordered(grid: list[Job], regime: list[Job]) -> list[Job]:
     return grid[:at] + plateau + grid[at:] + [j for j in regime if j not in plateau]
 
 
-def sweep_cell(args: argparse.Namespace) -> tuple[str, str]:
-    """``--sweep-cell`` "PRECISION:SCHEME" (a teacher's scheme), e.g. "lsq:4W/4A:C", split and checked."""
-    label, _, scheme = getattr(args, "sweep_cell", SWEEP_CELL).rpartition(":")
+def sweep_cell(cell: str) -> tuple[str, str]:
+    """A ``--sweep-cell`` "PRECISION:SCHEME" (a teacher's scheme), e.g. "lsq:4W/4A:C", split and checked."""
+    label, _, scheme = cell.rpartition(":")
     if scheme not in ("A", "B", "C") or not label:
-        raise SystemExit(f"accuracy: --sweep-cell {getattr(args, 'sweep_cell', '')!r}: expected PRECISION:SCHEME "
-                         "with a teacher's scheme (A, B or C), e.g. 4W/8A:C")
+        raise SystemExit(f"accuracy: --sweep-cell {cell!r}: expected PRECISION:SCHEME with a teacher's scheme "
+                         "(A, B or C), e.g. 4W/8A:C")
     return label, scheme
 
 
 def sweep_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
-    """One cell (``--sweep-cell``), seed 0, over gamma x temperature, and for scheme C also its
-    learning rate at the default gamma and temperature; the default point is the grid's own run."""
-    precision, scheme = sweep_cell(args)
+    """Each ``--sweep-cell``, seed 0, over gamma x temperature, and for scheme C also its learning
+    rate at the default gamma and temperature; each cell's default point is the grid's own run."""
+    cells = getattr(args, "sweep_cell", [SWEEP_CELL])
+    return [j for cell in ([cells] if isinstance(cells, str) else cells) for j in _sweep_of(args, runs, *sweep_cell(cell))]
+
+
+def _sweep_of(args: argparse.Namespace, runs: Path, precision: str, scheme: str) -> list[Job]:
     base, needs = student_overrides(args, runs, precision, scheme, 0)
     prefix = "sweep" if f"{precision}:{scheme}" == SWEEP_CELL else f"sweep-{_slug(precision)}-{scheme}"
     meta = {"role": "sweep", "precision": precision, "scheme": scheme, "seed": 0}
@@ -445,8 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="trainings at once")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per training")
     ap.add_argument("--no-sweep", action="store_true", help="skip the gamma/temperature sweep")
-    ap.add_argument("--sweep-cell", default=SWEEP_CELL, metavar="PRECISION:SCHEME",
-                    help="the cell the sweep tunes on the holdout, seed 0 (scheme C: its lr too), e.g. 4W/8A:C")
+    ap.add_argument("--sweep-cell", nargs="+", default=[SWEEP_CELL], metavar="PRECISION:SCHEME",
+                    help="the cells the sweep tunes on the holdout, seed 0 (scheme C: its lr too), e.g. 4W/8A:C")
     ap.add_argument("--deploy", default=None, help="train the students' deployable graph (quant.deploy, e.g. int8; "
                                                    "8-bit activations only): what it costs in accuracy")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the results from finished runs")

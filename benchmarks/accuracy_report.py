@@ -168,7 +168,15 @@ def sweep_table(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[
     return table, chosen
 
 
-def markdown(info: dict[str, Any], rows: list[dict[str, Any]], an: dict[str, Any], sweep: list, chosen) -> tuple[str, str]:
+def sweeps(rows: list[dict[str, Any]]) -> list[tuple[list[dict[str, Any]], dict[str, Any]]]:
+    """`sweep_table` of each swept cell (precision, scheme, seed), in cell order."""
+    cell = lambda r: (r["precision"], r["scheme"], r["seed"])
+    cells = sorted({cell(r) for r in rows if r["role"] == "sweep" and r["final_holdout_top1"] is not None})
+    return [sweep_table([r for r in rows if r["role"] != "sweep" or cell(r) == c]) for c in cells]
+
+
+def markdown(info: dict[str, Any], rows: list[dict[str, Any]], an: dict[str, Any],
+             swept: list[tuple[list[dict[str, Any]], dict[str, Any]]]) -> tuple[str, str]:
     """The full markdown report and the main table alone."""
     st = info["settings"]
     o = st["shared_overrides"]
@@ -212,7 +220,7 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]], an: dict[str, Any
         ("For comparison only (a different data set, network and schedule): the paper's ImageNet ResNet-18 top-1 "
          "accuracy (100 − its error):"), "", paper, "",
     ]
-    if sweep:
+    for sweep, chosen in swept:
         c = chosen["cell"]
         lrs = len({r["lr"] for r in sweep}) > 1  # a scheme-C sweep tries C's learning rate too
         text += [(f"## {'γ / τ / lr' if lrs else 'γ / τ'} sweep (scheme {c['scheme']}, {c['precision']}, "
@@ -268,7 +276,7 @@ def sweep_rows(sweep: list[dict[str, Any]], chosen: dict[str, Any], lrs: bool = 
 
 def sweep_sentence(chosen: dict[str, Any]) -> str:
     """Which setting the holdout picks, and its margins, from the rows (so no number is typed by hand)."""
-    lr = f", lr={chosen['lr']:g}" if chosen.get("lr") is not None else ""
+    lr = f", lr={chosen['lr']:g}" if chosen.get("cell", {}).get("scheme") == "C" else ""  # only C's sweep moves it
     text = (f"Chosen on holdout: γ={chosen['gamma']:g}, τ={chosen['temperature']:g}{lr} "
             f"(holdout {chosen['holdout_top1']:.2f} %, test {chosen['test_top1']:.2f} %).")
     if "baseline_holdout_top1" in chosen:
@@ -447,15 +455,15 @@ def write(out: Path, jobs: list, runs: Path, info: dict[str, Any],
     precisions = info["settings"]["precisions"]
     rows = collect(jobs, runs, info["stamp"], committed)
     an = analyse(rows, precisions)
-    sweep, chosen = sweep_table(rows)
+    swept = sweeps(rows)
     sizes = model_sizes(info["settings"]["student"], info["settings"]["teacher"], precisions,
                         info["settings"].get("student_width", 1.0))
-    text, _ = markdown(info, rows, an, sweep, chosen)
+    text, _ = markdown(info, rows, an, swept)
     figs = plots(out, rows, an, precisions, sizes)
     if figs and (conv := convergence_plot(out, rows)):  # figs: matplotlib is there
         figs.append(conv)
     planned = [j for j in jobs if j.meta.get("role") != "cache"]  # the teacher cache is a step, not a result row
     result = {**info, "finished_runs": len(rows), "planned_runs": len(planned), "model_bytes": sizes,
-              "analysis": an, "sweep": {"rows": sweep, "chosen_on_holdout": chosen},
+              "analysis": an, "sweep": [{"rows": t, "chosen_on_holdout": c} for t, c in swept],
               "plots": figs, "rows": rows}
     write_results(out, result, text)

@@ -206,6 +206,12 @@ def test_a_scheme_c_sweep_cell_tunes_gamma_temperature_and_its_lr(tmp_path):
     assert (chosen["run"], chosen["lr"], chosen["cell"]["scheme"]) == ("lr", 0.03, "C")
     assert accuracy_report.sweep_rows(table, chosen, lrs=True)[-1] == ["no teacher", "-", "-", "85.00", "85.10"]
     assert "lr=0.03" in accuracy_report.sweep_sentence(chosen)
+    # Two cells swept in one grid: a table each, each choosing among its own cell's points only.
+    other = [row("b-own", 0.1, 0.5, 84.0, 84.0, role="student", scheme="B"), row("b-g1", 0.1, 1.0, 99.0, 80.0, scheme="B")]
+    both = accuracy_report.sweeps(rows + other)
+    assert [(c["cell"]["scheme"], c["run"]) for _, c in both] == [("B", "b-g1"), ("C", "lr")]
+    jobs = accuracy.sweep_jobs(_args(teacher_cache=True, sweep_cell=["2W/32A:B", "4W/8A:C"]), tmp_path)
+    assert len(jobs) == 8 + 10 and jobs[0].name == "sweep-g0.5-t2"  # the committed grid's sweep keeps its names
 
 
 def test_row_machine_comes_from_the_run_else_says_it_is_the_reports():

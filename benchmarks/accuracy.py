@@ -273,6 +273,24 @@ def save_snapshot(folder: Path, snapshots: Path) -> None:
             shutil.copyfile(src, dst)
 
 
+def after_each_run(jobs: list[Job], runs: Path, out: Path, write, commit: bool, label: str):
+    """What a grid does whenever a run finishes: snapshot the runs other cells start from (teacher,
+    FP twins) beside the results, ``write()`` the results, and with ``commit`` git-commit their new
+    rows. ``--commit`` with results outside the repository is refused here, before any run."""
+    if commit:
+        check_committable(out)
+    committer = RowCommitter(out, label) if commit else None
+
+    def hook() -> None:
+        for j in jobs:
+            if j.meta.get("role") in ("teacher", "fp_twin") and state(runs / j.name, j) == "done":
+                save_snapshot(runs / j.name, snapshot_dir(out))
+        write()
+        if committer:
+            committer()
+    return hook
+
+
 def restore_snapshots(jobs: list[Job], runs: Path, snapshots: Path) -> list[str]:
     """Put back the run folders of snapshotted runs that are missing here (a fresh machine); returns their names."""
     restored = []
@@ -458,8 +476,6 @@ def main(argv: list[str] | None = None) -> int:
                                                           "finishes, so a fresh clone continues from there")
     args = ap.parse_args(argv)
     out = REPO / args.out
-    if args.commit:
-        check_committable(out)
     runs = (REPO / args.runs_dir).resolve()
     (runs / "logs").mkdir(parents=True, exist_ok=True)
     jobs = ordered(grid_jobs(args, runs), regime_jobs(args, runs)) + ([] if args.no_sweep else sweep_jobs(args, runs))
@@ -473,15 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     if restored:
         print(f"accuracy: restored {', '.join(restored)} from {snapshot_dir(out)}", flush=True)
 
-    commit = RowCommitter(out, f"accuracy grid {out.stem}") if args.commit else None
-
-    def report() -> None:
-        for j in jobs:  # the runs other cells start from travel with the results
-            if j.meta.get("role") in ("teacher", "fp_twin") and state(runs / j.name, j) == "done":
-                save_snapshot(runs / j.name, snapshot_dir(out))
-        accuracy_report.write(out, jobs, runs, info, matching)
-        if commit:
-            commit()
+    report = after_each_run(jobs, runs, out, lambda: accuracy_report.write(out, jobs, runs, info, matching),
+                            args.commit, f"accuracy grid {out.stem}")
 
     if args.report_only:
         report()

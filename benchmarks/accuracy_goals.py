@@ -66,6 +66,11 @@ def goal_lines(an: dict[str, Any]) -> list[str]:
     return [line for label in GOALS if (line := judge(label, an)) is not None]
 
 
+def relative_epochs(pct: float, other: str = "A") -> str:
+    """"15 % sooner than A" for pct = −15 (B's epochs relative to A's, in %); "at the same epoch as A" for ~0."""
+    return f"{abs(pct):.0f} % {'sooner' if pct < 0 else 'later'} than {other}" if round(pct) else f"at the same epoch as {other}"
+
+
 def convergence_sentence(conv: list[dict[str, Any]]) -> str | None:
     """B's epoch to 99 % of its final accuracy relative to A's, paired by seed (the paper: B 10–20 % sooner)."""
     a = {r["seed"]: r["epoch_to_99pct"] for r in conv if r["scheme"] == "A" and r["epoch_to_99pct"]}
@@ -77,7 +82,7 @@ def convergence_sentence(conv: list[dict[str, Any]]) -> str | None:
     mean_a = sum(a[s] for s in seeds) / len(seeds)
     mean_d = sum(diffs) / len(diffs)
     pct = 100 * mean_d / mean_a
-    when = f"{abs(pct):.0f} % {'sooner' if pct < 0 else 'later'} than A" if round(pct) else "when A does"
+    when = relative_epochs(pct)
     return (f"B − A, epoch reaching 99 % of the final accuracy, paired by seed over {len(seeds)}: "
             f"{', '.join(f'{d:+d}' for d in diffs)} epochs (mean {mean_d:+.2f}): B converges {when}. "
             "The paper reports B 10–20 % sooner on ImageNet.")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from _stamp import markdown_table, stamp_markdown, write_results
-from accuracy_goals import convergence_sentence, goal_lines, is_noise
+from accuracy_goals import convergence_sentence, goal_lines, is_noise, relative_epochs
 
 from apprentice.atomic import atomic_write_bytes
 from apprentice.config import DistillConfig
@@ -307,8 +307,7 @@ def findings(an: dict[str, Any]) -> list[str]:
         ea, eb = sch["A"]["epoch_to_99pct"]["mean"], sch["B"]["epoch_to_99pct"]["mean"]
         ec = sch["C"]["epoch_to_99pct"]["mean"]
         if ea and eb:
-            pct = 100 * (1 - eb / ea)
-            when = f"{abs(pct):.0f} % {'sooner' if pct > 0 else 'later'} than A" if round(pct) else "at the same epoch as A"
+            when = relative_epochs(100 * (eb / ea - 1))
             line += (f"Epoch reaching 99 % of final: A {ea:.1f}, B {eb:.1f}"
                      + (f", C {ec:.1f}" if ec else "") + f" (B {when}).")
         out.append(line)

@@ -25,7 +25,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy
 import accuracy_report
-from _commit import RowCommitter, check_committable
 from _stamp import REPO, markdown_table, stamp, stamp_markdown, write_results
 
 PRECISIONS = ("2W/8A", "4W/8A", "8W/8A")  # ternary, 4-bit and 8-bit weights; FP is the twins
@@ -160,8 +159,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     out = REPO / args.out
-    if args.commit:
-        check_committable(out)
     runs = (REPO / args.runs_dir).resolve()
     (runs / "logs").mkdir(parents=True, exist_ok=True)
     jobs = frontier_jobs(args, runs)
@@ -176,15 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     for results in [out, *(REPO / s for s in args.shared_results)]:
         accuracy.restore_snapshots(jobs, runs, accuracy.snapshot_dir(results))
 
-    commit = RowCommitter(out, f"frontier {out.stem}") if args.commit else None
-
-    def on_done() -> None:
-        for j in jobs:
-            if j.meta.get("role") in ("teacher", "fp_twin") and accuracy.state(runs / j.name, j) == "done":
-                accuracy.save_snapshot(runs / j.name, accuracy.snapshot_dir(out))
-        report(out, jobs, runs, info, matching)
-        if commit:
-            commit()
+    on_done = accuracy.after_each_run(jobs, runs, out, lambda: report(out, jobs, runs, info, matching),
+                                      args.commit, f"frontier {out.stem}")
 
     if not args.report_only:
         t0 = time.time()

@@ -123,6 +123,20 @@ def test_analysis_gap_and_recovery_are_paired_by_seed():
     assert an["teacher_top1"] == 92.0
 
 
+
+def test_no_share_of_a_gap_that_is_noise_or_negative():
+    # seeds' gaps +2 and -1 (mean 0.5, std 2.1: noise); then a twin beaten by its student (gap < 0)
+    for pairs in ([(90.0, 88.0), (90.0, 91.0)], [(90.0, 90.5), (90.0, 90.7)]):
+        rows = []
+        for seed, (fp, base) in enumerate(pairs):
+            rows += [_row("fp_twin", "32W/32A", "baseline", seed, fp),
+                     _row("student", "2W/32A", "baseline", seed, base), _row("student", "2W/32A", "B", seed, base + 1)]
+        an = accuracy_report.analyse(rows, ["2W/32A"])
+        b = an["precisions"]["2W/32A"]["schemes"]["B"]
+        assert b["recovered_points"]["mean"] == pytest.approx(1.0)  # the gain itself is still reported
+        assert b["recovered_fraction_of_gap"] is None
+        assert "% of the gap" not in "\n".join(accuracy_report.findings(an))
+
 def test_goals_choose_the_teacher_scheme_on_holdout_and_say_noise():
     import accuracy_goals
 

@@ -1,4 +1,4 @@
-"""The benchmark scripts' own logic: the accuracy grid's job plan, resume states and analysis, and
+"""The benchmark scripts' own logic: the accuracy grid's job plan and resume states (its report: test_accuracy_report.py), and
 the speed benchmark's timing subprocess. Tiny settings only; the real runs are by hand."""
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import accuracy
-import accuracy_report
 
 
 def _args(**kw) -> argparse.Namespace:
@@ -96,107 +95,6 @@ def test_run_states_and_changed_settings(tmp_path):
         accuracy.state(folder, accuracy.Job("x", {"train.epochs": 3}))
 
 
-def test_epoch_to_fraction():
-    assert accuracy_report.epoch_to_fraction([50.0, 80.0, 89.5, 90.0], 0.99) == 3
-    assert accuracy_report.epoch_to_fraction([91.0, 80.0, 90.0], 0.99) == 1
-    assert accuracy_report.epoch_to_fraction([], 0.99) is None
-
-
-def _row(role, precision, scheme, seed, final):
-    return {"role": role, "precision": precision, "scheme": scheme, "seed": seed, "final_top1": final,
-            "best_top1": final, "epoch_to_99pct": 2, "test_top1_per_epoch": [final - 5, final],
-            "final_holdout_top1": None, "gamma": 0.5, "temperature": 1.0}
-
-
-def test_analysis_gap_and_recovery_are_paired_by_seed():
-    rows = [_row("teacher", "32W/32A", "baseline", 0, 92.0)]
-    for seed, (fp, base, b) in enumerate([(90.0, 86.0, 89.0), (91.0, 88.0, 89.0)]):
-        rows += [_row("fp_twin", "32W/32A", "baseline", seed, fp), _row("student", "2W/32A", "baseline", seed, base),
-                 _row("student", "2W/32A", "B", seed, b)]
-    an = accuracy_report.analyse(rows, ["2W/32A"])
-    p = an["precisions"]["2W/32A"]
-    assert p["gap_points"]["mean"] == pytest.approx(3.5)  # (4 + 3) / 2
-    assert p["schemes"]["B"]["recovered_points"]["mean"] == pytest.approx(2.0)  # (3 + 1) / 2
-    assert p["schemes"]["B"]["recovered_fraction_of_gap"] == pytest.approx(2.0 / 3.5, abs=1e-3)
-    assert p["schemes"]["B"]["vs_fp_twin_points"]["mean"] == pytest.approx(-1.5)
-    assert p["schemes"]["A"]["final_top1"]["n"] == 0  # missing cells are reported as missing, not zero
-    assert an["teacher_top1"] == 92.0
-
-
-
-def test_no_share_of_a_gap_that_is_noise_or_negative():
-    # seeds' gaps +2 and -1 (mean 0.5, std 2.1: noise); then a twin beaten by its student (gap < 0)
-    for pairs in ([(90.0, 88.0), (90.0, 91.0)], [(90.0, 90.5), (90.0, 90.7)]):
-        rows = []
-        for seed, (fp, base) in enumerate(pairs):
-            rows += [_row("fp_twin", "32W/32A", "baseline", seed, fp),
-                     _row("student", "2W/32A", "baseline", seed, base), _row("student", "2W/32A", "B", seed, base + 1)]
-        an = accuracy_report.analyse(rows, ["2W/32A"])
-        b = an["precisions"]["2W/32A"]["schemes"]["B"]
-        assert b["recovered_points"]["mean"] == pytest.approx(1.0)  # the gain itself is still reported
-        assert b["recovered_fraction_of_gap"] is None
-        assert "% of the gap" not in "\n".join(accuracy_report.findings(an))
-
-def test_goals_choose_the_teacher_scheme_on_holdout_and_say_noise():
-    import accuracy_goals
-
-    rows = [_row("teacher", "32W/32A", "baseline", 0, 93.0)]
-    # (FP twin, no teacher, B test, B holdout, C test, C holdout) per seed: C is better on test, B on holdout.
-    for seed, (fp, base, b, bh, c, ch) in enumerate([(92.0, 90.0, 92.4, 93.0, 93.5, 92.0),
-                                                     (92.4, 90.2, 92.6, 93.1, 93.7, 92.1)]):
-        rows += [_row("fp_twin", "32W/32A", "baseline", seed, fp), _row("student", "4W/8A", "baseline", seed, base),
-                 {**_row("student", "4W/8A", "B", seed, b), "final_holdout_top1": bh},
-                 {**_row("student", "4W/8A", "C", seed, c), "final_holdout_top1": ch}]
-    an = accuracy_report.analyse(rows, ["4W/8A"])
-    assert accuracy_goals.chosen_on_holdout(an["precisions"]["4W/8A"]["schemes"]) == "B"
-    fp_line, w4 = accuracy_goals.goal_lines(an)  # goals whose cells are absent (LSQ, 2W/32A) are left out
-    assert fp_line.startswith("- FP twin ≥ 92 %") and "**met**" in fp_line
-    # B − FP twin = +0.4, +0.2: mean +0.30 ≥ 0.3 (C's +1.4 on test does not count), std 0.14: not noise.
-    assert "scheme B (chosen on the holdout)" in w4 and "+0.30 ± 0.14 over 2 seeds" in w4 and "**met**" in w4
-    assert "noise" not in w4
-    rows[-2]["final_top1"] = 91.4  # B − FP twin = +0.4, −1.0: mean −0.30, std 0.99
-    w4 = accuracy_goals.goal_lines(accuracy_report.analyse(rows, ["4W/8A"]))[1]
-    assert "**missed by 0.60 points**" in w4 and "is noise" in w4
-    assert accuracy_report._diff({"mean": -0.3, "std": 0.99, "n": 3}) == "-0.30 ± 0.99 noise"
-    assert accuracy_report._diff({"mean": 1.2, "std": 0.2, "n": 3}) == "1.20 ± 0.20"
-
-
-def test_convergence_sentence_pairs_b_with_a_by_seed():
-    import accuracy_goals
-
-    conv = [{"scheme": s, "seed": seed, "epoch_to_99pct": e}
-            for s, seed, e in [("A", 0, 6), ("A", 1, 7), ("A", 2, 7), ("B", 0, 5), ("B", 1, 6), ("B", 2, None)]]
-    text = accuracy_goals.convergence_sentence(conv)
-    assert "paired by seed over 2: -1, -1 epochs (mean -1.00): B converges 15 % sooner than A" in text
-    assert accuracy_goals.convergence_sentence([{"scheme": "A", "seed": 0, "epoch_to_99pct": 3}]) is None
-
-
-
-def test_convergence_plot_only_when_the_grid_has_convergence_runs(tmp_path):
-    pytest.importorskip("matplotlib")
-    conv = [{**_row("convergence", "2W/32A", s, seed, 90.0), "test_top1_per_epoch": [80.0, 88.0, 89.5, 90.0]}
-            for s in ("A", "B") for seed in (0, 1)]
-    out = tmp_path / "grid.json"
-    assert accuracy_report.convergence_plot(out, [_row("fp_twin", "32W/32A", "baseline", 0, 90.0)]) is None
-    assert accuracy_report.convergence_plot(out, conv) == "grid_convergence.png"
-    assert (tmp_path / "grid_convergence.png").read_bytes()[:4] == b"\x89PNG"
-
-
-def test_sweep_chooses_on_holdout_never_on_test():
-    def run(role, scheme, gamma, tau, holdout, test, seed=0):
-        return {**_row(role, "2W/32A", scheme, seed, test), "name": f"{scheme}-{gamma}-{tau}", "gamma": gamma,
-                "temperature": tau, "final_holdout_top1": holdout}
-    grid = [run("student", "B", 0.5, 1.0, 85.0, 85.0), run("student", "baseline", 0.5, 1.0, 84.0, 83.0),
-            run("student", "B", 0.5, 1.0, 99.0, 99.0, seed=1)]  # another seed is not part of the sweep
-    assert accuracy_report.sweep_table(grid) == ([], None)  # the grid's own cell alone is no sweep
-    rows = grid + [run("sweep", "B", 1.0, 2.0, 86.5, 84.0), run("sweep", "B", 2.0, 1.0, 86.0, 90.0)]
-    table, chosen = accuracy_report.sweep_table(rows)
-    assert [(r["gamma"], r["temperature"]) for r in table] == [(0.5, 1.0), (1.0, 2.0), (2.0, 1.0)]
-    assert (chosen["gamma"], chosen["temperature"], chosen["test_top1"]) == (1.0, 2.0, 84.0)  # best test is 2.0/1.0
-    assert (chosen["baseline_holdout_top1"], chosen["baseline_test_top1"]) == (84.0, 83.0)
-    assert accuracy_report.sweep_rows(table, chosen)[-1] == ["no teacher", "-", "84.00", "83.00"]
-
-
 def test_a_scheme_c_sweep_cell_tunes_gamma_temperature_and_its_lr(tmp_path):
     args = _args(teacher_cache=True, sweep_cell="lsq:4W/4A:C")
     jobs = {j.name: j for j in accuracy.sweep_jobs(args, tmp_path)}
@@ -210,31 +108,8 @@ def test_a_scheme_c_sweep_cell_tunes_gamma_temperature_and_its_lr(tmp_path):
     for bad in ("4W/8A", "4W/8A:baseline", ":C"):
         with pytest.raises(SystemExit, match="--sweep-cell"):
             accuracy.sweep_jobs(_args(sweep_cell=bad), tmp_path)
-    # The report: lr is a column, the holdout chooses among every point, the grid's own run included.
-    def row(name, lr, gamma, holdout, test, role="sweep", scheme="C"):
-        return {**_row(role, "lsq:4W/4A", scheme, 0, test), "name": name, "gamma": gamma, "lr": lr,
-                "final_holdout_top1": holdout}
-    rows = [row("own", 0.01, 0.5, 86.0, 86.5, role="student"), row("lr", 0.03, 0.5, 86.4, 85.0),
-            row("g1", 0.01, 1.0, 86.2, 87.0), row("base", 0.1, 0.5, 85.0, 85.1, role="student", scheme="baseline")]
-    table, chosen = accuracy_report.sweep_table(rows)
-    assert (chosen["run"], chosen["lr"], chosen["cell"]["scheme"]) == ("lr", 0.03, "C")
-    assert accuracy_report.sweep_rows(table, chosen, lrs=True)[-1] == ["no teacher", "-", "-", "85.00", "85.10"]
-    assert "lr=0.03" in accuracy_report.sweep_sentence(chosen)
-    # Two cells swept in one grid: a table each, each choosing among its own cell's points only.
-    other = [row("b-own", 0.1, 0.5, 84.0, 84.0, role="student", scheme="B"), row("b-g1", 0.1, 1.0, 99.0, 80.0, scheme="B")]
-    both = accuracy_report.sweeps(rows + other)
-    assert [(c["cell"]["scheme"], c["run"]) for _, c in both] == [("B", "b-g1"), ("C", "lr")]
     jobs = accuracy.sweep_jobs(_args(teacher_cache=True, sweep_cell=["2W/32A:B", "4W/8A:C"]), tmp_path)
     assert len(jobs) == 8 + 10 and jobs[0].name == "sweep-g0.5-t2"  # the committed grid's sweep keeps its names
-
-
-def test_row_machine_comes_from_the_run_else_says_it_is_the_reports():
-    stamp = {"hostname": "here", "cpu_model": "CPU X", "cpu_count": 2}
-    assert accuracy_report._machine({"host": "here", "threads": 1}, stamp) == {
-        "host": "here", "threads": 1, "cpu_model": "CPU X", "cpu_count": 2, "recorded_by": "run"}
-    assert accuracy_report._machine({"host": "elsewhere", "threads": 4}, stamp) == {
-        "host": "elsewhere", "threads": 4, "recorded_by": "run"}  # this report's CPU is not that host's
-    assert accuracy_report._machine({}, stamp)["recorded_by"].startswith("report")
 
 
 def test_tiny_grid_runs_then_resumes_without_rerunning(tmp_path):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _runner
 import accuracy
 import accuracy_report
 from _stamp import REPO, markdown_table, stamp, stamp_markdown, write_results
@@ -37,7 +38,7 @@ def _name(stem: str, multiplier: float, seed: int) -> str:
     return f"{stem}-s{seed}" if multiplier == 1 else f"{stem}-x{multiplier:g}-s{seed}"
 
 
-def frontier_jobs(args: argparse.Namespace, runs: Path) -> list[accuracy.Job]:
+def frontier_jobs(args: argparse.Namespace, runs: Path) -> list[_runner.Job]:
     """Teacher (and cache), then per width and seed: the FP twin, then each precision's scheme-C cell.
     Width-1 jobs have the names and overrides of the grid's, so a shared runs folder holds them once."""
     jobs = [j for j in accuracy.grid_jobs(_with(args, precisions=[], seeds=[]), runs)]  # teacher, cache
@@ -46,13 +47,13 @@ def frontier_jobs(args: argparse.Namespace, runs: Path) -> list[accuracy.Job]:
         for seed in args.seeds:
             twin = _name("fp", multiplier, seed)
             meta = {"precision": "32W/32A", "width": wargs.student_width, "multiplier": multiplier, "seed": seed}
-            jobs.append(accuracy.Job(twin, {**accuracy.common(wargs, seed), "quant.precision": "32W/32A",
+            jobs.append(_runner.Job(twin, {**accuracy.common(wargs, seed), "quant.precision": "32W/32A",
                                             "distill.scheme": "baseline"}, meta={"role": "fp_twin", "scheme": "baseline", **meta}))
             for p in args.precisions:
                 extra, needs = accuracy._teacher(args, runs, "C")
                 o = {**accuracy.common(wargs, seed), **accuracy._precision_overrides(p), "distill.scheme": "C", **extra,
                      "distill.student_init": str(runs / twin), "optim.lr": args.c_lr}
-                jobs.append(accuracy.Job(_name(f"{accuracy._slug(p)}-C", multiplier, seed), o, (*needs, twin),
+                jobs.append(_runner.Job(_name(f"{accuracy._slug(p)}-C", multiplier, seed), o, (*needs, twin),
                                          {**meta, "role": "student", "precision": p, "scheme": "C"}))
     return jobs
 
@@ -164,21 +165,21 @@ def main(argv: list[str] | None = None) -> int:
     jobs = frontier_jobs(args, runs)
     info = {"stamp": stamp(argv),
             "settings": {k: v for k, v in vars(args).items() if k not in ("out", "report_only", "commit")}}
-    committed = accuracy.committed_rows(out)
+    committed = _runner.committed_rows(out)
     for shared in reversed(args.shared_results):  # this frontier's own rows win over a shared one
-        committed = {**accuracy.committed_rows(REPO / shared), **committed}
+        committed = {**_runner.committed_rows(REPO / shared), **committed}
     # A shared row keeps its numbers and takes this job's labels (the grid's rows have no width).
     matching = {j.name: {**committed[j.name], **j.meta} for j in jobs
-                if accuracy.is_committed(j, committed, args.runs_dir)}
+                if _runner.is_committed(j, committed, args.runs_dir)}
     for results in [out, *(REPO / s for s in args.shared_results)]:
-        accuracy.restore_snapshots(jobs, runs, accuracy.snapshot_dir(results))
+        _runner.restore_snapshots(jobs, runs, _runner.snapshot_dir(results))
 
-    on_done = accuracy.after_each_run(jobs, runs, out, lambda: report(out, jobs, runs, info, matching),
+    on_done = _runner.after_each_run(jobs, runs, out, lambda: report(out, jobs, runs, info, matching),
                                       args.commit, f"frontier {out.stem}")
 
     if not args.report_only:
         t0 = time.time()
-        failed = accuracy.run_jobs(jobs, runs, args.workers, args.threads, on_done, committed, args.runs_dir)
+        failed = _runner.run_jobs(jobs, runs, args.workers, args.threads, on_done, committed, args.runs_dir)
         print(f"frontier: {len(failed)} failed, {(time.time() - t0) / 60:.1f} min", flush=True)
     on_done()
     return 0

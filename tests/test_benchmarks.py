@@ -18,6 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import _runner
 import accuracy
 
 
@@ -57,7 +58,7 @@ def test_grid_plan_with_the_teacher_cache_and_named_quantizers(tmp_path):
     assert c.overrides["distill.teacher_cache"] == str(accuracy.cache_file(tmp_path))
     assert (c.overrides["quant.precision"], c.overrides["quant.quantizer"]) == ("2W/2A", "lsq")
     assert "quant.quantizer" not in by["fp-s0"].overrides and "distill.teacher_cache" not in by["lsq-2w2a-baseline-s0"].overrides
-    assert accuracy.state(tmp_path / accuracy.CACHE, by[accuracy.CACHE]) == "resume"  # cache-teacher continues its file
+    assert _runner.state(tmp_path / accuracy.CACHE, by[accuracy.CACHE]) == "resume"  # cache-teacher continues its file
 
 
 def test_grid_plan_of_deployable_students(tmp_path):
@@ -66,33 +67,6 @@ def test_grid_plan_of_deployable_students(tmp_path):
         "teacher": None, "fp-s0": None, "fp-s1": None, "4w8a-B-s0": "int8", "4w8a-C-s0": "int8",
         "4w8a-B-s1": "int8", "4w8a-C-s1": "int8"}
     assert all("quant.deploy" not in j.overrides for j in accuracy.grid_jobs(_args(), tmp_path))
-
-
-def test_a_row_committed_in_another_checkout_counts_as_done(tmp_path):
-    job = accuracy.grid_jobs(_args(), tmp_path / "here" / "runs" / "accuracy")[-1]  # a scheme-C cell
-    there = {k: v.replace(str(tmp_path / "here"), "/elsewhere/repo") if isinstance(v, str) else v
-             for k, v in job.overrides.items()}
-    assert there != job.overrides and accuracy.is_committed(job, {job.name: {"config": {"overrides": there}}})
-    changed = {**there, "optim.lr": 0.5}
-    assert not accuracy.is_committed(job, {job.name: {"config": {"overrides": changed}}})
-
-
-def test_run_states_and_changed_settings(tmp_path):
-    job = accuracy.Job("x", {"train.epochs": 2})
-    folder = tmp_path / "x"
-    assert accuracy.state(folder, job) == "fresh"
-    folder.mkdir()
-    assert accuracy.state(folder, job) == "restart"
-    (folder / "job.json").write_text(json.dumps(job.overrides))
-    (folder / "checkpoints").mkdir()
-    (folder / "checkpoints" / "last.pt").write_bytes(b"")
-    assert accuracy.state(folder, job) == "resume"
-    (folder / "summary.json").write_text(json.dumps({"status": "interrupted"}))
-    assert accuracy.state(folder, job) == "resume"
-    (folder / "summary.json").write_text(json.dumps({"status": "finished"}))
-    assert accuracy.state(folder, job) == "done"
-    with pytest.raises(SystemExit, match="train.epochs"):
-        accuracy.state(folder, accuracy.Job("x", {"train.epochs": 3}))
 
 
 def test_a_scheme_c_sweep_cell_tunes_gamma_temperature_and_its_lr(tmp_path):

@@ -1,0 +1,244 @@
+"""Running a benchmark's grid of training runs: each run one `apprentice train` subprocess, started
+when the runs it needs have finished, ``--workers`` at a time; resumed when the command is rerun
+(a run checkpoints on SIGTERM); continued on a fresh machine from the rows committed with the results
+and the small snapshots of the runs other cells start from. Used by `accuracy.py` and `frontier.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from _commit import RowCommitter, check_committable
+from _stamp import REPO
+
+#: every run's recipe; the overrides make the teacher, twin and each student of it
+RECIPE = "configs/fashion_mnist/student_baseline.yaml"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run: its folder name, its overrides on the base recipe, the runs it needs."""
+
+    name: str
+    overrides: dict[str, Any]
+    needs: tuple[str, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict)
+    recipe: str = RECIPE
+
+
+CACHE = "teacher-cache"  # the job that stores the teacher's logits for the B and C cells (--teacher-cache)
+
+
+def cache_file(runs: Path) -> Path:
+    return runs / CACHE / "teacher.cache"
+
+
+# ----------------------------------------------------------------------------------------------
+# Continuing on another machine: committed rows and snapshots
+# ----------------------------------------------------------------------------------------------
+
+#: what a snapshot keeps of a run other cells start from (the teacher, the FP twins): enough for
+#: distill.teacher / distill.student_init and for its own result row; small (a ResNet-14 is 0.7 MB)
+SNAPSHOT_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "job.json", "checkpoints/best.pt")
+
+
+def committed_rows(out: Path) -> dict[str, dict[str, Any]]:
+    """The rows of an earlier result file (``--out``), by run name: finished runs, possibly of another
+    machine, whose run folders may be gone. A job whose row is there with the same overrides is done."""
+    try:
+        rows = json.loads(out.read_text()).get("rows", [])
+    except (OSError, ValueError):
+        return {}
+    return {r["name"]: r for r in rows if isinstance(r, dict) and "name" in r}
+
+
+def portable(overrides: dict[str, Any], runs_dir: str) -> dict[str, Any]:
+    """Overrides with the run folders' absolute paths written relative to ``runs_dir`` ("{runs}/teacher"),
+    so a row committed on one machine matches the same job in another checkout."""
+    tail = re.compile(r"^.*/" + re.escape(runs_dir.strip("/")) + "/")
+    return {k: tail.sub("{runs}/", v) if isinstance(v, str) else v for k, v in overrides.items()}
+
+
+def is_committed(job: Job, rows: dict[str, dict[str, Any]], runs_dir: str = "runs/accuracy") -> bool:
+    row = rows.get(job.name)
+    return row is not None and portable(row.get("config", {}).get("overrides", {}), runs_dir) == portable(
+        job.overrides, runs_dir)
+
+
+def snapshot_dir(out: Path) -> Path:
+    return out.with_name(out.stem + "_runs")
+
+
+def save_snapshot(folder: Path, snapshots: Path) -> None:
+    """Copy what `SNAPSHOT_FILES` names of a finished run beside the results, to be committed with them."""
+    for name in SNAPSHOT_FILES:
+        src = folder / name
+        if src.is_file():
+            dst = snapshots / folder.name / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+
+
+def after_each_run(jobs: list[Job], runs: Path, out: Path, write, commit: bool, label: str):
+    """What a grid does whenever a run finishes: snapshot the runs other cells start from (teacher,
+    FP twins) beside the results, ``write()`` the results, and with ``commit`` git-commit their new
+    rows. ``--commit`` with results outside the repository is refused here, before any run."""
+    if commit:
+        check_committable(out)
+    committer = RowCommitter(out, label) if commit else None
+
+    def hook() -> None:
+        for j in jobs:
+            if j.meta.get("role") in ("teacher", "fp_twin") and state(runs / j.name, j) == "done":
+                save_snapshot(runs / j.name, snapshot_dir(out))
+        write()
+        if committer:
+            committer()
+    return hook
+
+
+def restore_snapshots(jobs: list[Job], runs: Path, snapshots: Path) -> list[str]:
+    """Put back the run folders of snapshotted runs that are missing here (a fresh machine); returns their names."""
+    restored = []
+    for job in jobs:
+        snap, folder = snapshots / job.name, runs / job.name
+        if snap.is_dir() and not (folder / "summary.json").exists():
+            shutil.copytree(snap, folder, dirs_exist_ok=True)
+            restored.append(job.name)
+    return restored
+
+
+# ----------------------------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------------------------
+
+
+def _override_args(o: dict[str, Any]) -> list[str]:
+    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in o.items()]
+
+
+def state(folder: Path, job: Job) -> str:
+    """'done', 'resume', 'fresh' (no folder) or 'restart' (a folder without a checkpoint).
+
+    A folder made for other overrides is an error rather than silently reused or replaced.
+    """
+    spec = folder / "job.json"
+    if spec.exists():
+        old = json.loads(spec.read_text())
+        if old != job.overrides:
+            diff = sorted(k for k in set(old) | set(job.overrides) if old.get(k) != job.overrides.get(k))
+            raise SystemExit(f"grid: {folder} was run with other settings ({', '.join(diff)}); "
+                             "use another --runs-dir or delete that folder")
+    if job.name == CACHE:  # cache-teacher resumes its own partial file; the finished file is the result
+        return "done" if (folder / "teacher.cache").exists() else "resume"
+    summary = folder / "summary.json"
+    if summary.exists() and json.loads(summary.read_text()).get("status") == "finished":
+        return "done"
+    if (folder / "checkpoints" / "last.pt").exists():
+        return "resume"
+    return "restart" if folder.exists() else "fresh"
+
+
+def launch(job: Job, runs: Path, threads: int) -> subprocess.Popen:
+    folder = runs / job.name
+    how = state(folder, job)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "job.json").write_text(json.dumps(job.overrides, indent=1))
+    flag = {"resume": ["--resume"], "restart": ["--overwrite"], "fresh": ["--overwrite"]}[how]
+    cmd = [sys.executable, "-m", "apprentice", "train", str(REPO / job.recipe),
+           *flag, *_override_args(job.overrides), f"train.out={folder}"]
+    if job.name == CACHE:
+        cmd = [sys.executable, "-m", "apprentice", "cache-teacher", str(runs / "teacher"),
+               *_override_args(job.overrides), "--out", str(folder / "teacher.cache"), "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with open(runs / "logs" / f"{job.name}.log", "a") as log:  # the child keeps its own descriptor
+        log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {how}: {' '.join(cmd)}\n")
+        log.flush()
+        print(f"[{time.strftime('%H:%M:%S')}] start {job.name} ({how})", flush=True)
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                start_new_session=True)
+
+
+def _safely(fn) -> None:
+    """A report that fails (a plotting bug, a full disk) must not orphan the running trainings."""
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - reported, and the grid goes on
+        print(f"grid: report not written: {type(e).__name__}: {e}", flush=True)
+
+
+def run_jobs(jobs: list[Job], runs: Path, workers: int, threads: int, on_done,
+             committed: dict[str, dict[str, Any]] | None = None, runs_dir: str = "runs/accuracy") -> list[str]:
+    """Run jobs in order as their needs finish, ``workers`` at a time; returns the names that failed.
+
+    A job whose row was committed with the same overrides is done, unless a job still to run needs
+    its run folder and that folder is not here (then it runs again).
+    SIGINT/SIGTERM are passed on to the running trainings (they checkpoint and stop), then this exits.
+    """
+    committed, by_name = committed or {}, {j.name: j for j in jobs}
+    # Rows still to make; then whatever they need (transitively) that is not here: the teacher cache
+    # is such a step (no row of its own), and so is a committed teacher whose folder is missing.
+    pending = [j for j in jobs if j.meta.get("role") != "cache" and state(runs / j.name, j) != "done"
+               and not is_committed(j, committed, runs_dir)]
+    needed, stack = set(), [n for j in pending for n in j.needs]
+    while stack:
+        n = stack.pop()
+        if n not in needed:
+            needed.add(n)
+            stack += by_name[n].needs
+    pending = [j for j in jobs if j in pending or (j.name in needed and state(runs / j.name, j) != "done")]
+    done = {j.name for j in jobs if j not in pending}
+    failed: list[str] = []
+    running: dict[str, tuple[Job, subprocess.Popen]] = {}
+    stop: list[int] = []
+
+    def handler(signum, _frame):
+        stop.append(signum)
+        for _, p in running.values():
+            p.send_signal(signal.SIGTERM)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while (pending or running) and not stop:
+            for j in list(pending):
+                if len(running) >= workers:
+                    break
+                if any(n in failed for n in j.needs):
+                    pending.remove(j)
+                    failed.append(j.name)
+                    print(f"skip {j.name}: needs a failed run", flush=True)
+                elif all(n in done for n in j.needs):
+                    pending.remove(j)
+                    running[j.name] = (j, launch(j, runs, threads))
+            time.sleep(1.0)
+            for name, (j, p) in list(running.items()):
+                if p.poll() is None:
+                    continue
+                del running[name]
+                if p.returncode == 0 and state(runs / name, j) == "done":
+                    done.add(name)
+                    print(f"[{time.strftime('%H:%M:%S')}] done {name}", flush=True)
+                    _safely(on_done)
+                elif not stop:
+                    failed.append(name)
+                    print(f"FAILED {name} (exit {p.returncode}); see {runs / 'logs' / (name + '.log')}", flush=True)
+        for _, p in running.values():
+            p.wait()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if stop:
+        _safely(on_done)
+        print("grid: interrupted; the runs checkpointed, rerun the same command to resume", flush=True)
+        raise SystemExit(128 + stop[0])
+    return failed

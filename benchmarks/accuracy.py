@@ -44,6 +44,13 @@ PRECISIONS = ("2W/32A", "2W/8A", "4W/8A")
 SWEEP_GAMMA = (0.5, 1.0, 2.0)
 SWEEP_TEMPERATURE = (1.0, 2.0, 4.0)
 SWEEP_C_LR = (0.003, 0.03)  # a scheme-C sweep also tries its fine-tuning lr around the grid's 0.01
+#: which (gamma, temperature) points a sweep tries besides the default: the full 3 x 3 grid (the
+#: committed 10k grid's sweep), or one axis at a time through the default (half the runs, for the
+#: converged regime's slower runs)
+SWEEP_POINTS = {
+    "grid": lambda: [(g, t) for g in SWEEP_GAMMA for t in SWEEP_TEMPERATURE],
+    "axes": lambda: [(g, DEFAULT["temperature"]) for g in SWEEP_GAMMA] + [(DEFAULT["gamma"], t) for t in SWEEP_TEMPERATURE],
+}
 SWEEP_CELL = "2W/32A:B"  # the committed grid's sweep: scheme B at 2W/32A, where the gain was least clear
 # The paper's loss weights are the library's defaults; the grid runs at them, the sweep around them.
 DEFAULT = {"gamma": DistillConfig().gamma, "temperature": DistillConfig().temperature}
@@ -192,8 +199,9 @@ def sweep_cell(cell: str) -> tuple[str, str]:
 
 
 def sweep_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
-    """Each ``--sweep-cell``, seed 0, over gamma x temperature, and for scheme C also its learning
-    rate at the default gamma and temperature; each cell's default point is the grid's own run."""
+    """Each ``--sweep-cell``, seed 0, over gamma and temperature (`SWEEP_POINTS`), and for scheme C
+    also its learning rate at the default gamma and temperature; each cell's default point is the
+    grid's own run."""
     cells = getattr(args, "sweep_cell", [SWEEP_CELL])
     return [j for cell in ([cells] if isinstance(cells, str) else cells) for j in _sweep_of(args, runs, *sweep_cell(cell))]
 
@@ -202,16 +210,15 @@ def _sweep_of(args: argparse.Namespace, runs: Path, precision: str, scheme: str)
     base, needs = student_overrides(args, runs, precision, scheme, 0)
     prefix = "sweep" if f"{precision}:{scheme}" == SWEEP_CELL else f"sweep-{_slug(precision)}-{scheme}"
     meta = {"role": "sweep", "precision": precision, "scheme": scheme, "seed": 0}
+    pairs = SWEEP_POINTS[getattr(args, "sweep_points", "grid")]()
     points = [({"distill.gamma": g, "distill.temperature": t}, f"g{g:g}-t{t:g}")
-              for g in SWEEP_GAMMA for t in SWEEP_TEMPERATURE if {"gamma": g, "temperature": t} != DEFAULT]
+              for g, t in dict.fromkeys(pairs) if {"gamma": g, "temperature": t} != DEFAULT]
     points += [({"optim.lr": lr}, f"lr{lr:g}") for lr in (SWEEP_C_LR if scheme == "C" else ())]
     return [Job(f"{prefix}-{tag}", {**base, **change}, needs,
                 {**meta, "gamma": change.get("distill.gamma", DEFAULT["gamma"]),
                  "temperature": change.get("distill.temperature", DEFAULT["temperature"]),
                  "lr": change.get("optim.lr", base["optim.lr"])})
             for change, tag in points]
-
-
 
 
 def regime_arguments(ap: argparse.ArgumentParser) -> None:
@@ -255,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-sweep", action="store_true", help="skip the gamma/temperature sweep")
     ap.add_argument("--sweep-cell", nargs="+", default=[SWEEP_CELL], metavar="PRECISION:SCHEME",
                     help="the cells the sweep tunes on the holdout, seed 0 (scheme C: its lr too), e.g. 4W/8A:C")
+    ap.add_argument("--sweep-points", choices=list(SWEEP_POINTS), default="grid",
+                    help="grid: gamma x temperature (8 runs a cell); axes: one at a time through the default (4)")
     ap.add_argument("--deploy", default=None, help="train the students' deployable graph (quant.deploy, e.g. int8; "
                                                    "8-bit activations only): what it costs in accuracy")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the results from finished runs")

@@ -86,6 +86,15 @@ def test_a_scheme_c_sweep_cell_tunes_gamma_temperature_and_its_lr(tmp_path):
     assert len(jobs) == 8 + 10 and jobs[0].name == "sweep-g0.5-t2"  # the committed grid's sweep keeps its names
 
 
+def test_an_axes_sweep_moves_one_of_gamma_and_temperature_at_a_time(tmp_path):
+    full = {j.name: j for j in accuracy.sweep_jobs(_args(sweep_cell=["4W/8A:C"]), tmp_path)}
+    axes = {j.name: j for j in accuracy.sweep_jobs(_args(sweep_cell=["4W/8A:C"], sweep_points="axes"), tmp_path)}
+    assert set(axes) < set(full) and all(axes[n] == full[n] for n in axes)  # same runs, so either reuses the other's
+    moved = [(j.meta["gamma"], j.meta["temperature"]) for j in axes.values() if j.meta["lr"] == 0.01]
+    assert sorted(moved) == [(0.5, 2.0), (0.5, 4.0), (1.0, 1.0), (2.0, 1.0)]
+    assert sum(j.meta["lr"] != 0.01 for j in axes.values()) == 2  # C's lr points stay
+
+
 def test_tiny_grid_runs_then_resumes_without_rerunning(tmp_path):
     out = tmp_path / "acc.json"
     cmd = [sys.executable, str(ROOT / "benchmarks/accuracy.py"), "--epochs", "1", "--train-images", "256",

@@ -245,7 +245,12 @@ def regime_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--c-lr", type=float, default=0.01, help="scheme C's (fine-tuning) learning rate")
 
 
-def main(argv: list[str] | None = None) -> int:
+def plan(args: argparse.Namespace, runs: Path) -> list[Job]:
+    """Every job of a command: the grid, the regime's runs, the sweep (unless ``--no-sweep``)."""
+    return ordered(grid_jobs(args, runs), regime_jobs(args, runs)) + ([] if args.no_sweep else sweep_jobs(args, runs))
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="benchmarks/results/accuracy.json")
     ap.add_argument("--runs-dir", default="runs/accuracy", help="run folders (resumed when rerun)")
@@ -269,11 +274,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report-only", action="store_true", help="only rebuild the results from finished runs")
     ap.add_argument("--commit", action="store_true", help="git-commit the results (only their files) as each run "
                                                           "finishes, so a fresh clone continues from there")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     out = REPO / args.out
     runs = (REPO / args.runs_dir).resolve()
     (runs / "logs").mkdir(parents=True, exist_ok=True)
-    jobs = ordered(grid_jobs(args, runs), regime_jobs(args, runs)) + ([] if args.no_sweep else sweep_jobs(args, runs))
+    jobs = plan(args, runs)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "report_only", "commit")}
     settings["shared_overrides"] = {k: v for k, v in common(args, 0).items() if k != "train.seed"}
     info = {"stamp": stamp(argv), "settings": settings}

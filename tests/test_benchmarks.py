@@ -95,6 +95,26 @@ def test_an_axes_sweep_moves_one_of_gamma_and_temperature_at_a_time(tmp_path):
     assert sum(j.meta["lr"] != 0.01 for j in axes.values()) == 2  # C's lr points stay
 
 
+def test_the_converged_study_script_plans_its_steps_and_checks_names_first(tmp_path):
+    import frontier
+    script = ROOT / "benchmarks" / "converged_study.sh"
+    env = {**os.environ, "DRY_RUN": "1"}  # the steps' commands printed, not run
+    bad = subprocess.run([str(script), "grid", "bogus"], check=False, capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "unknown step 'bogus'" in bad.stderr and bad.stdout == ""  # not even the grid
+    dry = subprocess.run([str(script)], capture_output=True, text=True, check=True, env=env)
+    lines = [line.split()[1:] for line in dry.stdout.splitlines()]
+    assert [a[0] for a in lines] == ["benchmarks/accuracy.py", "benchmarks/frontier.py", "benchmarks/accuracy.py",
+                                     "benchmarks/accuracy.py"]
+    grid, sweep, teacher = (accuracy.parser().parse_args(lines[i][1:]) for i in (0, 2, 3))
+    jobs = [{j.name: j for j in accuracy.plan(a, tmp_path)} for a in (grid, sweep, teacher)]
+    assert len([j for j in jobs[0].values() if j.meta.get("role") != "cache"]) == 1 + 3 * 16 + 1 + 6  # 56 rows
+    extra = {n: j for n, j in jobs[1].items() if n not in jobs[0]}
+    assert len(extra) == 3 * (4 + 2) and {j.meta["scheme"] for j in extra.values()} == {"C"}
+    assert all(jobs[1][n] == j for n, j in jobs[0].items())  # the sweep step reuses every grid row
+    assert jobs[2]["teacher"].overrides["train.epochs"] == 3 and "lsq-2w2a-B-s0" in jobs[2]
+    assert frontier.parse(lines[1][1:]).runs_dir == grid.runs_dir  # the frontier shares the grid's runs
+
+
 def test_tiny_grid_runs_then_resumes_without_rerunning(tmp_path):
     out = tmp_path / "acc.json"
     cmd = [sys.executable, str(ROOT / "benchmarks/accuracy.py"), "--epochs", "1", "--train-images", "256",

@@ -323,12 +323,16 @@ def plots(out: Path, rows: list[dict[str, Any]], an: dict[str, Any], precisions:
     """accuracy vs epoch per scheme (a panel per precision) and accuracy vs packed model size."""
     try:
         import matplotlib
-        import matplotlib.ticker
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return []
     plt.close("all")
+    return [_epochs_plot(out, rows, precisions), _size_plot(out, an, precisions, sizes)]
+
+
+def _epochs_plot(out: Path, rows: list[dict[str, Any]], precisions: list[str]) -> str:
+    import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(precisions), figsize=(5 * len(precisions), 4), sharey=True, squeeze=False)
     fp_curves = [r["test_top1_per_epoch"] for r in rows if r["role"] == "fp_twin"]
     for ax, p in zip(axes[0], precisions):
@@ -353,9 +357,14 @@ def plots(out: Path, rows: list[dict[str, Any]], an: dict[str, Any], precisions:
     if late:
         axes[0][0].set_ylim(bottom=max(min(late) - 1, 0))
     fig.tight_layout()
-    written = [_savefig(fig, out.with_name(out.stem + "_epochs.png"))]
+    written = _savefig(fig, out.with_name(out.stem + "_epochs.png"))
     plt.close(fig)
+    return written
 
+
+def _size_plot(out: Path, an: dict[str, Any], precisions: list[str], sizes: dict[str, int]) -> str:
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
     fig, ax = plt.subplots(figsize=(7, 5))
     pts = [("FP twin", sizes.get("32W/32A"), an["fp_twin"]["mean"])]
     if an["teacher_top1"] is not None:
@@ -387,7 +396,7 @@ def plots(out: Path, rows: list[dict[str, Any]], an: dict[str, Any], precisions:
     ax.legend(fontsize=6, ncol=2, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    written.append(_savefig(fig, out.with_name(out.stem + "_size.png")))
+    written = _savefig(fig, out.with_name(out.stem + "_size.png"))
     plt.close(fig)
     return written
 

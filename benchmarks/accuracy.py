@@ -17,12 +17,14 @@ Results: ``benchmarks/results/accuracy.json`` (one row per run), ``accuracy.md``
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import accuracy_goals
 import accuracy_report
 from _runner import (
     CACHE,
@@ -245,6 +247,19 @@ def regime_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--c-lr", type=float, default=0.01, help="scheme C's (fine-tuning) learning rate")
 
 
+def with_missed_goals(cells: list[str], out: Path) -> list[str]:
+    """``--sweep-cell missed`` stands for the cells of the student goals the grid in ``out`` misses,
+    each at the scheme its holdout chose (`accuracy_goals.missed_cells`), read from its analysis."""
+    if "missed" not in cells:
+        return cells
+    try:
+        missed = accuracy_goals.missed_cells(json.loads(out.read_text())["analysis"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise SystemExit(f"accuracy: --sweep-cell missed: no grid analysis in {out}; run the grid first") from None
+    print(f"accuracy: the missed goals' cells: {', '.join(missed) or 'none (every student goal is met)'}", flush=True)
+    return [c for cell in cells for c in (missed if cell == "missed" else [cell])]
+
+
 def plan(args: argparse.Namespace, runs: Path) -> list[Job]:
     """Every job of a command: the grid, the regime's runs, the sweep (unless ``--no-sweep``)."""
     return ordered(grid_jobs(args, runs), regime_jobs(args, runs)) + ([] if args.no_sweep else sweep_jobs(args, runs))
@@ -266,7 +281,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per training")
     ap.add_argument("--no-sweep", action="store_true", help="skip the gamma/temperature sweep")
     ap.add_argument("--sweep-cell", nargs="+", default=[SWEEP_CELL], metavar="PRECISION:SCHEME",
-                    help="the cells the sweep tunes on the holdout, seed 0 (scheme C: its lr too), e.g. 4W/8A:C")
+                    help="the cells the sweep tunes on the holdout, seed 0 (scheme C: its lr too), e.g. 4W/8A:C; "
+                         "'missed': the cells of the goals the grid in --out misses, at their holdout-chosen scheme")
     ap.add_argument("--sweep-points", choices=list(SWEEP_POINTS), default="grid",
                     help="grid: gamma x temperature (8 runs a cell); axes: one at a time through the default (4)")
     ap.add_argument("--deploy", default=None, help="train the students' deployable graph (quant.deploy, e.g. int8; "
@@ -282,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     out = REPO / args.out
     runs = (REPO / args.runs_dir).resolve()
     (runs / "logs").mkdir(parents=True, exist_ok=True)
+    if not args.no_sweep:
+        args.sweep_cell = with_missed_goals(args.sweep_cell, out)
     jobs = plan(args, runs)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "report_only", "commit")}
     settings["shared_overrides"] = {k: v for k, v in common(args, 0).items() if k != "train.seed"}

@@ -39,6 +39,16 @@ def _measured(ms: dict[str, Any], sign: str = "") -> str:
     return f"{ms['mean']:{sign}.2f}{spread} over {ms['n']} seed{'s' if ms['n'] != 1 else ''}"
 
 
+def _student_goal(label: str, an: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """A student goal's scheme (chosen on the holdout) and its difference from the FP twin; None if absent."""
+    precision, _ = GOALS[label]
+    entry = an["precisions"].get(precision)
+    scheme = entry and chosen_on_holdout(entry["schemes"])
+    if scheme is None or entry["schemes"][scheme]["vs_fp_twin_points"]["mean"] is None:
+        return None
+    return scheme, entry["schemes"][scheme]["vs_fp_twin_points"]
+
+
 def judge(label: str, an: dict[str, Any]) -> str | None:
     """One line: the goal, what was measured, met or missed (by how much); None if its cells are absent."""
     precision, target = GOALS[label]
@@ -48,17 +58,24 @@ def judge(label: str, an: dict[str, Any]) -> str | None:
             return None
         verdict = "met" if fp["mean"] >= target else f"missed by {target - fp['mean']:.2f} points"
         return f"- {label}: {_measured(fp)} (%) — **{verdict}**."
-    entry = an["precisions"].get(precision)
-    scheme = entry and chosen_on_holdout(entry["schemes"])
-    if scheme is None:
+    if (found := _student_goal(label, an)) is None:
         return None
-    d = entry["schemes"][scheme]["vs_fp_twin_points"]
-    if d["mean"] is None:
-        return None
+    scheme, d = found
     verdict = "met" if d["mean"] >= target else f"missed by {target - d['mean']:.2f} points"
     noise = " The difference from the FP twin is noise (|mean| ≤ std)." if is_noise(d) else ""
     return (f"- {label}: scheme {scheme} (chosen on the holdout) − FP twin = {_measured(d, '+')} "
             f"(points, paired by seed) — **{verdict}**.{noise}")
+
+
+def missed_cells(an: dict[str, Any]) -> list[str]:
+    """The cells ("PRECISION:SCHEME", the scheme chosen on the holdout) of the student goals missed:
+    what a sweep for the missed goals tunes (``accuracy.py --sweep-cell missed``)."""
+    cells = []
+    for label, (precision, target) in GOALS.items():
+        found = precision is not None and _student_goal(label, an)
+        if found and found[1]["mean"] < target:
+            cells.append(f"{precision}:{found[0]}")
+    return cells
 
 
 def goal_lines(an: dict[str, Any]) -> list[str]:

@@ -5,7 +5,8 @@
 #   grid      the 16-epoch grid: FP twin, 5 precisions x {no teacher, B, C}, 3 seeds, plateau, convergence
 #   frontier  top-1 against packed bytes, precision x width, scheme C, 2 seeds (shares the grid's runs)
 #   sweep     the missed goals' cells, seed 0, gamma and temperature one at a time (and C's lr), chosen on
-#             the holdout; cells from SWEEP_CELLS (default: the ones the grid's goals choose)
+#             the holdout; SWEEP_CELLS names cells (default "missed": each student goal the grid misses,
+#             at the scheme its holdout chose)
 #   teacher   teacher strength: a 3-epoch teacher for the LSQ 2W/2A scheme-B cell, seed 0
 # Usage: benchmarks/converged_study.sh [STEP ...]   (stop with Ctrl-C or SIGTERM: the runs checkpoint)
 #        DRY_RUN=1 benchmarks/converged_study.sh ...  prints the steps' commands instead
@@ -17,7 +18,7 @@ REGIME=(--train-images 0 --pad 0 --student-width 0.5 --epochs 16 --teacher resne
 GRID=("${REGIME[@]}" --teacher-epochs 12 --precisions 2W/32A 2W/8A 4W/8A lsq:2W/2A lsq:4W/4A
       --schemes baseline B C --plateau --convergence --milestones 0.5 0.75
       --runs-dir runs/converged16 --out benchmarks/results/accuracy_converged.json --workers 2 --threads 1 --commit)
-read -r -a CELLS <<< "${SWEEP_CELLS:-2W/32A:C 4W/8A:C lsq:2W/2A:C}"
+read -r -a CELLS <<< "${SWEEP_CELLS:-missed}"
 
 step() {
   case "$1" in

@@ -71,10 +71,12 @@ def test_goals_choose_the_teacher_scheme_on_holdout_and_say_noise():
     assert fp_line.startswith("- FP twin ≥ 92 %") and "**met**" in fp_line
     # B − FP twin = +0.4, +0.2: mean +0.30 ≥ 0.3 (C's +1.4 on test does not count), std 0.14: not noise.
     assert "scheme B (chosen on the holdout)" in w4 and "+0.30 ± 0.14 over 2 seeds" in w4 and "**met**" in w4
-    assert "noise" not in w4
+    assert "noise" not in w4 and accuracy_goals.missed_cells(an) == []  # a met goal is not swept
     rows[-2]["final_top1"] = 91.4  # B − FP twin = +0.4, −1.0: mean −0.30, std 0.99
-    w4 = accuracy_goals.goal_lines(accuracy_report.analyse(rows, ["4W/8A"]))[1]
+    an = accuracy_report.analyse(rows, ["4W/8A"])
+    w4 = accuracy_goals.goal_lines(an)[1]
     assert "**missed by 0.60 points**" in w4 and "is noise" in w4
+    assert accuracy_goals.missed_cells(an) == ["4W/8A:B"]  # at the holdout's scheme, not C (better on test)
     assert accuracy_report._diff({"mean": -0.3, "std": 0.99, "n": 3}) == "-0.30 ± 0.99 noise"
     assert accuracy_report._diff({"mean": 1.2, "std": 0.2, "n": 3}) == "1.20 ± 0.20"
 

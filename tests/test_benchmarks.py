@@ -101,7 +101,8 @@ def test_the_converged_study_script_plans_its_steps_and_checks_names_first(tmp_p
     env = {**os.environ, "DRY_RUN": "1"}  # the steps' commands printed, not run
     bad = subprocess.run([str(script), "grid", "bogus"], check=False, capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "unknown step 'bogus'" in bad.stderr and bad.stdout == ""  # not even the grid
-    dry = subprocess.run([str(script)], capture_output=True, text=True, check=True, env=env)
+    dry = subprocess.run([str(script)], capture_output=True, text=True, check=True,
+                         env={**env, "SWEEP_CELLS": "2W/32A:C 4W/8A:C lsq:2W/2A:C"})
     lines = [line.split()[1:] for line in dry.stdout.splitlines()]
     assert [a[0] for a in lines] == ["benchmarks/accuracy.py", "benchmarks/frontier.py", "benchmarks/accuracy.py",
                                      "benchmarks/accuracy.py"]
@@ -110,6 +111,17 @@ def test_the_converged_study_script_plans_its_steps_and_checks_names_first(tmp_p
     assert len([j for j in jobs[0].values() if j.meta.get("role") != "cache"]) == 1 + 3 * 16 + 1 + 6  # 56 rows
     extra = {n: j for n, j in jobs[1].items() if n not in jobs[0]}
     assert len(extra) == 3 * (4 + 2) and {j.meta["scheme"] for j in extra.values()} == {"C"}
+    # the script's default: the cells of the goals the committed grid misses, at their holdout's scheme
+    default = subprocess.run([str(script), "sweep"], capture_output=True, text=True, check=True,
+                             env={k: v for k, v in env.items() if k != "SWEEP_CELLS"}).stdout.split()
+    assert default[default.index("--sweep-cell") + 1:default.index("--sweep-points")] == ["missed"]
+    grid_json = tmp_path / "grid.json"
+    grid_json.write_text(json.dumps({"analysis": {"fp_twin": {"mean": 91.0}, "precisions": {"4W/8A": {"schemes": {
+        "B": {"final_holdout_top1": {"mean": 90.5}, "vs_fp_twin_points": {"mean": 0.1, "std": 0.2, "n": 3}},
+        "C": {"final_holdout_top1": {"mean": 90.1}, "vs_fp_twin_points": {"mean": 0.9, "std": 0.2, "n": 3}}}}}}}))
+    assert accuracy.with_missed_goals(["missed", "2W/8A:B"], grid_json) == ["4W/8A:B", "2W/8A:B"]
+    with pytest.raises(SystemExit, match="no grid analysis"):
+        accuracy.with_missed_goals(["missed"], tmp_path / "none.json")
     assert all(jobs[1][n] == j for n, j in jobs[0].items())  # the sweep step reuses every grid row
     assert jobs[2]["teacher"].overrides["train.epochs"] == 3 and "lsq-2w2a-B-s0" in jobs[2]
     assert frontier.parse(lines[1][1:]).runs_dir == grid.runs_dir  # the frontier shares the grid's runs

@@ -177,6 +177,22 @@ def _safely(fn) -> None:
         print(f"grid: report not written: {type(e).__name__}: {e}", flush=True)
 
 
+def to_run(jobs: list[Job], runs: Path, committed: dict[str, dict[str, Any]], runs_dir: str) -> list[Job]:
+    """The jobs to run, in order: rows still to make (neither finished here nor committed), then
+    whatever they need (transitively) that is not here: the teacher cache is such a step (no row of
+    its own), and so is a committed teacher whose folder is missing."""
+    by_name = {j.name: j for j in jobs}
+    rows = [j for j in jobs if j.meta.get("role") != "cache" and state(runs / j.name, j) != "done"
+            and not is_committed(j, committed, runs_dir)]
+    needed, stack = set(), [n for j in rows for n in j.needs]
+    while stack:
+        n = stack.pop()
+        if n not in needed:
+            needed.add(n)
+            stack += by_name[n].needs
+    return [j for j in jobs if j in rows or (j.name in needed and state(runs / j.name, j) != "done")]
+
+
 def run_jobs(jobs: list[Job], runs: Path, workers: int, threads: int, on_done,
              committed: dict[str, dict[str, Any]] | None = None, runs_dir: str = "runs/accuracy") -> list[str]:
     """Run jobs in order as their needs finish, ``workers`` at a time; returns the names that failed.
@@ -185,18 +201,7 @@ def run_jobs(jobs: list[Job], runs: Path, workers: int, threads: int, on_done,
     its run folder and that folder is not here (then it runs again).
     SIGINT/SIGTERM are passed on to the running trainings (they checkpoint and stop), then this exits.
     """
-    committed, by_name = committed or {}, {j.name: j for j in jobs}
-    # Rows still to make; then whatever they need (transitively) that is not here: the teacher cache
-    # is such a step (no row of its own), and so is a committed teacher whose folder is missing.
-    pending = [j for j in jobs if j.meta.get("role") != "cache" and state(runs / j.name, j) != "done"
-               and not is_committed(j, committed, runs_dir)]
-    needed, stack = set(), [n for j in pending for n in j.needs]
-    while stack:
-        n = stack.pop()
-        if n not in needed:
-            needed.add(n)
-            stack += by_name[n].needs
-    pending = [j for j in jobs if j in pending or (j.name in needed and state(runs / j.name, j) != "done")]
+    pending = to_run(jobs, runs, committed or {}, runs_dir)
     done = {j.name for j in jobs if j not in pending}
     failed: list[str] = []
     running: dict[str, tuple[Job, subprocess.Popen]] = {}

@@ -42,3 +42,21 @@ def test_run_states_and_changed_settings(tmp_path):
     assert _runner.state(folder, job) == "done"
     with pytest.raises(SystemExit, match="train.epochs"):
         _runner.state(folder, _runner.Job("x", {"train.epochs": 3}))
+
+
+def test_to_run_brings_back_what_a_pending_row_needs_and_nothing_else(tmp_path):
+    teacher = _runner.Job("teacher", {"train.epochs": 2}, meta={"role": "teacher"})
+    cache = _runner.Job(_runner.CACHE, {"data.pad": 0}, ("teacher",), {"role": "cache"})
+    twin = _runner.Job("fp-s0", {"train.seed": 0}, meta={"role": "fp_twin"})
+    student = _runner.Job("b-s0", {"distill.scheme": "B"}, ("teacher", _runner.CACHE), {"role": "student"})
+    jobs = [teacher, cache, twin, student]
+    rows = {j.name: {"config": {"overrides": j.overrides}} for j in (teacher, twin)}  # committed elsewhere
+    # a fresh machine: the student's row is still to make, so its teacher runs again (its folder is
+    # not here) and so does the cache; the committed twin, which nothing pending needs, does not
+    assert _runner.to_run(jobs, tmp_path, rows, "runs") == [teacher, cache, student]
+    rows[student.name] = {"config": {"overrides": student.overrides}}
+    assert _runner.to_run(jobs, tmp_path, rows, "runs") == []  # every row committed: nothing to run
+    for j in (teacher, twin):  # finished here, nothing committed: only the student and its cache
+        (tmp_path / j.name).mkdir()
+        (tmp_path / j.name / "summary.json").write_text(json.dumps({"status": "finished"}))
+    assert _runner.to_run(jobs, tmp_path, {}, "runs") == [cache, student]

@@ -107,6 +107,20 @@ def after_each_run(jobs: list[Job], runs: Path, out: Path, write, commit: bool, 
     return hook
 
 
+def continue_from(jobs: list[Job], runs: Path, results: list[Path], runs_dir: str
+                  ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """What a grid continues from: the committed rows of ``results`` (the first file's row wins), those
+    that match a job of this plan, and the snapshots of each results file put back where missing."""
+    committed: dict[str, dict[str, Any]] = {}
+    for path in reversed(results):
+        committed = {**committed, **committed_rows(path)}
+    matching = {j.name: committed[j.name] for j in jobs if is_committed(j, committed, runs_dir)}
+    for path in results:
+        if restored := restore_snapshots(jobs, runs, snapshot_dir(path)):
+            print(f"grid: restored {', '.join(restored)} from {snapshot_dir(path)}", flush=True)
+    return committed, matching
+
+
 def restore_snapshots(jobs: list[Job], runs: Path, snapshots: Path) -> list[str]:
     """Put back the run folders of snapshotted runs that are missing here (a fresh machine); returns their names."""
     restored = []

@@ -31,11 +31,8 @@ from _runner import (
     Job,
     after_each_run,
     cache_file,
-    committed_rows,
-    is_committed,
-    restore_snapshots,
+    continue_from,
     run_jobs,
-    snapshot_dir,
 )
 from _stamp import REPO, stamp
 from accuracy_report import SCHEMES
@@ -305,11 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     settings["shared_overrides"] = {k: v for k, v in common(args, 0).items() if k != "train.seed"}
     info = {"stamp": stamp(argv), "settings": settings}
 
-    committed = committed_rows(out)
-    matching = {j.name: committed[j.name] for j in jobs if is_committed(j, committed, args.runs_dir)}
-    restored = restore_snapshots(jobs, runs, snapshot_dir(out))
-    if restored:
-        print(f"accuracy: restored {', '.join(restored)} from {snapshot_dir(out)}", flush=True)
+    committed, matching = continue_from(jobs, runs, [out], args.runs_dir)
 
     report = after_each_run(jobs, runs, out, lambda: accuracy_report.write(out, jobs, runs, info, matching),
                             args.commit, f"accuracy grid {out.stem}")

@@ -48,13 +48,13 @@ def frontier_jobs(args: argparse.Namespace, runs: Path) -> list[_runner.Job]:
             twin = _name("fp", multiplier, seed)
             meta = {"precision": "32W/32A", "width": wargs.student_width, "multiplier": multiplier, "seed": seed}
             jobs.append(_runner.Job(twin, {**accuracy.common(wargs, seed), "quant.precision": "32W/32A",
-                                            "distill.scheme": "baseline"}, meta={"role": "fp_twin", "scheme": "baseline", **meta}))
+                                           "distill.scheme": "baseline"}, meta={"role": "fp_twin", "scheme": "baseline", **meta}))
             for p in args.precisions:
                 extra, needs = accuracy._teacher(args, runs, "C")
                 o = {**accuracy.common(wargs, seed), **accuracy._precision_overrides(p), "distill.scheme": "C", **extra,
                      "distill.student_init": str(runs / twin), "optim.lr": args.c_lr}
                 jobs.append(_runner.Job(_name(f"{accuracy._slug(p)}-C", multiplier, seed), o, (*needs, twin),
-                                         {**meta, "role": "student", "precision": p, "scheme": "C"}))
+                                        {**meta, "role": "student", "precision": p, "scheme": "C"}))
     return jobs
 
 
@@ -165,17 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     jobs = frontier_jobs(args, runs)
     info = {"stamp": stamp(argv),
             "settings": {k: v for k, v in vars(args).items() if k not in ("out", "report_only", "commit")}}
-    committed = _runner.committed_rows(out)
-    for shared in reversed(args.shared_results):  # this frontier's own rows win over a shared one
-        committed = {**_runner.committed_rows(REPO / shared), **committed}
+    # this frontier's own rows win over a shared one
+    committed, matching = _runner.continue_from(jobs, runs, [out, *(REPO / s for s in args.shared_results)],
+                                                args.runs_dir)
     # A shared row keeps its numbers and takes this job's labels (the grid's rows have no width).
-    matching = {j.name: {**committed[j.name], **j.meta} for j in jobs
-                if _runner.is_committed(j, committed, args.runs_dir)}
-    for results in [out, *(REPO / s for s in args.shared_results)]:
-        _runner.restore_snapshots(jobs, runs, _runner.snapshot_dir(results))
+    matching = {j.name: {**matching[j.name], **j.meta} for j in jobs if j.name in matching}
 
     on_done = _runner.after_each_run(jobs, runs, out, lambda: report(out, jobs, runs, info, matching),
-                                      args.commit, f"frontier {out.stem}")
+                                     args.commit, f"frontier {out.stem}")
 
     if not args.report_only:
         t0 = time.time()

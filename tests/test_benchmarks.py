@@ -181,7 +181,7 @@ def test_committed_rows_still_match_their_jobs(result):
     rows = [r for r in data["rows"] if r["name"] in jobs]
     assert len(rows) == len(data["rows"]) > 5
     for r in rows:
-        assert accuracy.is_committed(jobs[r["name"]], {r["name"]: r}, data["settings"]["runs_dir"]), r["name"]
+        assert _runner.is_committed(jobs[r["name"]], {r["name"]: r}, data["settings"]["runs_dir"]), r["name"]
 
 
 def test_regime_jobs_plateau_and_convergence(tmp_path):

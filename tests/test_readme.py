@@ -110,7 +110,7 @@ def test_readme_tables_copied_from_results_match_them():
         if sources:
             assert table in [t for _, t in sources], f"README's copy of a {sources[0][0]} table is stale"
             copied += 1
-    assert copied >= 5  # accuracy (main, gap, sweep) and speed (steps, before/after)
+    assert copied >= 5  # accuracy (main, gap, paper) and speed (steps, before/after)
 
 
 def test_your_own_images_commands_run_as_written(tmp_path):

@@ -7,7 +7,8 @@
 #   sweep     the missed goals' cells, seed 0, gamma and temperature one at a time (and C's lr), chosen on
 #             the holdout; SWEEP_CELLS names cells (default "missed": each student goal the grid misses,
 #             at the scheme its holdout chose)
-#   teacher   teacher strength: a 3-epoch teacher for the LSQ 2W/2A scheme-B cell, seed 0
+#   teacher   teacher strength: a 3-epoch teacher for the LSQ 2W/2A cells B and C, seed 0 (the grid's
+#             12-epoch teacher is the comparison; C's FP twin is retrained there, same seed and recipe)
 # Usage: benchmarks/converged_study.sh [STEP ...]   (stop with Ctrl-C or SIGTERM: the runs checkpoint)
 #        DRY_RUN=1 benchmarks/converged_study.sh ...  prints the steps' commands instead
 set -euo pipefail
@@ -27,7 +28,7 @@ step() {
                 --shared-results benchmarks/results/accuracy_converged.json \
                 --out benchmarks/results/frontier.json --workers 2 --commit ;;
     sweep) "${PY[@]}" benchmarks/accuracy.py "${GRID[@]}" --sweep-cell "${CELLS[@]}" --sweep-points axes ;;
-    teacher) "${PY[@]}" benchmarks/accuracy.py "${REGIME[@]}" --teacher-epochs 3 --precisions lsq:2W/2A --schemes B \
+    teacher) "${PY[@]}" benchmarks/accuracy.py "${REGIME[@]}" --teacher-epochs 3 --precisions lsq:2W/2A --schemes B C \
                --seeds 0 --no-sweep --runs-dir runs/weak_teacher \
                --out benchmarks/results/accuracy_weak_teacher.json --workers 2 --threads 1 --commit ;;
   esac

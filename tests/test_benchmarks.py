@@ -123,7 +123,8 @@ def test_the_converged_study_script_plans_its_steps_and_checks_names_first(tmp_p
     with pytest.raises(SystemExit, match="no grid analysis"):
         accuracy.with_missed_goals(["missed"], tmp_path / "none.json")
     assert all(jobs[1][n] == j for n, j in jobs[0].items())  # the sweep step reuses every grid row
-    assert jobs[2]["teacher"].overrides["train.epochs"] == 3 and "lsq-2w2a-B-s0" in jobs[2]
+    assert jobs[2]["teacher"].overrides["train.epochs"] == 3 and {"lsq-2w2a-B-s0", "lsq-2w2a-C-s0"} <= set(jobs[2])
+    assert "lsq-2w2a-baseline-s0" not in jobs[2]  # the grid's no-teacher row is the comparison, not rerun
     assert frontier.parse(lines[1][1:]).runs_dir == grid.runs_dir  # the frontier shares the grid's runs
 
 

@@ -257,17 +257,39 @@ def regime_section(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list
                   f"{d:+.2f} points, {'within' if abs(d) <= 0.5 else 'not within'} 0.5 points of its plateau."), ""]
     conv = [r for r in rows if r.get("role") == "convergence"]
     if conv:
+        ends = phase_ends(settings)
         table = []
         for scheme in ("A", "B"):
             cell = [r for r in conv if r["scheme"] == scheme]
             table.append([scheme, _fmt(_ms([r["final_top1"] for r in cell])),
-                          _fmt(_ms([r["epoch_to_99pct"] for r in cell]), 1), len(cell)])
+                          _fmt(_ms([r["epoch_to_99pct"] for r in cell]), 1),
+                          *[_fmt(_ms([_at(r, e) for r in cell])) for e in ends], len(cell)])
         text += [(f"## Convergence: schemes A and B at 2W/32A, step schedule (lr ÷10 at {settings.get('milestones')} "
                   "of the run)"), "", markdown_table(["scheme", "final test top-1 %", "epoch reaching 99 % of final",
-                                                    "seeds"], table), ""]
+                                                    *[f"top-1 % at epoch {e}" for e in ends], "seeds"], table), ""]
         if sentence := convergence_sentence(conv):
             text += [sentence, ""]
+        if ends:  # a step schedule jumps at each ÷10: where each phase ends says more than one epoch count
+            text += ["B − A, test top-1 at the end of each learning-rate phase, paired by seed (points): " + "; ".join(
+                f"epoch {e}: {_diff(_paired_at(conv, e))}" for e in ends) + ".", ""]
     return text
+
+
+def phase_ends(settings: dict[str, Any]) -> list[int]:
+    """The last epoch before each ÷10 of the step schedule (milestones are fractions of the run)."""
+    return [round(m * settings["epochs"]) for m in settings.get("milestones") or ()]
+
+
+def _at(row: dict[str, Any], epoch: int) -> float | None:
+    curve = row.get("test_top1_per_epoch") or []
+    return curve[epoch - 1] if 0 < epoch <= len(curve) else None
+
+
+def _paired_at(conv: list[dict[str, Any]], epoch: int) -> dict[str, Any]:
+    """B − A test top-1 at ``epoch``, paired by seed."""
+    at = {(r["scheme"], r["seed"]): _at(r, epoch) for r in conv}
+    seeds = sorted({s for sch, s in at if sch == "A"} & {s for sch, s in at if sch == "B"})
+    return _ms([at["B", s] - at["A", s] for s in seeds if at["A", s] is not None and at["B", s] is not None])
 
 
 def sweep_rows(sweep: list[dict[str, Any]], chosen: dict[str, Any], lrs: bool = False) -> list[list[Any]]:

@@ -91,6 +91,20 @@ def test_convergence_sentence_pairs_b_with_a_by_seed():
     assert accuracy_goals.convergence_sentence([{"scheme": "A", "seed": 0, "epoch_to_99pct": 3}]) is None
 
 
+def test_convergence_section_gives_each_phase_end_paired_by_seed():
+    import accuracy_report
+
+    curves = {("A", 0): [50, 60, 70, 80], ("A", 1): [52, 61, 72, 81], ("B", 0): [55, 63, 71, 80], ("B", 1): [55, 66, 73, 82]}
+    conv = [{"role": "convergence", "scheme": s, "seed": seed, "test_top1_per_epoch": c, "final_top1": c[-1],
+             "epoch_to_99pct": accuracy_report.epoch_to_fraction(c, 0.99)} for (s, seed), c in curves.items()]
+    text = "\n".join(accuracy_report.regime_section(conv, {"epochs": 4, "milestones": [0.5, 0.75]}))
+    assert accuracy_report.phase_ends({"epochs": 16, "milestones": [0.5, 0.75]}) == [8, 12]
+    assert "| top-1 % at epoch 2 | top-1 % at epoch 3 |" in text
+    assert "| A | 80.50 ± 0.71 (n=2) | 4.0 ± 0.0 (n=2) | 60.50 ± 0.71 (n=2) | 71.00 ± 1.41 (n=2) | 2 |" in text
+    # B − A at epoch 2: +3, +5 (mean 4 ± 1.41); at epoch 3: +1, +1 (std 0: not noise)
+    assert "epoch 2: 4.00 ± 1.41 (n=2); epoch 3: 1.00 ± 0.00 (n=2)." in text
+
+
 def test_convergence_plot_only_when_the_grid_has_convergence_runs(tmp_path):
     pytest.importorskip("matplotlib")
     conv = [{**_row("convergence", "2W/32A", s, seed, 90.0), "test_top1_per_epoch": [80.0, 88.0, 89.5, 90.0]}

@@ -83,12 +83,21 @@ def points(rows: list[dict[str, Any]], student: str) -> list[dict[str, Any]]:
 
 
 def winners(pts: list[dict[str, Any]]) -> list[str]:
-    """For each size budget (each point's size), the most accurate point that fits in it."""
-    lines = []
+    """For each size budget (each point's size), the most accurate point that fits in it, and what the
+    extra bytes buy over the smaller budget's winner: the difference of means with its std
+    (√(s₁² + s₂²), unpaired), "noise" where |difference| ≤ std."""
+    lines, last = [], None
     for budget in sorted({pt["bytes"] for pt in pts}):
         best = max((pt for pt in pts if pt["bytes"] <= budget), key=lambda pt: pt["mean"])
-        lines.append(f"- up to {budget / 1024:,.1f} KiB: {best['precision']} at width {best['width']:g} "
-                     f"({best['mean']:.2f} %" + (f" ± {best['std']:.2f}" if best["std"] is not None else "") + ")")
+        line = (f"- up to {budget / 1024:,.1f} KiB: {best['precision']} at width {best['width']:g} "
+                f"({best['mean']:.2f} %" + (f" ± {best['std']:.2f}" if best["std"] is not None else "") + ")")
+        if last is not None and best is not last:
+            d = best["mean"] - last["mean"]
+            sd = (best["std"] ** 2 + last["std"] ** 2) ** 0.5 if None not in (best["std"], last["std"]) else None
+            line += (f": {d:+.2f}" + (f" ± {sd:.2f}" if sd is not None else "") + " points over the smaller budget's "
+                     + ("winner, noise" if sd is not None and abs(d) <= sd else "winner"))
+        lines.append(line)
+        last = best
     return lines
 
 

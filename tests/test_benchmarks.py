@@ -234,7 +234,11 @@ def test_frontier_points_pareto_and_budgets(monkeypatch):
     assert [(p["precision"], p["width"], p["pareto"]) for p in pts] == [
         ("2W/8A", 1.0, True), ("2W/8A", 2.0, True), ("8W/8A", 1.0, False), ("32W/32A", 1.0, True)]
     lines = frontier.winners(pts)
-    assert lines[2].startswith("- up to 39.1 KiB: 2W/8A at width 2 (90.10 % ± 0.14)")
+    assert lines[0] == "- up to 9.8 KiB: 2W/8A at width 1 (88.20 % ± 0.28)"
+    assert lines[1] == "- up to 29.3 KiB: 2W/8A at width 2 (90.10 % ± 0.14): +1.90 ± 0.32 points over the smaller budget's winner"
+    assert lines[2] == "- up to 39.1 KiB: 2W/8A at width 2 (90.10 % ± 0.14)"  # 8W/8A is less accurate: same winner
+    pts[-1]["mean"], pts[-1]["std"] = 90.2, 0.3  # the FP point 0.1 ahead, within the spread
+    assert frontier.winners(pts)[3].endswith(": +0.10 ± 0.33 points over the smaller budget's winner, noise")
 
 
 def _finished_run(folder: Path, overrides: dict, top1: float) -> None:

@@ -45,7 +45,7 @@ from apprentice.quant import (
     weight_codes,
 )
 from apprentice.runs import LoadedRun, load_run
-from apprentice.train import evaluate
+from apprentice.train import evaluate, reestimate_batchnorm
 from apprentice.version import __version__
 
 __all__ = [
@@ -81,6 +81,7 @@ __all__ = [
     "parse_precision",
     "prepare",
     "quantized_layers",
+    "reestimate_batchnorm",
     "register_model",
     "save_packed",
     "soft_cross_entropy",

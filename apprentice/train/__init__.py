@@ -5,10 +5,12 @@
 - `apprentice.train.runtime`: device, torchrun process group, stopping on a signal.
 - `apprentice.train.progress`: console progress, ``metrics.jsonl`` and TensorBoard, meters.
 - `apprentice.train.optim`: optimizers, parameter groups, learning-rate schedules.
+- `apprentice.train.batchnorm`: BatchNorm statistics re-estimated with the final weights.
 
 `apprentice.fit` composes them into a training run from a config.
 """
 
+from apprentice.train.batchnorm import reestimate_batchnorm
 from apprentice.train.step import NonFiniteLossError, StepResult, evaluate, train_step
 
-__all__ = ["NonFiniteLossError", "StepResult", "evaluate", "train_step"]
+__all__ = ["NonFiniteLossError", "StepResult", "evaluate", "reestimate_batchnorm", "train_step"]

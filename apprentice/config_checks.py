@@ -28,7 +28,7 @@ _RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
     **dict.fromkeys(("model.width", "quant.act_clip", "data.batch_size", "data.eval_batch_size", "data.limit",
                      "data.image_size", "optim.lr", "optim.quant_lr_scale", "train.epochs", "train.log_every"), _POS),
     **dict.fromkeys(("data.holdout", "data.workers", "data.pad", "optim.weight_decay", "optim.warmup_epochs",
-                     "train.seed", "train.checkpoint_every"), _NONNEG),
+                     "train.seed", "train.checkpoint_every", "train.bn_reestimate"), _NONNEG),
     "optim.momentum": (0, 1, True, False),
     "optim.lr_decay": (0, 1, False, True),
 }

@@ -105,6 +105,8 @@ class TrainConfig:
     checkpoint_every: int = _f(0, "also checkpoint every N steps; 0 = only at epoch ends")
     log_every: int = _f(50, "steps between metrics lines")
     on_nonfinite: str = _f("stop", "what a NaN/inf loss does: stop (error) | skip (drop the step)")
+    bn_reestimate: int = _f(0, "after the last epoch, recompute BatchNorm statistics from this many training "
+                               "batches with the final weights (Nagel et al. 2022); 0 = off")
 
 
 @dataclass(frozen=True)

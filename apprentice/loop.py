@@ -59,6 +59,7 @@ from apprentice.quant import quantized_layers
 from apprentice.runs import stored_config
 from apprentice.train import checkpoint as ck
 from apprentice.train import runtime
+from apprentice.train.batchnorm import reestimate_batchnorm
 from apprentice.train.checkpoint import CHECKPOINT_DIR, LAST
 from apprentice.train.progress import (
     Meter,
@@ -175,6 +176,8 @@ def _run(cfg: Config, rt: Runtime, signals: StopSignals, *, resume: bool, overwr
         for epoch in range(run.counters.epoch, cfg.train.epochs):
             _train_epoch(run, epoch)
             _end_epoch(run, _evaluate(run))
+        if cfg.train.bn_reestimate:
+            _reestimate_bn(run)
     except ApprenticeError:
         if new_folder:
             _remove_unsaved_run(run)
@@ -459,6 +462,26 @@ def _save(run: _Run, *, top1: float | None = None, is_best: bool = False) -> Non
 
 # ---------------------------------------------------------------------------------------------
 # After the last epoch
+
+
+def _reestimate_bn(run: _Run) -> None:
+    """``train.bn_reestimate``: BatchNorm statistics recomputed from the first N training batches
+    (unaugmented) with the final weights, then the evaluation again; the final results, the
+    checkpoint and a metrics line say so. Every process uses the same batches (not its shard), so
+    all agree without a collective; recomputing from scratch makes a resumed run's pass the same."""
+    cfg, c = run.cfg, run.counters
+    batches = build.eval_data(cfg, "train", batch_size=cfg.data.batch_size, device=run.rt.device)
+    # The plain student (never the DDP or compiled wrapper): no collective on the way.
+    images = reestimate_batchnorm(run.training.student, batches, max_batches=cfg.train.bn_reestimate, device=run.rt.device)
+    before = c.results.get("test", {}).get("top1")
+    c.results = _evaluate(run)
+    test = c.results["test"]
+    rec = {"type": "bn_reestimate", "epoch": c.epoch, "images": images, "test_top1_before": before,
+           **{f"{s}_{k}": v for s, r in c.results.items() for k, v in r.items() if k != "images"}}
+    run.metrics.write(rec)
+    run.progress.line(f"BatchNorm re-estimated from {images:,} training images: test top-1 "
+                      + (f"{before:.2f}% -> " if before is not None else "") + f"{test['top1']:.2f}%")
+    _save(run, top1=test["top1"])
 
 
 def _finish(run: _Run) -> dict[str, Any]:

@@ -174,6 +174,23 @@ def test_scheme_c_starts_from_the_runs_weights(teacher_run, tmp_path):
         torch.testing.assert_close(p.detach(), init[name], rtol=0, atol=1e-8)
 
 
+def test_bn_reestimate_recomputes_the_statistics_after_the_last_epoch_and_reports_both(tmp_path):
+    out = tmp_path / "bn"
+    summary = fit(tiny(out, "quant.precision=2W/8A", "data.holdout=32", "train.bn_reestimate=2"))
+    (rec,) = records(out, "bn_reestimate")
+    assert rec["images"] == 64 and rec["test_top1_before"] == records(out, "epoch")[-1]["test_top1"]
+    assert summary["final_top1"] == rec["test_top1"] and "holdout_top1" in rec
+    run = load_run(out / "checkpoints" / "last.pt")  # the checkpoint holds the recomputed statistics
+    bn = run.model.bn1
+    saved = (bn.running_mean.clone(), bn.running_var.clone())
+    from apprentice import reestimate_batchnorm
+    from apprentice.build import eval_data
+    reestimate_batchnorm(run.model, eval_data(run.config, "train", batch_size=32), max_batches=2)
+    torch.testing.assert_close((bn.running_mean, bn.running_var), saved)  # recomputing gives the same: resumable
+    with pytest.raises(ApprenticeError, match="train.bn_reestimate"):
+        fit(tiny(tmp_path / "bad", "train.bn_reestimate=-1"))
+
+
 def test_scheme_a_trains_and_checkpoints_the_teacher(tmp_path):
     out = tmp_path / "a"
     fit(tiny(out, "distill.scheme=A", "distill.teacher_model.name=resnet8", "distill.teacher_model.width=0.5"))

@@ -103,3 +103,10 @@ def convergence_sentence(conv: list[dict[str, Any]]) -> str | None:
     return (f"B − A, epoch reaching 99 % of the final accuracy, paired by seed over {len(seeds)}: "
             f"{', '.join(f'{d:+d}' for d in diffs)} epochs (mean {mean_d:+.2f}): B converges {when}. "
             "The paper reports B 10–20 % sooner on ImageNet.")
+
+
+def epoch_to_fraction(curve: list[float | None], fraction: float) -> int | None:
+    """First epoch (1-based) whose accuracy reaches ``fraction`` of the final epoch's."""
+    if not curve or curve[-1] is None:
+        return None
+    return next(i + 1 for i, v in enumerate(curve) if v is not None and v >= fraction * curve[-1])

@@ -25,6 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _runner
 import accuracy
+import accuracy_plots
 import accuracy_report
 from _stamp import REPO, markdown_table, stamp, stamp_markdown, write_results
 
@@ -125,7 +126,7 @@ def plot(out: Path, pts: list[dict[str, Any]]) -> str | None:
     ax.set_ylabel("test top-1 % (mean ± std over seeds)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return accuracy_report._savefig(fig, out.with_suffix(".png"))
+    return accuracy_plots.savefig(fig, out.with_suffix(".png"))
 
 
 def report(out: Path, jobs: list, runs: Path, info: dict[str, Any], committed: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+import accuracy_plots
 import accuracy_report
 
 
@@ -103,6 +104,8 @@ def test_convergence_section_gives_each_phase_end_paired_by_seed():
     assert "| A | 80.50 ± 0.71 (n=2) | 4.0 ± 0.0 (n=2) | 60.50 ± 0.71 (n=2) | 71.00 ± 1.41 (n=2) | 2 |" in text
     # B − A at epoch 2: +3, +5 (mean 4 ± 1.41); at epoch 3: +1, +1 (std 0: not noise)
     assert "epoch 2: 4.00 ± 1.41 (n=2); epoch 3: 1.00 ± 0.00 (n=2)." in text
+    only_b = "\n".join(accuracy_report.regime_section(conv[2:], {"epochs": 4, "milestones": [0.5, 0.75]}))
+    assert "| B |" in only_b and "B − A" not in only_b  # nothing to pair yet
 
 
 def test_convergence_plot_only_when_the_grid_has_convergence_runs(tmp_path):
@@ -110,8 +113,8 @@ def test_convergence_plot_only_when_the_grid_has_convergence_runs(tmp_path):
     conv = [{**_row("convergence", "2W/32A", s, seed, 90.0), "test_top1_per_epoch": [80.0, 88.0, 89.5, 90.0]}
             for s in ("A", "B") for seed in (0, 1)]
     out = tmp_path / "grid.json"
-    assert accuracy_report.convergence_plot(out, [_row("fp_twin", "32W/32A", "baseline", 0, 90.0)]) is None
-    assert accuracy_report.convergence_plot(out, conv) == "grid_convergence.png"
+    assert accuracy_plots.convergence_plot(out, [_row("fp_twin", "32W/32A", "baseline", 0, 90.0)]) is None
+    assert accuracy_plots.convergence_plot(out, conv) == "grid_convergence.png"
     assert (tmp_path / "grid_convergence.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -399,3 +399,34 @@ def test_quiet_wait_counts_running_training_processes_but_not_stopped_ones():
         probe.send_signal(signal.SIGCONT)
         probe.kill()
         probe.wait()
+
+
+def test_bn_reestimate_measures_a_grids_final_checkpoints_and_resumes(tmp_path, monkeypatch):
+    import bn_reestimate
+    from tiny_runs import tiny
+
+    from apprentice.loop import fit
+
+    runs = tmp_path / "runs"
+    summary = fit(tiny(runs / "2w8a-B-s0", "quant.precision=2W/8A", "data.holdout=32"))
+    row = {"name": "2w8a-B-s0", "role": "student", "precision": "2W/8A", "scheme": "B", "seed": 0,
+           "final_top1": summary["final_top1"], "test_top1_per_epoch": [80.0, 81.0, 81.2, summary["final_top1"]]}
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"rows": [row, {**row, "name": "teacher", "role": "teacher"}]}))  # no folder: skipped
+    monkeypatch.setattr(bn_reestimate, "REPO", tmp_path)
+    argv = ["--grid", "grid.json", "--runs-dir", "runs", "--batches", "2", "--out", "bn.json"]
+    assert bn_reestimate.main(argv) == 0
+    result = json.loads((tmp_path / "bn.json").read_text())
+    (measured,) = result["rows"]
+    assert measured["final_top1"] == round(summary["final_top1"], 2) and measured["images"] == 128  # its 128 train images
+    assert measured["fell_in_last_epoch"] == (round(81.2 - summary["final_top1"], 2)
+                                              if 81.2 - summary["final_top1"] > 0.3 else None)
+    assert "| 2W/8A | B |" in (tmp_path / "bn.md").read_text()
+    monkeypatch.setattr(bn_reestimate, "measure", lambda *a: pytest.fail("measured again"))
+    assert bn_reestimate.main(argv) == 0  # resumed: nothing to measure
+    grid.write_text(json.dumps({"rows": [{**row, "final_top1": row["final_top1"] - 5}]}))
+    monkeypatch.undo()
+    monkeypatch.setattr(bn_reestimate, "REPO", tmp_path)
+    with pytest.raises(SystemExit, match="not the run's final state"):
+        bn_reestimate.main([*argv[:-1], "other.json"])
+    assert bn_reestimate.fell([90.0, 90.4, 90.1, 89.9]) == 0.5 and bn_reestimate.fell([90.0, 90.2, 90.1]) is None

@@ -403,9 +403,10 @@ def test_quiet_wait_counts_running_training_processes_but_not_stopped_ones():
 
 def test_bn_reestimate_measures_a_grids_final_checkpoints_and_resumes(tmp_path, monkeypatch):
     import bn_reestimate
-    from tiny_runs import tiny
 
     from apprentice.loop import fit
+
+    from tiny_runs import tiny
 
     runs = tmp_path / "runs"
     summary = fit(tiny(runs / "2w8a-B-s0", "quant.precision=2W/8A", "data.holdout=32"))

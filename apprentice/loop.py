@@ -34,17 +34,14 @@ Exit codes (`apprentice.cli`): a signal ends the run with `TrainingInterrupted` 
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import signal
 import socket
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -76,7 +73,7 @@ from apprentice.train.step import (
     eval_sums,
     train_step,
 )
-from apprentice.version import __version__
+from apprentice.version import __version__, git_commit
 from apprentice.weights import check_finite, load_strict
 
 __all__ = ["HARMLESS_KEYS", "fit"]
@@ -163,8 +160,8 @@ def _run(cfg: Config, rt: Runtime, signals: StopSignals, *, resume: bool, overwr
     new_folder = not out.exists()
     cfg = build.resolve_data(cfg, report=progress.line)  # a folder's classes, size, mean/std: recorded in the run
     saved = _read_resume_state(cfg, out, resume, progress)
-    _seed_everything(cfg.train.seed, rt)
-    run = _Run(cfg, rt, signals, out, progress, build.build_training(cfg, rt), Counters(), t_start=t_start, commit=_git_commit())
+    runtime.seed_everything(cfg.train.seed, rt.device)
+    run = _Run(cfg, rt, signals, out, progress, build.build_training(cfg, rt), Counters(), t_start=t_start, commit=git_commit())
     if saved is not None:
         _restore(run, saved)
     run.metrics = _open_run_folder(run, resumed=saved is not None, overwrite=overwrite)
@@ -234,15 +231,6 @@ def _read_resume_state(cfg: Config, out: Path, resume: bool, progress: Progress)
                if isinstance(sd, dict) for k, v in sd.items()}
     check_finite(weights, f"checkpoint {str(last)!r}", why="it cannot be resumed; --overwrite starts the run again")
     return state
-
-
-def _seed_everything(seed: int, rt: Runtime) -> None:
-    """Seed every generator alike on every process: the models start identical everywhere."""
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed)
-    if rt.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
 
 
 def _restore(run: _Run, state: TrainState) -> None:
@@ -467,11 +455,10 @@ def _save(run: _Run, *, top1: float | None = None, is_best: bool = False) -> Non
 def _reestimate_bn(run: _Run) -> None:
     """``train.bn_reestimate``: BatchNorm statistics recomputed from the first N training batches
     (unaugmented) with the final weights, then the evaluation again; the final results, the
-    checkpoint and a metrics line say so. Every process uses the same batches (not its shard), so
-    all agree without a collective; recomputing from scratch makes a resumed run's pass the same."""
+    checkpoint and a metrics line say so. Every process uses the same batches (not its shard) on its
+    plain student (no DDP wrapper), so all agree without a collective; a resumed run's pass is the same."""
     cfg, c = run.cfg, run.counters
     batches = build.eval_data(cfg, "train", batch_size=cfg.data.batch_size, device=run.rt.device)
-    # The plain student (never the DDP or compiled wrapper): no collective on the way.
     images = reestimate_batchnorm(run.training.student, batches, max_batches=cfg.train.bn_reestimate, device=run.rt.device)
     before = c.results.get("test", {}).get("top1")
     c.results = _evaluate(run)
@@ -511,13 +498,3 @@ def _summary(run: _Run) -> dict[str, Any]:
         "teacher_cache": cfg.distill.teacher_cache, "teacher": cfg.distill.teacher if scheme.frozen_teacher else (
             cfg.distill.teacher_model.name if cfg.distill.teacher_model else None),
     }
-
-
-def _git_commit() -> str | None:
-    """The commit of the apprentice checkout this code runs from (not the cwd's); None outside git."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False,
-                             cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None

@@ -20,6 +20,7 @@ not an error; ``except Exception`` does not swallow it) and carries ``exit_code`
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -36,7 +38,7 @@ from apprentice.errors import ApprenticeError
 
 __all__ = ["DEFAULT_TIMEOUT", "DEVICE_NAMES", "EXIT_SIGTERM", "TIMEOUT_ENV", "PeerLostError", "Runtime",
            "StopSignals", "TrainingInterrupted", "agree", "check_device", "collective_timeout", "is_collective_failure",
-           "peer_lost", "raise_from_rank0", "resolve_device", "setup", "teardown", "torchrun_env"]
+           "peer_lost", "raise_from_rank0", "resolve_device", "seed_everything", "setup", "teardown", "torchrun_env"]
 
 EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
 # Device names (``train.device``, ``eval --device``): N is a GPU index. A pattern, not a dict: the
@@ -316,3 +318,12 @@ class StopSignals:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def seed_everything(seed: int, device: torch.device) -> None:
+    """Seed every generator alike on every process: the models start identical everywhere."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _commit import RowCommitter, check_committable
+from _commit import RowCommitter, check_committable, commit_results
 from _stamp import REPO
 
 #: every run's recipe; the overrides make the teacher, twin and each student of it
@@ -50,6 +50,9 @@ def cache_file(runs: Path) -> Path:
 #: what a snapshot keeps of a run other cells start from (the teacher, the FP twins): enough for
 #: distill.teacher / distill.student_init and for its own result row; small (a ResNet-14 is 0.7 MB)
 SNAPSHOT_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "job.json", "checkpoints/best.pt")
+#: what a run stopped half way keeps beside the results (its resume point and best so far), so that a
+#: fresh machine resumes it instead of starting it over: a grid's long runs outlast one machine's session
+PARTIAL_FILES = ("config.yaml", "metrics.jsonl", "job.json", "checkpoints/last.pt", "checkpoints/best.pt")
 
 
 def committed_rows(out: Path) -> dict[str, dict[str, Any]]:
@@ -79,32 +82,65 @@ def snapshot_dir(out: Path) -> Path:
     return out.with_name(out.stem + "_runs")
 
 
-def save_snapshot(folder: Path, snapshots: Path) -> None:
-    """Copy what `SNAPSHOT_FILES` names of a finished run beside the results, to be committed with them."""
-    for name in SNAPSHOT_FILES:
+def save_snapshot(folder: Path, snapshots: Path, files: tuple[str, ...] = SNAPSHOT_FILES) -> None:
+    """Copy ``files`` of a run folder beside the results, to be committed with them (replacing an older copy)."""
+    shutil.rmtree(snapshots / folder.name, ignore_errors=True)  # no stale file of a partial copy stays
+    for name in files:
         src = folder / name
         if src.is_file():
             dst = snapshots / folder.name / name
             dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
+            tmp = dst.with_name(f".{dst.name}.tmp")
+            shutil.copyfile(src, tmp)
+            tmp.replace(dst)
 
 
-def after_each_run(jobs: list[Job], runs: Path, out: Path, write, commit: bool, label: str):
-    """What a grid does whenever a run finishes: snapshot the runs other cells start from (teacher,
-    FP twins) beside the results, ``write()`` the results, and with ``commit`` git-commit their new
-    rows. ``--commit`` with results outside the repository is refused here, before any run."""
-    if commit:
-        check_committable(out)
-    committer = RowCommitter(out, label) if commit else None
+def _is_partial(snap: Path) -> bool:
+    return (snap / "checkpoints" / "last.pt").is_file() and not (snap / "summary.json").is_file()
 
-    def hook() -> None:
-        for j in jobs:
-            if j.meta.get("role") in ("teacher", "fp_twin") and state(runs / j.name, j) == "done":
-                save_snapshot(runs / j.name, snapshot_dir(out))
-        write()
-        if committer:
-            committer()
-    return hook
+
+class AfterRuns:
+    """What a grid does whenever a run finishes (call it): snapshot the runs other cells start from
+    (teacher, FP twins) beside the results, drop the partial snapshot of a run that has now finished,
+    ``write()`` the results, and with ``commit`` git-commit their new rows. `interrupted` does the same
+    for runs stopped half way: their checkpoints go beside the results (and into a commit), so a fresh
+    machine resumes them. ``commit`` with results outside the repository is refused here, before any run."""
+
+    def __init__(self, jobs: list[Job], runs: Path, out: Path, write, commit: bool, label: str, repo: Path = REPO):
+        if commit:
+            check_committable(out, repo)
+        self.jobs, self.runs, self.out, self.write, self.label = jobs, runs, out, write, label
+        self.snapshots = snapshot_dir(out)
+        self.committer = RowCommitter(out, label, repo) if commit else None
+
+    def __call__(self) -> None:
+        for j in self.jobs:
+            if state(self.runs / j.name, j) != "done":
+                continue
+            if j.meta.get("role") in ("teacher", "fp_twin"):
+                save_snapshot(self.runs / j.name, self.snapshots)
+            elif _is_partial(self.snapshots / j.name):  # its row is the result now
+                shutil.rmtree(self.snapshots / j.name)
+        self.write()
+        if self.committer:
+            self.committer()
+
+    def interrupted(self, names: list[str]) -> None:
+        """Keep the checkpoints of the runs ``names`` (stopped half way) beside the results, then write and commit."""
+        by_name = {j.name: j for j in self.jobs}
+        kept = [n for n in names if (self.runs / n / "checkpoints" / "last.pt").is_file()
+                and state(self.runs / n, by_name[n]) == "resume"]  # not one that finished as it was stopped
+        for n in kept:
+            save_snapshot(self.runs / n, self.snapshots, PARTIAL_FILES)
+        self()
+        if kept:
+            print(f"grid: kept the checkpoints of {', '.join(kept)} in {self.snapshots} to resume on any machine",
+                  flush=True)
+        if kept and self.committer:
+            commit_results(self.out, f"{self.label}: stopped; {', '.join(kept)} kept half way to resume", self.committer.repo)
+
+
+after_each_run = AfterRuns  # the name the benchmarks call
 
 
 def continue_from(jobs: list[Job], runs: Path, results: list[Path], runs_dir: str
@@ -116,19 +152,31 @@ def continue_from(jobs: list[Job], runs: Path, results: list[Path], runs_dir: st
         committed = {**committed, **committed_rows(path)}
     matching = {j.name: committed[j.name] for j in jobs if is_committed(j, committed, runs_dir)}
     for path in results:
-        if restored := restore_snapshots(jobs, runs, snapshot_dir(path)):
+        if restored := restore_snapshots(jobs, runs, snapshot_dir(path), runs_dir):
             print(f"grid: restored {', '.join(restored)} from {snapshot_dir(path)}", flush=True)
     return committed, matching
 
 
-def restore_snapshots(jobs: list[Job], runs: Path, snapshots: Path) -> list[str]:
-    """Put back the run folders of snapshotted runs that are missing here (a fresh machine); returns their names."""
+def restore_snapshots(jobs: list[Job], runs: Path, snapshots: Path, runs_dir: str = "runs/accuracy") -> list[str]:
+    """Put back the snapshotted run folders missing here (a fresh machine); returns their names.
+
+    A finished snapshot (teacher, FP twin) replaces a folder without a finished run; a partial one (a run
+    stopped half way) only fills a folder with no checkpoint of its own, and only for the same overrides
+    written the same way (a checkout elsewhere would store other paths, which its resume refuses)."""
     restored = []
     for job in jobs:
         snap, folder = snapshots / job.name, runs / job.name
-        if snap.is_dir() and not (folder / "summary.json").exists():
-            shutil.copytree(snap, folder, dirs_exist_ok=True)
-            restored.append(job.name)
+        if not snap.is_dir() or (folder / "summary.json").exists():
+            continue
+        if _is_partial(snap):
+            if (folder / "checkpoints" / "last.pt").exists():
+                continue
+            if json.loads((snap / "job.json").read_text()) != job.overrides:
+                if portable(json.loads((snap / "job.json").read_text()), runs_dir) == portable(job.overrides, runs_dir):
+                    print(f"grid: {job.name}'s half-way checkpoint names other paths; it starts again", flush=True)
+                continue
+        shutil.copytree(snap, folder, dirs_exist_ok=True)
+        restored.append(job.name)
     return restored
 
 
@@ -208,17 +256,20 @@ def to_run(jobs: list[Job], runs: Path, committed: dict[str, dict[str, Any]], ru
 
 
 def run_jobs(jobs: list[Job], runs: Path, workers: int, threads: int, on_done,
-             committed: dict[str, dict[str, Any]] | None = None, runs_dir: str = "runs/accuracy") -> list[str]:
+             committed: dict[str, dict[str, Any]] | None = None, runs_dir: str = "runs/accuracy",
+             on_stop=None) -> list[str]:
     """Run jobs in order as their needs finish, ``workers`` at a time; returns the names that failed.
 
     A job whose row was committed with the same overrides is done, unless a job still to run needs
     its run folder and that folder is not here (then it runs again).
-    SIGINT/SIGTERM are passed on to the running trainings (they checkpoint and stop), then this exits.
+    SIGINT/SIGTERM are passed on to the running trainings (they checkpoint and stop), ``on_stop`` gets
+    their names (else ``on_done`` is called), then this exits.
     """
     pending = to_run(jobs, runs, committed or {}, runs_dir)
     done = {j.name for j in jobs if j not in pending}
     failed: list[str] = []
     running: dict[str, tuple[Job, subprocess.Popen]] = {}
+    started: set[str] = set()
     stop: list[int] = []
 
     def handler(signum, _frame):
@@ -239,6 +290,7 @@ def run_jobs(jobs: list[Job], runs: Path, workers: int, threads: int, on_done,
                 elif all(n in done for n in j.needs):
                     pending.remove(j)
                     running[j.name] = (j, launch(j, runs, threads))
+                    started.add(j.name)
             time.sleep(1.0)
             for name, (j, p) in list(running.items()):
                 if p.poll() is None:
@@ -257,7 +309,8 @@ def run_jobs(jobs: list[Job], runs: Path, workers: int, threads: int, on_done,
         for s, h in old.items():
             signal.signal(s, h)
     if stop:
-        _safely(on_done)
+        stopped = [j.name for j in jobs if j.name in started and j.name not in done]  # ran, stopped half way
+        _safely((lambda: on_stop(stopped)) if on_stop else on_done)
         print("grid: interrupted; the runs checkpointed, rerun the same command to resume", flush=True)
         raise SystemExit(128 + stop[0])
     return failed

@@ -311,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         report()
         return 0
     t0 = time.time()
-    failed = run_jobs(jobs, runs, args.workers, args.threads, report, committed, args.runs_dir)
+    failed = run_jobs(jobs, runs, args.workers, args.threads, report, committed, args.runs_dir,
+                      on_stop=report.interrupted)
     report()
     print(f"accuracy: {len(jobs) - len(failed)}/{len(jobs)} runs finished, {(time.time() - t0) / 60:.1f} min "
           f"this invocation; results in {args.out}", flush=True)

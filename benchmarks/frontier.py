@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.report_only:
         t0 = time.time()
-        failed = _runner.run_jobs(jobs, runs, args.workers, args.threads, on_done, committed, args.runs_dir)
+        failed = _runner.run_jobs(jobs, runs, args.workers, args.threads, on_done, committed, args.runs_dir,
+                                  on_stop=on_done.interrupted)
         print(f"frontier: {len(failed)} failed, {(time.time() - t0) / 60:.1f} min", flush=True)
     on_done()
     return 0

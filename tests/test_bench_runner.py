@@ -4,7 +4,13 @@ another checkout counting as done. Its end-to-end run (a tiny grid, resumed): te
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -60,3 +66,67 @@ def test_to_run_brings_back_what_a_pending_row_needs_and_nothing_else(tmp_path):
         (tmp_path / j.name).mkdir()
         (tmp_path / j.name / "summary.json").write_text(json.dumps({"status": "finished"}))
     assert _runner.to_run(jobs, tmp_path, {}, "runs") == [cache, student]
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
+
+
+def _fake_launch(job, runs, threads):
+    """A stand-in for `apprentice train`: writes a run's checkpoint, then trains (sleeps) until stopped."""
+    folder = runs / job.name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "job.json").write_text(json.dumps(job.overrides))
+    code = ("import pathlib, sys, time; f = pathlib.Path(sys.argv[1]); (f / 'checkpoints').mkdir(exist_ok=True); "
+            "(f / 'config.yaml').write_text('x: 1'); (f / 'checkpoints' / 'best.pt').write_bytes(b'best'); "
+            "(f / 'checkpoints' / 'last.pt').write_bytes(b'epoch 3'); time.sleep(120)")
+    return subprocess.Popen([sys.executable, "-c", code, str(folder)])
+
+
+def test_a_run_stopped_half_way_is_kept_committed_and_resumed_on_a_fresh_machine(tmp_path, monkeypatch):
+    repo, runs = tmp_path / "repo", tmp_path / "runs"
+    out = repo / "results" / "grid.json"
+    out.parent.mkdir(parents=True)
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.email", "t@example.com")
+    _git(repo, "config", "user.name", "t")
+    job = _runner.Job("s-s0", {"distill.teacher": str(runs / "teacher"), "train.seed": 0}, meta={"role": "student"})
+    rows: list[dict] = []
+    hooks = _runner.AfterRuns([job], runs, out, lambda: out.write_text(json.dumps({"rows": rows})), True, "grid", repo)
+    monkeypatch.setattr(_runner, "launch", _fake_launch)
+
+    def stop_when_checkpointed():  # SIGTERM to this process, as `pkill -TERM -f accuracy.py` sends
+        last = runs / job.name / "checkpoints" / "last.pt"
+        for _ in range(600):
+            if last.is_file() and last.read_bytes():
+                break
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_when_checkpointed, daemon=True).start()
+    with pytest.raises(SystemExit) as stopped:
+        _runner.run_jobs([job], runs, 1, 1, hooks, on_stop=hooks.interrupted)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    snap = out.parent / "grid_runs" / job.name
+    assert (snap / "checkpoints" / "last.pt").read_bytes() == b"epoch 3" and (snap / "checkpoints" / "best.pt").is_file()
+    assert _git(repo, "log", "-1", "--format=%s") == "grid: stopped; s-s0 kept half way to resume\n"
+    assert "results/grid_runs/s-s0/checkpoints/last.pt" in _git(repo, "show", "--name-only", "--format=", "HEAD")
+
+    shutil.rmtree(runs)  # a fresh machine: the run resumes from the committed checkpoint
+    assert _runner.restore_snapshots([job], runs, snap.parent, "runs") == ["s-s0"]
+    assert _runner.state(runs / job.name, job) == "resume"
+    (runs / job.name / "checkpoints" / "last.pt").write_bytes(b"epoch 5")  # trained on here: never put back
+    assert _runner.restore_snapshots([job], runs, snap.parent, "runs") == []
+    assert (runs / job.name / "checkpoints" / "last.pt").read_bytes() == b"epoch 5"
+    shutil.rmtree(runs)
+    moved = _runner.Job(job.name, {**job.overrides, "distill.teacher": "/elsewhere/runs/teacher"})
+    assert _runner.restore_snapshots([moved], runs, snap.parent, "runs") == []  # its resume would refuse the paths
+    assert _runner.restore_snapshots([_runner.Job(job.name, {"train.seed": 1})], runs, snap.parent, "runs") == []
+
+    assert _runner.restore_snapshots([job], runs, snap.parent, "runs") == ["s-s0"]
+    (runs / job.name / "summary.json").write_text(json.dumps({"status": "finished"}))
+    rows.append({"name": job.name})
+    hooks()  # it finished: its row is the result, the half-way checkpoint goes
+    assert not snap.exists()
+    assert _git(repo, "log", "-1", "--format=%s") == "grid: s-s0 finished (1 rows)\n"
+    assert "results/grid_runs" not in _git(repo, "ls-files")

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -255,6 +256,30 @@ def to_run(jobs: list[Job], runs: Path, committed: dict[str, dict[str, Any]], ru
     return [j for j in jobs if j in rows or (j.name in needed and state(runs / j.name, j) != "done")]
 
 
+def _hm(seconds: float) -> str:
+    return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d} h"
+
+
+class _Tally:
+    """A grid's progress: each finished run's time, how many of this invocation's runs are done, and a
+    rough time left (the mean run time so far x the runs left / workers: runs differ, so rough)."""
+
+    def __init__(self, total: int, workers: int):
+        self.total, self.workers = total, workers
+        self.started: dict[str, float] = {}
+        self.times: list[float] = []
+
+    def start(self, name: str) -> None:
+        self.started[name] = time.time()
+
+    def done(self, name: str) -> str:
+        self.times.append(time.time() - self.started[name])
+        left = self.total - len(self.times)
+        eta = statistics.fmean(self.times) * left / self.workers
+        return (f"done {name} in {_hm(self.times[-1])}: {len(self.times)}/{self.total} runs"
+                + (f", about {_hm(eta)} left" if left else ""))
+
+
 def run_jobs(jobs: list[Job], runs: Path, workers: int, threads: int, on_done,
              committed: dict[str, dict[str, Any]] | None = None, runs_dir: str = "runs/accuracy",
              on_stop=None) -> list[str]:
@@ -269,7 +294,7 @@ def run_jobs(jobs: list[Job], runs: Path, workers: int, threads: int, on_done,
     done = {j.name for j in jobs if j not in pending}
     failed: list[str] = []
     running: dict[str, tuple[Job, subprocess.Popen]] = {}
-    started: set[str] = set()
+    tally = _Tally(len(pending), workers)
     stop: list[int] = []
 
     def handler(signum, _frame):
@@ -286,11 +311,12 @@ def run_jobs(jobs: list[Job], runs: Path, workers: int, threads: int, on_done,
                 if any(n in failed for n in j.needs):
                     pending.remove(j)
                     failed.append(j.name)
+                    tally.total -= 1
                     print(f"skip {j.name}: needs a failed run", flush=True)
                 elif all(n in done for n in j.needs):
                     pending.remove(j)
                     running[j.name] = (j, launch(j, runs, threads))
-                    started.add(j.name)
+                    tally.start(j.name)
             time.sleep(1.0)
             for name, (j, p) in list(running.items()):
                 if p.poll() is None:
@@ -298,10 +324,11 @@ def run_jobs(jobs: list[Job], runs: Path, workers: int, threads: int, on_done,
                 del running[name]
                 if p.returncode == 0 and state(runs / name, j) == "done":
                     done.add(name)
-                    print(f"[{time.strftime('%H:%M:%S')}] done {name}", flush=True)
+                    print(f"[{time.strftime('%H:%M:%S')}] {tally.done(name)}", flush=True)
                     _safely(on_done)
                 elif not stop:
                     failed.append(name)
+                    tally.total -= 1
                     print(f"FAILED {name} (exit {p.returncode}); see {runs / 'logs' / (name + '.log')}", flush=True)
         for _, p in running.values():
             p.wait()
@@ -309,7 +336,7 @@ def run_jobs(jobs: list[Job], runs: Path, workers: int, threads: int, on_done,
         for s, h in old.items():
             signal.signal(s, h)
     if stop:
-        stopped = [j.name for j in jobs if j.name in started and j.name not in done]  # ran, stopped half way
+        stopped = [j.name for j in jobs if j.name in tally.started and j.name not in done]  # ran, stopped half way
         _safely((lambda: on_stop(stopped)) if on_stop else on_done)
         print("grid: interrupted; the runs checkpointed, rerun the same command to resume", flush=True)
         raise SystemExit(128 + stop[0])

@@ -130,3 +130,19 @@ def test_a_run_stopped_half_way_is_kept_committed_and_resumed_on_a_fresh_machine
     assert not snap.exists()
     assert _git(repo, "log", "-1", "--format=%s") == "grid: s-s0 finished (1 rows)\n"
     assert "results/grid_runs" not in _git(repo, "ls-files")
+
+
+def test_each_finished_run_reports_its_time_the_count_and_the_time_left(tmp_path, monkeypatch, capsys):
+    def finishing_launch(job, runs, threads):  # a run that ends at once, finished
+        (runs / job.name).mkdir(parents=True, exist_ok=True)
+        (runs / job.name / "job.json").write_text(json.dumps(job.overrides))
+        (runs / job.name / "summary.json").write_text(json.dumps({"status": "finished"}))
+        return subprocess.Popen([sys.executable, "-c", "pass"])
+
+    monkeypatch.setattr(_runner, "launch", finishing_launch)
+    jobs = [_runner.Job("a", {"train.seed": 0}), _runner.Job("b", {"train.seed": 1}, ("a",))]
+    calls = []
+    assert _runner.run_jobs(jobs, tmp_path, 1, 1, lambda: calls.append(1)) == []
+    lines = [ln.split("] ", 1)[1] for ln in capsys.readouterr().out.splitlines() if "] done" in ln]
+    assert lines == ["done a in 0:00 h: 1/2 runs, about 0:00 h left", "done b in 0:00 h: 2/2 runs"]
+    assert len(calls) == 2

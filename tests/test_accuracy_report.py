@@ -88,8 +88,17 @@ def test_convergence_sentence_pairs_b_with_a_by_seed():
     conv = [{"scheme": s, "seed": seed, "epoch_to_99pct": e}
             for s, seed, e in [("A", 0, 6), ("A", 1, 7), ("A", 2, 7), ("B", 0, 5), ("B", 1, 6), ("B", 2, None)]]
     text = accuracy_goals.convergence_sentence(conv)
-    assert "paired by seed over 2: -1, -1 epochs (mean -1.00): B converges 15 % sooner than A" in text
+    assert "paired by seed over 2: -1, -1 epochs (mean -1.00 ± 0.00): B converges 15 % sooner than A" in text
+    assert "fell" not in text
     assert accuracy_goals.convergence_sentence([{"scheme": "A", "seed": 0, "epoch_to_99pct": 3}]) is None
+    # a last epoch that falls lowers the 99 % target: said, and the pairing repeated without that seed
+    curves = {("A", 0): [80, 88, 90, 90.5], ("A", 1): [70, 85, 90, 90.4], ("A", 2): [80, 89, 90, 90.2],
+              ("B", 0): [80, 88, 90, 90.6], ("B", 1): [75, 87, 90, 90.3], ("B", 2): [80, 87, 90, 86.0]}
+    conv = [{"scheme": s, "seed": seed, "test_top1_per_epoch": c, "epoch_to_99pct": accuracy_goals.epoch_to_fraction(c, 0.99)}
+            for (s, seed), c in curves.items()]
+    text = accuracy_goals.convergence_sentence(conv)
+    assert "over 3: +0, +0, -1 epochs (mean -0.33 ± 0.58, noise): B converges 11 % sooner than A" in text
+    assert "(B seed 2 -4.00 points) reach 99 % of that lower final early; the seeds without one: +0, +0 epochs" in text
 
 
 def test_convergence_section_gives_each_phase_end_paired_by_seed():

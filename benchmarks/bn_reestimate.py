@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{i}/{len(todo)}] {row['name']}: {m['final_top1']} -> {m['reestimated_top1']} % "
                   f"(ETA {eta / 60:.0f} min)", flush=True)
         result = {"benchmark": "bn_reestimate", "stamp": stamp(argv), "settings": settings,
-                  "rows": [done[r["name"]] for r in todo if r["name"] in done]}
+                  "rows": [done[r["name"]] for r in grid if r["name"] in done]}  # with rows of folders not here
         write_results(out, result, report(result))
     print(report(result))
     return 0

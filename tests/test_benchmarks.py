@@ -425,7 +425,16 @@ def test_bn_reestimate_measures_a_grids_final_checkpoints_and_resumes(tmp_path, 
     assert "| 2W/8A | B |" in (tmp_path / "bn.md").read_text()
     monkeypatch.setattr(bn_reestimate, "measure", lambda *a: pytest.fail("measured again"))
     assert bn_reestimate.main(argv) == 0  # resumed: nothing to measure
-    grid.write_text(json.dumps({"rows": [{**row, "final_top1": row["final_top1"] - 5}]}))
+    # another machine: this run's folder is gone and a new run's is there; the earlier row stays
+    shutil.copytree(runs / "2w8a-B-s0", runs / "2w8a-B-s1")
+    shutil.rmtree(runs / "2w8a-B-s0")
+    grid.write_text(json.dumps({"rows": [row, {**row, "name": "2w8a-B-s1", "seed": 1}]}))
+    monkeypatch.setattr(bn_reestimate, "measure", lambda folder, top1, b: {"final_top1": top1, "reestimated_top1": 1.0, "images": 7})
+    assert bn_reestimate.main(argv) == 0
+    kept = json.loads((tmp_path / "bn.json").read_text())["rows"]
+    assert [r["name"] for r in kept] == ["2w8a-B-s0", "2w8a-B-s1"] and kept[0] == measured and kept[1]["images"] == 7
+    assert kept[1]["seed"] == 1 and kept[1]["reestimated_top1"] == 1.0
+    grid.write_text(json.dumps({"rows": [{**row, "name": "2w8a-B-s1", "final_top1": row["final_top1"] - 5}]}))
     monkeypatch.undo()
     monkeypatch.setattr(bn_reestimate, "REPO", tmp_path)
     with pytest.raises(SystemExit, match="not the run's final state"):

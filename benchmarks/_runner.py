@@ -141,9 +141,6 @@ class AfterRuns:
             commit_results(self.out, f"{self.label}: stopped; {', '.join(kept)} kept half way to resume", self.committer.repo)
 
 
-after_each_run = AfterRuns  # the name the benchmarks call
-
-
 def continue_from(jobs: list[Job], runs: Path, results: list[Path], runs_dir: str
                   ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """What a grid continues from: the committed rows of ``results`` (the first file's row wins), those

@@ -28,8 +28,8 @@ import accuracy_goals
 import accuracy_report
 from _runner import (
     CACHE,
+    AfterRuns,
     Job,
-    after_each_run,
     cache_file,
     continue_from,
     run_jobs,
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
 
     committed, matching = continue_from(jobs, runs, [out], args.runs_dir)
 
-    report = after_each_run(jobs, runs, out, lambda: accuracy_report.write(out, jobs, runs, info, matching),
+    report = AfterRuns(jobs, runs, out, lambda: accuracy_report.write(out, jobs, runs, info, matching),
                             args.commit, f"accuracy grid {out.stem}")
 
     if args.report_only:

@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     # A shared row keeps its numbers and takes this job's labels (the grid's rows have no width).
     matching = {j.name: {**matching[j.name], **j.meta} for j in jobs if j.name in matching}
 
-    on_done = _runner.after_each_run(jobs, runs, out, lambda: report(out, jobs, runs, info, matching),
+    on_done = _runner.AfterRuns(jobs, runs, out, lambda: report(out, jobs, runs, info, matching),
                                      args.commit, f"frontier {out.stem}")
 
     if not args.report_only:

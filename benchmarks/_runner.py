@@ -169,8 +169,9 @@ def restore_snapshots(jobs: list[Job], runs: Path, snapshots: Path, runs_dir: st
         if _is_partial(snap):
             if (folder / "checkpoints" / "last.pt").exists():
                 continue
-            if json.loads((snap / "job.json").read_text()) != job.overrides:
-                if portable(json.loads((snap / "job.json").read_text()), runs_dir) == portable(job.overrides, runs_dir):
+            stored = json.loads((snap / "job.json").read_text())
+            if stored != job.overrides:
+                if portable(stored, runs_dir) == portable(job.overrides, runs_dir):
                     print(f"grid: {job.name}'s half-way checkpoint names other paths; it starts again", flush=True)
                 continue
         shutil.copytree(snap, folder, dirs_exist_ok=True)

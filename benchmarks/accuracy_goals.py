@@ -94,10 +94,21 @@ def relative_epochs(pct: float, other: str = "A") -> str:
 FELL = 1.0
 
 
+def last_epoch_drop(curve: list[float | None], before: int = 1, more_than: float = FELL) -> float | None:
+    """How far (points, > 0) the last epoch fell below the best of the ``before`` epochs before it, when
+    more than ``more_than``; else None. One rule, two readings: the convergence sentence (the epoch
+    before, 1 point) and bn_reestimate.py (the best of three, 0.3 points)."""
+    prev = [v for v in curve[-1 - before:-1] if v is not None]
+    if not prev or curve[-1] is None:
+        return None
+    drop = max(prev) - curve[-1]
+    return drop if drop > more_than else None
+
+
 def fall(row: dict[str, Any]) -> float | None:
     """The last epoch's drop from the one before (negative), when it is more than `FELL` points; else None."""
-    c = row.get("test_top1_per_epoch") or []
-    return c[-1] - c[-2] if len(c) >= 2 and None not in c[-2:] and c[-1] < c[-2] - FELL else None
+    drop = last_epoch_drop(row.get("test_top1_per_epoch") or [None])
+    return -drop if drop is not None else None
 
 
 def _epoch_diffs(diffs: list[int]) -> str:

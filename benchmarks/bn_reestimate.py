@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _stamp import REPO, markdown_table, stamp, stamp_markdown, write_results
+from accuracy_goals import last_epoch_drop
 from accuracy_report import _diff, _fmt, _ms
 
 import apprentice as ap
@@ -55,11 +56,8 @@ def measure(folder: Path, final_top1: float, batches: int) -> dict[str, Any]:
 
 def fell(curve: list[float | None]) -> float | None:
     """How far the final epoch fell below the best of the three before it (points), if more than DROP."""
-    prev = [v for v in curve[-4:-1] if v is not None]
-    if not prev or curve[-1] is None:
-        return None
-    drop = max(prev) - curve[-1]
-    return round(drop, 2) if drop > DROP else None
+    drop = last_epoch_drop(curve or [None], before=3, more_than=DROP)
+    return round(drop, 2) if drop is not None else None
 
 
 def cells(rows: list[dict[str, Any]]) -> list[list[Any]]:

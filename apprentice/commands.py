@@ -66,6 +66,16 @@ def _pct(x: Any) -> str:
     return f"{float(x):.2f}" if isinstance(x, (int, float)) else "-"
 
 
+# How a run chose its best.pt (summary "best_on"); summaries of older versions have none: they chose on test.
+_BEST_ON = {"holdout": "best holdout top-1", "last": "the last epoch", None: "best test top-1, an older version"}
+
+
+def _best(summary: dict[str, Any]) -> str:
+    """What ``best.pt`` holds, for a summary line: its test top-1, epoch and how it was chosen."""
+    why = _BEST_ON.get(summary.get("best_on"), str(summary.get("best_on")))
+    return f"best.pt top-1 {_pct(summary.get('best_top1'))} % (epoch {summary.get('best_epoch', '-')}: {why})"
+
+
 # ---------------------------------------------------------------------------------------------
 # Subcommands
 
@@ -79,8 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = fit(cfg, resume=args.resume, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only the first process reports
         return 0
-    best, final = summary.get("best_top1"), summary.get("final_top1")
-    print(f"{PROG}: done: {cfg.train.out}  best top-1 {_pct(best)} %  final top-1 {_pct(final)} %")
+    print(f"{PROG}: done: {cfg.train.out}  final top-1 {_pct(summary.get('final_top1'))} %  {_best(summary)}")
     return 0
 
 
@@ -175,8 +184,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"parameters: {sum(p.numel() for p in model.parameters()):,}")
     if loaded.summary:
         s = loaded.summary
-        print(f"accuracy: best top-1 {_pct(s.get('best_top1'))} % (epoch {s.get('best_epoch', '-')})  "
-              f"final top-1 {_pct(s.get('final_top1'))} %  top-5 {_pct(s.get('final_top5'))} %")
+        print(f"accuracy: final top-1 {_pct(s.get('final_top1'))} %  top-5 {_pct(s.get('final_top5'))} %  {_best(s)}")
     print()
     print(_table(_precision_rows(model, loaded.qmap), ["layer", "kind", "precision", "weights", "activations", "params"]))
     print()

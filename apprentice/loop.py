@@ -94,7 +94,8 @@ def fit(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> dict[s
         overwrite: delete an earlier run's files (summary, metrics, checkpoints, tb/) first.
 
     Returns:
-        The summary, also written to ``summary.json``: final and best top-1/top-5, epochs, steps,
+        The summary, also written to ``summary.json``: final top-1/top-5, and those of ``best.pt``
+        (the epoch with the best holdout top-1, ``best_on: holdout``, else the last), epochs, steps,
         wall time, versions, git commit, device, world size, scheme, precision, parameters.
 
     Raises:
@@ -407,9 +408,7 @@ def _end_epoch(run: _Run, results: dict[str, dict[str, float]]) -> None:
     """Record the epoch's evaluation (best so far, metrics line, console line) and checkpoint it."""
     c, t, skip = run.counters, run.training, run.cfg.train.on_nonfinite == "skip"
     c.epoch, c.results, test = c.epoch + 1, results, results["test"]
-    is_best = test["top1"] > c.best["top1"]
-    if is_best:
-        c.best = {"top1": test["top1"], "top5": test.get("top5"), "epoch": c.epoch}
+    is_best = _take_best(c, results)
     rec = {"type": "epoch", "epoch": c.epoch, "step": c.step, "lr": t.schedule(max(c.step - 1, 0)),
            **c.meter.means("train_"),
            **{f"{s}_{k}": v for s, r in results.items() for k, v in r.items() if k != "images"},
@@ -425,6 +424,20 @@ def _end_epoch(run: _Run, results: dict[str, dict[str, float]]) -> None:
     _save(run, top1=test["top1"], is_best=is_best)
     if runtime.agree(run.signals.signum is not None, run.rt):
         _stop(run)
+
+
+def _take_best(c: Counters, results: dict[str, dict[str, float]]) -> bool:
+    """Whether the model just evaluated becomes ``best.pt`` (and ``c.best``): a higher holdout top-1
+    than the best so far when the data holds images out (``data.holdout``), else always (the last
+    epoch is the best one can choose without looking at the test set, which the accuracy reports)."""
+    holdout = results.get("holdout", {}).get("top1")
+    score = c.best.get("score")  # absent in checkpoints of older versions, which chose on test
+    if holdout is not None and score is not None and holdout <= score:
+        return False
+    test = results["test"]
+    c.best = {"top1": test["top1"], "top5": test.get("top5"), "epoch": c.epoch,
+              "on": "last" if holdout is None else "holdout", "score": holdout}
+    return True
 
 
 def _save(run: _Run, *, top1: float | None = None, is_best: bool = False) -> None:
@@ -468,7 +481,7 @@ def _reestimate_bn(run: _Run) -> None:
     run.metrics.write(rec)
     run.progress.line(f"BatchNorm re-estimated from {images:,} training images: test top-1 "
                       + (f"{before:.2f}% -> " if before is not None else "") + f"{test['top1']:.2f}%")
-    _save(run, top1=test["top1"])
+    _save(run, top1=test["top1"], is_best=_take_best(c, c.results))
 
 
 def _finish(run: _Run) -> dict[str, Any]:
@@ -488,7 +501,7 @@ def _summary(run: _Run) -> dict[str, Any]:
     return {
         "status": "finished", "final_top1": test.get("top1"), "final_top5": test.get("top5"),
         "final_loss": test.get("loss"), "best_top1": c.best["top1"], "best_top5": c.best["top5"],
-        "best_epoch": c.best["epoch"], **({"holdout_top1": c.results["holdout"]["top1"]} if "holdout" in c.results else {}),
+        "best_epoch": c.best["epoch"], "best_on": c.best.get("on"), **({"holdout_top1": c.results["holdout"]["top1"]} if "holdout" in c.results else {}),
         "epochs": cfg.train.epochs, "steps": c.step, "skipped_steps": c.skipped,
         "wall_time_s": c.elapsed + time.perf_counter() - run.t_start,
         "version": __version__, "git_commit": run.commit, "torch": torch.__version__, "device": str(rt.device),

@@ -170,6 +170,10 @@ def sweep_table(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[
     if base:
         chosen["baseline_holdout_top1"] = base[0]["final_holdout_top1"]
         chosen["baseline_test_top1"] = base[0]["final_top1"]
+    twin = [r for r in rows if r["role"] == "fp_twin" and r["seed"] == seed and r["final_holdout_top1"] is not None]
+    if twin:  # the goals are stated against the FP twin: the same seed's is the sweep's measure of them
+        chosen["fp_twin_holdout_top1"] = twin[0]["final_holdout_top1"]
+        chosen["fp_twin_test_top1"] = twin[0]["final_top1"]
     return table, chosen
 
 
@@ -296,9 +300,10 @@ def _paired_at(conv: list[dict[str, Any]], epoch: int) -> dict[str, Any]:
 def sweep_rows(sweep: list[dict[str, Any]], chosen: dict[str, Any], lrs: bool = False) -> list[list[Any]]:
     table = [[r["gamma"], r["temperature"], *([f"{r['lr']:g}"] if lrs else []), f"{r['holdout_top1']:.2f}",
               f"{r['test_top1']:.2f}"] for r in sweep]
-    if "baseline_holdout_top1" in chosen:
-        table.append(["no teacher", "-", *(["-"] if lrs else []), f"{chosen['baseline_holdout_top1']:.2f}",
-                      f"{chosen['baseline_test_top1']:.2f}"])
+    for key, label in (("baseline", "no teacher"), ("fp_twin", "FP twin")):
+        if f"{key}_holdout_top1" in chosen:
+            table.append([label, "-", *(["-"] if lrs else []), f"{chosen[f'{key}_holdout_top1']:.2f}",
+                          f"{chosen[f'{key}_test_top1']:.2f}"])
     return table
 
 
@@ -310,6 +315,9 @@ def sweep_sentence(chosen: dict[str, Any]) -> str:
     if "baseline_holdout_top1" in chosen:
         text += (f" The same seed without a teacher: holdout {chosen['baseline_holdout_top1']:.2f} %, "
                  f"test {chosen['baseline_test_top1']:.2f} %.")
+    if "fp_twin_holdout_top1" in chosen:
+        text += (f" Its FP twin: holdout {chosen['fp_twin_holdout_top1']:.2f} %, test {chosen['fp_twin_test_top1']:.2f} % "
+                 f"(chosen − twin: {chosen['test_top1'] - chosen['fp_twin_test_top1']:+.2f} points on test).")
     return text + " One seed per setting: differences below the grid's seed-to-seed spread are not findings."
 
 

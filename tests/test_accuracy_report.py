@@ -157,11 +157,15 @@ def test_a_scheme_c_sweep_table_has_lr_and_chooses_per_cell_on_holdout():
         return {**_row(role, "lsq:4W/4A", scheme, 0, test), "name": name, "gamma": gamma, "lr": lr,
                 "final_holdout_top1": holdout}
     rows = [row("own", 0.01, 0.5, 86.0, 86.5, role="student"), row("lr", 0.03, 0.5, 86.4, 85.0),
-            row("g1", 0.01, 1.0, 86.2, 87.0), row("base", 0.1, 0.5, 85.0, 85.1, role="student", scheme="baseline")]
+            row("g1", 0.01, 1.0, 86.2, 87.0), row("base", 0.1, 0.5, 85.0, 85.1, role="student", scheme="baseline"),
+            {**row("fp", 0.1, 0.5, 86.9, 86.0, role="fp_twin"), "precision": "32W/32A"},
+            {**row("fp1", 0.1, 0.5, 99.0, 99.0, role="fp_twin"), "precision": "32W/32A", "seed": 1}]
     table, chosen = accuracy_report.sweep_table(rows)
     assert (chosen["run"], chosen["lr"], chosen["cell"]["scheme"]) == ("lr", 0.03, "C")
-    assert accuracy_report.sweep_rows(table, chosen, lrs=True)[-1] == ["no teacher", "-", "-", "85.00", "85.10"]
-    assert "lr=0.03" in accuracy_report.sweep_sentence(chosen)
+    assert accuracy_report.sweep_rows(table, chosen, lrs=True)[-2:] == [
+        ["no teacher", "-", "-", "85.00", "85.10"], ["FP twin", "-", "-", "86.90", "86.00"]]  # the same seed's twin
+    sentence = accuracy_report.sweep_sentence(chosen)
+    assert "lr=0.03" in sentence and "test 86.00 % (chosen − twin: -1.00 points on test)" in sentence
     # Two cells swept in one grid: a table each, each choosing among its own cell's points only.
     other = [row("b-own", 0.1, 0.5, 84.0, 84.0, role="student", scheme="B"), row("b-g1", 0.1, 1.0, 99.0, 80.0, scheme="B")]
     both = accuracy_report.sweeps(rows + other)

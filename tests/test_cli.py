@@ -213,7 +213,9 @@ def test_info_run(smoke_run, capsys):
     assert main(["info", str(smoke_run)]) == 0
     out = capsys.readouterr().out
     assert "model: resnet8" in out and "precision: 2W/8A" in out and "scheme: baseline" in out
-    assert "parameters:" in out and "accuracy: best top-1" in out
+    assert "parameters:" in out and "accuracy: final top-1" in out
+    summary = json.loads((smoke_run / "summary.json").read_text())  # the smoke run has no holdout
+    assert f"best.pt top-1 {summary['final_top1']:.2f} % (epoch {summary['epochs']}: the last epoch)" in out
     assert "layer1.0.conv1" in out and "ternary 2-bit" in out and "8-bit clip 1" in out
     assert "whole model:" in out  # the export size table
 

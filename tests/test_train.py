@@ -174,6 +174,23 @@ def test_scheme_c_starts_from_the_runs_weights(teacher_run, tmp_path):
         torch.testing.assert_close(p.detach(), init[name], rtol=0, atol=1e-8)
 
 
+def test_best_checkpoint_is_chosen_on_the_holdout_never_on_test():
+    def epoch(c, test, holdout=None):
+        c.epoch += 1
+        results = {"test": {"top1": test, "top5": 99.0}, **({"holdout": {"top1": holdout}} if holdout else {})}
+        return loop._take_best(c, results)
+
+    c = loop.Counters()
+    assert epoch(c, 50.0, 60.0) and c.best == {"top1": 50.0, "top5": 99.0, "epoch": 1, "on": "holdout", "score": 60.0}
+    assert not epoch(c, 70.0, 59.0)  # test rose, holdout fell: not chosen
+    assert not epoch(c, 71.0, 60.0) and c.best["epoch"] == 1  # a tie keeps the earlier epoch
+    assert epoch(c, 40.0, 61.0) and (c.best["epoch"], c.best["top1"]) == (4, 40.0)  # holdout rose, test fell: chosen
+    c = loop.Counters()  # no holdout: every epoch, so best.pt is the last
+    assert epoch(c, 50.0) and epoch(c, 40.0) and (c.best["epoch"], c.best["on"]) == (2, "last")
+    old = loop.Counters(best={"top1": 90.0, "top5": None, "epoch": 3})  # a checkpoint of a version that chose on test
+    assert epoch(old, 10.0, 10.0) and old.best["score"] == 10.0
+
+
 def test_bn_reestimate_recomputes_the_statistics_after_the_last_epoch_and_reports_both(tmp_path):
     out = tmp_path / "bn"
     summary = fit(tiny(out, "quant.precision=2W/8A", "data.holdout=32", "train.bn_reestimate=2"))
@@ -223,6 +240,7 @@ def test_nonfinite_skip_counts_and_rolls_back(nan_at, tmp_path):
     nan_at(2, 3)
     summary = fit(tiny(out, "train.on_nonfinite=skip", "train.epochs=2"))
     assert summary["skipped_steps"] == 2 and summary["steps"] == 8
+    assert (summary["best_epoch"], summary["best_on"], summary["best_top1"]) == (2, "last", summary["final_top1"])
     assert records(out, "step")[-1]["skipped"] == 2 and records(out, "epoch")[-1]["skipped"] == 2
     model = load_run(out).model
     assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
@@ -283,6 +301,9 @@ def test_sigterm_then_resume_is_bit_identical(tmp_path):
     assert [(r["train_loss"], r["test_top1"], r["holdout_top1"]) for r in ra] == \
         [(r["train_loss"], r["test_top1"], r["holdout_top1"]) for r in rb]
     assert [r["step"] for r in records(cut, "step")] == [r["step"] for r in records(ref, "step")]
+    holdout = [r["holdout_top1"] for r in ra]
+    summary = json.loads((ref / "summary.json").read_text())
+    assert (summary["best_epoch"], summary["best_on"]) == (holdout.index(max(holdout)) + 1, "holdout")
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])

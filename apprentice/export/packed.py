@@ -140,48 +140,9 @@ def packed_tensors(
             for key in [k for k in tensors if k.startswith(f"{name}.")]:
                 tensors.pop(key)
             layers[name] = mod.plan().to_dict()
-            continue
-        if not isinstance(mod, (QConv2d, QLinear)):
-            continue
-        for key in QUANTIZER_STATE:
-            tensors.pop(f"{name}.{key}", None)
-        entry: dict[str, Any] = {"kind": mod.kind, "precision": format_precision(mod.weight_quant, mod.act_quant),
-                                 "geometry": layer_geometry(mod), "weights": None, "activations": _activation_entry(mod)}
-        entry.update({k: v for k, v in mod.plan().to_dict().items() if k in ("input_from", "deploy", "batchnorm")})
-        if mod.weight_quant is not None:
-            spec = mod.weight_quant
-            codes, scales[name] = mod.weight_codes()
-            packing = code_packing(spec.bits, ternary_packing)
-            tensors.pop(f"{name}.weight")
-            tensors[f"{name}.weight_codes"] = pack_codes(codes, packing)
-            entry["weights"] = {
-                "quantizer": spec.quantizer, "bits": spec.bits, "per_channel": spec.per_channel,
-                "threshold": spec.threshold, "shape": list(mod.weight.shape),
-                "count": mod.weight.numel(), "packing": packing,
-            }
-        layers[name] = entry
-    folded = find_conv_bn_pairs(model) if fold_bn else {}
-    modules = dict(model.named_modules())
-    for bn_name, conv_name in folded.items():
-        bn, conv = modules[bn_name], modules[conv_name]
-        # BatchNorm in eval mode is the per-channel affine y = x * alpha + (beta - mean * alpha).
-        alpha = torch.rsqrt(bn.running_var + bn.eps)
-        if bn.weight is not None:
-            alpha = alpha * bn.weight
-        shift = -bn.running_mean * alpha + (bn.bias if bn.bias is not None else 0)
-        if conv.bias is not None:
-            shift = shift + conv.bias * alpha
-        per_out = alpha.reshape(-1, 1, 1, 1)
-        if conv_name in scales:
-            # Codes stay exact; the BN scale goes into a per-output-channel weight scale.
-            scales[conv_name] = scales[conv_name] * per_out
-        else:
-            tensors[f"{conv_name}.weight"] = (conv.weight * per_out).contiguous()
-        tensors[f"{conv_name}.bias"] = shift.detach().clone().contiguous()
-        for key in _BN_KEYS:
-            tensors.pop(f"{bn_name}.{key}", None)
-        if conv_name in layers:  # folded: the layer's bias rounding has no BatchNorm left to take into account
-            layers[conv_name].pop("batchnorm", None)
+        elif isinstance(mod, (QConv2d, QLinear)):
+            layers[name] = _pack_layer(name, mod, tensors, scales, ternary_packing)
+    folded = _fold_batchnorm(model, tensors, layers, scales) if fold_bn else {}
     for name, scale in scales.items():
         tensors[f"{name}.weight_scale"] = scale.detach().cpu().contiguous()
         layers[name]["weights"]["scale_shape"] = list(scale.shape)
@@ -195,6 +156,57 @@ def packed_tensors(
         "fp32_bytes": sum(fp32_bytes(model).values()),
     }
     return tensors, qmap
+
+
+def _pack_layer(name: str, mod: QConv2d | QLinear, tensors: dict[str, Tensor], scales: dict[str, Tensor],
+                ternary_packing: str) -> dict[str, Any]:
+    """One quantized layer's map entry; its float weight and quantizer state leave ``tensors`` and its
+    packed codes enter them (the weight scale goes to ``scales``, which BatchNorm folding may still scale)."""
+    for key in QUANTIZER_STATE:
+        tensors.pop(f"{name}.{key}", None)
+    entry: dict[str, Any] = {"kind": mod.kind, "precision": format_precision(mod.weight_quant, mod.act_quant),
+                             "geometry": layer_geometry(mod), "weights": None, "activations": _activation_entry(mod)}
+    entry.update({k: v for k, v in mod.plan().to_dict().items() if k in ("input_from", "deploy", "batchnorm")})
+    if mod.weight_quant is not None:
+        spec = mod.weight_quant
+        codes, scales[name] = mod.weight_codes()
+        packing = code_packing(spec.bits, ternary_packing)
+        tensors.pop(f"{name}.weight")
+        tensors[f"{name}.weight_codes"] = pack_codes(codes, packing)
+        entry["weights"] = {
+            "quantizer": spec.quantizer, "bits": spec.bits, "per_channel": spec.per_channel,
+            "threshold": spec.threshold, "shape": list(mod.weight.shape),
+            "count": mod.weight.numel(), "packing": packing,
+        }
+    return entry
+
+
+def _fold_batchnorm(model: nn.Module, tensors: dict[str, Tensor], layers: dict[str, Any],
+                    scales: dict[str, Tensor]) -> dict[str, str]:
+    """Fold each BatchNorm that follows a conv into it (``fold_bn``): {bn name: conv name}. A quantized
+    conv keeps its codes exact and takes the BatchNorm scale into its per-output-channel weight scale."""
+    folded = find_conv_bn_pairs(model)
+    modules = dict(model.named_modules())
+    for bn_name, conv_name in folded.items():
+        bn, conv = modules[bn_name], modules[conv_name]
+        # BatchNorm in eval mode is the per-channel affine y = x * alpha + (beta - mean * alpha).
+        alpha = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            alpha = alpha * bn.weight
+        shift = -bn.running_mean * alpha + (bn.bias if bn.bias is not None else 0)
+        if conv.bias is not None:
+            shift = shift + conv.bias * alpha
+        per_out = alpha.reshape(-1, 1, 1, 1)
+        if conv_name in scales:
+            scales[conv_name] = scales[conv_name] * per_out
+        else:
+            tensors[f"{conv_name}.weight"] = (conv.weight * per_out).contiguous()
+        tensors[f"{conv_name}.bias"] = shift.detach().clone().contiguous()
+        for key in _BN_KEYS:
+            tensors.pop(f"{bn_name}.{key}", None)
+        if conv_name in layers:  # folded: the layer's bias rounding has no BatchNorm left to take into account
+            layers[conv_name].pop("batchnorm", None)
+    return folded
 
 
 def _deploy(layers: dict[str, Any]) -> str | None:

@@ -15,7 +15,8 @@ Layout of a run folder (written by rank 0 only)::
     metrics.jsonl          {"type": "step"|"epoch"|"nonfinite"|"stopped", "step": ..., ...} per line
     tb/                    TensorBoard scalars ``step/<key>``, ``epoch/<key>`` (if tensorboard is installed)
     checkpoints/last.pt    every epoch end, every train.checkpoint_every steps, and on SIGTERM/SIGINT
-    checkpoints/best.pt    a copy of last.pt whenever the test top-1 improved
+    checkpoints/best.pt    a copy of last.pt whenever the holdout top-1 improved (``data.holdout``), else
+                           every epoch: never chosen on the test set
     summary.json           written once the run has finished
 """
 

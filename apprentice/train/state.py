@@ -15,7 +15,9 @@ Format 1, key by key::
                   deployable graph's adds, quant.deploy)
     model         student state dict
     epoch, step   epochs finished, optimizer steps taken
-    best, best_top1   {top1, top5, epoch} of the best test top-1 so far, and its top1 alone
+    best, best_top1   the epoch in best.pt: {top1, top5 (its test accuracy), epoch, on, score}; on is
+                  "holdout" (chosen by the holdout top-1, score) or "last" (no holdout: the last epoch);
+                  best_top1 is its test top1 alone
     top1, results     this epoch's test top-1 (None mid-epoch) and every split's last evaluation
     meter         the running sums of the epoch in progress (`apprentice.train.progress.Meter`)
     skipped       steps dropped for a non-finite loss (``train.on_nonfinite=skip``)
@@ -48,7 +50,7 @@ MODEL_KEYS = ("format", "config", "arch", "plan", "epoch", "step", "model")
 
 
 def _no_best() -> dict[str, Any]:
-    return {"top1": -1.0, "top5": None, "epoch": 0}
+    return {"top1": -1.0, "top5": None, "epoch": 0, "on": None, "score": None}
 
 
 @dataclass

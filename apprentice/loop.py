@@ -66,7 +66,7 @@ from apprentice.train.progress import (
     trim_metrics,
 )
 from apprentice.train.runtime import Runtime, StopSignals, TrainingInterrupted
-from apprentice.train.state import Counters, TrainState
+from apprentice.train.state import Counters, TrainState, take_best
 from apprentice.train.step import (
     NonFiniteLossError,
     eval_metrics,
@@ -408,7 +408,7 @@ def _end_epoch(run: _Run, results: dict[str, dict[str, float]]) -> None:
     """Record the epoch's evaluation (best so far, metrics line, console line) and checkpoint it."""
     c, t, skip = run.counters, run.training, run.cfg.train.on_nonfinite == "skip"
     c.epoch, c.results, test = c.epoch + 1, results, results["test"]
-    is_best = _take_best(c, results)
+    is_best = take_best(c, results)
     rec = {"type": "epoch", "epoch": c.epoch, "step": c.step, "lr": t.schedule(max(c.step - 1, 0)),
            **c.meter.means("train_"),
            **{f"{s}_{k}": v for s, r in results.items() for k, v in r.items() if k != "images"},
@@ -424,20 +424,6 @@ def _end_epoch(run: _Run, results: dict[str, dict[str, float]]) -> None:
     _save(run, top1=test["top1"], is_best=is_best)
     if runtime.agree(run.signals.signum is not None, run.rt):
         _stop(run)
-
-
-def _take_best(c: Counters, results: dict[str, dict[str, float]]) -> bool:
-    """Whether the model just evaluated becomes ``best.pt`` (and ``c.best``): a higher holdout top-1
-    than the best so far when the data holds images out (``data.holdout``), else always (the last
-    epoch is the best one can choose without looking at the test set, which the accuracy reports)."""
-    holdout = results.get("holdout", {}).get("top1")
-    score = c.best.get("score")  # absent in checkpoints of older versions, which chose on test
-    if holdout is not None and score is not None and holdout <= score:
-        return False
-    test = results["test"]
-    c.best = {"top1": test["top1"], "top5": test.get("top5"), "epoch": c.epoch,
-              "on": "last" if holdout is None else "holdout", "score": holdout}
-    return True
 
 
 def _save(run: _Run, *, top1: float | None = None, is_best: bool = False) -> None:
@@ -481,7 +467,7 @@ def _reestimate_bn(run: _Run) -> None:
     run.metrics.write(rec)
     run.progress.line(f"BatchNorm re-estimated from {images:,} training images: test top-1 "
                       + (f"{before:.2f}% -> " if before is not None else "") + f"{test['top1']:.2f}%")
-    _save(run, top1=test["top1"], is_best=_take_best(c, c.results))
+    _save(run, top1=test["top1"], is_best=take_best(c, c.results))
 
 
 def _finish(run: _Run) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from apprentice.runs import load_run
 from apprentice.train import checkpoint as ck
 from apprentice.train.checkpoint import load_state_dict_file
 from apprentice.train.runtime import EXIT_SIGTERM, TrainingInterrupted
+from apprentice.train.state import take_best
 from apprentice.train.step import NonFiniteLossError
 
 from tiny_runs import recipe, tiny
@@ -178,7 +179,7 @@ def test_best_checkpoint_is_chosen_on_the_holdout_never_on_test():
     def epoch(c, test, holdout=None):
         c.epoch += 1
         results = {"test": {"top1": test, "top5": 99.0}, **({"holdout": {"top1": holdout}} if holdout else {})}
-        return loop._take_best(c, results)
+        return take_best(c, results)
 
     c = loop.Counters()
     assert epoch(c, 50.0, 60.0) and c.best == {"top1": 50.0, "top5": 99.0, "epoch": 1, "on": "holdout", "score": 60.0}

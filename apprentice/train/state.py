@@ -41,7 +41,7 @@ from torch import Tensor
 from apprentice.errors import ApprenticeError
 from apprentice.train.progress import Meter
 
-__all__ = ["FORMAT", "MODEL_KEYS", "Counters", "TrainState"]
+__all__ = ["FORMAT", "MODEL_KEYS", "Counters", "TrainState", "take_best"]
 
 FORMAT = 1
 # What rebuilding the trained model needs (`apprentice.train.checkpoint.check_checkpoint`); a
@@ -65,6 +65,20 @@ class Counters:
     top1: float | None = None
     results: dict[str, Any] = field(default_factory=dict)
     meter: Meter = field(default_factory=Meter)
+
+
+def take_best(c: Counters, results: dict[str, dict[str, float]]) -> bool:
+    """Whether the model just evaluated becomes ``best.pt`` (and ``c.best``): a higher holdout top-1
+    than the best so far when the data holds images out (``data.holdout``), else always (the last
+    epoch is the best one can choose without looking at the test set, which the accuracy reports)."""
+    holdout = results.get("holdout", {}).get("top1")
+    score = c.best.get("score")  # absent in checkpoints of older versions, which chose on test
+    if holdout is not None and score is not None and holdout <= score:
+        return False
+    test = results["test"]
+    c.best = {"top1": test["top1"], "top5": test.get("top5"), "epoch": c.epoch,
+              "on": "last" if holdout is None else "holdout", "score": holdout}
+    return True
 
 
 @dataclass

@@ -75,7 +75,7 @@ def data_spec(cfg: Config, *, data_dir: str | None = None, prepare: bool = False
     d = cfg.data
     return resolve_spec(d.name, data_dir or d.dir, channels=d.channels, image_size=d.image_size, mean=d.mean,
                         std=d.std, classes=d.classes, augmentation=d.augmentation, pad=d.pad, flip=d.flip,
-                        augment=d.augment, tensor_cache=d.tensor_cache, workers=d.workers, prepare=prepare,
+                        augment=d.augment, tensor_cache=d.tensor_cache, erase=d.erase, workers=d.workers, prepare=prepare,
                         report=report)
 
 

@@ -30,6 +30,7 @@ _RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
     **dict.fromkeys(("data.holdout", "data.workers", "data.pad", "optim.weight_decay", "optim.warmup_epochs",
                      "train.seed", "train.checkpoint_every", "train.bn_reestimate"), _NONNEG),
     "optim.momentum": (0, 1, True, False),
+    "data.erase": (0, 1, True, True),
     "optim.lr_decay": (0, 1, False, True),
 }
 

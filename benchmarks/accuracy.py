@@ -96,7 +96,10 @@ def common(args: argparse.Namespace, seed: int) -> dict[str, Any]:
 
 
 def teacher_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The teacher's run: FP, seed 0, its own depth, width and length (a stronger teacher trains longer)."""
+    """The teacher's run: FP, seed 0, its own depth, width and length (a stronger teacher trains longer).
+    With ``--teacher-recipe`` the recipe says all of it but the seed and the holdout (the students')."""
+    if getattr(args, "teacher_recipe", None):
+        return {"data.holdout": args.holdout, "train.seed": 0}
     o = {**common(args, 0), "model.name": args.teacher, "quant.precision": "32W/32A", "distill.scheme": "baseline"}
     for _, key, students_only in REGIME.values():  # e.g. the teacher trains with the data set's own augmentation
         if students_only:
@@ -112,7 +115,8 @@ def grid_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
     """Teacher first, then seed by seed (so a partial grid is balanced): FP twin, then each precision's
     baseline, A, B, C. B and C need the teacher; C also needs the same seed's FP twin."""
     teacher = Job("teacher", teacher_overrides(args), meta={"role": "teacher", "precision": "32W/32A",
-                                                             "scheme": "baseline", "seed": 0})
+                                                             "scheme": "baseline", "seed": 0},
+                  **({"recipe": args.teacher_recipe} if getattr(args, "teacher_recipe", None) else {}))
     jobs = [teacher]
     if args.teacher_cache:  # the students' data: the grid's holdout and limit
         views = {"data.pad": args.pad} if getattr(args, "pad", None) is not None else {}
@@ -232,6 +236,9 @@ def regime_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--student-width", type=float, default=1.0, help="the students' and FP twins' width multiplier")
     ap.add_argument("--teacher-width", type=float, default=1.0, help="the teacher's width multiplier")
     ap.add_argument("--teacher-epochs", type=int, default=None, help="the teacher's epochs (default --epochs)")
+    ap.add_argument("--teacher-recipe", default=None,
+                    help="train the teacher from this recipe (e.g. configs/fashion_mnist/teacher_strong.yaml) "
+                         "instead of --teacher/--teacher-width/--teacher-epochs on the students' recipe")
     ap.add_argument("--lr", type=float, default=0.1, help="learning rate of every run but scheme C's")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--channels-last", action="store_true", help="train.channels_last for every run")

@@ -11,10 +11,12 @@
   shorter side to size / 0.875 before the centre crop, as that recipe does.
 
 ``data.augment=false`` turns any of them off (``none``); ``data.flip`` turns the mirroring off.
+``data.erase`` adds random erasing (`random_erase`) after the crop and flip, on tensors only.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +24,13 @@ from torch import Tensor
 
 from apprentice.errors import lookup
 
-__all__ = ["AUGMENTATIONS", "Augmentation", "eval_resize", "pad_crop_flip"]
+__all__ = ["AUGMENTATIONS", "ERASE_AREA", "ERASE_ASPECT", "Augmentation", "eval_resize", "pad_crop_flip", "random_erase"]
+
+
+#: Random erasing's rectangle: its share of the image's area and its aspect ratio (log-uniform), the
+#: paper's s_l, s_h and r_1 (Zhong et al. 2020, sec. 3.1).
+ERASE_AREA = (0.02, 0.4)
+ERASE_ASPECT = (0.3, 1 / 0.3)
 
 
 @dataclass(frozen=True)
@@ -69,3 +77,34 @@ def pad_crop_flip(image: Tensor, *, pad: int, flip: bool, generator: torch.Gener
     if flip and bool(torch.rand((), generator=generator) < 0.5):
         image = image.flip(2)
     return image.contiguous()
+
+
+def random_erase(images: Tensor, p: float, *, generator: torch.Generator) -> Tensor:
+    """Random erasing (Zhong et al., "Random Erasing Data Augmentation", AAAI 2020) on a uint8 batch B×C×H×W.
+
+    Each image, with probability ``p``, gets one rectangle of area ``s·H·W`` (s uniform in
+    `ERASE_AREA`) and aspect ``r`` (log-uniform in `ERASE_ASPECT`), height ``√(s·H·W·r)`` and width
+    ``√(s·H·W/r)`` clipped to the image, at a uniform position, filled with uniform random values
+    (the paper's choice). All draws come from ``generator``, in a fixed order, whatever ``p``.
+
+    Example:
+        >>> x = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+        >>> bool((random_erase(x, 0.0, generator=torch.Generator().manual_seed(0)) == x).all())
+        True
+    """
+    b, c, h, w = images.shape
+    draw = torch.rand(5, b, generator=generator)
+    fill = torch.randint(0, 256, images.shape, generator=generator, dtype=torch.uint8)
+    area = (ERASE_AREA[0] + draw[0] * (ERASE_AREA[1] - ERASE_AREA[0])) * h * w
+    log_lo, log_hi = math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1])
+    aspect = torch.exp(log_lo + draw[1] * (log_hi - log_lo))
+    eh = (area * aspect).sqrt().round().clamp(1, h).long()
+    ew = (area / aspect).sqrt().round().clamp(1, w).long()
+    top = (draw[2] * (h - eh + 1)).long()
+    left = (draw[3] * (w - ew + 1)).long()
+    rows = torch.arange(h)[None, :]
+    cols = torch.arange(w)[None, :]
+    inside = (((rows >= top[:, None]) & (rows < (top + eh)[:, None]))[:, :, None]
+              & ((cols >= left[:, None]) & (cols < (left + ew)[:, None]))[:, None, :])
+    mask = (inside & (draw[4] < p)[:, None, None])[:, None].to(images.device)
+    return torch.where(mask, fill.to(images.device), images)

@@ -241,7 +241,7 @@ def train_batches(name: str, *, batch_size: int, seed: int, data_dir: str | None
                               f"{limited}: an epoch would have no step; lower data.batch_size")
     loader = TensorLoader(train, batch_size=per_rank, shuffle=True, augment=spec.augmentation != "none",
                           device=device, seed=seed, drop_last=True, rank=rank, world_size=world_size,
-                          keys=teacher_cache is not None)
+                          keys=teacher_cache is not None, erase=spec.erase if spec.augmentation != "none" else 0.0)
     if teacher_cache is not None:
         source = tensor_source(train, teacher=teacher_hash, holdout=holdout, limit=limit)
         loader = CachedBatches(loader, open_teacher_cache(teacher_cache, source))

@@ -58,6 +58,7 @@ class DataSpec:
         augmentation: the training augmentation in effect (an `AUGMENTATIONS` key; "none" when off).
         pad, flip: its settings.
         tensor_cache: the training images are held as tensors (always, but for streamed folders).
+        erase: the probability of random erasing after the augmentation (0: off; tensors only).
     """
 
     name: str
@@ -68,6 +69,7 @@ class DataSpec:
     pad: int
     flip: bool
     tensor_cache: bool
+    erase: float = 0.0
 
     @property
     def num_classes(self) -> int:
@@ -94,7 +96,7 @@ def resolve_spec(name: str, data_dir: str | None = None, *, channels: int | None
                  image_size: int | None = None, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, classes: Sequence[str] | None = None,
                  augmentation: str | None = None, pad: int | None = None, flip: bool | None = None,
-                 augment: bool = True, tensor_cache: bool | None = None, workers: int = 0,
+                 augment: bool = True, tensor_cache: bool | None = None, erase: float = 0.0, workers: int = 0,
                  prepare: bool = True, report: Callable[[str], None] | None = None) -> DataSpec:
     """Resolve the facts of data set ``name`` (see the module docstring); None means "the default".
 
@@ -111,7 +113,7 @@ def resolve_spec(name: str, data_dir: str | None = None, *, channels: int | None
     info = lookup(DATASETS, name, "data set")
     given = {"channels": channels, "image_size": image_size, "mean": mean, "std": std, "classes": classes,
              "augmentation": augmentation, "pad": pad, "flip": flip, "augment": augment,
-             "tensor_cache": tensor_cache}
+             "tensor_cache": tensor_cache, "erase": erase}
     if info.kind == "folder":
         return _folder_spec(name, info, data_dir, given, workers, report, prepare)
     if info.kind == "npz":
@@ -145,7 +147,11 @@ def _finish(name: str, info: DatasetInfo, data_dir: str | None, given: dict[str,
         if len(values) != channels:
             raise ApprenticeError(f"{key} has {len(values)} values but the images have {channels} channel(s)")
     pre = Preprocess(channels, size, eval_resize(named, size), tuple(mean), tuple(std), tuple(classes))
-    return DataSpec(name, info.kind, data_dir, pre, named if given["augment"] else "none", pad, flip, cached)
+    if given["erase"] and not (row.on_tensors and cached):
+        raise ApprenticeError(f"data.erase={given['erase']} erases on tensors; {named!r} on a streamed folder "
+                              f"cannot: set data.erase=0, or decode the folder (data.tensor_cache=true)")
+    return DataSpec(name, info.kind, data_dir, pre, named if given["augment"] else "none", pad, flip, cached,
+                    float(given["erase"]))
 
 
 def _folder_spec(name: str, info: DatasetInfo, data_dir: str | None, given: dict[str, Any], workers: int,

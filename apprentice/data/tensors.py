@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from apprentice.data.augment import random_erase
 from apprentice.data.catalog import DATASETS
 from apprentice.data.files import load_cifar, load_idx
 from apprentice.errors import ApprenticeError, lookup
@@ -276,6 +277,8 @@ class TensorLoader:
         batch_size: images per batch on this rank.
         shuffle: permute every epoch (else file order).
         augment: random crop after zero padding (``data.pad``) and flips (``data.flip``).
+        erase: with ``augment``, the probability of random erasing (`random_erase`) after them; its
+            draws have their own seed, so the crops and flips are those of a run without it.
         device: where the uint8 set and the batches live (e.g. "cuda").
         seed: seeds the permutations and the augmentation.
         drop_last: drop the last partial batch (and trim, rather than pad, the rank shares).
@@ -287,13 +290,16 @@ class TensorLoader:
 
     def __init__(self, data: TensorData, *, batch_size: int, shuffle: bool = True, augment: bool = False,
                  device: str | torch.device = "cpu", seed: int = 0, drop_last: bool = False,
-                 rank: int = 0, world_size: int = 1, keys: bool = False) -> None:
+                 rank: int = 0, world_size: int = 1, keys: bool = False, erase: float = 0.0) -> None:
         if batch_size < 1:
             raise ApprenticeError(f"batch_size must be >= 1, got {batch_size}")
         check_shard(rank, world_size)
         self.data, self.batch_size, self.shuffle, self.augment = data, batch_size, shuffle, augment
         self.seed, self.drop_last, self.rank, self.world_size = seed, drop_last, rank, world_size
-        self.keys = keys
+        self.keys, self.erase = keys, erase
+        if erase and keys:
+            raise ApprenticeError("random erasing (data.erase) changes the views a teacher cache is keyed by; "
+                                  "set data.erase=0 for a cached teacher")
         self.device = torch.device(device)
         self.images = data.images.to(self.device)
         self.labels = data.labels.to(self.device)
@@ -347,6 +353,9 @@ class TensorLoader:
             images = apply_views(images, views, pad=pad, flip=flip)
         else:
             views = center_views(len(cpu_idx), pad=pad, flip=flip)
+        if self.augment and self.erase:
+            g = torch.Generator().manual_seed(mix_seeds(self.seed, 2, epoch, step, self.rank))
+            images = random_erase(images, self.erase, generator=g)
         x, y = normalize(images, self._mean, self._std), self.labels.index_select(0, idx)
         return Batch(x, y, cpu_idx, views) if self.keys else (x, y)
 

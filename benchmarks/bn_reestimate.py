@@ -30,7 +30,7 @@ from accuracy_goals import last_epoch_drop
 from accuracy_report import _diff, _fmt, _ms
 
 import apprentice as ap
-from apprentice.build import eval_data
+from apprentice.run.build import eval_data
 
 ROLES = ("fp_twin", "plateau", "student", "convergence")  # rows with a trained student (not the teacher)
 DROP = 0.3  # points: a final epoch this far below the best of the three before it "fell"

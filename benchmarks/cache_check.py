@@ -39,7 +39,7 @@ from apprentice.data import (
     tensor_source,
     view_count,
 )
-from apprentice.runs import load_run
+from apprentice.run.runs import load_run
 
 
 def build_seconds(log: Path) -> float | None:

@@ -1,6 +1,6 @@
 """Does the exported model predict what the trained PyTorch student predicts? (full test set)
 
-Loads a trained run (``apprentice.runs.load_run``: the fake-quant student, ``eval()``), runs the
+Loads a trained run (``apprentice.run.runs.load_run``: the fake-quant student, ``eval()``), runs the
 whole Fashion-MNIST test set (10,000 images, normalised by ``TensorLoader(shuffle=False)``) through
 
 * the PyTorch fake-quant student (the reference),
@@ -39,7 +39,7 @@ from _stamp import markdown_table, stamp, stamp_markdown, write_results
 from apprentice.data import TensorLoader, load_tensors
 from apprentice.export import export_onnx, load_packed, save_packed
 from apprentice.export.int8_onnx import runtime_ops
-from apprentice.runs import load_run
+from apprentice.run.runs import load_run
 
 REQUIRED = 0.999
 

@@ -9,7 +9,7 @@ commit (``--before``), to record what the optimisation of that path bought.
     .venv/bin/python benchmarks/speed.py --before COMMIT --wait-load 0.5
 
 (The committed results were made with ``--before 91f2ef2`` before the package was split into
-subpackages; ``--before`` now needs a commit that has ``apprentice/build.py``.)
+subpackages; ``--before`` now needs a commit that has ``apprentice/run/build.py``.)
 
 One step = `apprentice.train.step.train_step` (zero_grad, forward of student and teacher, the Apprentice
 loss, backward, gradient norm, SGD update), the loop `apprentice train` runs, on one fixed random
@@ -119,7 +119,7 @@ def torch_ao_student(model, precision: str):
 
 def build_case(name: str, args: argparse.Namespace, pkg=None):
     """(distiller, optimizer, teacher_or_None) of one case, in train mode, built by the library's own
-    `apprentice.build` from the case's config (``pkg``: the `apprentice` package, or the ``--before``
+    `apprentice.run.build` from the case's config (``pkg``: the `apprentice` package, or the ``--before``
     commit's copy of it). The teacher has random weights: only its cost is measured here."""
     import importlib
 
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cases", nargs="+", default=[*CASES, *PEERS])
     ap.add_argument("--before", default=None, metavar="COMMIT",
-                    help="also time the fake-quant cases at this commit (one with apprentice/build.py)")
+                    help="also time the fake-quant cases at this commit (one with apprentice/run/build.py)")
     ap.add_argument("--wait-load", type=float, default=None, metavar="LOAD",
                     help="first wait until the 1-minute load average is below LOAD and no pytest/apprentice runs")
     ap.add_argument("--wait-max", type=float, default=1800)

@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from apprentice import cli, loop
+from apprentice import cli
+from apprentice.run import loop
 from apprentice.train import checkpoint
 
 

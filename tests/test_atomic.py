@@ -18,7 +18,7 @@ from apprentice.atomic import (
     remove_stale_temps,
 )
 from apprentice.config import load_config
-from apprentice.loop import fit
+from apprentice.run.loop import fit
 from apprentice.train import checkpoint as ck
 
 

@@ -7,7 +7,7 @@ to any file of the runs already on disk.
 broken files (data, teachers, checkpoints, packed models). Training cases name the finished run
 as ``train.out`` with ``--overwrite``, so they also show that a bad input fails before anything of
 an existing run is cleared. Every case runs in-process through
-``apprentice.cli.main``; the cases marked ``sub`` also run as real ``python -m apprentice``
+``apprentice.cli.app``; the cases marked ``sub`` also run as real ``python -m apprentice``
 processes, so that "no traceback" is checked on real stderr. ``docs/bad-inputs.md`` lists every case
 with the message users see; regenerate it with
 
@@ -34,8 +34,8 @@ from safetensors.torch import save_file
 
 from apprentice.cli import main
 from apprentice.config import dump_yaml, load_config
-from apprentice.loop import fit
 from apprentice.models import build_model
+from apprentice.run.loop import fit
 
 import tiny_runs
 from bad_input_cases import CASES, ROOT, Case
@@ -61,7 +61,7 @@ def _cifar_folder(root: Path) -> Path:
 def _cache_variants(run: Path, f: Path) -> None:
     """A teacher cache of ``run`` over the tiny training set, and broken copies of it."""
     from apprentice.data import cache_teacher
-    from apprentice.runs import load_run
+    from apprentice.run.runs import load_run
 
     cache_teacher(str(f / "t.cache"), load_run(run).model, "synthetic", limit=128)
     raw = (f / "t.cache").read_bytes()

@@ -365,7 +365,7 @@ def test_onnx_speed_tiny_times_every_runtime_and_counts_integer_kernels(tmp_path
 def test_onnx_agreement_on_a_tiny_deployable_run(tmp_path):
     pytest.importorskip("onnxruntime")
 
-    from apprentice.loop import fit
+    from apprentice.run.loop import fit
 
     sys.path.insert(0, str(ROOT / "tests"))
     from tiny_runs import tiny
@@ -404,7 +404,7 @@ def test_quiet_wait_counts_running_training_processes_but_not_stopped_ones():
 def test_bn_reestimate_measures_a_grids_final_checkpoints_and_resumes(tmp_path, monkeypatch):
     import bn_reestimate
 
-    from apprentice.loop import fit
+    from apprentice.run.loop import fit
 
     from tiny_runs import tiny
 

@@ -1,4 +1,4 @@
-"""Tests of apprentice.build with a teacher-output cache: the cached run equals the live-teacher run,
+"""Tests of apprentice.run.build with a teacher-output cache: the cached run equals the live-teacher run,
 resumes, and is refused where it cannot be right (scheme A, another teacher or other data)."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import torch
 
 from apprentice.data import cache_teacher
 from apprentice.errors import ApprenticeError
-from apprentice.loop import fit
-from apprentice.runs import load_run
+from apprentice.run.loop import fit
+from apprentice.run.runs import load_run
 from apprentice.train.runtime import TrainingInterrupted
 
 from tiny_runs import recipe, tiny
@@ -58,7 +58,7 @@ def test_cached_run_equals_live_teacher_run(teacher_and_cache, tmp_path):
 
 
 def test_cached_run_resumes_bit_identically(teacher_and_cache, tmp_path, monkeypatch):
-    from apprentice import loop
+    from apprentice.run import loop
 
     teacher, cache = teacher_and_cache
     cfg = _student(tmp_path / "r", teacher, f"distill.teacher_cache={cache}", "train.epochs=2")
@@ -139,7 +139,7 @@ def test_torchrun_two_processes_share_one_cache(teacher_and_cache, tmp_path):
 
 
 def test_a_stored_config_from_before_null_image_sizes_reads_as_null_for_tensor_data_sets():
-    from apprentice.runs import stored_config
+    from apprentice.run.runs import stored_config
 
     for name, expected in (("fashion_mnist", None), ("imagenet", 224)):
         cfg = stored_config({"config": {"data": {"name": name, "image_size": 224}}}, "old.pt")

@@ -123,7 +123,7 @@ def test_yaml_tag_file_refused(tmp_path, capsys):
 
 
 def test_runtime_failure_exit_1_and_interrupt_130(monkeypatch, capsys):
-    from apprentice import cli
+    import apprentice.cli.app as cli
 
     def boom(args):
         raise RuntimeError("loss is nan at step 3\nsecond line")
@@ -141,7 +141,7 @@ def test_runtime_failure_exit_1_and_interrupt_130(monkeypatch, capsys):
 
 
 def test_training_stop_codes_come_from_the_exception(monkeypatch, capsys):
-    from apprentice import cli
+    import apprentice.cli.app as cli
     from apprentice.train.runtime import TrainingInterrupted
     from apprentice.train.step import NonFiniteLossError
 
@@ -161,7 +161,7 @@ def test_training_stop_codes_come_from_the_exception(monkeypatch, capsys):
 
 
 def test_overrides_may_follow_flags(monkeypatch, tmp_path):
-    from apprentice import cli
+    import apprentice.cli.app as cli
 
     seen = {}
     monkeypatch.setattr(cli, "cmd_train", lambda args: seen.update(vars(args)) or 0)
@@ -327,7 +327,7 @@ def test_packed_fp32_size_comes_from_the_map_also_when_bn_was_folded(smoke_run, 
 
 def test_eval_of_a_model_with_fewer_than_five_classes(tmp_path, capsys, image_folder):
     from apprentice.config import load_config
-    from apprentice.loop import fit
+    from apprentice.run.loop import fit
 
     out = tmp_path / "run"
     fit(load_config(None, ["model.name=resnet18", "model.width=0.125", "model.small_input=true",
@@ -343,7 +343,7 @@ def test_eval_of_a_model_with_fewer_than_five_classes(tmp_path, capsys, image_fo
 
 
 def test_table_right_aligns_numbers_with_thousands_separators():
-    from apprentice.commands import _table
+    from apprentice.cli.commands import _table
 
     text = _table([["conv1", "2,304", "-1.5", "12.3%", "4.0x"], ["layer1.0.conv1", "36", "10", "9%", "12.5x"]],
                   ["layer", "params", "delta", "share", "ratio"])
@@ -357,7 +357,7 @@ def test_mixed_precision_recipe_trains_exports_and_reloads_equal(tmp_path, capsy
     import torch
 
     from apprentice.export import load_packed
-    from apprentice.runs import load_run
+    from apprentice.run.runs import load_run
 
     out, packed = tmp_path / "mixed", tmp_path / "mixed.safetensors"
     rules = "quant.layers={conv1: 8W/32A, 'layer3.*': 4W/8A, '*': 2W/8A}"

@@ -1,4 +1,4 @@
-"""Config checks (apprentice.config_checks.validate): value ranges, choices, combinations, per-layer
+"""Config checks (apprentice.config.checks.validate): value ranges, choices, combinations, per-layer
 rules and a user's own model, each error naming its key. Loading and dumping: tests/test_config.py."""
 
 from __future__ import annotations

@@ -245,7 +245,7 @@ def test_checkpoints_from_before_the_add_module_load_and_start_a_deployable_stud
     from pathlib import Path
 
     from apprentice.distill import make_student
-    from apprentice.runs import load_run
+    from apprentice.run.runs import load_run
 
     # A committed FP ResNet-8 checkpoint, written before the blocks had an Add module: loads strictly.
     run = load_run(Path(__file__).resolve().parents[1] / "benchmarks/results/accuracy_lsq_runs/fp-s0")

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from apprentice.cli import main
-from apprentice.loop import fit
+from apprentice.run.loop import fit
 from apprentice.train import checkpoint as ck
 from apprentice.train.step import NonFiniteLossError
 

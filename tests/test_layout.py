@@ -4,8 +4,9 @@
   public CAPITALISED name to a dict literal, ``dict(...)`` or dict comprehension is a table; no name
   is defined in two modules, and the config modules define none (they look names up in the owners' tables).
 - Import arrows point one way: the graph of apprentice's modules (imports at module level and
-  inside functions alike) has no cycle, and the components below ``build`` never import the
-  config, build, loop or cli modules.
+  inside functions alike) has no cycle, and the layers are packages: `LAYERS` ranks
+  ``apprentice.cli`` above ``apprentice.run`` above ``apprentice.config`` above everything else
+  (the components and the shared bottom), and no module imports a module of a higher layer.
 """
 
 from __future__ import annotations
@@ -15,15 +16,14 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "apprentice"
 TABLE_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
-CONFIG = ("apprentice.config", "apprentice.config_schema", "apprentice.config_checks")
-UPPER = (*CONFIG, "apprentice.build", "apprentice.runs", "apprentice.teacher", "apprentice.file_checks",
-         "apprentice.loop", "apprentice.commands", "apprentice.user_code", "apprentice.cli")
-COMPONENTS = ("apprentice.train", "apprentice.data", "apprentice.quant", "apprentice.export",
-              "apprentice.distill", "apprentice.models", "apprentice.losses")
+#: the packages that see the config tree, by rank; every other module is rank 0 (a component)
+LAYERS = {"apprentice.config": 1, "apprentice.run": 2, "apprentice.cli": 3, "apprentice.__main__": 3}
+
+
+def layer(module: str) -> int:
+    return next((rank for pkg, rank in LAYERS.items() if module == pkg or module.startswith(pkg + ".")), 0)
 
 
 def module_name(path: Path) -> str:
@@ -110,7 +110,7 @@ def test_every_choice_table_is_defined_once_and_not_by_config():
     assert {"SCHEMES", "MODELS", "DATASETS", "AMP_MODES", "SHORTCUTS", "NONFINITE_POLICIES"} <= set(owners)
     twice = {table: mods for table, mods in owners.items() if len(mods) > 1}
     assert not twice, f"choice tables defined in more than one module: {twice}"
-    in_config = [table for table, mods in owners.items() if set(mods) & set(CONFIG)]
+    in_config = [table for table, mods in owners.items() if any(layer(m) == 1 for m in mods)]
     assert not in_config, f"the config modules define choice tables {in_config}; look them up in their owners"
 
 
@@ -129,13 +129,24 @@ def test_the_cycle_finder_finds_one():
     assert cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
 
 
-@pytest.mark.parametrize("component", COMPONENTS)
-def test_components_never_import_the_config_or_what_uses_it(component):
+def test_no_module_imports_a_higher_layer():
     edges = graph()
-    for name, targets in edges.items():
-        if name == component or name.startswith(component + "."):
-            upward = sorted(t for t in targets if t in UPPER)
-            assert not upward, f"{name} imports {upward}; components take plain arguments"
+    assert {layer(m) for m in edges} == {0, 1, 2, 3}, "each layer package holds modules"
+    upward = {name: sorted(t for t in targets if layer(t) > layer(name))
+              for name, targets in edges.items() if name != "apprentice"}  # the facade re-exports all
+    upward = {name: targets for name, targets in upward.items() if targets}
+    assert not upward, f"imports of a higher layer (components take plain arguments): {upward}"
+
+
+def test_the_top_level_holds_the_face_and_the_domain_only():
+    top = sorted(p.stem for p in PACKAGE.glob("*.py"))
+    assert top == ["__init__", "__main__", "atomic", "distill", "errors", "losses", "models", "version",
+                   "weights"], top
+
+
+def test_the_layer_rule_sees_a_violation():
+    assert layer("apprentice.run.loop") == 2 and layer("apprentice.config") == 1 and layer("apprentice.configs") == 0
+    assert layer("apprentice.data.spec") < layer("apprentice.config.schema")
 
 
 def test_the_import_reader_resolves_packages_and_function_level_imports():
@@ -147,4 +158,4 @@ def test_the_import_reader_resolves_packages_and_function_level_imports():
         "apprentice.train", "apprentice.train.step", "apprentice.config", "apprentice.quant", "apprentice.quant.modules",
         "apprentice.data"}
     facade = ast.parse("from apprentice import __version__, data\n")
-    assert imports("apprentice.loop", facade, modules) == {"apprentice", "apprentice.data"}
+    assert imports("apprentice.run.loop", facade, modules) == {"apprentice", "apprentice.data"}

@@ -1,4 +1,4 @@
-"""Tests of training on your own images and of ``apprentice predict`` (apprentice.predict): the facts a
+"""Tests of training on your own images and of ``apprentice predict`` (apprentice.cli.predict): the facts a
 folder run records and reuses, predictions of a run, a packed file and an ONNX file, unreadable
 images, and commands that fail on bad data leaving no run folder behind."""
 
@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from apprentice.build import data_spec, eval_data, preprocess_from_config
 from apprentice.cli import main
+from apprentice.cli.predict import load_predictor, predict
 from apprentice.data import Preprocess
-from apprentice.predict import load_predictor, predict
-from apprentice.runs import load_run
+from apprentice.run.build import data_spec, eval_data, preprocess_from_config
+from apprentice.run.runs import load_run
 
 from format_writers import write_image_folder
 

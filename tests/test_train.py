@@ -1,4 +1,4 @@
-"""Tests of apprentice.loop (fit) and apprentice.runs.load_run, end to end on tiny runs.
+"""Tests of apprentice.run.loop (fit) and apprentice.run.runs.load_run, end to end on tiny runs.
 
 Everything runs on the CPU with the synthetic data set (1x16x16, 10 classes) and resnet8 at width
 0.25, so each fit takes a second or two. Subprocess tests (SIGTERM + resume, torchrun) use one
@@ -21,12 +21,12 @@ import pytest
 import torch
 from torch import nn
 
-from apprentice import loop
 from apprentice.config import config_to_dict, load_config
 from apprentice.errors import ApprenticeError
-from apprentice.loop import fit
 from apprentice.models import build_model
-from apprentice.runs import load_run
+from apprentice.run import loop
+from apprentice.run.loop import fit
+from apprentice.run.runs import load_run
 from apprentice.train import checkpoint as ck
 from apprentice.train.checkpoint import load_state_dict_file
 from apprentice.train.runtime import EXIT_SIGTERM, TrainingInterrupted
@@ -202,7 +202,7 @@ def test_bn_reestimate_recomputes_the_statistics_after_the_last_epoch_and_report
     bn = run.model.bn1
     saved = (bn.running_mean.clone(), bn.running_var.clone())
     from apprentice import reestimate_batchnorm
-    from apprentice.build import eval_data
+    from apprentice.run.build import eval_data
     reestimate_batchnorm(run.model, eval_data(run.config, "train", batch_size=32), max_batches=2)
     torch.testing.assert_close((bn.running_mean, bn.running_var), saved)  # recomputing gives the same: resumable
     with pytest.raises(ApprenticeError, match="train.bn_reestimate"):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from apprentice.cli import main
-from apprentice.loop import fit
+from apprentice.run.loop import fit
 
 from format_writers import make_cifar10
 from tiny_runs import recipe, tiny

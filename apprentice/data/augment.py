@@ -92,7 +92,7 @@ def random_erase(images: Tensor, p: float, *, generator: torch.Generator) -> Ten
         >>> bool((random_erase(x, 0.0, generator=torch.Generator().manual_seed(0)) == x).all())
         True
     """
-    b, c, h, w = images.shape
+    b, _, h, w = images.shape
     draw = torch.rand(5, b, generator=generator)
     fill = torch.randint(0, 256, images.shape, generator=generator, dtype=torch.uint8)
     area = (ERASE_AREA[0] + draw[0] * (ERASE_AREA[1] - ERASE_AREA[0])) * h * w

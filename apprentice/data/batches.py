@@ -2,7 +2,7 @@
 
 `train_batches` gives the shuffled, augmented training batches with a resumable position
 (``set_epoch``, ``state_dict``, ``load_state_dict``, ``step``); `eval_batches` gives the
-unaugmented batches of one split. Both take plain arguments; `apprentice.build` maps the config
+unaugmented batches of one split. Both take plain arguments; `apprentice.run.build` maps the config
 onto them.
 
 Decisions:

@@ -16,7 +16,7 @@ folders and arrays the files decide what nobody said:
 - tensor cache: on when the augmentation runs on tensors and the decoded training images fit in
   `apprentice.data.folder_cache.AUTO_CACHE_BYTES`.
 
-`apprentice.build` writes the resolved facts of a folder or npz data set into the run's config, so
+`apprentice.run.build` writes the resolved facts of a folder or npz data set into the run's config, so
 evaluation, export and ``apprentice predict`` reuse them exactly and never recompute them.
 `load_split` turns a spec into a `TensorData` for every data set held as tensors.
 """

@@ -2,8 +2,8 @@
 
 Only the command line, `apprentice.fit` and this module see a `Config`; every component below
 takes plain typed arguments. ``build_*`` functions map config sections onto those arguments. Runs
-read back live in `apprentice.runs`, the teacher read back in `apprentice.teacher`, the checks on
-the files a command is given in `apprentice.file_checks`.
+read back live in `apprentice.run.runs`, the teacher read back in `apprentice.run.teacher`, the checks on
+the files a command is given in `apprentice.run.file_checks`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from apprentice.config_checks import validate
-from apprentice.config_schema import Config
+from apprentice.config.checks import validate
+from apprentice.config.schema import Config
 from apprentice.data import (
     DATASETS,
     DataSpec,
@@ -32,7 +32,6 @@ from apprentice.data import (
 )
 from apprentice.distill import SCHEMES, Distiller, make_student
 from apprentice.errors import ApprenticeError, lookup
-from apprentice.file_checks import NOT_WEIGHTS, check_kind
 from apprentice.models import count_parameters
 from apprentice.quant import (
     LayerPlan,
@@ -40,7 +39,8 @@ from apprentice.quant import (
     parse_precision,
     quantized_layers,
 )
-from apprentice.teacher import build_from_config, load_teacher
+from apprentice.run.file_checks import NOT_WEIGHTS, check_kind
+from apprentice.run.teacher import build_from_config, load_teacher
 from apprentice.train.checkpoint import load_state_dict_file
 from apprentice.train.optim import LRSchedule, make_optimizer, param_groups
 from apprentice.train.runtime import Runtime
@@ -49,7 +49,7 @@ from apprentice.weights import check_finite
 __all__ = [
     "Training",
     "build_distiller",
-    "build_from_config",  # its home is apprentice.teacher; benchmarks/speed.py reaches it here at any commit
+    "build_from_config",  # its home is apprentice.run.teacher; benchmarks/speed.py reaches it here at any commit
     "build_optimizer",
     "build_student",
     "build_teacher",
@@ -170,7 +170,7 @@ def train_data(cfg: Config, rt: Runtime, *, teacher_hash: str | None = None) -> 
 
 @dataclass
 class Training:
-    """What `apprentice.loop.fit` trains with, built from the config by `build_training`.
+    """What `apprentice.run.loop.fit` trains with, built from the config by `build_training`.
 
     Attributes:
         data: the training batches and what the model needs to know of the data.

@@ -94,7 +94,7 @@ def split_optional(tp: Any) -> tuple[Any, bool]:
 #: A plain YAML value: what a mapping of ``Scalar`` values may hold (``model.args``).
 Scalar = str | int | float | bool
 #: Ordered mappings from strings: value type -> (what messages call it, the Python types accepted).
-PAIR_VALUES: dict[Any, tuple[str, tuple[type, ...]]] = {
+_PAIR_VALUES: dict[Any, tuple[str, tuple[type, ...]]] = {
     str: ("a mapping of strings to strings", (str,)),
     Scalar: ("a mapping of names to plain values", (str, int, float, bool)),
 }
@@ -105,7 +105,7 @@ def _pair_value(tp: Any) -> Any:
     args = typing.get_args(tp) if typing.get_origin(tp) is tuple else ()
     if len(args) == 2 and args[1] is Ellipsis and typing.get_origin(args[0]) is tuple:
         key, value = typing.get_args(args[0])
-        if key is str and value in PAIR_VALUES:
+        if key is str and value in _PAIR_VALUES:
             return value
     return None
 
@@ -119,7 +119,7 @@ def type_name(tp: Any) -> str:
     if dataclasses.is_dataclass(inner):
         name = "a mapping"
     elif _is_pairs(inner):
-        name = PAIR_VALUES[_pair_value(inner)][0]
+        name = _PAIR_VALUES[_pair_value(inner)][0]
     elif typing.get_origin(inner) is tuple:
         elem = typing.get_args(inner)[0]
         name = "a list of " + {str: "strings", int: "integers", float: "floats", bool: "booleans"}[elem]
@@ -177,7 +177,7 @@ def _pairs(value: Any, key: str, tp: Any) -> tuple[tuple[str, Any], ...]:
         pairs = [tuple(p) for p in value]
     else:
         raise ApprenticeError(f"{key}: expected {type_name(tp)}, got {show(value)}")
-    accepted = PAIR_VALUES[_pair_value(split_optional(tp)[0])][1]
+    accepted = _PAIR_VALUES[_pair_value(split_optional(tp)[0])][1]
     for k, v in pairs:
         if not isinstance(k, str) or not isinstance(v, accepted):
             raise ApprenticeError(f"{key}: expected {type_name(tp)}, got {show(k)}: {show(v)}")

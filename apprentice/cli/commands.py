@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from apprentice.errors import ApprenticeError
 
 if TYPE_CHECKING:
-    from apprentice.runs import LoadedModel
+    from apprentice.run.runs import LoadedModel
 
 __all__ = [
     "EXIT_INTERRUPT", "EXIT_RUNTIME", "EXIT_USER", "EXPORT_SUFFIXES", "PROG", "cmd_cache_teacher", "cmd_compare",
@@ -38,7 +38,7 @@ EXPORT_SUFFIXES = {"packed": "safetensors", "onnx": "onnx"}
 
 def _load(path_text: str) -> LoadedModel:
     # lazily: `apprentice --help` needs no torch
-    from apprentice.runs import load_model_file
+    from apprentice.run.runs import load_model_file
 
     return load_model_file(path_text)
 
@@ -84,7 +84,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from apprentice.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    from apprentice.loop import fit
+    from apprentice.run.loop import fit
 
     summary = fit(cfg, resume=args.resume, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only the first process reports
@@ -98,7 +98,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = loaded.config
     if cfg is None:
         raise ApprenticeError(f"{args.path!r} carries no training config, so its data set is unknown")
-    from apprentice.build import eval_data
+    from apprentice.run.build import eval_data
     from apprentice.train import evaluate
     from apprentice.train.runtime import resolve_device
 
@@ -203,8 +203,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if loaded.kind == "packed":
         raise ApprenticeError(f"{args.path!r} is already a packed file; export a run folder or checkpoint")
     from apprentice import export
-    from apprentice.build import preprocess_from_config
     from apprentice.config import config_to_dict
+    from apprentice.run.build import preprocess_from_config
 
     out = _export_target(args.out, args.format, loaded.path)
     pre = preprocess_from_config(loaded.config, int(loaded.model.arch["num_classes"]))  # for apprentice predict
@@ -237,7 +237,7 @@ def _checkpoint_read(source: Path) -> Path:
 
 def _export_target(text: str, fmt: str, source: Path) -> Path:
     """``--out`` as a path, refusing to replace anything but an earlier export of the same format."""
-    from apprentice.file_checks import check_output_apart, is_packed_export
+    from apprentice.run.file_checks import check_output_apart, is_packed_export
 
     out = Path(text)
     if out.is_dir():
@@ -282,8 +282,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """The class of each image (or the top k) as the model sees it; unreadable images get one line each."""
+    from apprentice.cli.predict import load_predictor, predict
     from apprentice.data.images import image_files
-    from apprentice.predict import load_predictor, predict
     from apprentice.train.runtime import resolve_device
 
     images = image_files([Path(p) for p in args.images], missing_ok=True)  # a missing one: an error line, the rest predicted
@@ -306,10 +306,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_cache_teacher(args: argparse.Namespace) -> int:
     """Run a trained teacher over every training view once and store its logits (schemes B and C)."""
     from apprentice.config import config_from_dict, config_to_dict
-    from apprentice.config_schema import Config
+    from apprentice.config.schema import Config
+    from apprentice.config.typed_yaml import apply_override
     from apprentice.data import cache_teacher
-    from apprentice.file_checks import check_output_apart
-    from apprentice.typed_yaml import apply_override
+    from apprentice.run.file_checks import check_output_apart
 
     loaded = _load(args.teacher)
     if loaded.kind == "packed" or loaded.config is None:
@@ -328,7 +328,7 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
             raise ApprenticeError(f"{text!r}: only data.* settings can be given (the data the students train on)")
         apply_override(tree, text, Config)
     cfg = config_from_dict(tree)
-    from apprentice.build import data_spec
+    from apprentice.run.build import data_spec
     from apprentice.train.runtime import resolve_device
 
     data, report = cfg.data, lambda line: print(f"{PROG}: {line}", file=sys.stderr)

@@ -20,11 +20,11 @@ from typing import Any
 from torch import nn
 
 from apprentice.config import config_from_dict
-from apprentice.config_schema import Config
+from apprentice.config.schema import Config
 from apprentice.data import DATASETS
 from apprentice.errors import ApprenticeError
 from apprentice.export import model_from_packed, read_packed
-from apprentice.file_checks import check_kind, is_packed_file
+from apprentice.run.file_checks import check_kind, is_packed_file
 from apprentice.train.checkpoint import (
     CHECKPOINT_DIR,
     find_checkpoint,

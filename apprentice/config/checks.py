@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any
 
-import apprentice.config_schema as schema
+from apprentice.config import schema
+from apprentice.config.typed_yaml import show
 from apprentice.errors import ApprenticeError, lookup
-from apprentice.typed_yaml import show
 
 __all__ = ["validate"]
 

@@ -1,6 +1,6 @@
 """The training run: ``fit(cfg)``, one explicit loop written as a short sequence of named steps.
 
-``fit`` opens the run folder, builds what trains (`apprentice.build.build_training`: data, student,
+``fit`` opens the run folder, builds what trains (`apprentice.run.build.build_training`: data, student,
 teacher, `Distiller`, optimizer, schedule), restores a resumed run's `TrainState`, and then, per
 epoch, trains (`apprentice.train.step.train_step` per batch), evaluates every split and saves a
 checkpoint; at the end it writes ``summary.json``. Checkpoint layout: `apprentice.train.state`;
@@ -45,15 +45,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from apprentice import build
 from apprentice.atomic import atomic_copy, atomic_write_text, remove_stale_temps
 from apprentice.config import config_to_dict, diff_configs, dump_yaml
-from apprentice.config_checks import validate
-from apprentice.config_schema import Config
+from apprentice.config.checks import validate
+from apprentice.config.schema import Config
 from apprentice.errors import ApprenticeError
-from apprentice.file_checks import check_output_apart
 from apprentice.quant import quantized_layers
-from apprentice.runs import stored_config
+from apprentice.run import build
+from apprentice.run.file_checks import check_output_apart
+from apprentice.run.runs import stored_config
 from apprentice.train import checkpoint as ck
 from apprentice.train import runtime
 from apprentice.train.batchnorm import reestimate_batchnorm

@@ -1,7 +1,7 @@
 """The configuration tree read and written: YAML recipes, dotted overrides, plain dicts, help text.
 
-The tree itself is `apprentice.config_schema` (frozen dataclasses that hold values only, each field
-with its help text) and its checks are `apprentice.config_checks` (`validate`); users import all of
+The tree itself is `apprentice.config.schema` (frozen dataclasses that hold values only, each field
+with its help text) and its checks are `apprentice.config.checks` (`validate`); users import all of
 it from here, the library from where each name is defined. Loading fills the tree generically from
 the type hints. Precedence is defaults < YAML file < overrides. This module and the two it builds
 on need only PyYAML: the owners' choice tables are imported when a config is validated.
@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-from apprentice.config_checks import validate
-from apprentice.config_schema import (
+from apprentice.config.checks import validate
+from apprentice.config.schema import (
     Config,
     DataConfig,
     DistillConfig,
@@ -32,8 +32,7 @@ from apprentice.config_schema import (
     QuantConfig,
     TrainConfig,
 )
-from apprentice.errors import ApprenticeError
-from apprentice.typed_yaml import (
+from apprentice.config.typed_yaml import (
     apply_override,
     build,
     field_types,
@@ -44,6 +43,7 @@ from apprentice.typed_yaml import (
     type_name,
     yaml_load,
 )
+from apprentice.errors import ApprenticeError
 
 __all__ = [
     "Config", "DataConfig", "DistillConfig", "ModelConfig", "OptimConfig", "QuantConfig",

@@ -2,7 +2,7 @@
 
 One schema serves YAML recipes, dotted command-line overrides and ``apprentice train --help``:
 every field carries a one-line help text in its metadata and a type hint that loading fills the
-tree from (`apprentice.config`). Defaults are the values written here; `apprentice.config_checks`
+tree from (`apprentice.config`). Defaults are the values written here; `apprentice.config.checks`
 says which values and combinations are allowed.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from apprentice.typed_yaml import Scalar
+from apprentice.config.typed_yaml import Scalar
 
 __all__ = ["Config", "DataConfig", "DistillConfig", "ModelConfig", "OptimConfig", "QuantConfig", "TrainConfig"]
 

@@ -13,10 +13,10 @@ from typing import Any
 
 from torch import nn
 
-from apprentice.config_schema import ModelConfig
+from apprentice.config.schema import ModelConfig
 from apprentice.errors import ApprenticeError
-from apprentice.file_checks import NOT_WEIGHTS, check_kind
 from apprentice.models import build_model, takes_argument
+from apprentice.run.file_checks import NOT_WEIGHTS, check_kind
 from apprentice.train.checkpoint import (
     as_state_dict,
     check_checkpoint,

@@ -1,7 +1,7 @@
 """The `apprentice` command line: train, eval, info, export, compare, predict and cache-teacher.
 
 The argument parser (`build_parser`) and the entry point (`main`); the subcommands' bodies are
-`apprentice.commands`, ``--import`` is `apprentice.user_code`. Errors a user can fix (an
+`apprentice.cli.commands`, ``--import`` is `apprentice.cli.user_code`. Errors a user can fix (an
 `ApprenticeError`, a missing file, bad YAML) print one line ``apprentice: error: <message>`` on
 stderr and exit 2; failures during a run (a non-finite loss, a full disk while checkpointing, a
 lost torchrun peer, an out-of-memory error) exit 1; Ctrl-C exits 130, and a training run stopped by
@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from apprentice.commands import (
+from apprentice.cli.commands import (
     EXIT_INTERRUPT,
     EXIT_RUNTIME,
     EXIT_USER,
@@ -39,8 +39,8 @@ from apprentice.commands import (
     cmd_predict,
     cmd_train,
 )
+from apprentice.cli.user_code import import_user_code
 from apprentice.errors import ApprenticeError
-from apprentice.user_code import import_user_code
 
 __all__ = ["build_parser", "main"]
 
@@ -59,8 +59,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argparse tree of all subcommands."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argparse tree of the subcommands: all of them in full, or only ``command`` in full and the
+    others as names with their one-line help (what `main` builds, so that ``apprentice --help``
+    imports no torch: some subcommands' options list choices from the library's tables)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the full traceback on errors")
@@ -72,9 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, parents=[common],
         description="Low-precision CNNs trained with knowledge distillation (Mishra & Marr, Apprentice, ICLR 2018).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_train, _add_eval, _add_info, _add_export, _add_compare, _add_predict, _add_cache_teacher):
-        add(sub, common)
+    for name, (summary, add) in SUBCOMMANDS.items():
+        if command in (None, name):
+            add(sub, common)
+        else:
+            sub.add_parser(name, help=summary, add_help=False)
     return parser
+
+
+def _command_in(argv: Sequence[str]) -> str:
+    """The subcommand ``argv`` names ("" for none): the first word that is one."""
+    return next((word for word in argv if word in SUBCOMMANDS), "")
 
 
 def _add_train(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -82,7 +92,7 @@ def _add_train(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser(
         "train", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="train a model from a YAML recipe",
+        help=SUBCOMMANDS["train"][0],
         description="Train from a YAML recipe; key=value arguments override its values\n"
                     "(defaults < file < overrides; values are YAML: 0.05, [conv1,fc], null).",
         epilog="config keys:\n" + help_text())
@@ -97,7 +107,7 @@ def _add_eval(sub: Any, common: argparse.ArgumentParser) -> None:
     from apprentice.train.runtime import DEVICE_NAMES
     from apprentice.train.step import AMP_MODES
 
-    p = sub.add_parser("eval", parents=[common], help="evaluate a run, checkpoint or packed file",
+    p = sub.add_parser("eval", parents=[common], help=SUBCOMMANDS["eval"][0],
                        description="Top-1/top-5 accuracy of a run folder, checkpoint or packed model "
                                    "on the data set it was trained on.")
     p.add_argument("path", help="run folder, checkpoint (.pt) or packed file (.safetensors)")
@@ -112,7 +122,7 @@ def _add_eval(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_info(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("info", parents=[common], help="architecture, per-layer precision and sizes",
+    p = sub.add_parser("info", parents=[common], help=SUBCOMMANDS["info"][0],
                        description="Model, per-layer precision, parameters, accuracy and export sizes.")
     p.add_argument("path", help="run folder, checkpoint or packed file")
     p.set_defaults(func=cmd_info)
@@ -122,7 +132,7 @@ def _add_export(sub: Any, common: argparse.ArgumentParser) -> None:
     from apprentice.export import TERNARY_PACKINGS
     from apprentice.export.onnx import ONNX_MODES
 
-    p = sub.add_parser("export", parents=[common], help="write a packed (or ONNX) model",
+    p = sub.add_parser("export", parents=[common], help=SUBCOMMANDS["export"][0],
                        description="Export a trained run: 'packed' = safetensors with 2/4/8-bit or base-3 "
                                    "packed integer codes and a quantization map; 'onnx' = ONNX graph.")
     p.add_argument("path", help="run folder or checkpoint")
@@ -138,7 +148,7 @@ def _add_export(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_compare(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("compare", parents=[common], help="table of runs: accuracy and sizes",
+    p = sub.add_parser("compare", parents=[common], help=SUBCOMMANDS["compare"][0],
                        description="Compare runs: model, precision, scheme, teacher, accuracy, FP32 and packed size.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or checkpoints / packed files)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -148,7 +158,7 @@ def _add_compare(sub: Any, common: argparse.ArgumentParser) -> None:
 def _add_predict(sub: Any, common: argparse.ArgumentParser) -> None:
     from apprentice.train.runtime import DEVICE_NAMES
 
-    p = sub.add_parser("predict", parents=[common], help="classify image files with a trained model",
+    p = sub.add_parser("predict", parents=[common], help=SUBCOMMANDS["predict"][0],
                        description="The class name and probability of each image, as the model sees it (its "
                                    "recorded channels, size, crop and normalisation). An image that cannot be "
                                    "read gets one error line (exit status 2) and the others are still predicted.")
@@ -165,7 +175,7 @@ def _add_cache_teacher(sub: Any, common: argparse.ArgumentParser) -> None:
     from apprentice.train.runtime import DEVICE_NAMES
 
     p = sub.add_parser(
-        "cache-teacher", parents=[common], help="store a trained teacher's logits for every training view",
+        "cache-teacher", parents=[common], help=SUBCOMMANDS["cache-teacher"][0],
         description="Run a trained teacher once over every view a training image can take (pad-crop-flip: "
                     "every offset and flip; image folders: --views random-resized crops) and store its logits, "
                     "so students of schemes B and C train with distill.teacher_cache=FILE at the price of "
@@ -182,6 +192,18 @@ def _add_cache_teacher(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="image folders: seed of the stored crops (default 0)")
     p.set_defaults(func=cmd_cache_teacher)
 
+
+
+#: ``apprentice COMMAND``: its one-line help and the function that adds its parser.
+SUBCOMMANDS: dict[str, tuple[str, Any]] = {
+    "train": ("train a model from a YAML recipe", _add_train),
+    "eval": ("evaluate a run, checkpoint or packed file", _add_eval),
+    "info": ("architecture, per-layer precision and sizes", _add_info),
+    "export": ("write a packed (or ONNX) model", _add_export),
+    "compare": ("table of runs: accuracy and sizes", _add_compare),
+    "predict": ("classify image files with a trained model", _add_predict),
+    "cache-teacher": ("store a trained teacher's logits for every training view", _add_cache_teacher),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        parser = build_parser()
+        parser = build_parser(_command_in(argv))
         try:
             args, extra = parser.parse_known_args(argv)
             if extra:

@@ -56,7 +56,7 @@ def load_predictor(path_text: str, *, device: str | torch.device = "cpu") -> Pre
     path = Path(path_text)
     if path.suffix.lower() == ".onnx":
         return _onnx_predictor(path)
-    from apprentice.runs import load_model_file
+    from apprentice.run.runs import load_model_file
 
     loaded = load_model_file(path_text)
     num_classes = int(getattr(loaded.model, "arch", {}).get("num_classes", 0))
@@ -64,7 +64,7 @@ def load_predictor(path_text: str, *, device: str | torch.device = "cpu") -> Pre
     if isinstance(meta, dict) and "preprocess" in meta:
         pre = Preprocess.from_metadata(meta["preprocess"], meta.get("classes"), repr(path_text))
     elif loaded.config is not None:
-        from apprentice.build import preprocess_from_config
+        from apprentice.run.build import preprocess_from_config
 
         pre = preprocess_from_config(loaded.config, num_classes)
     else:

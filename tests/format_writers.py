@@ -1,5 +1,5 @@
 """Writers of the real on-disk data formats (IDX, CIFAR python pickles, image folders), for tests that
-load them through the real code: tests/test_datafiles.py, tests/test_data.py, tests/test_folders.py."""
+load them through the real code: tests/data/test_datafiles.py, tests/data/test_data.py, tests/data/test_folders.py."""
 
 from __future__ import annotations
 

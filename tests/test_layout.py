@@ -159,3 +159,10 @@ def test_the_import_reader_resolves_packages_and_function_level_imports():
         "apprentice.data"}
     facade = ast.parse("from apprentice import __version__, data\n")
     assert imports("apprentice.run.loop", facade, modules) == {"apprentice", "apprentice.data"}
+
+
+def test_the_tests_mirror_the_packages():
+    tests = PACKAGE.parent / "tests"
+    folders = sorted(p.name for p in tests.iterdir() if p.is_dir() and any(p.glob("test_*.py")))
+    packages = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
+    assert folders == packages, "tests/<package>/ for each apprentice/<package>/"

@@ -14,7 +14,14 @@ from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any
 
-from apprentice.config import schema
+from apprentice.config.schema import (
+    Config,
+    DataConfig,
+    DistillConfig,
+    ModelConfig,
+    OptimConfig,
+    QuantConfig,
+)
 from apprentice.config.typed_yaml import show
 from apprentice.errors import ApprenticeError, lookup
 
@@ -101,7 +108,7 @@ def _imagenet_style(name: str, owners: SimpleNamespace) -> bool:
     return "small_input" in inspect.signature(owners.model_constructor(name)).parameters
 
 
-def _total_stride(m: schema.ModelConfig, owners: SimpleNamespace) -> int | None:
+def _total_stride(m: ModelConfig, owners: SimpleNamespace) -> int | None:
     """How many input pixels one pixel of the model's last stage covers along a side (None: not a built-in)."""
     if m.name not in owners.builtin_models:
         return None
@@ -110,7 +117,7 @@ def _total_stride(m: schema.ModelConfig, owners: SimpleNamespace) -> int | None:
     return 8 if m.small_input else 32  # the 7x7/2 stem and max-pool add a factor 4
 
 
-def _check_model(m: schema.ModelConfig, key: str, owners: SimpleNamespace) -> None:
+def _check_model(m: ModelConfig, key: str, owners: SimpleNamespace) -> None:
     try:
         owners.model_constructor(m.name)
     except ApprenticeError as e:
@@ -133,7 +140,7 @@ def _check_model(m: schema.ModelConfig, key: str, owners: SimpleNamespace) -> No
                f"{list(inspect.signature(owners.model_constructor(m.name)).parameters)}")
 
 
-def _check_values(cfg: schema.Config, owners: SimpleNamespace) -> None:
+def _check_values(cfg: Config, owners: SimpleNamespace) -> None:
     """Ranges (the loss weights' by their one check), names in the owners' tables, device, paths."""
     for key in _RANGES:
         if not key.startswith("model."):
@@ -152,7 +159,7 @@ def _check_values(cfg: schema.Config, owners: SimpleNamespace) -> None:
         _check(v is None or bool(v.strip()), key, "empty path; use null for none")
 
 
-def _check_quant(q: schema.QuantConfig, owners: SimpleNamespace) -> None:
+def _check_quant(q: QuantConfig, owners: SimpleNamespace) -> None:
     if q.quantizer is not None:
         _choice(owners.quantizers, q.quantizer, "weight quantizer", "quant.quantizer")
     try:
@@ -178,7 +185,7 @@ def _check_quant(q: schema.QuantConfig, owners: SimpleNamespace) -> None:
             raise ApprenticeError(f"quant.layers: {e}") from None
 
 
-def _check_distill(d: schema.DistillConfig, owners: SimpleNamespace) -> None:
+def _check_distill(d: DistillConfig, owners: SimpleNamespace) -> None:
     """The scheme's own rule says which inputs it takes (`distill.Scheme.check_inputs`)."""
     scheme = owners.schemes[d.scheme]
     scheme.check_inputs(teacher=d.teacher is not None, teacher_model=d.teacher_model is not None,
@@ -188,7 +195,7 @@ def _check_distill(d: schema.DistillConfig, owners: SimpleNamespace) -> None:
            f"distill.beta and distill.gamma are both 0: scheme {scheme.name!r} would give the student no loss")
 
 
-def _check_data(cfg: schema.Config, owners: SimpleNamespace) -> None:
+def _check_data(cfg: Config, owners: SimpleNamespace) -> None:
     dc = cfg.data
     info = owners.datasets[dc.name]
     _check_image_settings(dc, info, owners)
@@ -209,7 +216,7 @@ def _check_data(cfg: schema.Config, owners: SimpleNamespace) -> None:
                + (f" or {key}.small_input=true" if stride == 32 else ""))
 
 
-def _check_image_settings(dc: schema.DataConfig, info: Any, owners: SimpleNamespace) -> None:
+def _check_image_settings(dc: DataConfig, info: Any, owners: SimpleNamespace) -> None:
     """The image settings: which data sets take them, and their values."""
     own = {"folder": ("image_size", "channels", "classes", "tensor_cache"),
            "npz": ("image_size", "channels", "classes")}.get(info.kind, ())
@@ -232,7 +239,7 @@ def _check_image_settings(dc: schema.DataConfig, info: Any, owners: SimpleNamesp
                f"must name each class once, got {show(dc.classes)}")
 
 
-def _check_optim(o: schema.OptimConfig, epochs: int) -> None:
+def _check_optim(o: OptimConfig, epochs: int) -> None:
     for i, m in enumerate(o.milestones):
         _check(0 < m < 1, f"optim.milestones[{i}]", f"must be a fraction of the run in (0, 1), got {m}")
     _check(list(o.milestones) == sorted(set(o.milestones)), "optim.milestones",
@@ -244,7 +251,7 @@ def _check_optim(o: schema.OptimConfig, epochs: int) -> None:
            f"must be shorter than train.epochs={epochs}, got {o.warmup_epochs}")
 
 
-def validate(cfg: schema.Config) -> None:
+def validate(cfg: Config) -> None:
     """Check value ranges, choices against the owners' tables, and combinations of keys.
 
     Does not touch the file system: teacher, student_init and data paths are checked by `fit`.

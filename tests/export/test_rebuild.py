@@ -1,6 +1,6 @@
 """Tests of apprentice.export.rebuild: a packed file read back into a model, validated against the
 tensors and the model it is loaded into; any model (a user's own, one built by hand), deployable ones.
-Writing the file and the reload of every quantizer: tests/test_export.py."""
+Writing the file and the reload of every quantizer: tests/export/test_export.py."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ from apprentice.train.step import NonFiniteLossError
 
 from tiny_runs import recipe, tiny
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def records(run: Path, kind: str) -> list[dict]:
@@ -410,7 +410,7 @@ def test_truncated_and_foreign_files_name_the_file(teacher_run, tmp_path):
     cut.write_bytes(data[: len(data) // 2])
     text = tmp_path / "notes.pt"
     text.write_text("hello")
-    for path in (cut, text, tmp_path / "missing.pt"):  # load_state_dict_file's own: tests/test_checkpoint.py
+    for path in (cut, text, tmp_path / "missing.pt"):  # load_state_dict_file's own: tests/train/test_checkpoint.py
         with pytest.raises(ApprenticeError) as e:
             load_run(path)
         assert str(path) in str(e.value)

@@ -13,7 +13,7 @@ import pytest
 from apprentice.cli import main
 from apprentice.config import help_text
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 COMMANDS = ["train", "eval", "info", "export", "compare"]
 

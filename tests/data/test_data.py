@@ -1,5 +1,5 @@
 """Tests of apprentice.data: dataset table, normalisation, holdout/limit splits, synthetic data, the
-batched TensorLoader and the ImageNet folder loader. File formats: tests/test_datafiles.py."""
+batched TensorLoader and the ImageNet folder loader. File formats: tests/data/test_datafiles.py."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Tests of apprentice.export.packed: the packed file, reload equality, BN folding.
-Packing itself: tests/test_packing.py; the ONNX export: tests/test_onnx.py."""
+Packing itself: tests/export/test_packing.py; the ONNX export: tests/export/test_onnx.py."""
 
 from __future__ import annotations
 
@@ -295,11 +295,11 @@ def test_find_conv_bn_pairs_uses_the_graph() -> None:
 
 # ----------------------------------------------------------------------------------------------
 # A user's own nn.Module (examples/my_models.py), grouped and depthwise convs included: the students
-# the tests in tests/test_rebuild.py and tests/test_onnx.py reload
+# the tests in tests/export/test_rebuild.py and tests/export/test_onnx.py reload
 # ----------------------------------------------------------------------------------------------
 # ----------------------------------------------------------------------------------------------
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 USER_CASES = [("tinyvgg", "B", "2W/32A", {}), ("tinyvgg", "C", "4W/8A", {"per_channel": True}),
               ("sepnet", "B", "2W/8A", {}), ("sepnet", "C", "2W/8A", {"quantizer": "lsq"})]
 

@@ -1,5 +1,5 @@
 """Config checks (apprentice.config.checks.validate): value ranges, choices, combinations, per-layer
-rules and a user's own model, each error naming its key. Loading and dumping: tests/test_config.py."""
+rules and a user's own model, each error naming its key. Loading and dumping: tests/config/test_config.py."""
 
 from __future__ import annotations
 

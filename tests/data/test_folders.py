@@ -1,7 +1,7 @@
 """Tests of your own images as data: image folders (apprentice.data.images, folders, folder_cache),
 their resolved facts (apprentice.data.spec), augmentation by name (apprentice.data.augment),
 normalisation (apprentice.data.normalise) and .npz arrays (apprentice.data.arrays).
-Training, predict and the command line on folders: tests/test_predict.py."""
+Training, predict and the command line on folders: tests/cli/test_predict.py."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from apprentice.train.runtime import TrainingInterrupted
 
 from tiny_runs import recipe, tiny
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Config schema: defaults < YAML < overrides, every error names its key, every shipped config loads.
-The checks of values and combinations (config_checks.validate): tests/test_config_checks.py."""
+The checks of values and combinations (config_checks.validate): tests/config/test_config_checks.py."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from apprentice.config import (
 )
 from apprentice.errors import ApprenticeError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "configs").rglob("*.yaml"))
 
 

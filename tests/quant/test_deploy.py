@@ -248,7 +248,7 @@ def test_checkpoints_from_before_the_add_module_load_and_start_a_deployable_stud
     from apprentice.run.runs import load_run
 
     # A committed FP ResNet-8 checkpoint, written before the blocks had an Add module: loads strictly.
-    run = load_run(Path(__file__).resolve().parents[1] / "benchmarks/results/accuracy_lsq_runs/fp-s0")
+    run = load_run(Path(__file__).resolve().parents[2] / "benchmarks/results/accuracy_lsq_runs/fp-s0")
     student = build_model(**run.model.arch)
     plan = make_student(student, scheme="C", precision="4W/8A", init_state_dict=run.model.state_dict(), deploy="int8")
     assert sum(isinstance(p, AddPlan) for p in plan.values()) == 3

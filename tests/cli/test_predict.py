@@ -26,7 +26,7 @@ TINY = ["model.name=resnet8", "model.width=0.25", "data.batch_size=8", "data.eva
 
 
 def _train(out: Path, folder: Path, *extra: str) -> int:
-    return main(["train", str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"), *TINY,
+    return main(["train", str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"), *TINY,
                  "data.name=folder", "data.limit=null", f"data.dir={folder}", f"train.out={out}", *extra])
 
 
@@ -168,7 +168,7 @@ def test_npz_arrays_train_from_the_command_line_and_record_their_classes(tmp_pat
     np.savez(tmp_path / "arrays" / "train.npz", images=images[:16], labels=labels[:16], classes=np.array(["dark", "light"]))
     np.savez(tmp_path / "arrays" / "test.npz", images=images[16:], labels=labels[16:])
     out = tmp_path / "run"
-    assert main(["train", str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"), *TINY, "data.name=npz",
+    assert main(["train", str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"), *TINY, "data.name=npz",
                  "data.limit=null", f"data.dir={tmp_path / 'arrays'}", f"train.out={out}"]) == 0
     cfg = load_run(out).config
     assert cfg.data.classes == ("dark", "light") and cfg.data.mean == pytest.approx(((images[:16] / 255).mean(),), abs=1e-4)

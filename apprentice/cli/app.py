@@ -180,7 +180,10 @@ def _add_cache_teacher(sub: Any, common: argparse.ArgumentParser) -> None:
                     "every offset and flip; image folders: --views random-resized crops) and store its logits, "
                     "so students of schemes B and C train with distill.teacher_cache=FILE at the price of "
                     "training without a teacher. Resumable: run it again after an interruption.")
-    p.add_argument("teacher", help="the teacher's run folder or checkpoint")
+    p.add_argument("teacher", nargs="+", help="the teacher's run folder or checkpoint; several: an ensemble (the mean "
+                                              "of their logits), for distill.teacher set to the same list")
+    p.add_argument("--weights", nargs="+", type=float, default=None, metavar="W",
+                   help="an ensemble's weights, one a teacher (distill.teacher_weights); default equal")
     p.add_argument("overrides", nargs="*", metavar="data.key=value",
                    help="the students' data settings where they differ from the teacher's, e.g. data.holdout=5000")
     p.add_argument("--out", required=True, help="the cache file to write")

@@ -194,7 +194,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _teacher(c: Any) -> str:
     if c.distill.teacher:
-        return c.distill.teacher
+        return c.distill.teacher if isinstance(c.distill.teacher, str) else " + ".join(c.distill.teacher)
     return c.distill.teacher_model.name if c.distill.teacher_model is not None else "-"
 
 
@@ -309,16 +309,27 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
     from apprentice.config.schema import Config
     from apprentice.config.typed_yaml import apply_override
     from apprentice.data import cache_teacher
+    from apprentice.distill import Ensemble, check_members
     from apprentice.run.file_checks import check_output_apart
 
-    loaded = _load(args.teacher)
-    if loaded.kind == "packed" or loaded.config is None:
-        raise ApprenticeError(f"{args.teacher!r} is a packed export; cache-teacher needs the teacher's run folder or "
-                              f"checkpoint (its data set and full-precision weights)")
+    # argparse gives every word to the first list: the data.key=value words are the overrides
+    args.overrides = [w for w in args.teacher if "=" in w and not Path(w).exists()] + list(args.overrides)
+    args.teacher = [w for w in args.teacher if w not in args.overrides]
+    if not args.teacher:
+        raise ApprenticeError("give the teacher's run folder or checkpoint (several: an ensemble)")
+    members = [_load(path) for path in args.teacher]
+    for path, loaded in zip(args.teacher, members):
+        if loaded.kind == "packed" or loaded.config is None:
+            raise ApprenticeError(f"{path!r} is a packed export; cache-teacher needs the teacher's run folder or "
+                                  f"checkpoint (its data set and full-precision weights)")
+    if args.weights is not None and len(args.weights) != len(members):
+        raise ApprenticeError(f"--weights: {len(args.weights)} weights for {len(members)} teachers")
+    loaded = members[0]  # the data settings: the first teacher's, with the students' overrides
     out = Path(args.out)
     if out.is_dir():
         raise ApprenticeError(f"--out {args.out!r} is a folder; give a file name, e.g. {str(out / 'teacher.cache')!r}")
-    check_output_apart(out, "--out", {"the teacher's checkpoint": _checkpoint_read(loaded.path)})
+    check_output_apart(out, "--out", {f"the checkpoint of {path!r}": _checkpoint_read(m.path)
+                                      for path, m in zip(args.teacher, members)})
     if out.exists():
         raise ApprenticeError(f"--out {args.out!r} already exists; a finished cache is never replaced (remove it "
                               f"or choose another file)")
@@ -332,9 +343,14 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
     from apprentice.train.runtime import resolve_device
 
     data, report = cfg.data, lambda line: print(f"{PROG}: {line}", file=sys.stderr)
-    teacher = loaded.model.to(resolve_device(args.device, "--device")).eval()
+    spec = data_spec(cfg, report=report)
+    models = [m.model for m in members]
+    check_members(models, channels=spec.preprocess.channels, image_size=spec.preprocess.image_size,
+                  num_classes=spec.num_classes, names=args.teacher)
+    teacher = models[0] if len(models) == 1 else Ensemble(models, args.weights)
+    teacher = teacher.to(resolve_device(args.device, "--device")).eval()
     cache_teacher(str(out), teacher, data.name, data_dir=data.dir, download=data.download, holdout=data.holdout,
                   limit=data.limit, dtype=args.dtype, views=args.views, topk=args.topk, seed=args.seed,
-                  batch_size=args.batch_size, report=report, spec=data_spec(cfg, report=report))
+                  batch_size=args.batch_size, report=report, spec=spec)
     print(f"{PROG}: wrote {out} ({out.stat().st_size:,} bytes); train students with distill.teacher_cache={out}")
     return 0

@@ -156,7 +156,9 @@ def _check_values(cfg: Config, owners: SimpleNamespace) -> None:
     owners.check_device(cfg.train.device, "train.device")
     for key in ("distill.teacher", "distill.student_init", "distill.teacher_cache", "data.dir", "train.out"):
         v = _get(cfg, key)
-        _check(v is None or bool(v.strip()), key, "empty path; use null for none")
+        for i, path in enumerate((v,) if v is None or isinstance(v, str) else v):
+            _check(path is None or bool(path.strip()), key if isinstance(v, str) or v is None else f"{key}[{i}]",
+                   "empty path; use null for none")
 
 
 def _check_quant(q: QuantConfig, owners: SimpleNamespace) -> None:
@@ -191,8 +193,22 @@ def _check_distill(d: DistillConfig, owners: SimpleNamespace) -> None:
     scheme.check_inputs(teacher=d.teacher is not None, teacher_model=d.teacher_model is not None,
                         student_init=d.student_init is not None, teacher_grad_from_gamma=d.teacher_grad_from_gamma,
                         teacher_cache=d.teacher_cache is not None)
+    _check_ensemble(d)
     _check(d.beta + d.gamma > 0, "distill.beta",
            f"distill.beta and distill.gamma are both 0: scheme {scheme.name!r} would give the student no loss")
+
+
+def _check_ensemble(d: DistillConfig) -> None:
+    """An ensemble is a list of teachers; its weights, if given, one positive finite number each."""
+    members = () if d.teacher is None or isinstance(d.teacher, str) else d.teacher
+    if d.teacher_weights is None:
+        return
+    _check(len(members) > 1, "distill.teacher_weights",
+           "weights an ensemble's members: set distill.teacher to a list of two or more teachers")
+    _check(len(d.teacher_weights) == len(members), "distill.teacher_weights",
+           f"{len(d.teacher_weights)} weights for {len(members)} teachers")
+    for i, w in enumerate(d.teacher_weights):
+        _check(math.isfinite(w) and w > 0, f"distill.teacher_weights[{i}]", f"must be a finite number > 0, got {w}")
 
 
 def _check_data(cfg: Config, owners: SimpleNamespace) -> None:

@@ -45,7 +45,8 @@ class QuantConfig:
 @dataclass(frozen=True)
 class DistillConfig:
     scheme: str = _f("baseline", "baseline (no teacher) | A (teacher trained jointly) | B (trained frozen teacher) | C (B + student starts from FP weights)")
-    teacher: str | None = _f(None, "schemes B/C: teacher run folder or state-dict file (.pt/.pth/.safetensors)")
+    teacher: str | tuple[str, ...] | None = _f(None, "schemes B/C: teacher run folder or state-dict file (.pt/.pth/.safetensors); a list of them is an ensemble, its logits the (distill.teacher_weights) weighted mean of theirs")
+    teacher_weights: tuple[float, ...] | None = _f(None, "ensemble teacher: each member's weight in the mean of the logits (normalised to sum 1); null = equal")
     teacher_model: ModelConfig | None = field(default=None, metadata={"help": "teacher architecture; needed for scheme A and for a plain state-dict teacher, else read from the teacher run"})
     student_init: str | None = _f(None, "scheme C: run folder or FP state-dict file of the student architecture to start from")
     alpha: float = _f(1.0, "weight of the teacher's cross-entropy with the labels (scheme A only)")

@@ -81,10 +81,17 @@ def field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+#: One path or several (``distill.teacher``: a run, or the runs of an ensemble): a string stays a
+#: string, a list becomes a tuple of strings.
+OneOrMore = str | tuple[str, ...]
+
+
 def split_optional(tp: Any) -> tuple[Any, bool]:
     """(inner type, allows None) for `X | None`; (tp, False) otherwise."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if set(args) == set(typing.get_args(OneOrMore)):
+            return OneOrMore, len(args) != len(typing.get_args(tp))
         if len(args) != 1:
             raise TypeError(f"unsupported config type {tp}")
         return args[0], len(args) != len(typing.get_args(tp))
@@ -118,6 +125,8 @@ def type_name(tp: Any) -> str:
     inner, optional = split_optional(tp)
     if dataclasses.is_dataclass(inner):
         name = "a mapping"
+    elif inner == OneOrMore:
+        name = "a string or a list of strings"
     elif _is_pairs(inner):
         name = _PAIR_VALUES[_pair_value(inner)][0]
     elif typing.get_origin(inner) is tuple:
@@ -151,6 +160,12 @@ def convert(tp: Any, value: Any, key: str) -> Any:
         raise ApprenticeError(f"{key}: expected {type_name(tp)}, got null")
     if dataclasses.is_dataclass(inner):
         return build(inner, value, key)
+    if inner == OneOrMore:
+        if isinstance(value, str):
+            return value
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ApprenticeError(f"{key}: expected {type_name(tp)}, got {show(value)}")
+        return convert(tuple[str, ...], value, key)
     if _is_pairs(inner):
         return _pairs(value, key, tp)
     if typing.get_origin(inner) is tuple:

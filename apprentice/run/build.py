@@ -40,7 +40,7 @@ from apprentice.quant import (
     quantized_layers,
 )
 from apprentice.run.file_checks import NOT_WEIGHTS, check_kind
-from apprentice.run.teacher import build_from_config, load_teacher
+from apprentice.run.teacher import build_from_config, load_teachers
 from apprentice.train.checkpoint import load_state_dict_file
 from apprentice.train.optim import LRSchedule, make_optimizer, param_groups
 from apprentice.train.runtime import Runtime
@@ -265,7 +265,8 @@ def build_teacher(cfg: Config, *, num_classes: int, in_channels: int) -> nn.Modu
     if scheme.teacher == "joint":
         return build_from_config(kd.teacher_model, num_classes=num_classes, in_channels=in_channels)  # type: ignore[arg-type]
     if scheme.frozen_teacher:
-        return load_teacher(kd.teacher, kd.teacher_model, num_classes=num_classes, in_channels=in_channels)  # type: ignore[arg-type]
+        return load_teachers(kd.teacher, kd.teacher_model, weights=kd.teacher_weights,  # type: ignore[arg-type]
+                             num_classes=num_classes, in_channels=in_channels)
     return None
 
 

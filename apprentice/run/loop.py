@@ -54,6 +54,7 @@ from apprentice.quant import quantized_layers
 from apprentice.run import build
 from apprentice.run.file_checks import check_output_apart
 from apprentice.run.runs import stored_config
+from apprentice.run.teacher import teacher_paths
 from apprentice.train import checkpoint as ck
 from apprentice.train import runtime
 from apprentice.train.batchnorm import reestimate_batchnorm
@@ -108,7 +109,7 @@ def fit(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> dict[s
         raise ApprenticeError("give resume or overwrite, not both")
     validate(cfg)
     kd = cfg.distill  # a run never writes where it reads; checked before anything of train.out is touched
-    reads = {"distill.teacher": kd.teacher, "distill.student_init": kd.student_init,
+    reads = {**teacher_paths(kd.teacher), "distill.student_init": kd.student_init,
              "distill.teacher_cache": kd.teacher_cache}
     check_output_apart(cfg.train.out, "train.out", reads)
     if cfg.train.amp == "fp16" and not (cfg.train.device.startswith("cuda") or

@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from apprentice.config.schema import ModelConfig
+from apprentice.distill import Ensemble
 from apprentice.errors import ApprenticeError
 from apprentice.models import build_model, takes_argument
 from apprentice.run.file_checks import NOT_WEIGHTS, check_kind
@@ -28,7 +29,7 @@ from apprentice.train.checkpoint import (
 )
 from apprentice.weights import check_finite, load_strict, torch_load
 
-__all__ = ["build_from_config", "load_teacher", "model_arguments"]
+__all__ = ["build_from_config", "load_teacher", "load_teachers", "model_arguments", "teacher_paths"]
 
 
 def model_arguments(m: ModelConfig, *, num_classes: int, in_channels: int) -> dict[str, Any]:
@@ -107,3 +108,34 @@ def load_teacher(path: str, model_cfg: ModelConfig | None, *, num_classes: int, 
     check_finite(sd, f"teacher {path!r}")
     return model.eval()
 
+
+
+def teacher_paths(teacher: str | tuple[str, ...] | None) -> dict[str, str]:
+    """``distill.teacher`` as ``{how a message names it: path}``: one teacher, or each member of an ensemble."""
+    if teacher is None:
+        return {}
+    if isinstance(teacher, str):
+        return {"distill.teacher": teacher}
+    return {f"distill.teacher[{i}]": path for i, path in enumerate(teacher)}
+
+
+def load_teachers(teacher: str | tuple[str, ...], model_cfg: ModelConfig | None, *,
+                  weights: tuple[float, ...] | None, num_classes: int, in_channels: int) -> nn.Module:
+    """``distill.teacher``: one trained teacher (`load_teacher`), or an `Ensemble` of several.
+
+    Every member is checked as a single teacher is (it exists, holds float weights, predicts the data
+    set's classes from its channels; messages name ``distill.teacher[i]``), so members of different
+    class counts or input channels never meet in one ensemble.
+    """
+    if isinstance(teacher, str):
+        return load_teacher(teacher, model_cfg, num_classes=num_classes, in_channels=in_channels)
+    if len(set(teacher)) != len(teacher):
+        raise ApprenticeError(f"distill.teacher lists a teacher twice: {list(teacher)}; weight it with "
+                              f"distill.teacher_weights instead")
+    members = []
+    for key, path in teacher_paths(teacher).items():
+        try:
+            members.append(load_teacher(path, model_cfg, num_classes=num_classes, in_channels=in_channels))
+        except ApprenticeError as e:
+            raise ApprenticeError(f"{key}: {e}") from None
+    return Ensemble(members, weights).eval()

@@ -490,3 +490,31 @@ def test_a_student_takes_its_crops_from_the_crop_cache(tmp_path, image_folder):
     resumed.load_state_dict({"epoch": 1, "step": 1})
     rest = torch.cat([x for x, _, _ in resumed])
     assert torch.equal(rest, epochs[1][4:])
+
+
+# ---------------------------------------------------------------- ensembles
+
+
+def test_an_ensembles_cache_is_the_weighted_mean_of_its_members_live_logits_view_by_view(tmp_path):
+    from apprentice.distill import Ensemble
+
+    data, members, weights = _data(), [_teacher(1), _teacher(2), _teacher(3)], (1.0, 2.0, 1.0)
+    path = tmp_path / "ensemble.cache"
+    source = tc.build_teacher_cache(path, Ensemble(members, weights), data, dtype="float32", batch_size=64)
+    cache = tc.open_teacher_cache(path, source)
+    index, view = torch.arange(6).repeat_interleave(50), torch.arange(50).repeat(6)
+    live = sum(w / 4 * _live(m, data, index, view) for w, m in zip(weights, members))
+    torch.testing.assert_close(cache.lookup(index, view), live, rtol=1e-5, atol=1e-6)
+
+
+def test_a_cache_of_another_ensemble_is_refused(tmp_path):
+    from apprentice.distill import Ensemble
+
+    data, members = _data(), [_teacher(1), _teacher(2)]
+    path = tmp_path / "ensemble.cache"
+    tc.build_teacher_cache(path, Ensemble(members), data, batch_size=64)
+    for other in (Ensemble(members, [2.0, 1.0]), Ensemble(members[::-1]), Ensemble([members[0], _teacher(3)])):
+        expected = tc.tensor_source(data, teacher=tc.teacher_hash(other))
+        with pytest.raises(ApprenticeError, match="teacher"):
+            tc.open_teacher_cache(path, expected)
+    tc.open_teacher_cache(path, tc.tensor_source(data, teacher=tc.teacher_hash(Ensemble(members))))

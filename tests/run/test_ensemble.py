@@ -1,0 +1,91 @@
+"""Teacher ensembles through recipes and the command line: `distill.teacher` as a list of runs,
+live and through a cache (`apprentice cache-teacher RUN RUN ...`); the members' own checks name
+their place in the list; a cache of another ensemble is refused before anything is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_runs import TINY, tiny
+
+from apprentice.cli import main
+from apprentice.config import load_config
+from apprentice.errors import ApprenticeError
+from apprentice.run.loop import fit
+
+FP = ["quant.precision=32W/32A"]
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("ensemble")
+    for seed in (0, 1):
+        fit(tiny(root / f"t{seed}", *FP, f"train.seed={seed}"))
+    return root / "t0", root / "t1"
+
+
+def test_a_recipe_names_one_teacher_or_several():
+    one = load_config(None, ["distill.scheme=B", "distill.teacher=runs/t"])
+    two = load_config(None, ["distill.scheme=B", "distill.teacher=[runs/a, runs/b]", "distill.teacher_weights=[2, 1]"])
+    assert one.distill.teacher == "runs/t" and two.distill.teacher == ("runs/a", "runs/b")
+    assert two.distill.teacher_weights == (2.0, 1.0)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["distill.teacher=[a, b]", "distill.teacher_weights=[1, 2, 3]"], "3 weights for 2 teachers"),
+    (["distill.teacher=a", "distill.teacher_weights=[1]"], "two or more teachers"),
+    (["distill.teacher=[a, b]", "distill.teacher_weights=[1, -1]"], r"teacher_weights\[1\]: must be a finite number > 0"),
+    (["distill.teacher=[a, '']"], r"distill.teacher\[1\]: empty path"),
+    (["distill.teacher=[]"], "expected a string or a list of strings"),
+])
+def test_bad_ensembles_in_a_recipe_are_one_line(overrides, message):
+    with pytest.raises(ApprenticeError, match=message):
+        load_config(None, ["distill.scheme=B", *overrides])
+
+
+def test_a_student_distils_from_a_live_ensemble(tmp_path, teachers):
+    out = tmp_path / "student"
+    summary = fit(load_config(None, [*TINY, f"train.out={out}", "distill.scheme=B",
+                                     f"distill.teacher=[{teachers[0]},{teachers[1]}]"]))
+    assert summary["status"] == "finished"
+    assert "- " + str(teachers[1]) in (out / "config.yaml").read_text()
+
+
+def test_a_member_that_does_not_exist_is_named_by_its_place(tmp_path, teachers):
+    with pytest.raises(ApprenticeError, match=r"distill.teacher\[1\]: .*nope.pt.* does not exist"):
+        fit(load_config(None, [*TINY, f"train.out={tmp_path / 's'}", "distill.scheme=B",
+                               f"distill.teacher=[{teachers[0]},{tmp_path / 'nope.pt'}]"]))
+    assert not (tmp_path / "s").exists()
+
+
+def test_an_ensemble_cache_serves_its_ensemble_and_refuses_another(tmp_path, teachers, capsys):
+    cache = tmp_path / "ensemble.cache"
+    assert main(["cache-teacher", str(teachers[0]), str(teachers[1]), "--weights", "3", "1", "--out", str(cache),
+                 "--device", "cpu"]) == 0
+    weighted = [f"distill.teacher=[{teachers[0]},{teachers[1]}]", "distill.teacher_weights=[3, 1]",
+                f"distill.teacher_cache={cache}"]
+    base = [*TINY, "distill.scheme=B"]
+    assert fit(load_config(None, [*base, f"train.out={tmp_path / 'ok'}", *weighted]))["status"] == "finished"
+    capsys.readouterr()
+    other = tmp_path / "other"
+    code = main(["train", str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"), *base,
+                 f"train.out={other}", *weighted[:1], f"distill.teacher_cache={cache}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "teacher" in err[0] and "distill.teacher_cache" in err[0], err
+    assert not other.exists() or not any((other / "checkpoints").glob("*.pt"))
+
+
+@pytest.mark.parametrize("classes, channels, message", [(100, 1, "predicts 100 classes"),
+                                                      (10, 3, "channels|size mismatch|shape")])
+def test_a_member_of_other_classes_or_channels_is_named_by_its_place(tmp_path, teachers, classes, channels, message):
+    from apprentice.models import build_model
+
+    odd = tmp_path / "odd.pt"
+    torch.save(build_model("resnet8", num_classes=classes, in_channels=channels, width=0.25).state_dict(), odd)
+    with pytest.raises(ApprenticeError, match=r"distill.teacher\[1\]: .*(" + message + ")"):
+        fit(load_config(None, [*TINY, f"train.out={tmp_path / 's'}", "distill.scheme=B",
+                               f"distill.teacher=[{teachers[0]},{odd}]", "distill.teacher_model.name=resnet8",
+                               "distill.teacher_model.width=0.25"]))
+    assert not (tmp_path / "s").exists()

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_runs import TINY, tiny
 
 from apprentice.cli import main
 from apprentice.config import load_config
 from apprentice.errors import ApprenticeError
 from apprentice.run.loop import fit
+
+from tiny_runs import TINY, tiny
 
 FP = ["quant.precision=32W/32A"]
 

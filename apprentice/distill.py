@@ -34,7 +34,13 @@ import torch
 from torch import Tensor, nn
 
 from apprentice.errors import ApprenticeError, lookup
-from apprentice.losses import apprentice_loss, check_loss_weights
+from apprentice.losses import (
+    GAMMA_SCHEDULES,
+    KD_TERMS,
+    apprentice_loss,
+    check_loss_weights,
+    scheduled_weights,
+)
 from apprentice.quant import (
     ActQuant,
     LayerRules,
@@ -215,6 +221,10 @@ class Distiller(nn.Module):
         gamma: Weight of the distillation term.
         temperature: Softmax temperature τ of the distillation term (τ² scaling, see losses).
         teacher_grad_from_gamma: Scheme A: let the distillation term's gradient reach the teacher.
+        kd: the distillation term, a `apprentice.losses.KD_TERMS` key.
+        gamma_schedule: how γ moves over the run, a `apprentice.losses.GAMMA_SCHEDULES` key; the
+            training loop says how far the run is with `set_progress` (`beta` and `gamma` are then
+            that step's weights, `scheduled_weights`).
 
     Raises:
         ApprenticeError: Unknown scheme; a teacher missing for A/B/C or given to ``baseline``;
@@ -232,10 +242,15 @@ class Distiller(nn.Module):
         gamma: float = 0.5,
         temperature: float = 1.0,
         teacher_grad_from_gamma: bool = False,
+        kd: str = "soft-ce",
+        gamma_schedule: str = "constant",
     ) -> None:
         super().__init__()
         self.scheme = resolve_scheme(scheme)
         check_loss_weights(alpha=alpha, beta=beta, gamma=gamma, temperature=temperature)
+        lookup(KD_TERMS, kd, "distillation term")
+        lookup(GAMMA_SCHEDULES, gamma_schedule, "gamma schedule")
+        self.kd, self.gamma_schedule = kd, gamma_schedule
         name = self.scheme.name
         if not isinstance(student, nn.Module):
             raise ApprenticeError(f"student must be an nn.Module, got {type(student).__name__}")
@@ -267,11 +282,18 @@ class Distiller(nn.Module):
             )
         self.temperature = float(temperature)
         self.teacher_grad_from_gamma = bool(teacher_grad_from_gamma)
+        self._base = (self.beta, self.gamma)
+        self.set_progress(0.0)
 
         if teacher is not None:  # frozen, or joint with no loss term reaching it: no gradients at all
             teacher.requires_grad_(self.teacher_trains)
         if teacher is not None and self.scheme.frozen_teacher:
             teacher.eval()
+
+    def set_progress(self, progress: float) -> None:
+        """Set this step's β and γ from the γ schedule, ``progress`` the fraction of the run done."""
+        if self.gamma_schedule != "constant":
+            self.beta, self.gamma = scheduled_weights(*self._base, self.gamma_schedule, progress)
 
     @property
     def teacher_trains(self) -> bool:
@@ -334,6 +356,7 @@ class Distiller(nn.Module):
             gamma=self.gamma,
             temperature=self.temperature,
             teacher_grad_from_gamma=self.teacher_grad_from_gamma,
+            kd=self.kd,
         )
         return student_logits, losses
 
@@ -344,7 +367,8 @@ class Distiller(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"scheme={self.scheme.name!r}, alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}, "
-            f"temperature={self.temperature}, teacher_grad_from_gamma={self.teacher_grad_from_gamma}"
+            f"temperature={self.temperature}, teacher_grad_from_gamma={self.teacher_grad_from_gamma}, "
+            f"kd={self.kd!r}, gamma_schedule={self.gamma_schedule!r}"
         )
 
 

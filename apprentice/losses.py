@@ -20,14 +20,17 @@ are computed in full precision under bf16/fp16 autocast too.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from apprentice.errors import ApprenticeError
+from apprentice.errors import ApprenticeError, lookup
 
-__all__ = ["apprentice_loss", "check_loss_weights", "cross_entropy", "soft_cross_entropy"]
+__all__ = ["GAMMA_SCHEDULES", "KD_TERMS", "LOSSES", "LossRecipe", "apprentice_loss", "check_loss_weights",
+           "cross_entropy", "logit_mse", "scheduled_weights", "soft_cross_entropy"]
 
 
 def _check_logits(logits: Tensor, name: str) -> None:
@@ -133,6 +136,79 @@ def soft_cross_entropy(logits: Tensor, target_probs: Tensor) -> Tensor:
     return -(target_probs.float() * log_q).sum(dim=1).mean()
 
 
+def logit_mse(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """Mean squared difference of the logits, ``(1/(N·K))·Σ_i Σ_k (z_S,ik − z_T,ik)²``.
+
+    Kim et al., "Comparing Kullback-Leibler Divergence and Mean Squared Error Loss in Knowledge
+    Distillation", IJCAI 2021: matching logits directly (the τ → ∞ limit of soft cross-entropy,
+    Hinton et al. 2015, sec. 2.1) transfers more than the softened distributions do.
+
+    Example:
+        >>> logit_mse(torch.zeros(1, 2), torch.tensor([[1.0, 3.0]])).item()  # (1 + 9) / 2
+        5.0
+    """
+    return (student_logits.float() - teacher_logits.float()).pow(2).mean()
+
+
+def _soft_ce_term(student_logits: Tensor, teacher_logits: Tensor, tau: float) -> Tensor:
+    return soft_cross_entropy(student_logits.float() / tau, F.softmax(teacher_logits.float() / tau, dim=1))
+
+
+def _mse_term(student_logits: Tensor, teacher_logits: Tensor, tau: float) -> Tensor:
+    return logit_mse(student_logits, teacher_logits) / (tau * tau)  # the τ² weight then cancels: τ is unused
+
+
+#: The distillation term by name, ``kd(z_S, z_T, τ)``, weighted γ·τ² in the loss.
+KD_TERMS: dict[str, Callable[[Tensor, Tensor, float], Tensor]] = {
+    "soft-ce": _soft_ce_term,  # H(p_T^τ, p_S^τ): the paper's; its gradient is KL's (Hinton et al. 2015)
+    "mse": _mse_term,  # logit matching (Kim et al. 2021)
+}
+
+#: How γ moves over training, w(t) for t = the fraction of the run done: γ_t = γ·w(t) and
+#: β_t = β + γ·(1 − w(t)), so the label and teacher weights always sum to β + γ.
+GAMMA_SCHEDULES: dict[str, Callable[[float], float]] = {
+    "constant": lambda t: 1.0,
+    "decay": lambda t: 1.0 - t,  # the teacher first, the labels at the end
+    "rise": lambda t: t,  # the labels first, the teacher at the end
+}
+
+
+def scheduled_weights(beta: float, gamma: float, schedule: str, progress: float) -> tuple[float, float]:
+    """``(β_t, γ_t)`` of `GAMMA_SCHEDULES` ``schedule`` at ``progress`` ∈ [0, 1].
+
+    Example:
+        >>> scheduled_weights(0.5, 0.5, "decay", 0.25)
+        (0.625, 0.375)
+    """
+    w = lookup(GAMMA_SCHEDULES, schedule, "gamma schedule")(min(max(float(progress), 0.0), 1.0))
+    return beta + gamma * (1.0 - w), gamma * w
+
+
+@dataclass(frozen=True)
+class LossRecipe:
+    """One row of `LOSSES`: the student's loss weights, the distillation term and γ's schedule."""
+
+    beta: float
+    gamma: float
+    temperature: float
+    kd: str = "soft-ce"
+    gamma_schedule: str = "constant"
+    source: str = ""
+
+
+#: Named distillation losses (``distill.loss``), each a complete choice of the student's loss.
+LOSSES: dict[str, LossRecipe] = {
+    "paper": LossRecipe(0.5, 0.5, 1.0, source="Mishra & Marr 2018: α=1, β=γ=0.5, τ=1"),
+    "soft-t4": LossRecipe(0.1, 0.9, 4.0, source="Hinton et al. 2015: KL at τ=4 scaled by τ², most weight on it"),
+    "function-matching": LossRecipe(0.0, 1.0, 1.0, source="Beyer et al. 2022: the teacher's outputs only, β=0"),
+    "mse": LossRecipe(0.5, 0.5, 1.0, kd="mse", source="Kim et al. 2021: match the logits"),
+    "gamma-decay": LossRecipe(0.5, 0.5, 1.0, gamma_schedule="decay",
+                              source="γ from 0.5 to 0 (Jafari et al. 2021, annealing KD, reversed)"),
+    "gamma-rise": LossRecipe(0.0, 1.0, 1.0, gamma_schedule="rise",
+                             source="labels first, the teacher's outputs alone at the end"),
+}
+
+
 def apprentice_loss(
     student_logits: Tensor,
     labels: Tensor,
@@ -143,6 +219,7 @@ def apprentice_loss(
     gamma: float = 0.5,
     temperature: float = 1.0,
     teacher_grad_from_gamma: bool = False,
+    kd: str = "soft-ce",
 ) -> dict[str, Tensor]:
     """The Apprentice loss (Mishra & Marr 2018) as a dict of named terms.
 
@@ -167,10 +244,11 @@ def apprentice_loss(
             are given.
         temperature: τ > 0 of the distillation term.
         teacher_grad_from_gamma: Let the distillation term back-propagate into the teacher logits.
+        kd: the distillation term, a `KD_TERMS` key: ``soft-ce`` (the paper's) or ``mse`` (logits).
 
     Returns:
         ``{"loss": weighted total, "ce_student": H(y, p_S)}`` plus ``"ce_teacher"`` = H(y, p_T) and
-        ``"kd"`` = H(p_T^τ, p_S^τ) (raw, without γ and τ²) when computed. All scalar tensors;
+        ``"kd"`` = H(p_T^τ, p_S^τ) (or the `KD_TERMS` term; raw, without γ and τ²) when computed. All scalar tensors;
         the raw terms keep their graph, call ``.item()`` / ``.detach()`` to log them.
 
     Raises:
@@ -222,10 +300,9 @@ def apprentice_loss(
         assert teacher_logits is not None
         z_t = teacher_logits if teacher_grad_from_gamma else teacher_logits.detach()
         tau = float(temperature)
-        p_t = F.softmax(z_t.float() / tau, dim=1)
-        kd = soft_cross_entropy(student_logits.float() / tau, p_t)
-        terms["kd"] = kd
-        weighted = (gamma * tau * tau) * kd
+        term = KD_TERMS[kd](student_logits, z_t, tau)
+        terms["kd"] = term
+        weighted = (gamma * tau * tau) * term
         total = weighted if total is None else total + weighted
 
     assert total is not None

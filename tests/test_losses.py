@@ -190,3 +190,70 @@ def test_soft_cross_entropy_shape_mismatch_is_rejected():
 def test_no_active_term_is_rejected():
     with pytest.raises(ApprenticeError, match="no active loss term"):
         apprentice_loss(t(Z_S), Y_T, beta=0.0)
+
+
+# -- the loss table ------------------------------------------------------------------------------
+
+
+def test_logit_mse_and_its_place_in_the_loss():
+    from apprentice.losses import logit_mse
+
+    z_s, z_t, y = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[1.0, 0.0, 6.0]]), torch.tensor([2])
+    assert logit_mse(z_s, z_t).item() == pytest.approx((0 + 4 + 9) / 3)
+    out = apprentice_loss(z_s, y, z_t, alpha=0.0, beta=0.0, gamma=2.0, temperature=3.0, kd="mse")
+    assert out["loss"].item() == pytest.approx(2.0 * 13 / 3)  # γ·τ²·(mse/τ²): τ does not change it
+
+
+@pytest.mark.parametrize("schedule, progress, want", [
+    ("constant", 0.7, (0.5, 0.5)), ("decay", 0.0, (0.5, 0.5)), ("decay", 1.0, (1.0, 0.0)),
+    ("rise", 0.0, (1.0, 0.0)), ("rise", 0.5, (0.75, 0.25)), ("rise", 2.0, (0.5, 0.5)),
+])
+def test_gamma_schedules_keep_the_sum_of_the_weights(schedule, progress, want):
+    from apprentice.losses import scheduled_weights
+
+    assert scheduled_weights(0.5, 0.5, schedule, progress) == pytest.approx(want)
+
+
+@pytest.mark.parametrize("name", sorted(__import__("apprentice.losses", fromlist=["LOSSES"]).LOSSES))
+def test_every_row_of_the_loss_table_trains_a_student(name):
+    from torch import nn
+
+    from apprentice.distill import Distiller
+    from apprentice.losses import LOSSES
+
+    row = LOSSES[name]
+    torch.manual_seed(0)
+    student, teacher = nn.Linear(4, 3), nn.Linear(4, 3)
+    d = Distiller(student, teacher, scheme="B", beta=row.beta, gamma=row.gamma, temperature=row.temperature,
+                  kd=row.kd, gamma_schedule=row.gamma_schedule)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    for progress in (0.0, 0.5, 1.0):
+        d.set_progress(progress)
+        assert d.beta + d.gamma == pytest.approx(row.beta + row.gamma)
+        _, losses = d(x, y)
+        losses["loss"].backward()
+        assert torch.isfinite(losses["loss"]) and student.weight.grad is not None
+    assert row.source
+
+
+@pytest.mark.parametrize("kwargs, message", [({"kd": "kl-divergence"}, "unknown distillation term 'kl-divergence'"),
+                                             ({"gamma_schedule": "cosine"}, "unknown gamma schedule 'cosine'")])
+def test_unknown_loss_parts_are_named(kwargs, message):
+    from torch import nn
+
+    from apprentice.distill import Distiller
+
+    with pytest.raises(ApprenticeError, match=message):
+        Distiller(nn.Linear(2, 2), nn.Linear(2, 2), scheme="B", **kwargs)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["distill.loss=kl"], r"distill.loss: unknown loss 'kl'; choose from \['function-matching'"),
+    (["distill.loss=soft-t4", "distill.gamma=0.7"], "distill.gamma: distill.loss='soft-t4' sets it"),
+])
+def test_the_recipe_names_a_loss_of_the_table(overrides, message):
+    from apprentice.config import load_config
+
+    with pytest.raises(ApprenticeError, match=message):
+        load_config(None, ["distill.scheme=B", "distill.teacher=t", *overrides])
+    assert load_config(None, ["distill.loss=mse"]).distill.loss == "mse"

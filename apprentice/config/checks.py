@@ -64,7 +64,7 @@ def _owners() -> SimpleNamespace:
         quantizers=quant.WEIGHT_QUANTIZERS, parse_precision=quant.parse_precision, deploy_modes=quant.DEPLOY_MODES,
         integer_act_bits=quant.INTEGER_ACT_BITS,
         parse_layer_rules=quant.parse_layer_rules,
-        check_loss_weights=losses.check_loss_weights, check_device=runtime.check_device,
+        check_loss_weights=losses.check_loss_weights, check_device=runtime.check_device, losses=losses.LOSSES,
     )
 
 
@@ -194,6 +194,13 @@ def _check_distill(d: DistillConfig, owners: SimpleNamespace) -> None:
                         student_init=d.student_init is not None, teacher_grad_from_gamma=d.teacher_grad_from_gamma,
                         teacher_cache=d.teacher_cache is not None)
     _check_ensemble(d)
+    if d.loss is not None:
+        _choice(owners.losses, d.loss, "loss", "distill.loss")
+        defaults = DistillConfig()
+        for key in ("beta", "gamma", "temperature"):
+            _check(getattr(d, key) == getattr(defaults, key), f"distill.{key}",
+                   f"distill.loss={d.loss!r} sets it ({getattr(owners.losses[d.loss], key)}); leave distill.{key} at "
+                   f"its default, or set distill.loss=null to give the weights yourself")
     _check(d.beta + d.gamma > 0, "distill.beta",
            f"distill.beta and distill.gamma are both 0: scheme {scheme.name!r} would give the student no loss")
 

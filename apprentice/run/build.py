@@ -32,6 +32,7 @@ from apprentice.data import (
 )
 from apprentice.distill import SCHEMES, Distiller, make_student
 from apprentice.errors import ApprenticeError, lookup
+from apprentice.losses import LOSSES, LossRecipe
 from apprentice.models import count_parameters
 from apprentice.quant import (
     LayerPlan,
@@ -271,10 +272,12 @@ def build_teacher(cfg: Config, *, num_classes: int, in_channels: int) -> nn.Modu
 
 
 def build_distiller(cfg: Config, student: nn.Module, teacher: nn.Module | None) -> Distiller:
-    """The `Distiller` of ``cfg.distill``'s scheme and loss weights."""
+    """The `Distiller` of ``cfg.distill``'s scheme and loss: ``distill.loss``'s `LOSSES` row, or the weights."""
     kd = cfg.distill
-    return Distiller(student, teacher, scheme=kd.scheme, alpha=kd.alpha, beta=kd.beta, gamma=kd.gamma,
-                     temperature=kd.temperature, teacher_grad_from_gamma=kd.teacher_grad_from_gamma)
+    row = LOSSES[kd.loss] if kd.loss is not None else LossRecipe(kd.beta, kd.gamma, kd.temperature)
+    return Distiller(student, teacher, scheme=kd.scheme, alpha=kd.alpha, beta=row.beta, gamma=row.gamma,
+                     temperature=row.temperature, teacher_grad_from_gamma=kd.teacher_grad_from_gamma, kd=row.kd,
+                     gamma_schedule=row.gamma_schedule)
 
 
 def build_optimizer(cfg: Config, distiller: Distiller) -> torch.optim.Optimizer:

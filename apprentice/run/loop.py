@@ -325,6 +325,7 @@ def _train_epoch(run: _Run, epoch: int) -> None:
     for images, labels, *cached in t.data.batches:  # a teacher cache adds the teacher's logits
         if cfg.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        t.distiller.set_progress(c.step / (t.steps_per_epoch * cfg.train.epochs))  # a gamma schedule's t
         res = train_step(t.distiller, t.optimizer, images, labels, lr=t.schedule(c.step), amp=cfg.train.amp,
                          scaler=t.scaler, restore_buffers=cfg.train.on_nonfinite == "skip",
                          teacher_logits=cached[0] if cached else None)

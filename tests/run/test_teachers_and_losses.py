@@ -1,6 +1,7 @@
-"""Teacher ensembles through recipes and the command line: `distill.teacher` as a list of runs,
-live and through a cache (`apprentice cache-teacher RUN RUN ...`); the members' own checks name
-their place in the list; a cache of another ensemble is refused before anything is written."""
+"""Distillation inputs through recipes and the command line: teacher ensembles (`distill.teacher` as a
+list of runs, live and through a cache, `apprentice cache-teacher RUN RUN ...`; the members' own checks
+name their place in the list; a cache of another ensemble is refused before anything is written) and
+the named losses of `distill.loss` (a gamma schedule follows the run's progress)."""
 
 from __future__ import annotations
 
@@ -90,3 +91,31 @@ def test_a_member_of_other_classes_or_channels_is_named_by_its_place(tmp_path, t
                                f"distill.teacher=[{teachers[0]},{odd}]", "distill.teacher_model.name=resnet8",
                                "distill.teacher_model.width=0.25"]))
     assert not (tmp_path / "s").exists()
+
+
+def test_a_named_loss_reaches_the_distiller_and_its_schedule_follows_the_run(tmp_path, teachers, monkeypatch):
+    from apprentice.distill import Distiller
+
+    seen: list[tuple[float, float, str]] = []
+    real = Distiller.set_progress
+
+    def spy(self, progress):
+        real(self, progress)
+        seen.append((progress, self.gamma, self.kd))
+
+    monkeypatch.setattr(Distiller, "set_progress", spy)
+    cfg = load_config(None, [*TINY, "train.epochs=2", f"train.out={tmp_path / 's'}", "distill.scheme=B",
+                             f"distill.teacher={teachers[0]}", "distill.loss=gamma-decay"])
+    assert fit(cfg)["status"] == "finished"
+    steps = [p for p, _, _ in seen[1:]]  # the first call is the Distiller's own, at 0
+    assert steps == [i / 8 for i in range(8)]  # 2 epochs x 4 steps
+    assert [g for _, g, _ in seen[1:]] == pytest.approx([0.5 * (1 - i / 8) for i in range(8)])
+
+
+def test_an_unknown_loss_name_is_one_line_and_writes_nothing(tmp_path, teachers, capsys):
+    out = tmp_path / "s"
+    code = main(["train", str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"), f"train.out={out}",
+                 "distill.scheme=B", f"distill.teacher={teachers[0]}", "distill.loss=kl"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [err[0]] and "distill.loss: unknown loss 'kl'" in err[0]
+    assert not out.exists()

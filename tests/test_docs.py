@@ -82,7 +82,8 @@ def test_the_api_reference_renders_every_public_name(site):
     for name in apprentice._PUBLIC:
         assert f"ap.{name}</code>" in index, name
     quant = (site / "reference" / "api" / "quant" / "index.html").read_text()
-    assert 'id="apprentice.quant.prepare.prepare"' in quant and "language-pycon" in quant  # Example: as code
+    assert 'id="apprentice.quant.prepare.prepare"' in quant
+    assert '<span class="gp">&gt;&gt;&gt; </span>' in quant  # an `Example:` section renders its doctest as code
 
 
 def test_the_result_tables_are_published(site):

@@ -99,18 +99,37 @@ def test_readme_tables_copied_from_results_match_them():
     # A README table whose header and separator are those of a table in benchmarks/results/*.md is
     # a copy of it: rerunning a benchmark without updating the README must fail here.
     # Two result files of one benchmark (speed.md, speed_cache.md) share a header: the copy must
-    # equal one of that header's tables.
+    # equal one of that header's tables. The tables the docs copy: tests/test_docs.py.
     results: dict[tuple[str, ...], list[tuple[str, list[str]]]] = {}
     for md in sorted((ROOT / "benchmarks" / "results").glob("*.md")):
         for table in _tables(md.read_text()):
             results.setdefault(tuple(table[:2]), []).append((md.name, table))
-    copied = 0
+    copied = []
     for table in _tables(README):
         sources = results.get(tuple(table[:2]), [])
         if sources:
             assert table in [t for _, t in sources], f"README's copy of a {sources[0][0]} table is stale"
-            copied += 1
-    assert copied >= 5  # accuracy (main, gap, paper) and speed (steps, before/after)
+            copied.append(table)
+    # the headline: the converged study's summary table, as accuracy_converged.md has it
+    converged = _tables((ROOT / "benchmarks" / "results" / "accuracy_converged.md").read_text())
+    assert any(table in converged and len(table) > 10 for table in copied)
+
+
+def test_readme_is_a_front_door():
+    """What, install, the two commands, own images and own model early, a short tour: at most 250 lines."""
+    lines = README.splitlines()
+    assert len(lines) <= 250
+    first_bash = next(i for i, ln in enumerate(lines) if ln.startswith("```bash"))
+    setup_end = next(i for i in range(first_bash + 1, len(lines)) if lines[i].startswith("```"))
+    assert lines.index("<!-- README-TEST: images -->") - setup_end < 50  # the first screenful after the set-up
+    for heading in ("## Install", "## Train on your own images", "## Your own model", "## Does the teacher help?",
+                    "### The Python API", "### The command line and recipes", "### Export: packed files and int8 ONNX",
+                    "### Predict", "## Read more"):
+        assert heading in lines, heading
+    links = [link for link in re.findall(r"\]\(([^)#\s]+)", README) if not link.startswith(("http:", "https:"))]
+    assert sum(link.startswith("docs/") for link in links) >= 10
+    for link in links:  # a relative link names a file of the repository
+        assert (ROOT / link).is_file(), link
 
 
 def test_your_own_images_commands_run_as_written(tmp_path):

@@ -190,9 +190,11 @@ def _add_cache_teacher(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float16", help="stored logits: float16 (default) or float32")
     p.add_argument("--batch-size", type=_positive_int, default=500, help="images per teacher forward (default 500)")
     p.add_argument("--device", default="auto", help=f"one of {DEVICE_NAMES} (default auto)")
-    p.add_argument("--views", type=_positive_int, default=10, help="image folders: crops stored per image (default 10)")
+    p.add_argument("--views", type=_positive_int, default=None,
+                   help="views stored per image: tensor data sets K of their pad-crop-flip views, drawn once "
+                        "(default: every view); image folders random-resized crops (default 10)")
     p.add_argument("--topk", type=_positive_int, default=10, help="image folders: logits kept per crop (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="image folders: seed of the stored crops (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the stored views or crops (default 0)")
     p.set_defaults(func=cmd_cache_teacher)
 
 

@@ -243,7 +243,7 @@ def train_batches(name: str, *, batch_size: int, seed: int, data_dir: str | None
                           device=device, seed=seed, drop_last=True, rank=rank, world_size=world_size,
                           keys=teacher_cache is not None, erase=spec.erase if spec.augmentation != "none" else 0.0)
     if teacher_cache is not None:
-        source = tensor_source(train, teacher=teacher_hash, holdout=holdout, limit=limit)
+        source = tensor_source(train, teacher=teacher_hash, holdout=holdout, limit=limit, views=None)
         loader = CachedBatches(loader, open_teacher_cache(teacher_cache, source))
     return TrainSet(loader, train.num_classes, int(train.images.shape[1]), len(train))
 
@@ -270,21 +270,21 @@ def _cached_folder(spec: DataSpec, path: str, teacher: str, *, batch_size: int, 
 
 def cache_teacher(path: str, teacher: torch.nn.Module, name: str, *, data_dir: str | None = None,
                   download: bool = False, holdout: int = 0, limit: int | None = None, image_size: int | None = None,
-                  dtype: str = "float16", views: int = 10, topk: int = 10, seed: int = 0, batch_size: int = 500,
+                  dtype: str = "float16", views: int | None = None, topk: int = 10, seed: int = 0, batch_size: int = 500,
                   report: Callable[[str], None] | None = None, spec: DataSpec | None = None) -> CacheSource:
     """Build the teacher cache of data set ``name``'s training split as `train_batches` loads it.
 
-    Data sets held as tensors (folders decoded into a tensor cache too) get every view
-    (`build_teacher_cache`; ``views``, ``topk`` and ``seed`` unused); streamed image folders
-    ``views`` random-resized crops an image with the top-``topk`` logits (`build_crop_cache`,
-    crops seeded by ``seed``). Resumable, atomic, reports progress.
+    Data sets held as tensors (folders decoded into a tensor cache too) get every view, or ``views``
+    of them an image, drawn with ``seed`` (`build_teacher_cache`; ``topk`` unused); streamed image
+    folders ``views`` (default 10) random-resized crops an image with the top-``topk`` logits
+    (`build_crop_cache`, crops seeded by ``seed``). Resumable, atomic, reports progress.
 
     Args:
         path: the cache file to write.
         teacher: the trained teacher, in eval mode, on the device to run it on.
         name, data_dir, download, holdout, limit, image_size: the training data, as for `train_batches`.
         dtype: "float16" or "float32" logits.
-        views, topk, seed: streamed image folders only.
+        views, seed: K views an image (tensors: None = every view; folders: None = 10); topk: folders only.
         batch_size: inputs a teacher forward.
         report: called with progress lines.
         spec: the resolved data set (`resolve_spec`), as the students' runs resolve it.
@@ -296,8 +296,8 @@ def cache_teacher(path: str, teacher: torch.nn.Module, name: str, *, data_dir: s
         _crops_only(spec)
         folder = open_folder(spec, "train", train=True)
         return build_crop_cache(path, teacher, folder, dataset=spec.name, mean=spec.preprocess.mean,
-                                std=spec.preprocess.std, views=views, topk=topk, seed=seed, dtype=dtype,
+                                std=spec.preprocess.std, views=views or 10, topk=topk, seed=seed, dtype=dtype,
                                 batch_size=batch_size, report=report)
     train = load_split(spec, "train", download=download, holdout=holdout, seed=HOLDOUT_SEED, limit=limit)
     return build_teacher_cache(path, teacher, train, holdout=holdout, limit=limit, dtype=dtype, batch_size=batch_size,
-                               report=report)
+                               report=report, views=views, seed=seed)

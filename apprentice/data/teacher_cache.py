@@ -10,8 +10,15 @@ Exact mode (tensor data sets, this module): the augmentation of `TensorLoader` i
 padding by ``pad`` plus an optional flip, so an image has `view_count` views (Fashion-MNIST, pad 2:
 50; CIFAR, pad 4: 162) and the cache holds all of them, ``logits[image, view, class]``. A student
 draws its augmentation exactly as without the cache (`TensorLoader` with ``keys=True`` reports
-``(index, view)``), so a cached run equals a live-teacher run up to the stored precision. Sampled
-mode (image folders, random-resized crops): `apprentice.data.crop_cache`.
+``(index, view)``), so a cached run equals a live-teacher run up to the stored precision.
+
+K views an image (``views=K``, for a big teacher or a long schedule): the cache holds K of an
+image's views, drawn once (seeded) and stored beside the logits (``view_ids``); a student's loader
+then draws each sample's view among its image's K (`TensorLoader.view_table`), so the student still
+sees exactly the view its teacher saw, at K/`view_count` of the forwards (Fashion-MNIST, pad 2:
+K = 8 is 16 % of the 50-view build). Beyer et al. (CVPR 2022) call this "consistent" distillation;
+what K costs in accuracy is measured in benchmarks/README.md. Sampled mode (image folders,
+random-resized crops): `apprentice.data.crop_cache`.
 
 Decisions:
 
@@ -52,7 +59,7 @@ from apprentice.data.tensors import (
 )
 from apprentice.errors import ApprenticeError, lookup
 
-__all__ = ["CACHE_DTYPES", "CacheSource", "CachedBatches", "TeacherCache", "build_teacher_cache",
+__all__ = ["CACHE_DTYPES", "CacheSource", "CachedBatches", "TeacherCache", "build_teacher_cache", "held_views",
            "open_teacher_cache", "teacher_hash", "tensor_fingerprint", "tensor_source"]
 
 # Stored logit precision: name -> safetensors dtype.
@@ -155,7 +162,7 @@ def _short(v: Any) -> str:
 
 
 def tensor_source(data: TensorData, *, teacher: str, holdout: int = 0, limit: int | None = None,
-                  dtype: str | None = None) -> CacheSource:
+                  dtype: str | None = None, views: int | None = -1) -> CacheSource:
     """The `CacheSource` of an exact cache for ``data`` (the training split after holdout and limit).
 
     Args:
@@ -163,10 +170,13 @@ def tensor_source(data: TensorData, *, teacher: str, holdout: int = 0, limit: in
         teacher: `teacher_hash` of the teacher.
         holdout, limit: the split settings that produced ``data`` (recorded, and compared).
         dtype: the stored precision to require (None: any).
+        views: views an image the cache holds (-1: every view, `view_count`; None: any, as a student's
+            run opens a cache: all views or K of them serve it alike).
     """
+    held = view_count(data.pad, data.flip) if views == -1 else views
     return CacheSource("exact", teacher, data.name, tensor_fingerprint(data), int(holdout), limit,
                        data.num_classes, tuple(data.mean), tuple(data.std), int(data.pad), bool(data.flip),
-                       int(data.images.shape[-1]), dtype, view_count(data.pad, data.flip), data.num_classes, "")
+                       int(data.images.shape[-1]), dtype, held, data.num_classes, "")
 
 
 def check_source(path: Path, mapped: MappedFile, expected: CacheSource) -> CacheSource:
@@ -213,14 +223,26 @@ class TeacherCache:
     def __init__(self, path: Path, mapped: MappedFile, source: CacheSource) -> None:
         self.path, self.source, self._file = path, source, mapped
         self.images, self.views, self.num_classes = mapped.layout.entries["logits"].shape
+        held = "view_ids" in mapped.layout.entries  # K views an image, not all of them
+        #: K-view caches: the view id of each stored slot, images × K (int64); None when every view is held
+        self.view_table = torch.from_numpy(np.asarray(mapped["view_ids"]).astype(np.int64)) if held else None
 
     def lookup(self, index: Tensor, view: Tensor, device: str | torch.device | None = None) -> Tensor:
         """Float32 teacher logits B×classes of images ``index`` seen in views ``view`` (int64 B each).
 
-        Only those rows are read from the file; the result goes to ``device`` (default: CPU).
+        Only those rows are read from the file; the result goes to ``device`` (default: CPU). A K-view
+        cache serves only the views it holds: any other is an error naming the first such sample.
         """
+        slot = view.cpu()
+        if self.view_table is not None and index.numel():
+            match = self.view_table[index.cpu().clamp(0, self.images - 1)] == slot[:, None]
+            if not bool(match.any(1).all()) or bool((index.cpu() >= self.images).any()):
+                first = int((~match.any(1)).nonzero()[0, 0]) if not bool(match.any(1).all()) else 0
+                raise ApprenticeError(f"teacher cache {str(self.path)!r} holds {self.views} views an image; image "
+                                      f"{int(index[first])} view {int(view[first])} is not one of them")
+            slot = match.long().argmax(1)
         try:
-            rows = self._file["logits"][index.cpu().numpy(), view.cpu().numpy()]
+            rows = self._file["logits"][index.cpu().numpy(), slot.numpy()]
         except IndexError:
             raise ApprenticeError(f"teacher cache {str(self.path)!r} holds {self.images} images × {self.views} "
                                   f"views; asked for image/view ids beyond that") from None
@@ -256,9 +278,12 @@ def open_teacher_cache(path: str | os.PathLike, expected: CacheSource, *, verify
     """
     p, mapped, source = open_checked(path, expected, verify)
     shape = mapped.layout.entries["logits"].shape  # the fingerprint pins the image count
-    if shape[1:] != (view_count(expected.pad, expected.flip), expected.num_classes):
+    ids = mapped.layout.entries.get("view_ids")
+    views = source.views if ids is not None and tuple(ids.shape) == tuple(shape[:2]) else view_count(expected.pad,
+                                                                                                     expected.flip)
+    if shape[1:] != (views, expected.num_classes) or source.views != views:
         raise ApprenticeError(f"teacher cache {str(p)!r} holds logits {list(shape)}, expected "
-                              f"{view_count(expected.pad, expected.flip)} views × {expected.num_classes} classes")
+                              f"{views} views × {expected.num_classes} classes")
     return TeacherCache(p, mapped, source)
 
 
@@ -272,7 +297,10 @@ class CachedBatches:
     def __init__(self, loader: TensorLoader, cache: TeacherCache) -> None:
         if not loader.keys:
             raise ApprenticeError("CachedBatches needs a TensorLoader made with keys=True")
-        if cache.images != len(loader.data) or cache.views != view_count(loader.data.pad, loader.data.flip):
+        every = view_count(loader.data.pad, loader.data.flip)
+        if cache.view_table is not None and cache.images == len(loader.data) and int(cache.view_table.max()) < every:
+            loader.view_table = cache.view_table  # the student draws among the views the cache holds
+        elif cache.images != len(loader.data) or cache.views != every:
             raise ApprenticeError(f"teacher cache {str(cache.path)!r} holds {cache.images} images × {cache.views} "
                                   f"views; the loader has {len(loader.data)} images × "
                                   f"{view_count(loader.data.pad, loader.data.flip)}")
@@ -383,7 +411,8 @@ def check_logits(logits: Tensor, stored: np.ndarray, dtype: str, where: Callable
 
 def build_teacher_cache(path: str | os.PathLike, teacher: nn.Module, data: TensorData, *, holdout: int = 0,
                         limit: int | None = None, dtype: str = "float16", batch_size: int = 500,
-                        chunk_images: int | None = None, report: Callable[[str], None] | None = None) -> CacheSource:
+                        chunk_images: int | None = None, report: Callable[[str], None] | None = None,
+                        views: int | None = None, seed: int = 0) -> CacheSource:
     """Run ``teacher`` over every view of every image of ``data`` and store the logits at ``path``.
 
     Resumable: the work goes to ``.<name>.partial`` beside ``path`` chunk by chunk; calling again
@@ -399,6 +428,9 @@ def build_teacher_cache(path: str | os.PathLike, teacher: nn.Module, data: Tenso
         batch_size: images a teacher forward.
         chunk_images: images per chunk (default: about 16,384 views a chunk).
         report: called with progress lines (size and work first, then a time estimate and ETA).
+        views: K, the views an image to hold (drawn without replacement, seeded by ``seed``); None
+            (or `view_count` or more): every view.
+        seed: the draw of the K views.
 
     Returns:
         The recorded `CacheSource`.
@@ -406,17 +438,20 @@ def build_teacher_cache(path: str | os.PathLike, teacher: nn.Module, data: Tenso
     stored = lookup(CACHE_DTYPES, dtype, "teacher cache dtype")
     if batch_size < 1 or (chunk_images is not None and chunk_images < 1):
         raise ApprenticeError(f"batch_size and chunk_images must be >= 1, got {batch_size} and {chunk_images}")
-    source = tensor_source(data, teacher=teacher_hash(teacher), holdout=holdout, limit=limit, dtype=dtype)
-    n, views, classes = len(data), view_count(data.pad, data.flip), data.num_classes
+    n, classes, table = len(data), data.num_classes, held_views(len(data), data.pad, data.flip, views, seed)
+    views = view_count(data.pad, data.flip) if table is None else table.shape[1]
+    source = tensor_source(data, teacher=teacher_hash(teacher), holdout=holdout, limit=limit, dtype=dtype, views=views)
     chunk = chunk_images or max(1, 16384 // views)
-    layout = Layout.make({"logits": (stored, (n, views, classes)), "done": ("U8", (-(-n // chunk),))},
-                         {"format": FORMAT, "version": VERSION, "source": source.to_json(),
-                          "build": json.dumps({"batch_size": batch_size, "chunk_images": chunk})})
+    entries = {"logits": (stored, (n, views, classes)), "done": ("U8", (-(-n // chunk),)),
+               **({} if table is None else {"view_ids": ("I32", (n, views))})}
+    layout = Layout.make(entries, {"format": FORMAT, "version": VERSION, "source": source.to_json(),
+                                   "build": json.dumps({"batch_size": batch_size, "chunk_images": chunk,
+                                                        **({} if table is None else {"seed": seed})})})
     mean, std = torch.tensor(data.mean), torch.tensor(data.std)
 
     def compute(start: int, stop: int) -> dict[str, np.ndarray]:
         index = torch.arange(start, stop).repeat_interleave(views)
-        view = torch.arange(views).repeat(stop - start)
+        view = torch.arange(views).repeat(stop - start) if table is None else table[start:stop].reshape(-1)
         logits = torch.cat([run_teacher(teacher, normalize(apply_views(data.images[index[i:i + batch_size]],
                                                                        view[i:i + batch_size], pad=data.pad,
                                                                        flip=data.flip), mean, std), batch_size)
@@ -424,10 +459,27 @@ def build_teacher_cache(path: str | os.PathLike, teacher: nn.Module, data: Tenso
         with np.errstate(over="ignore"):  # a float16 overflow is reported below, naming the image
             out = logits.numpy().astype(np.float16 if dtype == "float16" else np.float32)
         check_logits(logits, out, dtype, lambda r: f"image {int(index[r])} view {int(view[r])}")
-        return {"logits": out.reshape(stop - start, views, classes)}
+        held = {} if table is None else {"view_ids": table[start:stop].numpy().astype(np.int32)}
+        return {"logits": out.reshape(stop - start, views, classes), **held}
 
     fill_chunks(Path(path), layout, items=n, chunk=chunk, work=n * views, compute=compute, report=report)
     return source
+
+
+def held_views(images: int, pad: int, flip: bool, views: int | None, seed: int) -> Tensor | None:
+    """The view ids a K-view cache holds, images × K (sorted in each row), or None for every view.
+
+    Example:
+        >>> held_views(2, 1, True, 3, seed=0).shape, held_views(2, 1, True, None, seed=0)
+        (torch.Size([2, 3]), None)
+    """
+    every = view_count(pad, flip)
+    if views is None or views >= every:
+        return None
+    if views < 1:
+        raise ApprenticeError(f"views an image must be >= 1, got {views}")
+    order = torch.rand(images, every, generator=torch.Generator().manual_seed(seed)).argsort(dim=1)
+    return order[:, :views].sort(dim=1).values
 
 
 def cache_size(images: int, views: int, values: int, dtype: str = "float16") -> int:

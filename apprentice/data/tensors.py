@@ -297,6 +297,8 @@ class TensorLoader:
         self.data, self.batch_size, self.shuffle, self.augment = data, batch_size, shuffle, augment
         self.seed, self.drop_last, self.rank, self.world_size = seed, drop_last, rank, world_size
         self.keys, self.erase = keys, erase
+        #: a K-view teacher cache's views (images × K view ids): each sample's view is drawn among its image's
+        self.view_table: Tensor | None = None
         if erase and keys:
             raise ApprenticeError("random erasing (data.erase) changes the views a teacher cache is keyed by; "
                                   "set data.erase=0 for a cached teacher")
@@ -349,7 +351,11 @@ class TensorLoader:
         pad, flip = self.data.pad, self.data.flip
         if self.augment and (pad or flip):
             g = torch.Generator().manual_seed(mix_seeds(self.seed, 1, epoch, step, self.rank))
-            views = draw_views(len(cpu_idx), pad=pad, flip=flip, generator=g)
+            if self.view_table is None:
+                views = draw_views(len(cpu_idx), pad=pad, flip=flip, generator=g)
+            else:
+                slot = torch.randint(self.view_table.shape[1], (len(cpu_idx),), generator=g)
+                views = self.view_table[cpu_idx, slot]
             images = apply_views(images, views, pad=pad, flip=flip)
         else:
             views = center_views(len(cpu_idx), pad=pad, flip=flip)

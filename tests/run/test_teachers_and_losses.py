@@ -119,3 +119,12 @@ def test_an_unknown_loss_name_is_one_line_and_writes_nothing(tmp_path, teachers,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == [err[0]] and "distill.loss: unknown loss 'kl'" in err[0]
     assert not out.exists()
+
+
+def test_a_student_trains_on_a_k_view_cache_made_by_the_command_line(tmp_path, teachers, capsys):
+    cache = tmp_path / "k.cache"
+    assert main(["cache-teacher", str(teachers[0]), "--views", "3", "--out", str(cache), "--device", "cpu"]) == 0
+    assert "3 views" in capsys.readouterr().err or cache.exists()
+    cfg = load_config(None, [*TINY, f"train.out={tmp_path / 's'}", "distill.scheme=B", f"distill.teacher={teachers[0]}",
+                             f"distill.teacher_cache={cache}"])
+    assert fit(cfg)["status"] == "finished"

@@ -125,7 +125,10 @@ def build_case(name: str, args: argparse.Namespace, pkg=None):
 
     import torch
     pkg = pkg or importlib.import_module("apprentice")
-    build = importlib.import_module(pkg.__name__ + ".build")
+    try:  # the run layer's package since the layout issue; a --before commit may predate it
+        build = importlib.import_module(pkg.__name__ + ".run.build")
+    except ModuleNotFoundError:
+        build = importlib.import_module(pkg.__name__ + ".build")
     config = importlib.import_module(pkg.__name__ + ".config")
     precision, scheme = CASES.get(name, ("32W/32A", "baseline"))  # a peer quantizes a float student itself
     teacher_model = {"teacher_model": {"name": args.teacher}} if scheme != "baseline" else {}

@@ -193,7 +193,7 @@ CASES = [
     Case("cache-other-dataset", "cache of another data set",
          f"{T} {CACHE_B}/t.cache data.name=fashion_mnist data.limit=null data.dir={{d}}/fm {NEW}",
          (STALE, "dataset: file 'synthetic', here 'fashion_mnist'", "normalisation mean", "augmentation flip",
-          "image_size", "views an image")),
+          "image_size")),  # not "views an image": a run takes all of an image's views or K of them alike
     Case("cache-scheme-a", "a teacher cache with scheme A",
          f"{T} distill.scheme=A distill.teacher_model.name=resnet8 distill.teacher_cache={{f}}/t.cache {NEW}",
          ("distill.teacher_cache", "scheme 'A'")),

@@ -328,8 +328,9 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise ApprenticeError(f"--out {args.out!r} is a folder; give a file name, e.g. {str(out / 'teacher.cache')!r}")
-    check_output_apart(out, "--out", {f"the checkpoint of {path!r}": _checkpoint_read(m.path)
-                                      for path, m in zip(args.teacher, members)})
+    check_output_apart(out, "--out", {"the teacher's checkpoint" if len(members) == 1 else
+                                      f"the checkpoint of teacher {i}": _checkpoint_read(m.path)
+                                      for i, m in enumerate(members)})
     if out.exists():
         raise ApprenticeError(f"--out {args.out!r} already exists; a finished cache is never replaced (remove it "
                               f"or choose another file)")

@@ -52,12 +52,18 @@ CASES: dict[str, tuple[str, str]] = {
     "ternary_8a_B_cached": ("2W/8A", "B"),
     "ternary_8a_compiled": ("2W/8A", "baseline"),
     "ternary_8a_channels_last": ("2W/8A", "baseline"),
+    "fp_channels_last": ("32W/32A", "baseline"),
+    "ternary_channels_last": ("2W/32A", "baseline"),
+    "4w8a": ("4W/8A", "baseline"),
+    "4w8a_channels_last": ("4W/8A", "baseline"),
 }
 #: case -> how it differs from the plain case of its (precision, scheme): the teacher's logits read from a
 #: teacher cache (distill.teacher_cache), torch.compile of the student (train.compile), or channels-last
 #: memory format (train.channels_last)
 VARIANTS: dict[str, str] = {"ternary_B_cached": "cached", "ternary_8a_B_cached": "cached",
-                            "ternary_8a_compiled": "compiled", "ternary_8a_channels_last": "channels_last"}
+                            "ternary_8a_compiled": "compiled", "ternary_8a_channels_last": "channels_last",
+                            "fp_channels_last": "channels_last", "ternary_channels_last": "channels_last",
+                            "4w8a_channels_last": "channels_last"}
 #: peer -> (library, precision): the same network and layers, quantized by another library.
 PEERS: dict[str, tuple[str, str]] = {
     "brevitas_ternary": ("brevitas", "2W/32A"),

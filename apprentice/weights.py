@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from apprentice.errors import ApprenticeError
 
-__all__ = ["check_finite", "load_strict", "torch_load"]
+__all__ = ["check_finite", "load_strict", "standard_layout", "torch_load"]
 
 
 def torch_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
@@ -121,3 +121,13 @@ def check_finite(sd: Mapping[str, Tensor], source: str, *,
     if bad:
         more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
         raise ApprenticeError(f"{source} holds non-finite values (NaN or inf) in {', '.join(bad[:3])}{more}; {why}")
+
+
+def standard_layout(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``sd`` with every tensor in the standard (contiguous) memory format, as checkpoints store them.
+
+    A model trained channels-last holds 4-D weights in that layout; stored as they are, its
+    weights would carry it to every reader (and safetensors refuses to write them). A channels-last
+    model loads them back into its own layout.
+    """
+    return {k: v.contiguous() for k, v in sd.items()}

@@ -122,6 +122,18 @@ CASES = [
     Case("torchrun-bad-port", "MASTER_PORT out of range", f"{T} {NEW}",
          ("MASTER_PORT='99999' is not a port number",),
          env=(("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "99999"))),
+    # ---- teacher ensembles, named losses, augmentation
+    Case("ensemble-member-other-classes", "an ensemble whose second teacher predicts 100 classes",
+         f"{T} distill.scheme=B distill.teacher=[{{partial}},{{f}}/classes100.pt] {AS_R8} {NEW}",
+         ("distill.teacher[1]", "classes100.pt", "predicts 100 classes")),
+    Case("ensemble-weights-count", "three weights for an ensemble of two",
+         f"{T} distill.scheme=B distill.teacher=[{{run}},{{partial}}] distill.teacher_weights=[1,2,3] {NEW}",
+         ("distill.teacher_weights", "3 weights for 2 teachers")),
+    Case("loss-unknown", "distill.loss names no row of the loss table", f"{T} distill.scheme=B distill.teacher={{run}} "
+         f"distill.loss=kl {NEW}", ("distill.loss", "unknown loss 'kl'", "function-matching"), sub=True),
+    Case("loss-with-its-weights", "a named loss and a weight it sets", f"{T} distill.scheme=B distill.teacher={{run}} "
+         f"distill.loss=soft-t4 distill.gamma=0.9 {NEW}", ("distill.gamma", "distill.loss='soft-t4' sets it")),
+    Case("erase-out-of-range", "data.erase=1.5", f"{T} data.erase=1.5 {NEW}", ("data.erase: must be in [0, 1], got 1.5",)),
     # ---- teachers and student initialisations
     Case("teacher-missing", "distill.teacher file that does not exist", f"{T} {TEACHER_B}/nope.pt {NEW}",
          ("distill.teacher", "nope.pt", "does not exist"), sub=True),

@@ -75,7 +75,7 @@ from apprentice.train.step import (
     train_step,
 )
 from apprentice.version import __version__, git_commit
-from apprentice.weights import check_finite, load_strict
+from apprentice.weights import check_finite, load_strict, standard_layout
 
 __all__ = ["HARMLESS_KEYS", "fit"]
 
@@ -438,10 +438,11 @@ def _save(run: _Run, *, top1: float | None = None, is_best: bool = False) -> Non
     state = TrainState(
         config=config_to_dict(run.cfg), arch=t.student.arch,
         plan={n: lp.to_dict() for n, lp in quantized_layers(t.student).items()},
-        model=t.student.state_dict(), optimizer=t.optimizer.state_dict(), scheduler=t.schedule.state_dict(c.step),
+        model=standard_layout(t.student.state_dict()), optimizer=t.optimizer.state_dict(),
+        scheduler=t.schedule.state_dict(c.step),
         data=t.data.batches.state_dict(), rng=ck.rng_state(),
         counters=Counters(**{**vars(c), "elapsed": c.elapsed + time.perf_counter() - run.t_start}),
-        world_size=run.rt.world_size, teacher=t.teacher.state_dict() if joint else None,
+        world_size=run.rt.world_size, teacher=standard_layout(t.teacher.state_dict()) if joint else None,
         teacher_arch=t.teacher.arch if joint else None,
         scaler=t.scaler.state_dict() if t.scaler is not None else None)
     ck.save_checkpoint(state.to_dict(), run.last)

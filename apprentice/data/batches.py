@@ -133,13 +133,13 @@ def _spec(spec: DataSpec | None, name: str, data_dir: str | None, image_size: in
     if spec is not None:
         return spec
     info = lookup(DATASETS, name, "data set")
-    if info.kind == "folder" and data_dir is None:
+    if info.is_folder and data_dir is None:
         raise ApprenticeError(f"data.dir must name the {name} folder (with train/ and val/ inside)")
-    return resolve_spec(name, data_dir, image_size=image_size if info.kind == "folder" else None, augment=augment)
+    return resolve_spec(name, data_dir, image_size=image_size if info.is_folder else None, augment=augment)
 
 
 def _streamed(spec: DataSpec) -> bool:
-    return spec.kind == "folder" and not spec.tensor_cache
+    return spec.info.is_folder and not spec.tensor_cache
 
 
 def eval_batches(name: str, split: str = "test", *, batch_size: int, data_dir: str | None = None,
@@ -173,7 +173,7 @@ def eval_batches(name: str, split: str = "test", *, batch_size: int, data_dir: s
         return _Reiterable(lambda: _normalized(loader, device, spec.preprocess.mean, spec.preprocess.std))
     if split == "holdout" and holdout <= 0:
         raise ApprenticeError("this run held out no training images (data.holdout=0); use the test or train split")
-    if split == "val" and spec.kind not in ("folder", "npz"):
+    if split == "val" and not spec.info.from_files:
         raise ApprenticeError(f"{spec.name} has no 'val' split; use test, holdout or train")
     split_data = load_split(spec, split, download=download, holdout=holdout, seed=HOLDOUT_SEED,
                             limit=limit if split == "train" else None, workers=workers)

@@ -88,13 +88,13 @@ def resolve_data(cfg: Config, report: Callable[[str], None] | None = None) -> Co
     evaluation, export and ``apprentice predict`` reuse them; a folder to decode once is decoded
     here. Other data sets' facts are in their table row: ``cfg`` comes back unchanged.
     """
-    if DATASETS[cfg.data.name].kind not in ("folder", "npz"):
+    if not DATASETS[cfg.data.name].from_files:
         return cfg
     spec = data_spec(cfg, prepare=True, report=report)
     pre = spec.preprocess
     facts = {"classes": pre.classes, "mean": pre.mean, "std": pre.std, "channels": pre.channels,
              "image_size": pre.image_size}
-    if spec.kind == "folder":
+    if spec.info.is_folder:
         facts["tensor_cache"] = spec.tensor_cache
     resolved = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **facts))
     validate(resolved)  # an image size read from the files meets the model's stride check here
@@ -107,8 +107,8 @@ def preprocess_from_config(cfg: Config, num_classes: int) -> Preprocess:
     d, info = cfg.data, DATASETS.get(cfg.data.name)
     if info is None:
         raise ApprenticeError(f"the run's data set {cfg.data.name!r} is unknown to this version of apprentice")
-    own = info.kind in ("folder", "npz")  # other sets' sizes are the table's (old configs say 224 for all)
-    size, channels = (d.image_size or info.image_size, d.channels or info.channels) if own else (
+    # other sets' sizes are the table's (old configs say 224 for all)
+    size, channels = (d.image_size or info.image_size, d.channels or info.channels) if info.from_files else (
         info.image_size, info.channels)
     classes = d.classes or info.classes or tuple(str(i) for i in range(num_classes))
     p = Preprocess(channels, size, eval_resize(d.augmentation or info.augmentation, size) if size else 0,
@@ -206,7 +206,7 @@ def build_training(cfg: Config, rt: Runtime) -> Training:
     """
     data = train_data(cfg, rt)
     splits = ("test", "holdout") if cfg.data.holdout > 0 else ("test",)
-    folder = DATASETS[cfg.data.name].kind == "folder"  # an image folder's val/ scores the run; test/ stays unseen
+    folder = DATASETS[cfg.data.name].is_folder  # an image folder's val/ scores the run; test/ stays unseen
     evals = {s: eval_data(cfg, "val" if folder and s == "test" else s, device=rt.device, rank=rt.rank,
                           world_size=rt.world_size) for s in splits}
     student = build_student(cfg, num_classes=data.num_classes, in_channels=data.channels)

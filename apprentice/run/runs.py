@@ -69,8 +69,8 @@ def stored_config(ckpt: Mapping[str, Any], file: str | os.PathLike) -> Config:
 def _legacy_image_size(cfg: Config) -> Config:
     """Configs written before data.image_size could be null hold 224 for every data set; only folders
     ever used it, so for the others it reads as null (and a resumed run's config still matches)."""
-    kind = DATASETS[cfg.data.name].kind if cfg.data.name in DATASETS else None
-    if kind not in ("folder", None) and cfg.data.image_size == 224:
+    info = DATASETS.get(cfg.data.name)
+    if info is not None and not info.is_folder and cfg.data.image_size == 224:
         return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, image_size=None))
     return cfg
 

@@ -26,9 +26,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from apprentice.cli.commands import (
-    EXIT_INTERRUPT,
-    EXIT_RUNTIME,
-    EXIT_USER,
     EXPORT_SUFFIXES,
     PROG,
     cmd_cache_teacher,
@@ -40,7 +37,7 @@ from apprentice.cli.commands import (
     cmd_train,
 )
 from apprentice.cli.user_code import import_user_code
-from apprentice.errors import ApprenticeError
+from apprentice.errors import EXIT_INTERRUPT, EXIT_RUNTIME, EXIT_USER, ApprenticeError
 
 __all__ = ["build_parser", "main"]
 

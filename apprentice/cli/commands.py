@@ -15,18 +15,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from apprentice.errors import ApprenticeError
+from apprentice.errors import EXIT_USER, ApprenticeError
 
 if TYPE_CHECKING:
     from apprentice.run.runs import LoadedModel
 
 __all__ = [
-    "EXIT_INTERRUPT", "EXIT_RUNTIME", "EXIT_USER", "EXPORT_SUFFIXES", "PROG", "cmd_cache_teacher", "cmd_compare",
-    "cmd_eval", "cmd_export", "cmd_info", "cmd_predict", "cmd_train",
+    "EXPORT_SUFFIXES", "PROG", "cmd_cache_teacher", "cmd_compare", "cmd_eval", "cmd_export", "cmd_info", "cmd_predict", "cmd_train",
 ]
 
 PROG = "apprentice"
-EXIT_USER, EXIT_RUNTIME, EXIT_INTERRUPT = 2, 1, 130  # bad input, a failure during a run, Ctrl-C
 
 #: ``apprentice export --format``: the suffix each format's file is offered with.
 EXPORT_SUFFIXES = {"packed": "safetensors", "onnx": "onnx"}

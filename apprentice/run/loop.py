@@ -49,7 +49,7 @@ from apprentice.atomic import atomic_copy, atomic_write_text, remove_stale_temps
 from apprentice.config import config_to_dict, diff_configs, dump_yaml
 from apprentice.config.checks import validate
 from apprentice.config.schema import Config
-from apprentice.errors import ApprenticeError
+from apprentice.errors import ApprenticeError, signal_exit
 from apprentice.quant import quantized_layers
 from apprentice.run import build
 from apprentice.run.file_checks import check_output_apart
@@ -391,7 +391,7 @@ def _stop(run: _Run) -> None:
         dist.barrier()  # nobody exits (and makes torchrun kill rank 0) before the checkpoint is written
     run.metrics.write({"type": "stopped", "step": c.step, "signal": name})
     raise TrainingInterrupted(f"stopped by {name} at step {c.step}; checkpoint {run.last}; continue with --resume",
-                              exit_code=128 + signals.signum, step=c.step, checkpoint=str(run.last))
+                              exit_code=signal_exit(signals.signum), step=c.step, checkpoint=str(run.last))
 
 
 def _evaluate(run: _Run) -> dict[str, dict[str, float]]:

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from apprentice.atomic import atomic_file
-from apprentice.errors import ApprenticeError
+from apprentice.errors import EXIT_RUNTIME, ApprenticeError
 from apprentice.models import build_model
 from apprentice.quant import apply_plan, plan_from_dict
 from apprentice.train.state import FORMAT, MODEL_KEYS
@@ -62,7 +62,7 @@ class CheckpointWriteError(RuntimeError):
         path: the checkpoint that was being written.
     """
 
-    exit_code = 1
+    exit_code = EXIT_RUNTIME
 
     def __init__(self, message: str, *, path: str) -> None:
         super().__init__(message)

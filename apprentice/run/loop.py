@@ -60,14 +60,13 @@ from apprentice.train import runtime
 from apprentice.train.batchnorm import reestimate_batchnorm
 from apprentice.train.checkpoint import CHECKPOINT_DIR, LAST
 from apprentice.train.progress import (
-    Meter,
     MetricsWriter,
     Progress,
     bar_text,
     trim_metrics,
 )
 from apprentice.train.runtime import Runtime, StopSignals, TrainingInterrupted
-from apprentice.train.state import Counters, TrainState, take_best
+from apprentice.train.state import Counters, Meter, TrainState, take_best
 from apprentice.train.step import (
     NonFiniteLossError,
     eval_metrics,

@@ -58,7 +58,13 @@ from apprentice.run.teacher import teacher_paths
 from apprentice.train import checkpoint as ck
 from apprentice.train import runtime
 from apprentice.train.batchnorm import reestimate_batchnorm
-from apprentice.train.checkpoint import CHECKPOINT_DIR, LAST
+from apprentice.train.checkpoint import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    LAST,
+    METRICS_FILE,
+    SUMMARY_FILE,
+)
 from apprentice.train.progress import (
     MetricsWriter,
     Progress,
@@ -213,8 +219,8 @@ def _read_resume_state(cfg: Config, out: Path, resume: bool, progress: Progress)
     last = out / CHECKPOINT_DIR / LAST
     if not resume:
         return None
-    if (out / "summary.json").is_file():
-        raise ApprenticeError(f"run folder {str(out)!r} holds a finished run (summary.json); nothing to resume "
+    if (out / SUMMARY_FILE).is_file():
+        raise ApprenticeError(f"run folder {str(out)!r} holds a finished run ({SUMMARY_FILE}); nothing to resume "
                               f"(use --overwrite to train it again)")
     if not last.is_file():
         if ck.run_files(out):
@@ -266,12 +272,12 @@ def _open_run_folder(run: _Run, *, resumed: bool, overwrite: bool) -> MetricsWri
             (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ApprenticeError(f"cannot create the run folder {str(out)!r} (train.out): {e.strerror or e}") from None
-        atomic_write_text(out / "config.yaml", dump_yaml(run.cfg))
+        atomic_write_text(out / CONFIG_FILE, dump_yaml(run.cfg))
         # A resumed run re-logs the steps after its checkpoint; a new run in a folder where one was
         # killed before its first checkpoint drops that run's lines (and TensorBoard events) too.
-        leftovers = not resumed and (out / "metrics.jsonl").is_file()
+        leftovers = not resumed and (out / METRICS_FILE).is_file()
         if resumed or leftovers:
-            trim_metrics(out / "metrics.jsonl", step)
+            trim_metrics(out / METRICS_FILE, step)
     purge = step + 1 if resumed or leftovers else None
     return MetricsWriter(out, enabled=run.main, purge_step=purge, notice=run.progress.line)
 
@@ -475,7 +481,7 @@ def _finish(run: _Run) -> dict[str, Any]:
     """Write ``summary.json`` (rank 0) and return the summary."""
     summary = _summary(run)
     if run.main:
-        atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(run.out / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     if run.rt.world_size > 1:
         dist.barrier()
     return summary

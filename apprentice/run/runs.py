@@ -27,6 +27,7 @@ from apprentice.export import model_from_packed, read_packed
 from apprentice.run.file_checks import check_kind, is_packed_file
 from apprentice.train.checkpoint import (
     CHECKPOINT_DIR,
+    SUMMARY_FILE,
     find_checkpoint,
     model_from_checkpoint,
     read_checkpoint,
@@ -93,9 +94,9 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
     check_finite(model.state_dict(), f"checkpoint {str(file)!r}", why=_DAMAGED)
     model.eval()
     summary = None
-    if run_dir is not None and (run_dir / "summary.json").is_file():
+    if run_dir is not None and (run_dir / SUMMARY_FILE).is_file():
         with contextlib.suppress(OSError, json.JSONDecodeError):
-            summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+            summary = json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
     return LoadedRun(config, model, plan, summary, str(file))
 
 

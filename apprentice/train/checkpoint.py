@@ -43,15 +43,21 @@ from apprentice.train.state import FORMAT, MODEL_KEYS
 from apprentice.weights import load_strict, torch_load
 
 __all__ = [
-    "BEST", "CHECKPOINT_DIR", "LAST", "CheckpointWriteError", "as_state_dict", "check_checkpoint",
+    "BEST", "CHECKPOINT_DIR", "CONFIG_FILE", "LAST", "METRICS_FILE", "SUMMARY_FILE", "TENSORBOARD_DIR",
+    "CheckpointWriteError", "as_state_dict", "check_checkpoint",
     "check_run_dir", "clear_run", "find_checkpoint", "is_checkpoint", "load_state_dict_file",
     "model_from_checkpoint", "read_checkpoint", "rng_state", "run_files", "save_checkpoint", "set_rng_state",
 ]
 
 
+# The names in a run folder (the layout above); every module that writes or reads one uses these.
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tb"
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"
+SUMMARY_FILE = "summary.json"
 
 
 class CheckpointWriteError(RuntimeError):
@@ -237,7 +243,7 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], path: str | Path, *, key: str
 
 def run_files(run_dir: Path) -> list[Path]:
     """The files that mark ``run_dir`` as holding a run: ``summary.json`` and ``checkpoints/*.pt``."""
-    found = [run_dir / "summary.json"] if (run_dir / "summary.json").is_file() else []
+    found = [run_dir / SUMMARY_FILE] if (run_dir / SUMMARY_FILE).is_file() else []
     folder = run_dir / CHECKPOINT_DIR
     if folder.is_dir():
         found += sorted(p for p in folder.iterdir() if p.suffix == ".pt")
@@ -246,7 +252,7 @@ def run_files(run_dir: Path) -> list[Path]:
 
 def clear_run(run_dir: Path) -> None:
     """Remove what an earlier run wrote (only our own files; the folder may hold other things)."""
-    for name in ("summary.json", "metrics.jsonl", "config.yaml"):
+    for name in (SUMMARY_FILE, METRICS_FILE, CONFIG_FILE):
         with contextlib.suppress(FileNotFoundError):
             (run_dir / name).unlink()
     folder = run_dir / CHECKPOINT_DIR
@@ -254,7 +260,7 @@ def clear_run(run_dir: Path) -> None:
         for p in folder.iterdir():
             if p.suffix in (".pt", ".tmp"):
                 p.unlink()
-    shutil.rmtree(run_dir / "tb", ignore_errors=True)
+    shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
 
 
 def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> str | None:
@@ -263,7 +269,7 @@ def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> str | None
         return f"train.out {str(run_dir)!r} is a file, not a folder"
     files = run_files(run_dir)
     if files and not (resume or overwrite):
-        what = "a finished run (summary.json)" if files[0].name == "summary.json" else f"checkpoints ({files[0].name})"
+        what = f"a finished run ({SUMMARY_FILE})" if files[0].name == SUMMARY_FILE else f"checkpoints ({files[0].name})"
         return (f"run folder {str(run_dir)!r} already holds {what}; pass --resume (resume=True) to continue it "
                 f"or --overwrite (overwrite=True) to start again, or choose another train.out")
     return None

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from apprentice.atomic import atomic_write_text
+from apprentice.train.checkpoint import METRICS_FILE, TENSORBOARD_DIR
 
 __all__ = ["MetricsWriter", "Progress", "bar_text", "clock", "trim_metrics"]
 
@@ -140,7 +141,7 @@ class MetricsWriter:
     def __init__(self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = True,
                  purge_step: int | None = None, notice: Callable[[str], None] = print) -> None:
         self.enabled = enabled
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = Path(run_dir) / METRICS_FILE
         self._file = None
         self._tb = None
         if not enabled:
@@ -152,7 +153,7 @@ class MetricsWriter:
             except ImportError:
                 notice("TensorBoard logging off: `tensorboard` is not installed (pip install 'apprentice-kd[tensorboard]')")
             else:
-                self._tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=purge_step)
+                self._tb = SummaryWriter(str(Path(run_dir) / TENSORBOARD_DIR), purge_step=purge_step)
 
     def write(self, record: Mapping[str, Any]) -> None:
         """Append one record; its numbers also go to TensorBoard."""

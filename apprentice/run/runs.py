@@ -28,6 +28,7 @@ from apprentice.run.file_checks import check_kind, is_packed_file
 from apprentice.train.checkpoint import (
     CHECKPOINT_DIR,
     SUMMARY_FILE,
+    checkpoint_config,
     find_checkpoint,
     model_from_checkpoint,
     read_checkpoint,
@@ -61,7 +62,7 @@ class LoadedRun:
 def stored_config(ckpt: Mapping[str, Any], file: str | os.PathLike) -> Config:
     """The training config a checkpoint (read from ``file``) holds, unvalidated: it was valid when written."""
     try:
-        cfg = config_from_dict(ckpt["config"], check=False)
+        cfg = config_from_dict(checkpoint_config(ckpt), check=False)
     except ApprenticeError as e:
         raise ApprenticeError(f"checkpoint {str(file)!r} holds a config this version cannot read: {e}") from None
     return _legacy_image_size(cfg)

@@ -44,8 +44,8 @@ from apprentice.weights import load_strict, torch_load
 
 __all__ = [
     "BEST", "CHECKPOINT_DIR", "CONFIG_FILE", "LAST", "METRICS_FILE", "SUMMARY_FILE", "TENSORBOARD_DIR",
-    "CheckpointWriteError", "as_state_dict", "check_checkpoint",
-    "check_run_dir", "clear_run", "find_checkpoint", "is_checkpoint", "load_state_dict_file",
+    "CheckpointWriteError", "as_state_dict", "check_checkpoint", "check_run_dir", "checkpoint_arch",
+    "checkpoint_config", "checkpoint_weights", "clear_run", "find_checkpoint", "is_checkpoint", "load_state_dict_file",
     "model_from_checkpoint", "read_checkpoint", "rng_state", "run_files", "save_checkpoint", "set_rng_state",
 ]
 
@@ -124,6 +124,24 @@ def check_checkpoint(ckpt: Any, path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
+# A checked checkpoint's entries (`apprentice.train.state` writes the layout): read through these.
+
+
+def checkpoint_config(ckpt: Mapping[str, Any]) -> Any:
+    """The run's config as plain containers (``apprentice.config.config_from_dict`` reads it back)."""
+    return ckpt["config"]
+
+
+def checkpoint_arch(ckpt: Mapping[str, Any]) -> Any:
+    """The student's ``model.arch``: what ``build_model(**arch)`` rebuilds it from."""
+    return ckpt["arch"]
+
+
+def checkpoint_weights(ckpt: Mapping[str, Any]) -> Any:
+    """The student's state dict."""
+    return ckpt["model"]
+
+
 def find_checkpoint(run_dir: str | os.PathLike, prefer: tuple[str, ...] = (BEST, LAST)) -> Path:
     """The first existing file of ``prefer`` in ``run_dir/checkpoints`` (default: best, else last).
 
@@ -162,7 +180,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     p = Path(path)
     if p.is_dir():
         p = find_checkpoint(p)
-        sd: Any = read_checkpoint(p)["model"]
+        sd: Any = checkpoint_weights(read_checkpoint(p))
     elif p.suffix == ".safetensors":
         if not p.is_file():
             raise ApprenticeError(f"weights file {str(p)!r} does not exist")
@@ -182,7 +200,7 @@ def as_state_dict(sd: Any, path: str | os.PathLike) -> dict[str, Tensor]:
     """The state dict inside a loaded object (itself, a checkpoint's ``"model"``, a ``"state_dict"``)."""
     p = path
     if is_checkpoint(sd):
-        sd = sd["model"]
+        sd = checkpoint_weights(sd)
     elif isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in sd.items()):

@@ -143,7 +143,7 @@ def _precision_rows(model: Any, qmap: dict | None = None) -> list[list[str]]:
             a = acts.describe()
         else:
             a = f"{acts.bits}-bit clip {acts.clip:.3g}" + (" (learned)" if acts.learned else "")
-        precision = f"{wq['bits'] if wq else 32}W/{acts.bits if acts is not None else 32}A"
+        precision = quant.format_precision(wq["bits"] if wq else None, acts)
         kind = "conv2d" if isinstance(mod, nn.Conv2d) else "linear"
         rows.append([name, kind, precision, w, a, f"{sum(p.numel() for p in mod.parameters()):,}"])
     return rows

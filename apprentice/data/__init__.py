@@ -1,6 +1,6 @@
 """Data: the data-set table, file formats, tensor batches with on-device augmentation, image folders.
 
-- `apprentice.data.catalog`: `DATASETS`, one `DatasetInfo` row per data set.
+- `apprentice.data.catalog`: `DATASETS`, one `DatasetInfo` row per data set; the split names (`SPLITS`).
 - `apprentice.data.files`: finding, downloading and reading IDX and CIFAR files (validated, never
   unpickling code).
 - `apprentice.data.tensors`: small sets as uint8 tensors, `normalize`, `TensorLoader`.
@@ -32,7 +32,7 @@ from apprentice.data.batches import (
     eval_batches,
     train_batches,
 )
-from apprentice.data.catalog import DATASETS, DatasetInfo
+from apprentice.data.catalog import DATASETS, SPLITS, DatasetInfo
 from apprentice.data.crop_cache import (
     CropCache,
     build_crop_cache,
@@ -70,7 +70,7 @@ from apprentice.data.tensors import (
 )
 
 __all__ = [
-    "AUGMENTATIONS", "CACHE_DTYPES", "DATASETS", "HOLDOUT_SEED", "Augmentation", "Batch", "CacheSource",
+    "AUGMENTATIONS", "CACHE_DTYPES", "DATASETS", "HOLDOUT_SEED", "SPLITS", "Augmentation", "Batch", "CacheSource",
     "CachedBatches", "CropCache", "DataSpec", "DatasetInfo", "FolderBatches", "ImageFolder", "Preprocess", "TeacherCache",
     "TensorData", "TensorLoader", "TrainSet", "apply_views", "augment_batch", "build_crop_cache",
     "build_teacher_cache", "cache_teacher", "channel_stats", "dense_logits", "eval_batches", "eval_resize",

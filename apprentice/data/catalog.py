@@ -15,7 +15,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DATASETS", "DatasetInfo"]
+__all__ = ["DATASETS", "FOLDER_SPLITS", "SPLITS", "TENSOR_SPLITS", "DatasetInfo"]
+
+#: Every split of a data set, as ``apprentice eval --split`` offers them: the test images (an image
+#: folder's ``test/``, else its ``val/``), the validation images (``val/``, ``val.npz``), the
+#: training images set aside (``data.holdout``) and the training images.
+SPLITS = ("test", "val", "holdout", "train")
+#: The splits of a data set held in IDX or CIFAR files (or generated): no ``val``.
+TENSOR_SPLITS = ("train", "test", "holdout")
+#: The sub-folders of an image folder (``test/`` optional).
+FOLDER_SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import torch
 
 from apprentice.data.arrays import load_npz
 from apprentice.data.augment import AUGMENTATIONS, eval_resize
-from apprentice.data.catalog import DATASETS, DatasetInfo
+from apprentice.data.catalog import DATASETS, FOLDER_SPLITS, DatasetInfo
 from apprentice.data.folder_cache import AUTO_CACHE_BYTES, folder_tensors
 from apprentice.data.folders import ImageFolder, check_classes, probe_image
 from apprentice.data.images import class_folders
@@ -83,7 +83,7 @@ class DataSpec:
 
 def folder_split(root: str | Path, split: str) -> str:
     """The sub-folder of a split: "test" is ``test/`` when the folder has one, else ``val/``."""
-    sub = lookup({"train": "train", "val": "val", "test": "test"}, split, "image-folder split")
+    sub = lookup({s: s for s in FOLDER_SPLITS}, split, "image-folder split")
     return "val" if sub == "test" and not (Path(root) / "test").is_dir() else sub
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from apprentice.data.augment import random_erase
-from apprentice.data.catalog import DATASETS
+from apprentice.data.catalog import DATASETS, TENSOR_SPLITS
 from apprentice.data.files import load_cifar, load_idx
 from apprentice.errors import ApprenticeError, lookup
 
@@ -92,8 +92,8 @@ def load_tensors(name: str, split: str, *, data_dir: str | None = None, download
         The `TensorData` of that split.
     """
     info = lookup(DATASETS, name, "dataset")
-    if split not in ("train", "test", "holdout"):
-        raise ApprenticeError(f"unknown split {split!r}; choose from ['holdout', 'test', 'train']")
+    if split not in TENSOR_SPLITS:
+        raise ApprenticeError(f"unknown split {split!r}; choose from {sorted(TENSOR_SPLITS)}")
     if split == "holdout" and holdout <= 0:
         raise ApprenticeError("split 'holdout' needs holdout > 0 (training images to set aside)")
     if limit is not None and limit <= 0:

@@ -9,7 +9,7 @@ tensor path and for image-folder batches alike.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -326,7 +326,7 @@ class TensorLoader:
         """The position: ``{"epoch": e, "step": batches of epoch e already handed out}``."""
         return {"epoch": self.epoch, "step": self.step}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
         """Resume at a position saved by `state_dict`."""
         epoch, step = int(state["epoch"]), int(state["step"])
         if epoch < 0 or not 0 <= step <= len(self):

@@ -348,7 +348,7 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
                   num_classes=spec.num_classes, names=args.teacher)
     teacher = models[0] if len(models) == 1 else Ensemble(models, args.weights)
     teacher = teacher.to(resolve_device(args.device, "--device")).eval()
-    cache_teacher(str(out), teacher, data.name, data_dir=data.dir, download=data.download, holdout=data.holdout,
+    cache_teacher(str(out), teacher, spec.name, download=data.download, holdout=data.holdout,
                   limit=data.limit, dtype=args.dtype, views=args.views, topk=args.topk, seed=args.seed,
                   batch_size=args.batch_size, report=report, spec=spec)
     print(f"{PROG}: wrote {out} ({out.stat().st_size:,} bytes); train students with distill.teacher_cache={out}")

@@ -165,10 +165,11 @@ def _run(cfg: Config, rt: Runtime, signals: StopSignals, *, resume: bool, overwr
     t_start, out, progress = time.perf_counter(), Path(cfg.train.out), Progress(enabled=rt.rank == 0)
     _check_run_folder(out, rt, progress, resume=resume, overwrite=overwrite)
     new_folder = not out.exists()
-    cfg = build.resolve_data(cfg, report=progress.line)  # a folder's classes, size, mean/std: recorded in the run
+    cfg, spec = build.resolve_data(cfg, report=progress.line)  # a folder's classes, size, mean/std: recorded in the run
     saved = _read_resume_state(cfg, out, resume, progress)
     runtime.seed_everything(cfg.train.seed, rt.device)
-    run = _Run(cfg, rt, signals, out, progress, build.build_training(cfg, rt), Counters(), t_start=t_start, commit=git_commit())
+    training = build.build_training(cfg, rt, spec)
+    run = _Run(cfg, rt, signals, out, progress, training, Counters(), t_start=t_start, commit=git_commit())
     if saved is not None:
         _restore(run, saved)
     run.metrics = _open_run_folder(run, resumed=saved is not None, overwrite=overwrite)
@@ -464,7 +465,8 @@ def _reestimate_bn(run: _Run) -> None:
     checkpoint and a metrics line say so. Every process uses the same batches (not its shard) on its
     plain student (no DDP wrapper), so all agree without a collective; a resumed run's pass is the same."""
     cfg, c = run.cfg, run.counters
-    batches = build.eval_data(cfg, "train", batch_size=cfg.data.batch_size, device=run.rt.device)
+    batches = build.eval_data(cfg, "train", batch_size=cfg.data.batch_size, device=run.rt.device,
+                              spec=run.training.spec)
     images = reestimate_batchnorm(run.training.student, batches, max_batches=cfg.train.bn_reestimate, device=run.rt.device)
     before = c.results.get("test", {}).get("top1")
     c.results = _evaluate(run)

@@ -26,9 +26,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from apprentice.cli.commands import (
-    EXIT_INTERRUPT,
-    EXIT_RUNTIME,
-    EXIT_USER,
     EXPORT_SUFFIXES,
     PROG,
     cmd_cache_teacher,
@@ -40,7 +37,7 @@ from apprentice.cli.commands import (
     cmd_train,
 )
 from apprentice.cli.user_code import import_user_code
-from apprentice.errors import ApprenticeError
+from apprentice.errors import EXIT_INTERRUPT, EXIT_RUNTIME, EXIT_USER, ApprenticeError
 
 __all__ = ["build_parser", "main"]
 
@@ -104,6 +101,7 @@ def _add_train(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_eval(sub: Any, common: argparse.ArgumentParser) -> None:
+    from apprentice.data.catalog import SPLITS
     from apprentice.train.runtime import DEVICE_NAMES
     from apprentice.train.step import AMP_MODES
 
@@ -112,7 +110,7 @@ def _add_eval(sub: Any, common: argparse.ArgumentParser) -> None:
                                    "on the data set it was trained on.")
     p.add_argument("path", help="run folder, checkpoint (.pt) or packed file (.safetensors)")
     p.add_argument("--data-dir", help="folder holding the data set (default: as in the run's config)")
-    p.add_argument("--split", default="test", choices=["test", "val", "holdout", "train"],
+    p.add_argument("--split", default="test", choices=list(SPLITS),
                    help="which images (default test; an image folder's test/ when it has one, else val/)")
     p.add_argument("--batch-size", type=_positive_int, help="images per batch (default data.eval_batch_size)")
     p.add_argument("--device", default="auto", help=f"one of {DEVICE_NAMES} (default auto)")

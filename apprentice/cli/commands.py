@@ -15,18 +15,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from apprentice.errors import ApprenticeError
+from apprentice.errors import EXIT_USER, ApprenticeError
 
 if TYPE_CHECKING:
     from apprentice.run.runs import LoadedModel
 
 __all__ = [
-    "EXIT_INTERRUPT", "EXIT_RUNTIME", "EXIT_USER", "EXPORT_SUFFIXES", "PROG", "cmd_cache_teacher", "cmd_compare",
-    "cmd_eval", "cmd_export", "cmd_info", "cmd_predict", "cmd_train",
+    "EXPORT_SUFFIXES", "PROG", "cmd_cache_teacher", "cmd_compare", "cmd_eval", "cmd_export", "cmd_info", "cmd_predict", "cmd_train",
 ]
 
 PROG = "apprentice"
-EXIT_USER, EXIT_RUNTIME, EXIT_INTERRUPT = 2, 1, 130  # bad input, a failure during a run, Ctrl-C
 
 #: ``apprentice export --format``: the suffix each format's file is offered with.
 EXPORT_SUFFIXES = {"packed": "safetensors", "onnx": "onnx"}
@@ -145,7 +143,7 @@ def _precision_rows(model: Any, qmap: dict | None = None) -> list[list[str]]:
             a = acts.describe()
         else:
             a = f"{acts.bits}-bit clip {acts.clip:.3g}" + (" (learned)" if acts.learned else "")
-        precision = f"{wq['bits'] if wq else 32}W/{acts.bits if acts is not None else 32}A"
+        precision = quant.format_precision(wq["bits"] if wq else None, acts)
         kind = "conv2d" if isinstance(mod, nn.Conv2d) else "linear"
         rows.append([name, kind, precision, w, a, f"{sum(p.numel() for p in mod.parameters()):,}"])
     return rows
@@ -350,7 +348,7 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
                   num_classes=spec.num_classes, names=args.teacher)
     teacher = models[0] if len(models) == 1 else Ensemble(models, args.weights)
     teacher = teacher.to(resolve_device(args.device, "--device")).eval()
-    cache_teacher(str(out), teacher, data.name, data_dir=data.dir, download=data.download, holdout=data.holdout,
+    cache_teacher(str(out), teacher, spec.name, download=data.download, holdout=data.holdout,
                   limit=data.limit, dtype=args.dtype, views=args.views, topk=args.topk, seed=args.seed,
                   batch_size=args.batch_size, report=report, spec=spec)
     print(f"{PROG}: wrote {out} ({out.stat().st_size:,} bytes); train students with distill.teacher_cache={out}")

@@ -222,7 +222,7 @@ def _check_data(cfg: Config, owners: SimpleNamespace) -> None:
     dc = cfg.data
     info = owners.datasets[dc.name]
     _check_image_settings(dc, info, owners)
-    if info.kind != "folder":
+    if not info.is_folder:
         _check(not info.sizes[0] or dc.holdout < info.sizes[0], "data.holdout",
                f"holds out {dc.holdout} of only {info.sizes[0]} {dc.name} training images; nothing left to train on")
         return
@@ -241,8 +241,8 @@ def _check_data(cfg: Config, owners: SimpleNamespace) -> None:
 
 def _check_image_settings(dc: DataConfig, info: Any, owners: SimpleNamespace) -> None:
     """The image settings: which data sets take them, and their values."""
-    own = {"folder": ("image_size", "channels", "classes", "tensor_cache"),
-           "npz": ("image_size", "channels", "classes")}.get(info.kind, ())
+    own = ("image_size", "channels", "classes") if info.from_files else ()
+    own += ("tensor_cache",) if info.is_folder else ()
     for key in ("image_size", "channels", "classes", "tensor_cache"):
         _check(getattr(dc, key) is None or key in own, f"data.{key}",
                f"{dc.name} fixes it; only your own images (data.name=folder or npz) take it (set null)")

@@ -1,6 +1,6 @@
 """Data: the data-set table, file formats, tensor batches with on-device augmentation, image folders.
 
-- `apprentice.data.catalog`: `DATASETS`, one `DatasetInfo` row per data set.
+- `apprentice.data.catalog`: `DATASETS`, one `DatasetInfo` row per data set; the split names (`SPLITS`).
 - `apprentice.data.files`: finding, downloading and reading IDX and CIFAR files (validated, never
   unpickling code).
 - `apprentice.data.tensors`: small sets as uint8 tensors, `normalize`, `TensorLoader`.
@@ -14,7 +14,8 @@
   size, resize and crop, normalisation) and what its outputs are called.
 - `apprentice.data.spec`: `DataSpec`, every fact of a data set resolved from settings, table and
   files (`resolve_spec`), and `load_split` for every data set held as tensors.
-- `apprentice.data.batches`: `train_batches`/`eval_batches`, the one interface training uses;
+- `apprentice.data.batches`: `train_batches`/`eval_batches`, the one interface training uses (its
+  batches are `TrainBatches`, whichever loader gives them);
   `cache_teacher` builds a teacher cache for a data set's training split.
 - `apprentice.data.teacher_cache`: teacher logits for every view of every training image (exact
   mode, tensor data sets), checked against teacher and data when opened; `apprentice.data.crop_cache`:
@@ -27,12 +28,13 @@ from apprentice.data.augment import AUGMENTATIONS, Augmentation, eval_resize
 from apprentice.data.batches import (
     HOLDOUT_SEED,
     FolderBatches,
+    TrainBatches,
     TrainSet,
     cache_teacher,
     eval_batches,
     train_batches,
 )
-from apprentice.data.catalog import DATASETS, DatasetInfo
+from apprentice.data.catalog import DATASETS, SPLITS, DatasetInfo
 from apprentice.data.crop_cache import (
     CropCache,
     build_crop_cache,
@@ -70,9 +72,9 @@ from apprentice.data.tensors import (
 )
 
 __all__ = [
-    "AUGMENTATIONS", "CACHE_DTYPES", "DATASETS", "HOLDOUT_SEED", "Augmentation", "Batch", "CacheSource",
+    "AUGMENTATIONS", "CACHE_DTYPES", "DATASETS", "HOLDOUT_SEED", "SPLITS", "Augmentation", "Batch", "CacheSource",
     "CachedBatches", "CropCache", "DataSpec", "DatasetInfo", "FolderBatches", "ImageFolder", "Preprocess", "TeacherCache",
-    "TensorData", "TensorLoader", "TrainSet", "apply_views", "augment_batch", "build_crop_cache",
+    "TensorData", "TensorLoader", "TrainBatches", "TrainSet", "apply_views", "augment_batch", "build_crop_cache",
     "build_teacher_cache", "cache_teacher", "channel_stats", "dense_logits", "eval_batches", "eval_resize",
     "folder_loader", "folder_tensors", "imagenet_loader", "load_npz", "load_split", "load_tensors",
     "natural_key", "normalize", "open_crop_cache", "open_teacher_cache", "read_image", "resolve_spec",

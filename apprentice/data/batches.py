@@ -1,7 +1,7 @@
 """Training and evaluation batches of one data set, for one process of possibly several.
 
 `train_batches` gives the shuffled, augmented training batches with a resumable position
-(``set_epoch``, ``state_dict``, ``load_state_dict``, ``step``); `eval_batches` gives the
+(`TrainBatches`: ``set_epoch``, ``state_dict``, ``load_state_dict``, ``step``); `eval_batches` gives the
 unaugmented batches of one split. Both take plain arguments; `apprentice.run.build` maps the config
 onto them.
 
@@ -23,7 +23,7 @@ Decisions:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -48,23 +48,55 @@ from apprentice.data.teacher_cache import (
 from apprentice.data.tensors import TensorLoader, normalize
 from apprentice.errors import ApprenticeError, lookup
 
-__all__ = ["HOLDOUT_SEED", "FolderBatches", "TrainSet", "cache_teacher", "eval_batches", "train_batches"]
+__all__ = ["HOLDOUT_SEED", "FolderBatches", "TrainBatches", "TrainSet", "cache_teacher", "eval_batches",
+           "train_batches"]
 
 HOLDOUT_SEED = 0
+
+
+@runtime_checkable
+class TrainBatches(Protocol):
+    """What training iterates, whichever loader gives it (`TensorLoader`, `CachedBatches`, `FolderBatches`,
+    with or without a streamed folder's crop cache): one epoch's batches at a time, at a position
+    ``(epoch, step)`` that a checkpoint saves and a resume restores.
+
+    Iterating yields the rest of the current epoch's batches, ``(images, labels)`` or, with a teacher
+    cache, ``(images, labels, teacher_logits)``; ``set_epoch(e)`` moves to the start of epoch ``e``
+    unless the position is already in it, so a resumed loop calls it as a fresh one does.
+    """
+
+    @property
+    def step(self) -> int:
+        """Batches of the current epoch already handed out."""
+
+    def __len__(self) -> int:
+        """Batches an epoch on this process."""
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        """The rest of the current epoch's batches."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Move to the start of ``epoch`` (no change if already in it)."""
+
+    def state_dict(self) -> dict[str, int]:
+        """The position, ``{"epoch": e, "step": s}``."""
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        """Resume at a position `state_dict` saved."""
 
 
 class TrainSet(NamedTuple):
     """What `train_batches` returns: the batches and what the model needs to know of the data."""
 
-    batches: Any  # a TensorLoader or FolderBatches: iterable, len, set_epoch, state_dict, step
+    batches: TrainBatches
     num_classes: int
     channels: int
     images: int
 
 
 class FolderBatches:
-    """A streamed image folder's training DataLoader with TensorLoader's interface (set_epoch, position,
-    normalised batches).
+    """A streamed image folder's training DataLoader as `TrainBatches` (set_epoch, position, normalised
+    batches), as `TensorLoader` gives them.
 
     With ``cache`` (a `CropCache`; the loader from `crop_loader`) batches are ``(images, labels,
     teacher_logits)``, the crops and teacher logits both taken from the cache.
@@ -133,13 +165,13 @@ def _spec(spec: DataSpec | None, name: str, data_dir: str | None, image_size: in
     if spec is not None:
         return spec
     info = lookup(DATASETS, name, "data set")
-    if info.kind == "folder" and data_dir is None:
+    if info.is_folder and data_dir is None:
         raise ApprenticeError(f"data.dir must name the {name} folder (with train/ and val/ inside)")
-    return resolve_spec(name, data_dir, image_size=image_size if info.kind == "folder" else None, augment=augment)
+    return resolve_spec(name, data_dir, image_size=image_size if info.is_folder else None, augment=augment)
 
 
 def _streamed(spec: DataSpec) -> bool:
-    return spec.kind == "folder" and not spec.tensor_cache
+    return spec.info.is_folder and not spec.tensor_cache
 
 
 def eval_batches(name: str, split: str = "test", *, batch_size: int, data_dir: str | None = None,
@@ -173,7 +205,7 @@ def eval_batches(name: str, split: str = "test", *, batch_size: int, data_dir: s
         return _Reiterable(lambda: _normalized(loader, device, spec.preprocess.mean, spec.preprocess.std))
     if split == "holdout" and holdout <= 0:
         raise ApprenticeError("this run held out no training images (data.holdout=0); use the test or train split")
-    if split == "val" and spec.kind not in ("folder", "npz"):
+    if split == "val" and not spec.info.from_files:
         raise ApprenticeError(f"{spec.name} has no 'val' split; use test, holdout or train")
     split_data = load_split(spec, split, download=download, holdout=holdout, seed=HOLDOUT_SEED,
                             limit=limit if split == "train" else None, workers=workers)

@@ -15,7 +15,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DATASETS", "DatasetInfo"]
+__all__ = ["DATASETS", "FOLDER_SPLITS", "SPLITS", "TENSOR_SPLITS", "DatasetInfo"]
+
+#: Every split of a data set, as ``apprentice eval --split`` offers them: the test images (an image
+#: folder's ``test/``, else its ``val/``), the validation images (``val/``, ``val.npz``), the
+#: training images set aside (``data.holdout``) and the training images.
+SPLITS = ("test", "val", "holdout", "train")
+#: The splits of a data set held in IDX or CIFAR files (or generated): no ``val``.
+TENSOR_SPLITS = ("train", "test", "holdout")
+#: The sub-folders of an image folder (``test/`` optional).
+FOLDER_SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -34,7 +43,7 @@ class DatasetInfo:
     std: tuple[float, ...]
     pad: int
     flip: bool
-    kind: str  # "idx" | "cifar" | "folder" | "npz" | "synthetic"
+    kind: str  # how its files are read: "idx" | "cifar" | "folder" | "npz" | "synthetic" (no files)
     sizes: tuple[int, int]  # (train, test) images
     files: tuple[tuple[str, str], ...] = ()
     mirrors: tuple[str, ...] = ()
@@ -43,6 +52,23 @@ class DatasetInfo:
     hint: str = ""  # how to get the data, for the not-found message
     augmentation: str = "pad-crop-flip"
     classes: tuple[str, ...] = ()
+
+    @property
+    def is_folder(self) -> bool:
+        """Image files in class folders (``folder``, ``imagenet``): scanned, then decoded or streamed;
+        ``val/`` is their validation split and ``data.dir`` must name them."""
+        return self.kind == "folder"
+
+    @property
+    def is_npz(self) -> bool:
+        """Your own ``.npz`` arrays (``train.npz``, ``test.npz``/``val.npz``) in ``data.dir``."""
+        return self.kind == "npz"
+
+    @property
+    def from_files(self) -> bool:
+        """Read as a format (image folders, ImageNet too, and npz arrays): image size, channels and
+        classes may be set in ``data.*`` or come from the files, and there is a ``val`` split."""
+        return self.is_folder or self.is_npz
 
 
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",

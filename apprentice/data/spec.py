@@ -32,7 +32,7 @@ import torch
 
 from apprentice.data.arrays import load_npz
 from apprentice.data.augment import AUGMENTATIONS, eval_resize
-from apprentice.data.catalog import DATASETS, DatasetInfo
+from apprentice.data.catalog import DATASETS, FOLDER_SPLITS, DatasetInfo
 from apprentice.data.folder_cache import AUTO_CACHE_BYTES, folder_tensors
 from apprentice.data.folders import ImageFolder, check_classes, probe_image
 from apprentice.data.images import class_folders
@@ -52,7 +52,8 @@ class DataSpec:
     """Every fact about a data set a run needs, resolved (`resolve_spec`).
 
     Attributes:
-        name, kind, dir: the `DATASETS` key, its kind, and the data folder (None: the standard place).
+        name, dir: the `DATASETS` key (`info`: its row, kind included) and the data folder (None: the
+            standard place).
         preprocess: what the model sees (channels, image size), how an image file is resized and
             cropped to it, the normalisation and the class names in label order.
         augmentation: the training augmentation in effect (an `AUGMENTATIONS` key; "none" when off).
@@ -62,7 +63,6 @@ class DataSpec:
     """
 
     name: str
-    kind: str
     dir: str | None
     preprocess: Preprocess
     augmentation: str
@@ -75,10 +75,15 @@ class DataSpec:
     def num_classes(self) -> int:
         return len(self.preprocess.classes)
 
+    @property
+    def info(self) -> DatasetInfo:
+        """The data set's `DATASETS` row: its kind (`DatasetInfo.is_folder`, ...) and table facts."""
+        return DATASETS[self.name]
+
 
 def folder_split(root: str | Path, split: str) -> str:
     """The sub-folder of a split: "test" is ``test/`` when the folder has one, else ``val/``."""
-    sub = lookup({"train": "train", "val": "val", "test": "test"}, split, "image-folder split")
+    sub = lookup({s: s for s in FOLDER_SPLITS}, split, "image-folder split")
     return "val" if sub == "test" and not (Path(root) / "test").is_dir() else sub
 
 
@@ -114,9 +119,9 @@ def resolve_spec(name: str, data_dir: str | None = None, *, channels: int | None
     given = {"channels": channels, "image_size": image_size, "mean": mean, "std": std, "classes": classes,
              "augmentation": augmentation, "pad": pad, "flip": flip, "augment": augment,
              "tensor_cache": tensor_cache, "erase": erase}
-    if info.kind == "folder":
+    if info.is_folder:
         return _folder_spec(name, info, data_dir, given, workers, report, prepare)
-    if info.kind == "npz":
+    if info.is_npz:
         return _npz_spec(name, info, data_dir, given)
     classes = info.classes or tuple(str(i) for i in range(info.num_classes))
     return _finish(name, info, data_dir, given, info.channels, info.image_size, classes, True, lambda: ((), ()))
@@ -128,14 +133,14 @@ def _finish(name: str, info: DatasetInfo, data_dir: str | None, given: dict[str,
     """The spec from the resolved shape and classes: augmentation, pad, flip, resize and normalisation."""
     named = given["augmentation"] or info.augmentation
     row = lookup(AUGMENTATIONS, named, "augmentation")
-    if not row.on_tensors and info.kind != "folder":
+    if not row.on_tensors and not info.is_folder:
         raise ApprenticeError(f"data.augmentation={named!r} needs image files; {name} is held as tensors "
                               f"(choose from {[k for k, v in AUGMENTATIONS.items() if v.on_tensors]})")
-    if cached and not row.on_tensors and info.kind == "folder":
+    if cached and not row.on_tensors and info.is_folder:
         raise ApprenticeError(f"data.tensor_cache=true: {named!r} crops the original image files, which a tensor "
                               f"cache does not keep; set data.augmentation=pad-crop-flip or none, or data.tensor_cache=false")
-    own = info.kind in ("folder", "npz")  # your own images: pad in proportion to their size (CIFAR: 4 of 32)
-    pad = given["pad"] if given["pad"] is not None else (max(1, size // 8) if own else info.pad)
+    # your own images: pad in proportion to their size (CIFAR: 4 of 32)
+    pad = given["pad"] if given["pad"] is not None else (max(1, size // 8) if info.from_files else info.pad)
     flip = given["flip"] if given["flip"] is not None else info.flip
     mean, std = given["mean"], given["std"]
     if info.mean:  # the data set's table states them
@@ -150,7 +155,7 @@ def _finish(name: str, info: DatasetInfo, data_dir: str | None, given: dict[str,
     if given["erase"] and not (row.on_tensors and cached):
         raise ApprenticeError(f"data.erase={given['erase']} erases on tensors; {named!r} on a streamed folder "
                               f"cannot: set data.erase=0, or decode the folder (data.tensor_cache=true)")
-    return DataSpec(name, info.kind, data_dir, pre, named if given["augment"] else "none", pad, flip, cached,
+    return DataSpec(name, data_dir, pre, named if given["augment"] else "none", pad, flip, cached,
                     float(given["erase"]))
 
 
@@ -222,13 +227,13 @@ def load_split(spec: DataSpec, split: str, *, download: bool = False, holdout: i
         workers: processes decoding a folder the first time.
         report: called with a line when a folder is decoded.
     """
-    if spec.kind == "folder":
+    if spec.info.is_folder:
         if not spec.tensor_cache:
             raise ApprenticeError(f"{spec.name} is streamed from its files (data.tensor_cache=false), not held as tensors")
         images, labels = folder_tensors(open_folder(spec, split, train=False), workers=workers, report=report)
         data = TensorData(images, labels, spec.num_classes, spec.preprocess.mean, spec.preprocess.std, spec.name,
                           spec.pad, spec.flip)
-    elif spec.kind == "npz":
+    elif spec.info.is_npz:
         data = _npz_split(spec, split)
     else:
         data = load_tensors(spec.name, split, data_dir=spec.dir, download=download, holdout=holdout, seed=seed,

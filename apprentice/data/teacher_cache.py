@@ -323,7 +323,7 @@ class CachedBatches:
     def state_dict(self) -> dict[str, int]:
         return self.loader.state_dict()
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
         self.loader.load_state_dict(state)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:

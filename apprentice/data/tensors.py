@@ -9,7 +9,7 @@ tensor path and for image-folder batches alike.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from apprentice.data.augment import random_erase
-from apprentice.data.catalog import DATASETS
+from apprentice.data.catalog import DATASETS, TENSOR_SPLITS
 from apprentice.data.files import load_cifar, load_idx
 from apprentice.errors import ApprenticeError, lookup
 
@@ -92,8 +92,8 @@ def load_tensors(name: str, split: str, *, data_dir: str | None = None, download
         The `TensorData` of that split.
     """
     info = lookup(DATASETS, name, "dataset")
-    if split not in ("train", "test", "holdout"):
-        raise ApprenticeError(f"unknown split {split!r}; choose from ['holdout', 'test', 'train']")
+    if split not in TENSOR_SPLITS:
+        raise ApprenticeError(f"unknown split {split!r}; choose from {sorted(TENSOR_SPLITS)}")
     if split == "holdout" and holdout <= 0:
         raise ApprenticeError("split 'holdout' needs holdout > 0 (training images to set aside)")
     if limit is not None and limit <= 0:
@@ -326,7 +326,7 @@ class TensorLoader:
         """The position: ``{"epoch": e, "step": batches of epoch e already handed out}``."""
         return {"epoch": self.epoch, "step": self.step}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
         """Resume at a position saved by `state_dict`."""
         epoch, step = int(state["epoch"]), int(state["step"])
         if epoch < 0 or not 0 <= step <= len(self):

@@ -62,7 +62,7 @@ def size_report(model: nn.Module, *, ternary_packing: str = "base3", fold_bn: bo
         parts = ("weight", "weight_codes", "weight_scale", "bias")
         stored = {p: tensors.pop(f"{name}.{p}") for p in parts if f"{name}.{p}" in tensors}
         params = mod.weight.numel() + (stored["bias"].numel() if "bias" in stored else 0)
-        precision = format_precision(mod.weight_quant, mod.act_quant) if entry else "32W/32A"
+        precision = format_precision(mod.weight_quant, mod.act_quant) if entry else format_precision(None, None)
         rows.append(SizeRow(
             name, tuple(mod.weight.shape), precision, weights["packing"] if weights else "float", params,
             stored["weight_codes"].nbytes if weights else 0, sum(t.nbytes for t in stored.values()),

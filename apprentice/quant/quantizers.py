@@ -402,6 +402,11 @@ def parse_precision(
     return weights, ActQuant(a_bits, clip, learned, act_quantizer)
 
 
-def format_precision(weights: WeightQuant | None, activations: ActQuant) -> str:
-    """The paper's notation for a layer's settings, e.g. "2W/8A"."""
-    return f"{FLOAT_BITS if weights is None else weights.bits}W/{activations.bits}A"
+def format_precision(weights: WeightQuant | int | None, activations: ActQuant | None) -> str:
+    """The paper's notation for a layer's settings, e.g. "2W/8A".
+
+    ``weights`` may be given as its bits alone (a packed file's map records them); None, for
+    either, is full precision (32).
+    """
+    w_bits = FLOAT_BITS if weights is None else weights if isinstance(weights, int) else weights.bits
+    return f"{w_bits}W/{FLOAT_BITS if activations is None else activations.bits}A"

@@ -80,25 +80,27 @@ def data_spec(cfg: Config, *, data_dir: str | None = None, prepare: bool = False
                         report=report)
 
 
-def resolve_data(cfg: Config, report: Callable[[str], None] | None = None) -> Config:
-    """``cfg`` with the facts of a folder or npz data set filled in from its files (`data_spec`).
+def resolve_data(cfg: Config, report: Callable[[str], None] | None = None) -> tuple[Config, DataSpec | None]:
+    """``cfg`` with the facts of a folder or npz data set filled in from its files (`data_spec`), and
+    the spec they were read into: a run passes it on (`build_training`) rather than reading them again.
 
     Classes, channels, image size, mean and std (computed from the training images when not given)
     and the tensor-cache choice are written into ``cfg.data``, so the run records them and
     evaluation, export and ``apprentice predict`` reuse them; a folder to decode once is decoded
-    here. Other data sets' facts are in their table row: ``cfg`` comes back unchanged.
+    here. Other data sets' facts are in their table row: ``cfg`` comes back unchanged, with no spec
+    (None: `build_training` resolves it).
     """
-    if DATASETS[cfg.data.name].kind not in ("folder", "npz"):
-        return cfg
+    if not DATASETS[cfg.data.name].from_files:
+        return cfg, None
     spec = data_spec(cfg, prepare=True, report=report)
     pre = spec.preprocess
     facts = {"classes": pre.classes, "mean": pre.mean, "std": pre.std, "channels": pre.channels,
              "image_size": pre.image_size}
-    if spec.kind == "folder":
+    if spec.info.is_folder:
         facts["tensor_cache"] = spec.tensor_cache
     resolved = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **facts))
     validate(resolved)  # an image size read from the files meets the model's stride check here
-    return resolved
+    return resolved, spec
 
 
 def preprocess_from_config(cfg: Config, num_classes: int) -> Preprocess:
@@ -107,8 +109,8 @@ def preprocess_from_config(cfg: Config, num_classes: int) -> Preprocess:
     d, info = cfg.data, DATASETS.get(cfg.data.name)
     if info is None:
         raise ApprenticeError(f"the run's data set {cfg.data.name!r} is unknown to this version of apprentice")
-    own = info.kind in ("folder", "npz")  # other sets' sizes are the table's (old configs say 224 for all)
-    size, channels = (d.image_size or info.image_size, d.channels or info.channels) if own else (
+    # other sets' sizes are the table's (old configs say 224 for all)
+    size, channels = (d.image_size or info.image_size, d.channels or info.channels) if info.from_files else (
         info.image_size, info.channels)
     classes = d.classes or info.classes or tuple(str(i) for i in range(num_classes))
     p = Preprocess(channels, size, eval_resize(d.augmentation or info.augmentation, size) if size else 0,
@@ -123,30 +125,33 @@ def preprocess_from_config(cfg: Config, num_classes: int) -> Preprocess:
 
 
 def eval_data(cfg: Config, split: str = "test", *, data_dir: str | None = None, batch_size: int | None = None,
-                 device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1) -> Iterable[tuple[Tensor, Tensor]]:
+                 device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1,
+                 spec: DataSpec | None = None) -> Iterable[tuple[Tensor, Tensor]]:
     """`batches.eval_batches` for ``cfg``'s data set, as `fit` evaluates it (``apprentice eval`` too).
 
     Args:
         cfg: the run's config (data set, holdout size, limit, data folder).
         split: "test", "holdout", "train" or "val" (an image folder's ``val/``; its "test" is ``test/``
             when it has one, else ``val/``).
-        data_dir: overrides ``cfg.data.dir``.
+        data_dir: overrides ``cfg.data.dir`` (when the spec is resolved here).
         batch_size: overrides ``cfg.data.eval_batch_size``.
         device: where the batches go.
         rank: this process's share is images ``rank, rank + world_size, ...``.
         world_size: number of processes sharing the split.
+        spec: ``cfg``'s resolved data (the run's); None: `data_spec` of ``cfg`` and ``data_dir``.
     """
-    data = cfg.data
-    return eval_batches(data.name, split, batch_size=batch_size or data.eval_batch_size, data_dir=data_dir or data.dir,
-                        download=data.download, holdout=data.holdout, limit=data.limit, workers=data.workers,
-                        device=device, rank=rank, world_size=world_size, spec=data_spec(cfg, data_dir=data_dir))
+    data, spec = cfg.data, spec or data_spec(cfg, data_dir=data_dir)
+    return eval_batches(spec.name, split, batch_size=batch_size or data.eval_batch_size, download=data.download,
+                        holdout=data.holdout, limit=data.limit, workers=data.workers, device=device, rank=rank,
+                        world_size=world_size, spec=spec)
 
 
-def train_data(cfg: Config, rt: Runtime, *, teacher_hash: str | None = None) -> TrainSet:
+def train_data(cfg: Config, rt: Runtime, *, teacher_hash: str | None = None, spec: DataSpec | None = None) -> TrainSet:
     """`batches.train_batches` for ``cfg``'s data set: this process's share of the global batches.
 
     With ``teacher_hash`` (the frozen teacher's `apprentice.data.teacher_hash`) the batches carry
     the logits of ``distill.teacher_cache``, which must have been made from that teacher and data.
+    ``spec`` is ``cfg``'s resolved data (the run's; None: `data_spec` of ``cfg``).
     """
     data, cache = cfg.data, cfg.distill.teacher_cache if teacher_hash is not None else None
     if cache is not None:
@@ -156,10 +161,11 @@ def train_data(cfg: Config, rt: Runtime, *, teacher_hash: str | None = None) -> 
         check_kind(cache, "distill.teacher_cache", ("packed", "onnx", "safetensors"),
                    "give the file apprentice cache-teacher wrote")
     try:
-        return train_batches(data.name, batch_size=data.batch_size, seed=cfg.train.seed, data_dir=data.dir,
-                             download=data.download, holdout=data.holdout, limit=data.limit,
-                             workers=data.workers, device=rt.device, rank=rt.rank, world_size=rt.world_size,
-                             teacher_cache=cache, teacher_hash=teacher_hash, spec=data_spec(cfg))
+        spec = spec or data_spec(cfg)
+        return train_batches(spec.name, batch_size=data.batch_size, seed=cfg.train.seed, download=data.download,
+                             holdout=data.holdout, limit=data.limit, workers=data.workers, device=rt.device,
+                             rank=rt.rank, world_size=rt.world_size, teacher_cache=cache, teacher_hash=teacher_hash,
+                             spec=spec)
     except ApprenticeError as e:
         if cache is None:
             raise
@@ -175,6 +181,7 @@ class Training:
 
     Attributes:
         data: the training batches and what the model needs to know of the data.
+        spec: the run's resolved data set, what every batch of the run comes from.
         evals: evaluation batches by split ("test", and "holdout" when images are held out).
         student: the (quantized) student; ``teacher`` the scheme's teacher or None.
         distiller: the `Distiller` of the scheme; it alone says what trains.
@@ -185,6 +192,7 @@ class Training:
     """
 
     data: TrainSet
+    spec: DataSpec
     evals: dict[str, Iterable[tuple[Tensor, Tensor]]]
     student: nn.Module
     teacher: nn.Module | None
@@ -197,23 +205,27 @@ class Training:
     quantized_layers: int
 
 
-def build_training(cfg: Config, rt: Runtime) -> Training:
+def build_training(cfg: Config, rt: Runtime, spec: DataSpec | None = None) -> Training:
     """Data, student, teacher, distiller, optimizer and schedule of ``cfg``, on this process's device.
+
+    ``spec`` is ``cfg``'s resolved data (`resolve_data`'s; None: `data_spec` of ``cfg``), resolved
+    once for the run: training and evaluation batches all come from it.
 
     With ``distill.teacher_cache`` the training batches carry the teacher's cached logits, checked
     against this teacher's weights and this data (`apprentice.data.train_batches`); the teacher is
     loaded for that check and stays on the CPU, never run.
     """
-    data = train_data(cfg, rt)
+    spec = spec or data_spec(cfg)
+    data = train_data(cfg, rt, spec=spec)
     splits = ("test", "holdout") if cfg.data.holdout > 0 else ("test",)
-    folder = DATASETS[cfg.data.name].kind == "folder"  # an image folder's val/ scores the run; test/ stays unseen
+    folder = spec.info.is_folder  # an image folder's val/ scores the run; test/ stays unseen
     evals = {s: eval_data(cfg, "val" if folder and s == "test" else s, device=rt.device, rank=rt.rank,
-                          world_size=rt.world_size) for s in splits}
+                          world_size=rt.world_size, spec=spec) for s in splits}
     student = build_student(cfg, num_classes=data.num_classes, in_channels=data.channels)
     teacher = build_teacher(cfg, num_classes=data.num_classes, in_channels=data.channels)
     cached = cfg.distill.teacher_cache is not None
     if cached:
-        data = train_data(cfg, rt, teacher_hash=teacher_hash(teacher))  # type: ignore[arg-type]
+        data = train_data(cfg, rt, teacher_hash=teacher_hash(teacher), spec=spec)  # type: ignore[arg-type]
     memory = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     for m in (student, None if cached else teacher):
         if m is not None:
@@ -224,7 +236,7 @@ def build_training(cfg: Config, rt: Runtime) -> Training:
     o = cfg.optim
     schedule = LRSchedule(o.schedule, lr=o.lr, total_steps=total, warmup_steps=round(o.warmup_epochs * steps_per_epoch),
                           milestones=o.milestones, decay=o.lr_decay)
-    return Training(data, evals, student, teacher, distiller, build_optimizer(cfg, distiller),
+    return Training(data, spec, evals, student, teacher, distiller, build_optimizer(cfg, distiller),
                     torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" else None, schedule,
                     steps_per_epoch, count_parameters(student),
                     sum(isinstance(p, LayerPlan) for p in quantized_layers(student).values()))

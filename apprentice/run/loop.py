@@ -49,7 +49,7 @@ from apprentice.atomic import atomic_copy, atomic_write_text, remove_stale_temps
 from apprentice.config import config_to_dict, diff_configs, dump_yaml
 from apprentice.config.checks import validate
 from apprentice.config.schema import Config
-from apprentice.errors import ApprenticeError
+from apprentice.errors import ApprenticeError, signal_exit
 from apprentice.quant import quantized_layers
 from apprentice.run import build
 from apprentice.run.file_checks import check_output_apart
@@ -58,16 +58,21 @@ from apprentice.run.teacher import teacher_paths
 from apprentice.train import checkpoint as ck
 from apprentice.train import runtime
 from apprentice.train.batchnorm import reestimate_batchnorm
-from apprentice.train.checkpoint import CHECKPOINT_DIR, LAST
+from apprentice.train.checkpoint import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    LAST,
+    METRICS_FILE,
+    SUMMARY_FILE,
+)
 from apprentice.train.progress import (
-    Meter,
     MetricsWriter,
     Progress,
     bar_text,
     trim_metrics,
 )
 from apprentice.train.runtime import Runtime, StopSignals, TrainingInterrupted
-from apprentice.train.state import Counters, TrainState, take_best
+from apprentice.train.state import Counters, Meter, TrainState, take_best
 from apprentice.train.step import (
     NonFiniteLossError,
     eval_metrics,
@@ -160,10 +165,11 @@ def _run(cfg: Config, rt: Runtime, signals: StopSignals, *, resume: bool, overwr
     t_start, out, progress = time.perf_counter(), Path(cfg.train.out), Progress(enabled=rt.rank == 0)
     _check_run_folder(out, rt, progress, resume=resume, overwrite=overwrite)
     new_folder = not out.exists()
-    cfg = build.resolve_data(cfg, report=progress.line)  # a folder's classes, size, mean/std: recorded in the run
+    cfg, spec = build.resolve_data(cfg, report=progress.line)  # a folder's classes, size, mean/std: recorded in the run
     saved = _read_resume_state(cfg, out, resume, progress)
     runtime.seed_everything(cfg.train.seed, rt.device)
-    run = _Run(cfg, rt, signals, out, progress, build.build_training(cfg, rt), Counters(), t_start=t_start, commit=git_commit())
+    training = build.build_training(cfg, rt, spec)
+    run = _Run(cfg, rt, signals, out, progress, training, Counters(), t_start=t_start, commit=git_commit())
     if saved is not None:
         _restore(run, saved)
     run.metrics = _open_run_folder(run, resumed=saved is not None, overwrite=overwrite)
@@ -214,8 +220,8 @@ def _read_resume_state(cfg: Config, out: Path, resume: bool, progress: Progress)
     last = out / CHECKPOINT_DIR / LAST
     if not resume:
         return None
-    if (out / "summary.json").is_file():
-        raise ApprenticeError(f"run folder {str(out)!r} holds a finished run (summary.json); nothing to resume "
+    if (out / SUMMARY_FILE).is_file():
+        raise ApprenticeError(f"run folder {str(out)!r} holds a finished run ({SUMMARY_FILE}); nothing to resume "
                               f"(use --overwrite to train it again)")
     if not last.is_file():
         if ck.run_files(out):
@@ -267,12 +273,12 @@ def _open_run_folder(run: _Run, *, resumed: bool, overwrite: bool) -> MetricsWri
             (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ApprenticeError(f"cannot create the run folder {str(out)!r} (train.out): {e.strerror or e}") from None
-        atomic_write_text(out / "config.yaml", dump_yaml(run.cfg))
+        atomic_write_text(out / CONFIG_FILE, dump_yaml(run.cfg))
         # A resumed run re-logs the steps after its checkpoint; a new run in a folder where one was
         # killed before its first checkpoint drops that run's lines (and TensorBoard events) too.
-        leftovers = not resumed and (out / "metrics.jsonl").is_file()
+        leftovers = not resumed and (out / METRICS_FILE).is_file()
         if resumed or leftovers:
-            trim_metrics(out / "metrics.jsonl", step)
+            trim_metrics(out / METRICS_FILE, step)
     purge = step + 1 if resumed or leftovers else None
     return MetricsWriter(out, enabled=run.main, purge_step=purge, notice=run.progress.line)
 
@@ -391,7 +397,7 @@ def _stop(run: _Run) -> None:
         dist.barrier()  # nobody exits (and makes torchrun kill rank 0) before the checkpoint is written
     run.metrics.write({"type": "stopped", "step": c.step, "signal": name})
     raise TrainingInterrupted(f"stopped by {name} at step {c.step}; checkpoint {run.last}; continue with --resume",
-                              exit_code=128 + signals.signum, step=c.step, checkpoint=str(run.last))
+                              exit_code=signal_exit(signals.signum), step=c.step, checkpoint=str(run.last))
 
 
 def _evaluate(run: _Run) -> dict[str, dict[str, float]]:
@@ -460,7 +466,8 @@ def _reestimate_bn(run: _Run) -> None:
     checkpoint and a metrics line say so. Every process uses the same batches (not its shard) on its
     plain student (no DDP wrapper), so all agree without a collective; a resumed run's pass is the same."""
     cfg, c = run.cfg, run.counters
-    batches = build.eval_data(cfg, "train", batch_size=cfg.data.batch_size, device=run.rt.device)
+    batches = build.eval_data(cfg, "train", batch_size=cfg.data.batch_size, device=run.rt.device,
+                              spec=run.training.spec)
     images = reestimate_batchnorm(run.training.student, batches, max_batches=cfg.train.bn_reestimate, device=run.rt.device)
     before = c.results.get("test", {}).get("top1")
     c.results = _evaluate(run)
@@ -477,7 +484,7 @@ def _finish(run: _Run) -> dict[str, Any]:
     """Write ``summary.json`` (rank 0) and return the summary."""
     summary = _summary(run)
     if run.main:
-        atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(run.out / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     if run.rt.world_size > 1:
         dist.barrier()
     return summary

@@ -27,6 +27,8 @@ from apprentice.export import model_from_packed, read_packed
 from apprentice.run.file_checks import check_kind, is_packed_file
 from apprentice.train.checkpoint import (
     CHECKPOINT_DIR,
+    SUMMARY_FILE,
+    checkpoint_config,
     find_checkpoint,
     model_from_checkpoint,
     read_checkpoint,
@@ -60,7 +62,7 @@ class LoadedRun:
 def stored_config(ckpt: Mapping[str, Any], file: str | os.PathLike) -> Config:
     """The training config a checkpoint (read from ``file``) holds, unvalidated: it was valid when written."""
     try:
-        cfg = config_from_dict(ckpt["config"], check=False)
+        cfg = config_from_dict(checkpoint_config(ckpt), check=False)
     except ApprenticeError as e:
         raise ApprenticeError(f"checkpoint {str(file)!r} holds a config this version cannot read: {e}") from None
     return _legacy_image_size(cfg)
@@ -69,8 +71,8 @@ def stored_config(ckpt: Mapping[str, Any], file: str | os.PathLike) -> Config:
 def _legacy_image_size(cfg: Config) -> Config:
     """Configs written before data.image_size could be null hold 224 for every data set; only folders
     ever used it, so for the others it reads as null (and a resumed run's config still matches)."""
-    kind = DATASETS[cfg.data.name].kind if cfg.data.name in DATASETS else None
-    if kind not in ("folder", None) and cfg.data.image_size == 224:
+    info = DATASETS.get(cfg.data.name)
+    if info is not None and not info.is_folder and cfg.data.image_size == 224:
         return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, image_size=None))
     return cfg
 
@@ -93,9 +95,9 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
     check_finite(model.state_dict(), f"checkpoint {str(file)!r}", why=_DAMAGED)
     model.eval()
     summary = None
-    if run_dir is not None and (run_dir / "summary.json").is_file():
+    if run_dir is not None and (run_dir / SUMMARY_FILE).is_file():
         with contextlib.suppress(OSError, json.JSONDecodeError):
-            summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+            summary = json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
     return LoadedRun(config, model, plan, summary, str(file))
 
 

@@ -21,6 +21,7 @@ from apprentice.run.file_checks import NOT_WEIGHTS, check_kind
 from apprentice.train.checkpoint import (
     as_state_dict,
     check_checkpoint,
+    checkpoint_arch,
     find_checkpoint,
     is_checkpoint,
     load_state_dict_file,
@@ -79,7 +80,7 @@ def load_teacher(path: str, model_cfg: ModelConfig | None, *, num_classes: int, 
         loaded = torch_load(p, "teacher file")  # once: teacher files can be large
     if is_checkpoint(loaded):
         ckpt = check_checkpoint(loaded, p)
-        arch = ckpt["arch"]
+        arch = checkpoint_arch(ckpt)
         if not isinstance(arch, Mapping):
             raise ApprenticeError(f"teacher {path!r} has no architecture ('arch' entry)")
         if arch.get("num_classes") != num_classes or arch.get("in_channels") != in_channels:

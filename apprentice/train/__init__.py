@@ -3,7 +3,8 @@
 - `apprentice.train.step`: one optimizer step (`train_step`), evaluation, autocast modes.
 - `apprentice.train.checkpoint`: the checkpoint file format, run-folder bookkeeping, RNG state.
 - `apprentice.train.runtime`: device, torchrun process group, stopping on a signal.
-- `apprentice.train.progress`: console progress, ``metrics.jsonl`` and TensorBoard, meters.
+- `apprentice.train.progress`: console progress, ``metrics.jsonl`` and TensorBoard.
+- `apprentice.train.state`: `TrainState`, what a checkpoint holds (the counters and `Meter` sums too).
 - `apprentice.train.optim`: optimizers, parameter groups, learning-rate schedules.
 - `apprentice.train.batchnorm`: BatchNorm statistics re-estimated with the final weights.
 

@@ -36,22 +36,28 @@ import torch
 from torch import Tensor, nn
 
 from apprentice.atomic import atomic_file
-from apprentice.errors import ApprenticeError
+from apprentice.errors import EXIT_RUNTIME, ApprenticeError
 from apprentice.models import build_model
 from apprentice.quant import apply_plan, plan_from_dict
 from apprentice.train.state import FORMAT, MODEL_KEYS
 from apprentice.weights import load_strict, torch_load
 
 __all__ = [
-    "BEST", "CHECKPOINT_DIR", "LAST", "CheckpointWriteError", "as_state_dict", "check_checkpoint",
-    "check_run_dir", "clear_run", "find_checkpoint", "is_checkpoint", "load_state_dict_file",
+    "BEST", "CHECKPOINT_DIR", "CONFIG_FILE", "LAST", "METRICS_FILE", "SUMMARY_FILE", "TENSORBOARD_DIR",
+    "CheckpointWriteError", "as_state_dict", "check_checkpoint", "check_run_dir", "checkpoint_arch",
+    "checkpoint_config", "checkpoint_weights", "clear_run", "find_checkpoint", "is_checkpoint", "load_state_dict_file",
     "model_from_checkpoint", "read_checkpoint", "rng_state", "run_files", "save_checkpoint", "set_rng_state",
 ]
 
 
+# The names in a run folder (the layout above); every module that writes or reads one uses these.
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tb"
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"
+SUMMARY_FILE = "summary.json"
 
 
 class CheckpointWriteError(RuntimeError):
@@ -62,7 +68,7 @@ class CheckpointWriteError(RuntimeError):
         path: the checkpoint that was being written.
     """
 
-    exit_code = 1
+    exit_code = EXIT_RUNTIME
 
     def __init__(self, message: str, *, path: str) -> None:
         super().__init__(message)
@@ -118,6 +124,24 @@ def check_checkpoint(ckpt: Any, path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
+# A checked checkpoint's entries (`apprentice.train.state` writes the layout): read through these.
+
+
+def checkpoint_config(ckpt: Mapping[str, Any]) -> Any:
+    """The run's config as plain containers (``apprentice.config.config_from_dict`` reads it back)."""
+    return ckpt["config"]
+
+
+def checkpoint_arch(ckpt: Mapping[str, Any]) -> Any:
+    """The student's ``model.arch``: what ``build_model(**arch)`` rebuilds it from."""
+    return ckpt["arch"]
+
+
+def checkpoint_weights(ckpt: Mapping[str, Any]) -> Any:
+    """The student's state dict."""
+    return ckpt["model"]
+
+
 def find_checkpoint(run_dir: str | os.PathLike, prefer: tuple[str, ...] = (BEST, LAST)) -> Path:
     """The first existing file of ``prefer`` in ``run_dir/checkpoints`` (default: best, else last).
 
@@ -156,7 +180,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     p = Path(path)
     if p.is_dir():
         p = find_checkpoint(p)
-        sd: Any = read_checkpoint(p)["model"]
+        sd: Any = checkpoint_weights(read_checkpoint(p))
     elif p.suffix == ".safetensors":
         if not p.is_file():
             raise ApprenticeError(f"weights file {str(p)!r} does not exist")
@@ -176,7 +200,7 @@ def as_state_dict(sd: Any, path: str | os.PathLike) -> dict[str, Tensor]:
     """The state dict inside a loaded object (itself, a checkpoint's ``"model"``, a ``"state_dict"``)."""
     p = path
     if is_checkpoint(sd):
-        sd = sd["model"]
+        sd = checkpoint_weights(sd)
     elif isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in sd.items()):
@@ -237,7 +261,7 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], path: str | Path, *, key: str
 
 def run_files(run_dir: Path) -> list[Path]:
     """The files that mark ``run_dir`` as holding a run: ``summary.json`` and ``checkpoints/*.pt``."""
-    found = [run_dir / "summary.json"] if (run_dir / "summary.json").is_file() else []
+    found = [run_dir / SUMMARY_FILE] if (run_dir / SUMMARY_FILE).is_file() else []
     folder = run_dir / CHECKPOINT_DIR
     if folder.is_dir():
         found += sorted(p for p in folder.iterdir() if p.suffix == ".pt")
@@ -246,7 +270,7 @@ def run_files(run_dir: Path) -> list[Path]:
 
 def clear_run(run_dir: Path) -> None:
     """Remove what an earlier run wrote (only our own files; the folder may hold other things)."""
-    for name in ("summary.json", "metrics.jsonl", "config.yaml"):
+    for name in (SUMMARY_FILE, METRICS_FILE, CONFIG_FILE):
         with contextlib.suppress(FileNotFoundError):
             (run_dir / name).unlink()
     folder = run_dir / CHECKPOINT_DIR
@@ -254,7 +278,7 @@ def clear_run(run_dir: Path) -> None:
         for p in folder.iterdir():
             if p.suffix in (".pt", ".tmp"):
                 p.unlink()
-    shutil.rmtree(run_dir / "tb", ignore_errors=True)
+    shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
 
 
 def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> str | None:
@@ -263,7 +287,7 @@ def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> str | None
         return f"train.out {str(run_dir)!r} is a file, not a folder"
     files = run_files(run_dir)
     if files and not (resume or overwrite):
-        what = "a finished run (summary.json)" if files[0].name == "summary.json" else f"checkpoints ({files[0].name})"
+        what = f"a finished run ({SUMMARY_FILE})" if files[0].name == SUMMARY_FILE else f"checkpoints ({files[0].name})"
         return (f"run folder {str(run_dir)!r} already holds {what}; pass --resume (resume=True) to continue it "
                 f"or --overwrite (overwrite=True) to start again, or choose another train.out")
     return None

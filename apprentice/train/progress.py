@@ -1,4 +1,4 @@
-"""What a training run reports while it runs: console lines, ``metrics.jsonl``, TensorBoard, meters.
+"""What a training run reports while it runs: console lines, ``metrics.jsonl``, TensorBoard.
 
 Only the process of rank 0 reports (the others get ``enabled=False``). On a terminal the console
 shows one self-updating line (epoch, step/total, loss, images/s, time elapsed, ETA of the epoch and
@@ -14,15 +14,13 @@ import math
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from torch import Tensor
-
 from apprentice.atomic import atomic_write_text
+from apprentice.train.checkpoint import METRICS_FILE, TENSORBOARD_DIR
 
-__all__ = ["Meter", "MetricsWriter", "Progress", "bar_text", "clock", "trim_metrics"]
+__all__ = ["MetricsWriter", "Progress", "bar_text", "clock", "trim_metrics"]
 
 
 def clock(seconds: float) -> str:
@@ -143,7 +141,7 @@ class MetricsWriter:
     def __init__(self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = True,
                  purge_step: int | None = None, notice: Callable[[str], None] = print) -> None:
         self.enabled = enabled
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = Path(run_dir) / METRICS_FILE
         self._file = None
         self._tb = None
         if not enabled:
@@ -155,7 +153,7 @@ class MetricsWriter:
             except ImportError:
                 notice("TensorBoard logging off: `tensorboard` is not installed (pip install 'apprentice-kd[tensorboard]')")
             else:
-                self._tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=purge_step)
+                self._tb = SummaryWriter(str(Path(run_dir) / TENSORBOARD_DIR), purge_step=purge_step)
 
     def write(self, record: Mapping[str, Any]) -> None:
         """Append one record; its numbers also go to TensorBoard."""
@@ -198,39 +196,3 @@ def trim_metrics(path: str | Path, step: int) -> None:
         if isinstance(rec, dict) and int(rec.get("step", 0)) <= step:
             kept.append(line)
     atomic_write_text(p, "".join(k + "\n" for k in kept))
-
-
-@dataclass
-class Meter:
-    """Sums of the loss terms, correct predictions and images over the steps of one interval.
-
-    Sums stay tensors on the device until `means` is called, so adding costs no host sync.
-    """
-
-    sums: dict[str, Any] = field(default_factory=dict)
-    correct: Any = 0
-    steps: int = 0
-    images: int = 0
-    seconds: float = 0.0
-
-    def add(self, losses: Mapping[str, Tensor], logits: Tensor, labels: Tensor) -> None:
-        for k, v in losses.items():
-            self.sums[k] = self.sums.get(k, 0) + v.detach().float()
-        self.correct = self.correct + (logits.argmax(1) == labels).sum()
-        self.steps += 1
-        self.images += len(labels)
-
-    def means(self, prefix: str = "") -> dict[str, float]:
-        """Mean of every loss term and training top-1 (%) as ``{prefix + name: value}``."""
-        out = {prefix + k: float(v) / self.steps for k, v in self.sums.items()} if self.steps else {}
-        if self.images:
-            out[prefix + "top1"] = 100 * float(self.correct) / self.images
-        return out
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"sums": {k: float(v) for k, v in self.sums.items()}, "correct": float(self.correct),
-                "steps": self.steps, "images": self.images, "seconds": self.seconds}
-
-    @classmethod
-    def from_state_dict(cls, s: Mapping[str, Any]) -> Meter:
-        return cls(dict(s["sums"]), s["correct"], s["steps"], s["images"], s["seconds"])

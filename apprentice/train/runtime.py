@@ -34,13 +34,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from apprentice.errors import ApprenticeError
+from apprentice.errors import EXIT_RUNTIME, EXIT_SIGTERM, ApprenticeError, signal_exit
 
 __all__ = ["DEFAULT_TIMEOUT", "DEVICE_NAMES", "EXIT_SIGTERM", "TIMEOUT_ENV", "PeerLostError", "Runtime",
            "StopSignals", "TrainingInterrupted", "agree", "check_device", "collective_timeout", "is_collective_failure",
            "peer_lost", "raise_from_rank0", "resolve_device", "seed_everything", "setup", "teardown", "torchrun_env"]
+# EXIT_SIGTERM is re-exported: the status a run stopped by SIGTERM carries (its owner is apprentice.errors).
 
-EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
 # Device names (``train.device``, ``eval --device``): N is a GPU index. A pattern, not a dict: the
 # set of names is open-ended, and "auto" is resolved by `resolve_device`.
 DEVICE_NAMES = "auto, cpu, cuda, cuda:N"
@@ -88,7 +88,7 @@ class PeerLostError(RuntimeError):
         dead: the ranks found dead (same machine only; empty if none could be identified).
     """
 
-    exit_code = 1
+    exit_code = EXIT_RUNTIME
 
     def __init__(self, message: str, *, dead: tuple[int, ...] = ()) -> None:
         super().__init__(message)
@@ -312,7 +312,7 @@ class StopSignals:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum == signum:
             raise TrainingInterrupted(f"{signal.Signals(signum).name} twice: stopped without checkpointing this step",
-                                      exit_code=128 + signum)
+                                      exit_code=signal_exit(signum))
         self.signum = self.signum or signum
 
     def __exit__(self, *exc: object) -> None:

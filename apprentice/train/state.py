@@ -2,9 +2,10 @@
 
 A checkpoint is ``TrainState.to_dict()`` saved with ``torch.save`` (plain containers and tensors
 only, so ``torch.load(weights_only=True)`` reads it) and read back with `TrainState.from_dict`.
-The counters that move during a run (`Counters`) are part of it; so are the state dicts of
-everything that trains (student, a jointly trained teacher, optimizer, fp16 grad scaler), the data
-loader's position and the random generators, so a resumed run continues bit for bit on the CPU.
+The counters that move during a run (`Counters`, with the `Meter` sums of the epoch in progress)
+are part of it; so are the state dicts of everything that trains (student, a jointly trained
+teacher, optimizer, fp16 grad scaler), the data loader's position and the random generators, so a
+resumed run continues bit for bit on the CPU.
 
 Format 1, key by key::
 
@@ -19,7 +20,7 @@ Format 1, key by key::
                   "holdout" (chosen by the holdout top-1, score) or "last" (no holdout: the last epoch);
                   best_top1 is its test top1 alone
     top1, results     this epoch's test top-1 (None mid-epoch) and every split's last evaluation
-    meter         the running sums of the epoch in progress (`apprentice.train.progress.Meter`)
+    meter         the running sums of the epoch in progress (`Meter`)
     skipped       steps dropped for a non-finite loss (``train.on_nonfinite=skip``)
     elapsed       seconds trained so far, over every process start
     world_size    processes the run was trained with
@@ -39,14 +40,49 @@ from typing import Any
 from torch import Tensor
 
 from apprentice.errors import ApprenticeError
-from apprentice.train.progress import Meter
 
-__all__ = ["FORMAT", "MODEL_KEYS", "Counters", "TrainState", "take_best"]
+__all__ = ["FORMAT", "MODEL_KEYS", "Counters", "Meter", "TrainState", "take_best"]
 
 FORMAT = 1
 # What rebuilding the trained model needs (`apprentice.train.checkpoint.check_checkpoint`); a
 # resume needs every field of `TrainState`.
 MODEL_KEYS = ("format", "config", "arch", "plan", "epoch", "step", "model")
+
+
+@dataclass
+class Meter:
+    """Sums of the loss terms, correct predictions and images over the steps of one interval.
+
+    Sums stay tensors on the device until `means` is called, so adding costs no host sync.
+    """
+
+    sums: dict[str, Any] = field(default_factory=dict)
+    correct: Any = 0
+    steps: int = 0
+    images: int = 0
+    seconds: float = 0.0
+
+    def add(self, losses: Mapping[str, Tensor], logits: Tensor, labels: Tensor) -> None:
+        for k, v in losses.items():
+            self.sums[k] = self.sums.get(k, 0) + v.detach().float()
+        self.correct = self.correct + (logits.argmax(1) == labels).sum()
+        self.steps += 1
+        self.images += len(labels)
+
+    def means(self, prefix: str = "") -> dict[str, float]:
+        """Mean of every loss term and training top-1 (%) as ``{prefix + name: value}``."""
+        out = {prefix + k: float(v) / self.steps for k, v in self.sums.items()} if self.steps else {}
+        if self.images:
+            out[prefix + "top1"] = 100 * float(self.correct) / self.images
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": {k: float(v) for k, v in self.sums.items()}, "correct": float(self.correct),
+                "steps": self.steps, "images": self.images, "seconds": self.seconds}
+
+    @classmethod
+    def from_state_dict(cls, s: Mapping[str, Any]) -> Meter:
+        return cls(dict(s["sums"]), s["correct"], s["steps"], s["images"], s["seconds"])
 
 
 def _no_best() -> dict[str, Any]:

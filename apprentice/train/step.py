@@ -23,13 +23,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from apprentice.errors import lookup
+from apprentice.errors import EXIT_RUNTIME, lookup
 from apprentice.train.optim import set_lr
 
-__all__ = ["AMP_MODES", "EXIT_NONFINITE", "NONFINITE_POLICIES", "NonFiniteLossError", "StepResult", "autocast",
+__all__ = ["AMP_MODES", "NONFINITE_POLICIES", "NonFiniteLossError", "StepResult", "autocast",
            "eval_metrics", "eval_sums", "evaluate", "train_step"]
 
-EXIT_NONFINITE = 1
 # Mixed-precision modes (``train.amp``, ``eval --amp``): the autocast dtype, None = plain float32.
 # fp16 also needs a GradScaler, which `fit` adds.
 AMP_MODES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -47,7 +46,7 @@ class NonFiniteLossError(RuntimeError):
         checkpoint: the last good checkpoint, or None if none was written yet.
     """
 
-    exit_code = EXIT_NONFINITE
+    exit_code = EXIT_RUNTIME
 
     def __init__(self, message: str, *, step: int, checkpoint: str | None = None) -> None:
         super().__init__(message)

@@ -22,14 +22,14 @@ import torch
 from torch import nn
 
 from apprentice.config import config_to_dict, load_config
-from apprentice.errors import ApprenticeError
+from apprentice.errors import EXIT_SIGTERM, ApprenticeError
 from apprentice.models import build_model
 from apprentice.run import loop
 from apprentice.run.loop import fit
 from apprentice.run.runs import load_run
 from apprentice.train import checkpoint as ck
 from apprentice.train.checkpoint import load_state_dict_file
-from apprentice.train.runtime import EXIT_SIGTERM, TrainingInterrupted
+from apprentice.train.runtime import TrainingInterrupted
 from apprentice.train.state import take_best
 from apprentice.train.step import NonFiniteLossError
 

@@ -9,12 +9,12 @@ import sys
 import torch
 
 from apprentice.train.progress import (
-    Meter,
     MetricsWriter,
     Progress,
     bar_text,
     trim_metrics,
 )
+from apprentice.train.state import Meter
 
 
 def test_progress_bar_on_a_tty_and_lines_elsewhere():

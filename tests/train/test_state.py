@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from apprentice.errors import ApprenticeError
-from apprentice.train.progress import Meter
-from apprentice.train.state import FORMAT, MODEL_KEYS, Counters, TrainState
+from apprentice.train.state import FORMAT, MODEL_KEYS, Counters, Meter, TrainState
 
 
 def _state(**extra) -> TrainState:

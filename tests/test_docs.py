@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bad_input_cases import CASES
+from test_readme import _tables
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -100,18 +101,6 @@ def test_the_readme_code_the_docs_copy_equals_the_readme(name, page):
         return m.group(1)
 
     assert block(PAGES[page], f"<!-- README-COPY: {name} ") == block(README, f"<!-- README-TEST: {name} -->")
-
-
-def _tables(text: str) -> list[list[str]]:
-    """Markdown tables: runs of consecutive lines that start with '|'."""
-    out, cur = [], []
-    for line in [*text.splitlines(), ""]:
-        if line.startswith("|"):
-            cur.append(line.rstrip())
-        elif cur:
-            out.append(cur)
-            cur = []
-    return out
 
 
 def test_docs_tables_copied_from_results_match_them():

@@ -37,7 +37,9 @@ def busy_processes(words: tuple[str, ...] = ("pytest", "apprentice")) -> list[st
     """Command lines of other visible processes that look like test suites or training runs
     (this benchmark's own processes, named by its script, are not counted, nor stopped ones: a run
     paused with SIGSTOP for a quiet timing uses no CPU)."""
-    me, script, found = os.getpid(), Path(sys.argv[0]).name, []
+    # this benchmark's own script by name; not a bare "-c" or "" (an interpreter started with -c, as
+    # pytest-xdist's workers are, would otherwise exclude every process)
+    me, script, found = os.getpid(), Path(sys.argv[0]).name if sys.argv[0].endswith(".py") else None, []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         if int(pid) == me:
             continue
@@ -47,7 +49,7 @@ def busy_processes(words: tuple[str, ...] = ("pytest", "apprentice")) -> list[st
             continue
         if _stopped(pid):
             continue
-        if any(w in cmd for w in words) and script not in cmd:
+        if any(w in cmd for w in words) and (script is None or script not in cmd):
             found.append(f"{pid}: {cmd[:120]}")
     return found
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -258,10 +257,8 @@ def test_to_float_drops_the_steps_and_eval_cache_follows_the_step():
 def test_ddp_initialises_activation_steps_identically_on_every_rank(tmp_path):
     import torch.multiprocessing as mp
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    # a file rendezvous, not a free port picked then released (another process may take it first)
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert ranks[0]["steps"].keys() == ranks[1]["steps"].keys() and len(ranks[0]["steps"]) > 3
     spread = 0.0
@@ -273,12 +270,11 @@ def test_ddp_initialises_activation_steps_identically_on_every_rank(tmp_path):
     assert spread > 1e-4  # the ranks did see different inputs (BatchNorm keeps them alike in scale)
 
 
-def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+def _ddp_worker(rank: int, world: int, rendezvous: str, out: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
         model, plan = _lsq_model()
         alone: dict[str, torch.Tensor] = {}

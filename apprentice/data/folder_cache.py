@@ -84,7 +84,10 @@ def _decode(folder: ImageFolder, workers: int) -> tuple[Tensor, Tensor]:
     n, c, s = len(folder), folder.channels, folder.image_size
     images = torch.empty(n, c, s, s, dtype=torch.uint8)
     labels = torch.tensor([label for _, label in folder.samples], dtype=torch.int64)
-    loader = torch.utils.data.DataLoader(folder, batch_size=256, shuffle=False, num_workers=workers)
+    # A generator of its own: a DataLoader otherwise draws its workers' base seed from the global RNG,
+    # and a run that decoded its folder would then initialise its model unlike one that found the cache.
+    loader = torch.utils.data.DataLoader(folder, batch_size=256, shuffle=False, num_workers=workers,
+                                         generator=torch.Generator())
     start = 0
     for x, _ in worker_safe(loader):
         images[start:start + len(x)] = x

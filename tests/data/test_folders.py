@@ -214,6 +214,17 @@ def test_the_tensor_cache_is_written_once_and_rebuilt_when_the_folder_changes(tm
     assert "folder changed" in lines[0] and int(images[8].max()) == 0
 
 
+def test_decoding_a_folder_leaves_the_global_random_state_alone(tmp_path):
+    # A run that decodes its folder must initialise its model as a run that finds the cache does.
+    root = write_image_folder(tmp_path / "f")
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    lines: list[str] = []
+    D.load_split(_spec(root, report=lines.append), "train")
+    assert "beside the data" in lines[0]  # it did decode
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_the_tensor_cache_of_a_read_only_folder_goes_to_the_cache_folder(tmp_path, monkeypatch):
     root = write_image_folder(tmp_path / "f")
     monkeypatch.setattr(folder_cache.os, "access", lambda path, mode: False)  # root ignores permission bits

@@ -38,6 +38,7 @@ from _stamp import REPO, stamp
 from accuracy_report import SCHEMES
 
 from apprentice.config import DistillConfig
+from apprentice.losses import LOSSES
 
 PRECISIONS = ("2W/32A", "2W/8A", "4W/8A")
 SWEEP_GAMMA = (0.5, 1.0, 2.0)
@@ -49,6 +50,7 @@ SWEEP_C_LR = (0.003, 0.03)  # a scheme-C sweep also tries its fine-tuning lr aro
 SWEEP_POINTS = {
     "grid": lambda: [(g, t) for g in SWEEP_GAMMA for t in SWEEP_TEMPERATURE],
     "axes": lambda: [(g, DEFAULT["temperature"]) for g in SWEEP_GAMMA] + [(DEFAULT["gamma"], t) for t in SWEEP_TEMPERATURE],
+    "losses": list,  # no gamma/temperature points: each other row of the loss table instead (`_loss_points`)
 }
 SWEEP_CELL = "2W/32A:B"  # the committed grid's sweep: scheme B at 2W/32A, where the gain was least clear
 # The paper's loss weights are the library's defaults; the grid runs at them, the sweep around them.
@@ -213,15 +215,23 @@ def _sweep_of(args: argparse.Namespace, runs: Path, precision: str, scheme: str)
     base, needs = student_overrides(args, runs, precision, scheme, 0)
     prefix = "sweep" if f"{precision}:{scheme}" == SWEEP_CELL else f"sweep-{_slug(precision)}-{scheme}"
     meta = {"role": "sweep", "precision": precision, "scheme": scheme, "seed": 0}
-    pairs = SWEEP_POINTS[getattr(args, "sweep_points", "grid")]()
+    kind = getattr(args, "sweep_points", "grid")
+    pairs = SWEEP_POINTS[kind]()
     points = [({"distill.gamma": g, "distill.temperature": t}, f"g{g:g}-t{t:g}")
               for g, t in dict.fromkeys(pairs) if {"gamma": g, "temperature": t} != DEFAULT]
-    points += [({"optim.lr": lr}, f"lr{lr:g}") for lr in (SWEEP_C_LR if scheme == "C" else ())]
+    points += _loss_points() if kind == "losses" else []
+    points += [({"optim.lr": lr}, f"lr{lr:g}") for lr in (SWEEP_C_LR if scheme == "C" and kind != "losses" else ())]
     return [Job(f"{prefix}-{tag}", {**base, **change}, needs,
                 {**meta, "gamma": change.get("distill.gamma", DEFAULT["gamma"]),
                  "temperature": change.get("distill.temperature", DEFAULT["temperature"]),
-                 "lr": change.get("optim.lr", base["optim.lr"])})
+                 "lr": change.get("optim.lr", base["optim.lr"]),
+                 **({"loss": change["distill.loss"]} if "distill.loss" in change else {})})
             for change, tag in points]
+
+
+def _loss_points() -> list[tuple[dict[str, Any], str]]:
+    """Each row of `apprentice.losses.LOSSES` but the paper's (the grid's own run is that point)."""
+    return [({"distill.loss": name}, f"loss-{name}") for name in LOSSES if name != "paper"]
 
 
 def regime_arguments(ap: argparse.ArgumentParser) -> None:
@@ -288,7 +298,8 @@ def parser() -> argparse.ArgumentParser:
                     help="the cells the sweep tunes on the holdout, seed 0 (scheme C: its lr too), e.g. 4W/8A:C; "
                          "'missed': the cells of the goals the grid in --out misses, at their holdout-chosen scheme")
     ap.add_argument("--sweep-points", choices=list(SWEEP_POINTS), default="grid",
-                    help="grid: gamma x temperature (8 runs a cell); axes: one at a time through the default (4)")
+                    help="grid: gamma x temperature (8 runs a cell); axes: one at a time through the default (4); "
+                         "losses: each other row of the loss table (distill.loss; 5)")
     ap.add_argument("--deploy", default=None, help="train the students' deployable graph (quant.deploy, e.g. int8; "
                                                    "8-bit activations only): what it costs in accuracy")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the results from finished runs")

@@ -157,10 +157,10 @@ def sweep_table(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[
     cell = {(r["precision"], r["scheme"], r["seed"]) for r in sweep}
     grid = [r for r in rows if r["role"] == "student" and r["final_holdout_top1"] is not None]
     cand = sweep + [r for r in grid if (r["precision"], r["scheme"], r["seed"]) in cell]
-    table = [{"gamma": r["gamma"], "temperature": r["temperature"],
+    table = [{"gamma": r["gamma"], "temperature": r["temperature"], **({"loss": r["loss"]} if r.get("loss") else {}),
               "lr": r.get("lr", r.get("config", {}).get("overrides", {}).get("optim.lr")),
               "holdout_top1": r["final_holdout_top1"], "test_top1": r["final_top1"], "run": r["name"]} for r in cand]
-    table.sort(key=lambda r: (r["gamma"], r["temperature"], r["lr"] or 0))
+    table.sort(key=lambda r: (r.get("loss", ""), r["gamma"], r["temperature"], r["lr"] or 0))
     chosen = dict(max(table, key=lambda r: r["holdout_top1"]))
     (precision, scheme, seed), *more = sorted(cell)
     if more:
@@ -232,10 +232,12 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]], an: dict[str, Any
     for sweep, chosen in swept:
         c = chosen["cell"]
         lrs = len({r["lr"] for r in sweep}) > 1  # a scheme-C sweep tries C's learning rate too
-        text += [(f"## {'γ / τ / lr' if lrs else 'γ / τ'} sweep (scheme {c['scheme']}, {c['precision']}, "
+        losses = any("loss" in r for r in sweep)  # a sweep of the loss table's rows
+        what = "loss table" if losses else "γ / τ / lr" if lrs else "γ / τ"
+        text += [(f"## {what} sweep (scheme {c['scheme']}, {c['precision']}, "
                   f"seed {c['seed']}), chosen on the holdout split"), "",
-                 markdown_table(["γ", "τ", *(["lr"] if lrs else []), "holdout top-1 %", "test top-1 %"],
-                                sweep_rows(sweep, chosen, lrs)), "",
+                 markdown_table([*(["distill.loss"] if losses else []), "γ", "τ", *(["lr"] if lrs else []),
+                                 "holdout top-1 %", "test top-1 %"], sweep_rows(sweep, chosen, lrs)), "",
                  sweep_sentence(chosen), ""]
     text += regime_section(rows, st)
     if not st.get("train_images") and (goals := goal_lines(an)):  # the converged regime (all training images)
@@ -298,19 +300,22 @@ def _paired_at(conv: list[dict[str, Any]], epoch: int) -> dict[str, Any]:
 
 
 def sweep_rows(sweep: list[dict[str, Any]], chosen: dict[str, Any], lrs: bool = False) -> list[list[Any]]:
-    table = [[r["gamma"], r["temperature"], *([f"{r['lr']:g}"] if lrs else []), f"{r['holdout_top1']:.2f}",
-              f"{r['test_top1']:.2f}"] for r in sweep]
+    """The sweep's table rows; a loss-table sweep starts each row with its `distill.loss` (the grid's: paper)."""
+    losses = any("loss" in r for r in sweep)
+    table = [[*([r.get("loss", "paper")] if losses else []), r["gamma"], r["temperature"],
+              *([f"{r['lr']:g}"] if lrs else []), f"{r['holdout_top1']:.2f}", f"{r['test_top1']:.2f}"] for r in sweep]
     for key, label in (("baseline", "no teacher"), ("fp_twin", "FP twin")):
         if f"{key}_holdout_top1" in chosen:
-            table.append([label, "-", *(["-"] if lrs else []), f"{chosen[f'{key}_holdout_top1']:.2f}",
-                          f"{chosen[f'{key}_test_top1']:.2f}"])
+            table.append([label, *(["-"] if losses else []), "-", *(["-"] if lrs else []),
+                          f"{chosen[f'{key}_holdout_top1']:.2f}", f"{chosen[f'{key}_test_top1']:.2f}"])
     return table
 
 
 def sweep_sentence(chosen: dict[str, Any]) -> str:
     """Which setting the holdout picks, and its margins, from the rows (so no number is typed by hand)."""
     lr = f", lr={chosen['lr']:g}" if chosen.get("cell", {}).get("scheme") == "C" else ""  # only C's sweep moves it
-    text = (f"Chosen on holdout: γ={chosen['gamma']:g}, τ={chosen['temperature']:g}{lr} "
+    named = f"distill.loss={chosen['loss']}, " if chosen.get("loss") else ""
+    text = (f"Chosen on holdout: {named}γ={chosen['gamma']:g}, τ={chosen['temperature']:g}{lr} "
             f"(holdout {chosen['holdout_top1']:.2f} %, test {chosen['test_top1']:.2f} %).")
     if "baseline_holdout_top1" in chosen:
         text += (f" The same seed without a teacher: holdout {chosen['baseline_holdout_top1']:.2f} %, "

@@ -142,6 +142,18 @@ def test_sweep_chooses_on_holdout_never_on_test():
     assert accuracy_report.sweep_rows(table, chosen)[-1] == ["no teacher", "-", "84.00", "83.00"]
 
 
+def test_a_loss_table_sweep_names_each_row_and_the_choice():
+    def run(role, scheme, loss, holdout, test):
+        return {**_row(role, "4W/8A", scheme, 0, test), "name": f"{scheme}-{loss}", "gamma": 0.5, "temperature": 1.0,
+                "final_holdout_top1": holdout, "lr": 0.01, **({"loss": loss} if loss else {})}
+    rows = [run("student", "C", None, 90.0, 90.5), run("student", "baseline", None, 89.0, 89.2),
+            run("sweep", "C", "mse", 91.0, 90.1), run("sweep", "C", "soft-t4", 90.5, 91.0)]
+    table, chosen = accuracy_report.sweep_table(rows)
+    assert chosen["loss"] == "mse"  # on the holdout, not the test's soft-t4
+    assert [r[0] for r in accuracy_report.sweep_rows(table, chosen)] == ["paper", "mse", "soft-t4", "no teacher"]
+    assert "distill.loss=mse, γ=0.5" in accuracy_report.sweep_sentence(chosen)
+
+
 def test_row_machine_comes_from_the_run_else_says_it_is_the_reports():
     stamp = {"hostname": "here", "cpu_model": "CPU X", "cpu_count": 2}
     assert accuracy_report._machine({"host": "here", "threads": 1}, stamp) == {

@@ -440,3 +440,16 @@ def test_bn_reestimate_measures_a_grids_final_checkpoints_and_resumes(tmp_path, 
     with pytest.raises(SystemExit, match="not the run's final state"):
         bn_reestimate.main([*argv[:-1], "other.json"])
     assert bn_reestimate.fell([90.0, 90.4, 90.1, 89.9]) == 0.5 and bn_reestimate.fell([90.0, 90.2, 90.1]) is None
+
+
+def test_a_losses_sweep_runs_each_other_row_of_the_loss_table(tmp_path):
+    from apprentice.losses import LOSSES
+
+    jobs = accuracy.sweep_jobs(_args(sweep_cell=["4W/8A:C"], sweep_points="losses"), tmp_path)
+    assert sorted(j.overrides["distill.loss"] for j in jobs) == sorted(n for n in LOSSES if n != "paper")
+    assert all(j.meta["loss"] == j.overrides["distill.loss"] and j.name.endswith("loss-" + j.meta["loss"]) for j in jobs)
+    assert all(j.overrides["distill.gamma"] == 0.5 for j in jobs)  # the defaults the named loss allows beside it
+    from apprentice.config import load_config
+    for j in jobs:  # each job's overrides make a valid recipe (the loss's weights are not given twice)
+        load_config(None, [f"{k}={v}" for k, v in j.overrides.items() if k.startswith("distill.") and "teacher" not in k
+                           and k != "distill.scheme" and "student_init" not in k])

@@ -453,3 +453,15 @@ def test_a_losses_sweep_runs_each_other_row_of_the_loss_table(tmp_path):
     for j in jobs:  # each job's overrides make a valid recipe (the loss's weights are not given twice)
         load_config(None, [f"{k}={v}" for k, v in j.overrides.items() if k.startswith("distill.") and "teacher" not in k
                            and k != "distill.scheme" and "student_init" not in k])
+
+
+def test_the_patient_study_script_plans_its_steps_and_checks_names_first():
+    script = ROOT / "benchmarks" / "patient_study.sh"
+    env = {**os.environ, "DRY_RUN": "1"}
+    bad = subprocess.run([str(script), "pilot", "bogus"], check=False, capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "unknown step 'bogus'" in bad.stderr and bad.stdout == ""
+    dry = subprocess.run([str(script)], capture_output=True, text=True, check=True, env=env).stdout.splitlines()
+    assert len(dry) == 3 and "--teacher-recipe configs/fashion_mnist/teacher_strong.yaml" in dry[0]
+    assert "train.seed=1" in dry[1] and "--sweep-points losses" in dry[2]
+    for line in (dry[0], dry[2]):  # the accuracy grid's own parser takes every option
+        accuracy.parser().parse_args(line.split()[2:])

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The patient study (issue 29, benchmarks/README.md "The patient study"), every step in order; each step
+# resumes where it stopped and commits each finished run's row (--commit), so this one command continues
+# the study on this machine or on a fresh clone. Steps (default: all, in this order):
+#   pilot     the strong teacher (configs/fashion_mnist/teacher_strong.yaml), the seed-0 FP twin at 32 and
+#             64 epochs (is 32 within 0.3 points of the plateau?), the no-teacher 2W/32A student at 32
+#   teacher2  the same teacher recipe with seed 1: the second member of the ensemble
+#   losses    seed 0, per precision (2W/32A, 4W/8A, LSQ 2W/2A), scheme C: the no-teacher student, the
+#             paper's loss and each other row of the loss table (--sweep-points losses), chosen on the holdout
+# Usage: benchmarks/patient_study.sh [STEP ...]   (stop with Ctrl-C or SIGTERM: the runs checkpoint)
+#        DRY_RUN=1 benchmarks/patient_study.sh ...  prints the steps' commands instead
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=(.venv/bin/python)
+[ -n "${DRY_RUN:-}" ] && PY=(echo "${PY[@]}")
+RUNS=runs/patient
+REGIME=(--train-images 0 --pad 0 --student-width 0.5 --epochs "${EPOCHS:-32}" --channels-last
+        --teacher-recipe configs/fashion_mnist/teacher_strong.yaml --runs-dir "$RUNS"
+        --out benchmarks/results/accuracy_patient.json --workers 2 --threads 1 --commit)
+
+teacher2() {  # a plain run folder beside the grid's: resumed if it has a checkpoint, skipped once finished
+  local out=$RUNS/teacher-s1
+  if [ -f "$out/summary.json" ] && grep -q '"status": "finished"' "$out/summary.json"; then return 0; fi
+  local how=(--overwrite); [ -f "$out/checkpoints/last.pt" ] && how=(--resume)
+  "${PY[@]}" -m apprentice train configs/fashion_mnist/teacher_strong.yaml "${how[@]}" train.seed=1 \
+      data.holdout=5000 train.out="$out"
+}
+
+step() {
+  case "$1" in
+    pilot) "${PY[@]}" benchmarks/accuracy.py "${REGIME[@]}" --precisions 2W/32A --schemes baseline --seeds 0 \
+             --plateau --no-sweep ;;
+    teacher2) teacher2 ;;
+    losses) "${PY[@]}" benchmarks/accuracy.py "${REGIME[@]}" --precisions 2W/32A 4W/8A lsq:2W/2A \
+              --schemes baseline C --seeds 0 --plateau --sweep-cell 2W/32A:C 4W/8A:C lsq:2W/2A:C --sweep-points losses ;;
+  esac
+}
+
+STEPS=("$@")
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(pilot teacher2 losses)
+for s in "${STEPS[@]}"; do  # every name checked before any step runs
+  case "$s" in pilot|teacher2|losses) ;;
+    *) echo "patient_study: unknown step '$s' (pilot, teacher2, losses)" >&2; exit 2 ;;
+  esac
+done
+for s in "${STEPS[@]}"; do step "$s"; done

@@ -31,12 +31,14 @@ _PUBLIC: dict[str, str] = {  # public name -> the module that defines it, import
     "cross_entropy": "apprentice.losses",
     "DEFAULT_EXCLUDE": "apprentice.quant",
     "Distiller": "apprentice.distill",
+    "Ensemble": "apprentice.distill",
     "evaluate": "apprentice.train",
     "fake_quant_activation": "apprentice.quant",
     "fake_quant_weight": "apprentice.quant",
     "fit": "apprentice.run.loop",
     "LayerPlan": "apprentice.quant",
     "load_config": "apprentice.config",
+    "LOSSES": "apprentice.losses",
     "load_packed": "apprentice.export",
     "load_run": "apprentice.run.runs",
     "LoadedRun": "apprentice.run.runs",
@@ -82,10 +84,15 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from apprentice.config import load_config
     from apprentice.config.schema import Config
-    from apprentice.distill import SCHEMES, Distiller, Scheme, make_student
+    from apprentice.distill import SCHEMES, Distiller, Ensemble, Scheme, make_student
     from apprentice.errors import ApprenticeError
     from apprentice.export import load_packed, save_packed
-    from apprentice.losses import apprentice_loss, cross_entropy, soft_cross_entropy
+    from apprentice.losses import (
+        LOSSES,
+        apprentice_loss,
+        cross_entropy,
+        soft_cross_entropy,
+    )
     from apprentice.models import (
         MODELS,
         build_model,
@@ -117,6 +124,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_EXCLUDE",
+    "LOSSES",
     "MODELS",
     "SCHEMES",
     "WEIGHT_QUANTIZERS",
@@ -124,6 +132,7 @@ __all__ = [
     "ApprenticeError",
     "Config",
     "Distiller",
+    "Ensemble",
     "LayerPlan",
     "LoadedRun",
     "QConv2d",

@@ -213,8 +213,9 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]], an: dict[str, Any
     text = [
         "# Accuracy grid: Fashion-MNIST (not ImageNet)", "",
         stamp_markdown(info["stamp"]), "",
-        (f"Student `{st['student']}` (1×28×28 inputs, option-A shortcuts), teacher `{st['teacher']}` (FP, trained "
-        f"once, seed 0: test top-1 {an['teacher_top1']} %). Training images: "
+        (f"Student `{st['student']}` (1×28×28 inputs, option-A shortcuts), teacher "
+        f"{_teacher_name(st)} (FP, trained once, seed 0: test top-1 "
+        f"{'not yet finished' if an['teacher_top1'] is None else an['teacher_top1']} %). Training images: "
         f"{'all' if not st['train_images'] else 'the first ' + format(st['train_images'], ',')} "
         f"after setting aside {st['holdout']:,} for the sweep's choice; test: the 10,000 test images. "
         f"{st['epochs']} epochs, batch {o['data.batch_size']}, {o['optim.name'].upper()} (Nesterov momentum 0.9, "
@@ -297,6 +298,12 @@ def _paired_at(conv: list[dict[str, Any]], epoch: int) -> dict[str, Any]:
     at = {(r["scheme"], r["seed"]): _at(r, epoch) for r in conv}
     seeds = sorted({s for sch, s in at if sch == "A"} & {s for sch, s in at if sch == "B"})
     return _ms([at["B", s] - at["A", s] for s in seeds if at["A", s] is not None and at["B", s] is not None])
+
+
+def _teacher_name(settings: dict[str, Any]) -> str:
+    """The teacher as the command named it: its recipe file (``--teacher-recipe``), else its architecture."""
+    recipe = settings.get("teacher_recipe")
+    return f"from `{recipe}`" if recipe else f"`{settings['teacher']}`"
 
 
 def sweep_rows(sweep: list[dict[str, Any]], chosen: dict[str, Any], lrs: bool = False) -> list[list[Any]]:

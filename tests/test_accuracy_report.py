@@ -182,3 +182,9 @@ def test_a_scheme_c_sweep_table_has_lr_and_chooses_per_cell_on_holdout():
     other = [row("b-own", 0.1, 0.5, 84.0, 84.0, role="student", scheme="B"), row("b-g1", 0.1, 1.0, 99.0, 80.0, scheme="B")]
     both = accuracy_report.sweeps(rows + other)
     assert [(c["cell"]["scheme"], c["run"]) for _, c in both] == [("B", "b-g1"), ("C", "lr")]
+
+
+def test_the_report_names_the_teacher_by_its_recipe_when_one_trained_it():
+    assert accuracy_report._teacher_name({"teacher": "resnet14"}) == "`resnet14`"
+    assert accuracy_report._teacher_name({"teacher": "resnet14", "teacher_recipe": "configs/t.yaml"}) == (
+        "from `configs/t.yaml`")

@@ -18,12 +18,24 @@ REGIME=(--train-images 0 --pad 0 --student-width 0.5 --epochs "${EPOCHS:-32}" --
         --teacher-recipe configs/fashion_mnist/teacher_strong.yaml --runs-dir "$RUNS"
         --out benchmarks/results/accuracy_patient.json --workers 2 --threads 1 --commit)
 
+SNAP=benchmarks/results/accuracy_patient_runs/teacher-s1  # committed: a fresh clone resumes or uses it
+
 teacher2() {  # a plain run folder beside the grid's: resumed if it has a checkpoint, skipped once finished
-  local out=$RUNS/teacher-s1
+  local out=$RUNS/teacher-s1 rc=0
+  if [ ! -f "$out/checkpoints/last.pt" ] && [ -f "$SNAP/checkpoints/last.pt" ]; then
+    mkdir -p "$out" && cp -r "$SNAP/." "$out/"   # the committed half-way (or finished) run
+  fi
   if [ -f "$out/summary.json" ] && grep -q '"status": "finished"' "$out/summary.json"; then return 0; fi
   local how=(--overwrite); [ -f "$out/checkpoints/last.pt" ] && how=(--resume)
   "${PY[@]}" -m apprentice train configs/fashion_mnist/teacher_strong.yaml "${how[@]}" train.seed=1 \
-      data.holdout=5000 train.out="$out"
+      data.holdout=5000 train.out="$out" || rc=$?
+  [ -n "${DRY_RUN:-}" ] && return 0
+  mkdir -p "$SNAP/checkpoints"   # finished or stopped: keep what a fresh clone needs, and commit it
+  cp "$out"/{config.yaml,metrics.jsonl} "$SNAP/" && cp "$out/checkpoints/last.pt" "$SNAP/checkpoints/"
+  [ -f "$out/summary.json" ] && cp "$out/summary.json" "$SNAP/" && cp "$out/checkpoints/best.pt" "$SNAP/checkpoints/"
+  git add "$SNAP" && git commit -q -m "patient study: teacher-s1 $([ $rc -eq 0 ] && echo finished || echo stopped, kept to resume)" \
+      -- "$SNAP" || echo "patient_study: could not commit $SNAP" >&2
+  return $rc
 }
 
 step() {

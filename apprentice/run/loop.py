@@ -173,8 +173,9 @@ def _run(cfg: Config, rt: Runtime, signals: StopSignals, *, resume: bool, overwr
     if saved is not None:
         _restore(run, saved)
     run.metrics = _open_run_folder(run, resumed=saved is not None, overwrite=overwrite)
-    _wrap_for_processes(run)
-    _compile(run)
+    runtime.wrap_for_processes(training.distiller, rt)
+    if cfg.train.compile:
+        runtime.compile_step(training.distiller, teacher_runs=cfg.distill.teacher_cache is None)
     progress.line(_describe(run, resumed=saved is not None))
     run.first_step, run.t_first = run.counters.step, time.perf_counter()
     try:
@@ -281,31 +282,6 @@ def _open_run_folder(run: _Run, *, resumed: bool, overwrite: bool) -> MetricsWri
             trim_metrics(out / METRICS_FILE, step)
     purge = step + 1 if resumed or leftovers else None
     return MetricsWriter(out, enabled=run.main, purge_step=purge, notice=run.progress.line)
-
-
-def _wrap_for_processes(run: _Run) -> None:
-    """Under torchrun, average the gradients of what trains; a frozen teacher is never wrapped."""
-    if run.rt.world_size == 1:
-        return
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    distiller, ids = run.training.distiller, [run.rt.device.index] if run.rt.device.type == "cuda" else None
-    distiller.student = DDP(distiller.student, device_ids=ids)
-    if distiller.teacher_trains:
-        distiller.teacher = DDP(distiller.teacher, device_ids=ids)
-
-
-def _compile(run: _Run) -> None:
-    """``train.compile``: torch.compile what runs in the step (after the DDP wrap, as torch advises).
-
-    Only the training forward is compiled; evaluation and checkpoints use the plain modules.
-    """
-    if not run.cfg.train.compile:
-        return
-    distiller = run.training.distiller
-    distiller.student = torch.compile(distiller.student)
-    if distiller.teacher is not None and run.cfg.distill.teacher_cache is None:
-        distiller.teacher = torch.compile(distiller.teacher)
 
 
 def _describe(run: _Run, *, resumed: bool) -> str:

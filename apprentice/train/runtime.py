@@ -36,9 +36,29 @@ import torch.distributed as dist
 
 from apprentice.errors import EXIT_RUNTIME, EXIT_SIGTERM, ApprenticeError, signal_exit
 
-__all__ = ["DEFAULT_TIMEOUT", "DEVICE_NAMES", "EXIT_SIGTERM", "TIMEOUT_ENV", "PeerLostError", "Runtime",
-           "StopSignals", "TrainingInterrupted", "agree", "check_device", "collective_timeout", "is_collective_failure",
-           "peer_lost", "raise_from_rank0", "resolve_device", "seed_everything", "setup", "teardown", "torchrun_env"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "DEVICE_NAMES",
+    "EXIT_SIGTERM",
+    "TIMEOUT_ENV",
+    "PeerLostError",
+    "Runtime",
+    "StopSignals",
+    "TrainingInterrupted",
+    "agree",
+    "check_device",
+    "collective_timeout",
+    "compile_step",
+    "is_collective_failure",
+    "peer_lost",
+    "raise_from_rank0",
+    "resolve_device",
+    "seed_everything",
+    "setup",
+    "teardown",
+    "torchrun_env",
+    "wrap_for_processes",
+]
 # EXIT_SIGTERM is re-exported: the status a run stopped by SIGTERM carries (its owner is apprentice.errors).
 
 # Device names (``train.device``, ``eval --device``): N is a GPU index. A pattern, not a dict: the
@@ -327,3 +347,29 @@ def seed_everything(seed: int, device: torch.device) -> None:
     np.random.seed(seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+
+
+def wrap_for_processes(distiller: torch.nn.Module, rt: Runtime) -> None:
+    """Under torchrun, average the gradients of what trains; a frozen teacher is never wrapped.
+
+    ``distiller`` is an `apprentice.distill.Distiller` (its ``student``, ``teacher`` and ``teacher_trains``).
+    """
+    if rt.world_size == 1:
+        return
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [rt.device.index] if rt.device.type == "cuda" else None
+    distiller.student = DDP(distiller.student, device_ids=ids)
+    if distiller.teacher_trains:
+        distiller.teacher = DDP(distiller.teacher, device_ids=ids)
+
+
+def compile_step(distiller: torch.nn.Module, *, teacher_runs: bool) -> None:
+    """``train.compile``: torch.compile what runs in the step (after the DDP wrap, as torch advises):
+    the student, and the teacher when it runs (not when a cache stands in for it).
+
+    Only the training forward is compiled; evaluation and checkpoints use the plain modules.
+    """
+    distiller.student = torch.compile(distiller.student)
+    if distiller.teacher is not None and teacher_runs:
+        distiller.teacher = torch.compile(distiller.teacher)

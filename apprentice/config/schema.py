@@ -53,7 +53,7 @@ class DistillConfig:
     beta: float = _f(0.5, "weight of the student's cross-entropy with the labels (baseline: the label term is weighted beta+gamma)")
     gamma: float = _f(0.5, "weight of the student's cross-entropy with the teacher's distribution")
     temperature: float = _f(1.0, "softmax temperature of the distillation term (scaled by temperature^2)")
-    loss: str | None = _f(None, "a named distillation loss, a losses.LOSSES key (paper | soft-t4 | function-matching | mse | gamma-decay | gamma-rise): its beta, gamma, temperature, term and gamma schedule; null = distill.beta, gamma and temperature as given")
+    loss: str | None = _f(None, "a named distillation loss, a key of apprentice.losses.LOSSES (the recipe reference and docs/distillation.md list them): its beta, gamma, temperature, term and gamma schedule; null = distill.beta, gamma and temperature as given")
     teacher_grad_from_gamma: bool = _f(False, "scheme A: let the distillation term's gradient reach the teacher too")
     teacher_cache: str | None = _f(None, "schemes B/C: file of the teacher's logits for every training view (apprentice cache-teacher), read instead of running the teacher")
 

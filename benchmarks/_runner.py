@@ -70,7 +70,10 @@ def portable(overrides: dict[str, Any], runs_dir: str) -> dict[str, Any]:
     """Overrides with the run folders' absolute paths written relative to ``runs_dir`` ("{runs}/teacher"),
     so a row committed on one machine matches the same job in another checkout."""
     tail = re.compile(r"^.*/" + re.escape(runs_dir.strip("/")) + "/")
-    return {k: tail.sub("{runs}/", v) if isinstance(v, str) else v for k, v in overrides.items()}
+
+    def one(v: Any) -> Any:  # a path, or the list of an ensemble's (distill.teacher)
+        return tail.sub("{runs}/", v) if isinstance(v, str) else [one(x) for x in v] if isinstance(v, list) else v
+    return {k: one(v) for k, v in overrides.items()}
 
 
 def is_committed(job: Job, rows: dict[str, dict[str, Any]], runs_dir: str = "runs/accuracy") -> bool:

@@ -146,3 +146,10 @@ def test_each_finished_run_reports_its_time_the_count_and_the_time_left(tmp_path
     lines = [ln.split("] ", 1)[1] for ln in capsys.readouterr().out.splitlines() if "] done" in ln]
     assert lines == ["done a in 0:00 h: 1/2 runs, about 0:00 h left", "done b in 0:00 h: 2/2 runs"]
     assert len(calls) == 2
+
+
+def test_portable_writes_run_paths_relative_to_the_runs_folder_in_lists_too():
+    o = {"distill.teacher": ["/a/x/runs/p/teacher", "/b/runs/p/teacher-s1"], "distill.student_init": "/c/runs/p/fp-s0",
+         "train.epochs": 32}
+    assert _runner.portable(o, "runs/p") == {"distill.teacher": ["{runs}/teacher", "{runs}/teacher-s1"],
+                                     "distill.student_init": "{runs}/fp-s0", "train.epochs": 32}

@@ -16,8 +16,10 @@ from torch import nn
 from apprentice.config.schema import ModelConfig
 from apprentice.distill import Ensemble
 from apprentice.errors import ApprenticeError
+from apprentice.export import load_packed
 from apprentice.models import build_model, takes_argument
-from apprentice.run.file_checks import NOT_WEIGHTS, check_kind
+from apprentice.quant import quantized_layers
+from apprentice.run.file_checks import NOT_WEIGHTS, check_kind, file_kind
 from apprentice.train.checkpoint import (
     as_state_dict,
     check_checkpoint,
@@ -57,8 +59,9 @@ def load_teacher(path: str, model_cfg: ModelConfig | None, *, num_classes: int, 
     """The trained teacher of schemes B/C, in eval mode on the CPU.
 
     Args:
-        path: a run folder or apprentice checkpoint (architecture read from it), or a plain
-            ``.pt``/``.pth``/``.safetensors`` state dict (architecture from ``model_cfg``).
+        path: a run folder or apprentice checkpoint (architecture read from it), the packed export
+            of a full-precision run (rebuilt by name; a quantized student's export is refused), or a
+            plain ``.pt``/``.pth``/``.safetensors`` state dict (architecture from ``model_cfg``).
         model_cfg: the teacher architecture (``distill.teacher_model``); required for plain state
             dicts, checked against the run's architecture otherwise.
         num_classes: classes of the data set; the teacher must predict the same.
@@ -71,6 +74,9 @@ def load_teacher(path: str, model_cfg: ModelConfig | None, *, num_classes: int, 
     p = Path(path)
     if not p.exists():
         raise ApprenticeError(f"distill.teacher {path!r} does not exist")
+    if file_kind(path) == "packed" and (packed := _full_precision_packed(path)) is not None:
+        _check_arch(getattr(packed, "arch", None), path, model_cfg, num_classes=num_classes, in_channels=in_channels)
+        return packed.eval()
     check_kind(path, "distill.teacher", NOT_WEIGHTS,
                "a teacher needs float weights: give its run folder, checkpoint or state-dict file")
     loaded: Any = None
@@ -80,19 +86,7 @@ def load_teacher(path: str, model_cfg: ModelConfig | None, *, num_classes: int, 
         loaded = torch_load(p, "teacher file")  # once: teacher files can be large
     if is_checkpoint(loaded):
         ckpt = check_checkpoint(loaded, p)
-        arch = checkpoint_arch(ckpt)
-        if not isinstance(arch, Mapping):
-            raise ApprenticeError(f"teacher {path!r} has no architecture ('arch' entry)")
-        if arch.get("num_classes") != num_classes or arch.get("in_channels") != in_channels:
-            raise ApprenticeError(
-                f"teacher {path!r} was trained for {arch.get('num_classes')} classes and {arch.get('in_channels')} "
-                f"input channels, but the data set has {num_classes} classes and {in_channels} channels")
-        if model_cfg is not None:
-            wanted = {"name": model_cfg.name,
-                      **model_arguments(model_cfg, num_classes=num_classes, in_channels=in_channels)}
-            diff = [f"{k}={v!r} (run has {arch.get(k)!r})" for k, v in wanted.items() if arch.get(k) != v]
-            if diff:
-                raise ApprenticeError(f"distill.teacher_model does not match teacher run {path!r}: {', '.join(diff)}")
+        _check_arch(checkpoint_arch(ckpt), path, model_cfg, num_classes=num_classes, in_channels=in_channels)
         model, _ = model_from_checkpoint(ckpt, p)
         check_finite(model.state_dict(), f"teacher {path!r}")
         return model.eval()
@@ -109,6 +103,29 @@ def load_teacher(path: str, model_cfg: ModelConfig | None, *, num_classes: int, 
     check_finite(sd, f"teacher {path!r}")
     return model.eval()
 
+
+
+def _check_arch(arch: Any, path: str, model_cfg: ModelConfig | None, *, num_classes: int, in_channels: int) -> None:
+    """A trained teacher's recorded architecture fits the data set and ``distill.teacher_model``."""
+    if not isinstance(arch, Mapping):
+        raise ApprenticeError(f"teacher {path!r} has no architecture ('arch' entry)")
+    if arch.get("num_classes") != num_classes or arch.get("in_channels") != in_channels:
+        raise ApprenticeError(
+            f"teacher {path!r} was trained for {arch.get('num_classes')} classes and {arch.get('in_channels')} "
+            f"input channels, but the data set has {num_classes} classes and {in_channels} channels")
+    if model_cfg is not None:
+        wanted = {"name": model_cfg.name, **model_arguments(model_cfg, num_classes=num_classes, in_channels=in_channels)}
+        diff = [f"{k}={v!r} (run has {arch.get(k)!r})" for k, v in wanted.items() if arch.get(k) != v]
+        if diff:
+            raise ApprenticeError(f"distill.teacher_model does not match teacher run {path!r}: {', '.join(diff)}")
+
+
+def _full_precision_packed(path: str) -> nn.Module | None:
+    """A packed export whose every layer is float (a full-precision run's), rebuilt by name without running
+    code from the file (safetensors; non-finite values refused); None for a quantized one, whose float
+    weights are gone: that stays refused as a teacher (`check_kind`)."""
+    model = load_packed(path)
+    return None if quantized_layers(model) else model
 
 
 def teacher_paths(teacher: str | tuple[str, ...] | None) -> dict[str, str]:

@@ -128,3 +128,17 @@ def test_a_student_trains_on_a_k_view_cache_made_by_the_command_line(tmp_path, t
     cfg = load_config(None, [*TINY, f"train.out={tmp_path / 's'}", "distill.scheme=B", f"distill.teacher={teachers[0]}",
                              f"distill.teacher_cache={cache}"])
     assert fit(cfg)["status"] == "finished"
+
+
+def test_a_full_precision_packed_export_teaches_alone_and_in_an_ensemble(tmp_path, teachers):
+    packed = tmp_path / "t1.safetensors"
+    assert main(["export", str(teachers[1]), "--format", "packed", "--out", str(packed)]) == 0
+    for teacher in (str(packed), f"[{teachers[0]},{packed}]"):
+        cfg = load_config(None, [*TINY, f"train.out={tmp_path / str(len(teacher))}", "distill.scheme=B",
+                                 f"distill.teacher={teacher}"])
+        assert fit(cfg)["status"] == "finished"
+    quantized = tmp_path / "student.safetensors"  # a quantized student's export: its float weights are gone
+    fit(tiny(tmp_path / "q", "quant.precision=2W/32A"))
+    assert main(["export", str(tmp_path / "q"), "--format", "packed", "--out", str(quantized)]) == 0
+    with pytest.raises(ApprenticeError, match="is a packed export"):
+        fit(load_config(None, [*TINY, f"train.out={tmp_path / 'x'}", "distill.scheme=B", f"distill.teacher={quantized}"]))

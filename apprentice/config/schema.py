@@ -102,7 +102,7 @@ class TrainConfig:
     seed: int = _f(0, "random seed (initialisation, data order, augmentation)")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     amp: str = _f("off", "mixed precision autocast: off | bf16 | fp16")
-    channels_last: bool = _f(True, "channels-last memory format: faster convolutions on this project's CPUs (0.90x the FP step, 0.81x the 2W/8A step: benchmarks/results/speed_layout.md) and on recent GPUs; false = NCHW")
+    channels_last: bool = _f(True, "channels-last memory format: faster convolutions on this project's CPUs (0.79x the FP step, 0.86x the 2W/8A step: benchmarks/results/speed_layout.md) and on recent GPUs; false = NCHW")
     compile: bool = _f(False, "torch.compile the student (and a teacher that runs): slower start, faster steps")
     out: str = _f("runs/run", "run folder (config, metrics, checkpoints, summary)")
     checkpoint_every: int = _f(0, "also checkpoint every N steps; 0 = only at epoch ends")

@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +45,6 @@ PRECISIONS = ("2W/32A", "2W/8A", "4W/8A")
 SWEEP_GAMMA = (0.5, 1.0, 2.0)
 SWEEP_TEMPERATURE = (1.0, 2.0, 4.0)
 SWEEP_C_LR = (0.003, 0.03)  # a scheme-C sweep also tries its fine-tuning lr around the grid's 0.01
-#: which (gamma, temperature) points a sweep tries besides the default: the full 3 x 3 grid (the
-#: committed 10k grid's sweep), or one axis at a time through the default (half the runs, for the
-#: converged regime's slower runs)
-SWEEP_POINTS = {
-    "grid": lambda: [(g, t) for g in SWEEP_GAMMA for t in SWEEP_TEMPERATURE],
-    "axes": lambda: [(g, DEFAULT["temperature"]) for g in SWEEP_GAMMA] + [(DEFAULT["gamma"], t) for t in SWEEP_TEMPERATURE],
-    "losses": list,  # no gamma/temperature points: each other row of the loss table instead (`_loss_points`)
-}
 SWEEP_CELL = "2W/32A:B"  # the committed grid's sweep: scheme B at 2W/32A, where the gain was least clear
 # The paper's loss weights are the library's defaults; the grid runs at them, the sweep around them.
 DEFAULT = {"gamma": DistillConfig().gamma, "temperature": DistillConfig().temperature}
@@ -215,12 +208,8 @@ def _sweep_of(args: argparse.Namespace, runs: Path, precision: str, scheme: str)
     base, needs = student_overrides(args, runs, precision, scheme, 0)
     prefix = "sweep" if f"{precision}:{scheme}" == SWEEP_CELL else f"sweep-{_slug(precision)}-{scheme}"
     meta = {"role": "sweep", "precision": precision, "scheme": scheme, "seed": 0}
-    kind = getattr(args, "sweep_points", "grid")
-    pairs = SWEEP_POINTS[kind]()
-    points = [({"distill.gamma": g, "distill.temperature": t}, f"g{g:g}-t{t:g}")
-              for g, t in dict.fromkeys(pairs) if {"gamma": g, "temperature": t} != DEFAULT]
-    points += _loss_points() if kind == "losses" else []
-    points += [({"optim.lr": lr}, f"lr{lr:g}") for lr in (SWEEP_C_LR if scheme == "C" and kind != "losses" else ())]
+    points, tries_lr = SWEEP_POINTS[getattr(args, "sweep_points", "grid")]
+    points = points() + [({"optim.lr": lr}, f"lr{lr:g}") for lr in (SWEEP_C_LR if scheme == "C" and tries_lr else ())]
     return [Job(f"{prefix}-{tag}", {**base, **change}, needs,
                 {**meta, "gamma": change.get("distill.gamma", DEFAULT["gamma"]),
                  "temperature": change.get("distill.temperature", DEFAULT["temperature"]),
@@ -229,9 +218,27 @@ def _sweep_of(args: argparse.Namespace, runs: Path, precision: str, scheme: str)
             for change, tag in points]
 
 
+def _gamma_tau(pairs: list[tuple[float, float]]) -> list[tuple[dict[str, Any], str]]:
+    """(overrides, tag) of each (gamma, temperature) point but the default (the grid's own run)."""
+    return [({"distill.gamma": g, "distill.temperature": t}, f"g{g:g}-t{t:g}")
+            for g, t in dict.fromkeys(pairs) if {"gamma": g, "temperature": t} != DEFAULT]
+
+
 def _loss_points() -> list[tuple[dict[str, Any], str]]:
     """Each row of `apprentice.losses.LOSSES` but the paper's (the grid's own run is that point)."""
     return [({"distill.loss": name}, f"loss-{name}") for name in LOSSES if name != "paper"]
+
+
+#: ``--sweep-points``: the points a sweep tries besides the grid's own run, and whether a scheme-C cell
+#: also tries its fine-tuning lr: the full 3 x 3 gamma x temperature grid (the committed 10k grid's
+#: sweep), one axis at a time through the default (half the runs, for the converged regime's slower
+#: runs), or each other row of the loss table (at the grid's lr: a loss is compared with a loss)
+SWEEP_POINTS: dict[str, tuple[Callable[[], list[tuple[dict[str, Any], str]]], bool]] = {
+    "grid": (lambda: _gamma_tau([(g, t) for g in SWEEP_GAMMA for t in SWEEP_TEMPERATURE]), True),
+    "axes": (lambda: _gamma_tau([(g, DEFAULT["temperature"]) for g in SWEEP_GAMMA]
+                                + [(DEFAULT["gamma"], t) for t in SWEEP_TEMPERATURE]), True),
+    "losses": (_loss_points, False),
+}
 
 
 def regime_arguments(ap: argparse.ArgumentParser) -> None:

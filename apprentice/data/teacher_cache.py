@@ -233,21 +233,26 @@ class TeacherCache:
         Only those rows are read from the file; the result goes to ``device`` (default: CPU). A K-view
         cache serves only the views it holds: any other is an error naming the first such sample.
         """
-        slot = view.cpu()
-        if self.view_table is not None and index.numel():
-            match = self.view_table[index.cpu().clamp(0, self.images - 1)] == slot[:, None]
-            if not bool(match.any(1).all()) or bool((index.cpu() >= self.images).any()):
-                first = int((~match.any(1)).nonzero()[0, 0]) if not bool(match.any(1).all()) else 0
-                raise ApprenticeError(f"teacher cache {str(self.path)!r} holds {self.views} views an image; image "
-                                      f"{int(index[first])} view {int(view[first])} is not one of them")
-            slot = match.long().argmax(1)
+        index, slot = index.cpu(), view.cpu()
+        if self.view_table is not None and index.numel() and bool((index < self.images).all()):
+            slot = self._slots(index, slot)  # ids beyond the file: the read below names them
         try:
-            rows = self._file["logits"][index.cpu().numpy(), slot.numpy()]
+            rows = self._file["logits"][index.numpy(), slot.numpy()]
         except IndexError:
             raise ApprenticeError(f"teacher cache {str(self.path)!r} holds {self.images} images × {self.views} "
                                   f"views; asked for image/view ids beyond that") from None
         out = torch.from_numpy(rows).float()
         return out.to(device, non_blocking=True) if device is not None else out
+
+    def _slots(self, index: Tensor, view: Tensor) -> Tensor:
+        """Where a K-view cache stores each sample's (image, view); a view it does not hold is an error."""
+        held = self.view_table[index] == view[:, None]  # type: ignore[index]
+        found = held.any(dim=1)
+        if not bool(found.all()):
+            first = int((~found).nonzero()[0, 0])
+            raise ApprenticeError(f"teacher cache {str(self.path)!r} holds {self.views} views an image; image "
+                                  f"{int(index[first])} view {int(view[first])} is not one of them")
+        return held.long().argmax(dim=1)
 
 
 def open_checked(path: str | os.PathLike, expected: CacheSource, verify: bool) -> tuple[Path, MappedFile, CacheSource]:

@@ -18,6 +18,8 @@ for _folder in (_TESTS, _TESTS / "config", _TESTS / "data", _TESTS / "export"):
     if str(_folder) not in sys.path:
         sys.path.insert(0, str(_folder))
 
+import torchvision_shim  # noqa: F401 - this machine's CUDA torchvision beside the CPU torch (see the module)
+
 
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:

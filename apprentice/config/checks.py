@@ -165,7 +165,7 @@ def _check_quant(q: QuantConfig, owners: SimpleNamespace) -> None:
     if q.quantizer is not None:
         _choice(owners.quantizers, q.quantizer, "weight quantizer", "quant.quantizer")
     try:
-        _, acts = owners.parse_precision(q.precision, quantizer=q.quantizer, per_channel=q.per_channel,
+        _, acts = owners.parse_precision(q.precision, quantizer=q.quantizer, per_channel=q.per_channel is True,
                                          clip=q.act_clip, learned=q.learned_clip)
     except ApprenticeError as e:
         with_q = "" if q.quantizer is None else f" with quant.quantizer={q.quantizer!r}"
@@ -181,7 +181,7 @@ def _check_quant(q: QuantConfig, owners: SimpleNamespace) -> None:
         _check(bool(pattern.strip()), f"quant.exclude[{i}]", "empty layer pattern")
     if q.layers is not None:  # which layers a pattern matches is checked against the model when it is built
         try:
-            owners.parse_layer_rules(q.layers, quantizer=q.quantizer, per_channel=q.per_channel, clip=q.act_clip,
+            owners.parse_layer_rules(q.layers, quantizer=q.quantizer, per_channel=q.per_channel is True, clip=q.act_clip,
                                      learned=q.learned_clip)
         except ApprenticeError as e:
             raise ApprenticeError(f"quant.layers: {e}") from None

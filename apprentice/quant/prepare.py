@@ -17,6 +17,7 @@ from apprentice.quant.add import Add, AddPlan, QAdd
 from apprentice.quant.deploy import deploy_plan
 from apprentice.quant.modules import _QMODULES, LayerPlan, _QuantMixin
 from apprentice.quant.quantizers import (
+    FIXED_SCALE,
     FLOAT_BITS,
     LEARNED_STEP,
     ActQuant,
@@ -26,7 +27,8 @@ from apprentice.quant.quantizers import (
 )
 
 __all__ = [
-    "DEFAULT_EXCLUDE", "LayerRules", "LayerSettings", "Plan", "apply_plan", "parse_layer_rules", "plan_from_dict",
+    "DEFAULT_EXCLUDE", "LayerRules", "LayerSettings", "Plan", "apply_plan", "default_per_channel", "parse_layer_rules",
+    "plan_from_dict",
     "prepare", "quantized_layers", "replace_module", "to_float",
 ]
 
@@ -40,6 +42,25 @@ LayerRules = Mapping[str, "str | LayerSettings"] | Sequence[tuple[str, "str | La
 """Ordered (layer-name pattern -> precision text or settings) rules; the first match wins."""
 Plan = dict[str, "LayerPlan | AddPlan"]
 """A model's quantization: ``{module name: LayerPlan}`` for layers, `AddPlan` for a deployable graph's adds."""
+
+
+def default_per_channel(model: nn.Module, quantizer: str | None = None) -> bool:
+    """The weight scale that ``per_channel=None`` (``quant.per_channel: null``) picks for ``model``.
+
+    One scale per output channel, unless the model keeps one per layer (its class attribute
+    ``weight_scale_per_channel = False``: the built-in ResNets, quantized as the paper does) or the
+    quantizer's scale is fixed ("wrpn"). Why per channel for every other network: at one scale per
+    layer, a few large weights round every other channel's weights to zero, and the BatchNorm after
+    such a dead channel divides by √ε, so its weights' gradient is ~300× too large and the next step
+    kills more channels. timm's EfficientNet-B0 at 4W/8A diverged that way (NaN gradient at step 3,
+    up to every channel of some depthwise and pointwise convs zero); per channel it trains. Per-channel
+    weight scales are the usual choice for depthwise networks (Krishnamoorthi 2018, "Quantizing deep
+    convolutional networks for efficient inference: a whitepaper", sec. 3.1) and cost the integer export
+    nothing: folding BatchNorm gives every conv per-channel scales anyway.
+    """
+    if quantizer in FIXED_SCALE:
+        return False
+    return bool(getattr(model, "weight_scale_per_channel", True))
 
 
 def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -115,11 +136,11 @@ def parse_layer_rules(rules: LayerRules, **options: object) -> list[tuple[str, L
 
 
 def _default_settings(precision: str | None, weights: WeightQuant | None,
-                      activations: ActQuant | None) -> LayerSettings:
+                      activations: ActQuant | None, per_channel: bool) -> LayerSettings:
     if precision is not None:
         if weights is not None or activations is not None:
             raise ApprenticeError("give either precision or weights/activations settings, not both")
-        return parse_precision(precision)
+        return parse_precision(precision, per_channel=per_channel)
     activations = ActQuant() if activations is None else activations
     if weights is not None and not isinstance(weights, WeightQuant):
         raise ApprenticeError(f"weights must be a WeightQuant or None, got {type(weights).__name__}")
@@ -182,6 +203,7 @@ def prepare(
     exclude: Sequence[str] | None = None,
     layers: LayerRules | None = None,
     deploy: str | None = None,
+    per_channel: bool | None = None,
 ) -> Plan:
     """Quantize a model in place by swapping its Conv2d/Linear layers for QConv2d/QLinear.
 
@@ -203,6 +225,10 @@ def prepare(
     decide at least one layer; one that matches none, or only layers taken by earlier rules or
     excluded, is an error.
 
+    Weight scales: ``per_channel`` applies to settings given as text (``precision`` and ``layers``
+    rules); None picks `default_per_channel` (per output channel, except the built-in ResNets' one per
+    layer); a `WeightQuant` given as such keeps its own.
+
     Deployable graph: ``deploy="int8"`` (`apprentice.quant.deploy.DEPLOY_MODES`) also fake-quantizes
     what the integer graph of the ONNX export quantizes — each tensor once, the residual adds written
     as `apprentice.quant.Add` (swapped for `QAdd`: quantized inputs and output) —, so the export runs
@@ -223,8 +249,10 @@ def prepare(
         {'0': 8, '2': 2}
     """
     given = precision is not None or weights is not None or activations is not None
-    default = _default_settings(precision, weights, activations) if given or layers is None else None
-    rules = [] if layers is None else parse_layer_rules(layers)
+    if per_channel is None:
+        per_channel = default_per_channel(model)
+    default = _default_settings(precision, weights, activations, per_channel) if given or layers is None else None
+    rules = [] if layers is None else parse_layer_rules(layers, per_channel=per_channel)
     already = [n for n, m in model.named_modules() if isinstance(m, (_QuantMixin, QAdd))]
     if already:
         raise ApprenticeError(f"model is already quantized (layer {already[0]!r}); call to_float(model) first")

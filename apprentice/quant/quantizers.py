@@ -135,8 +135,8 @@ WEIGHT_QUANTIZERS: dict[str, WeightQuantizerFn] = {
     "dorefa": dorefa,
     "lsq": lsq_weight,
 }
-# Quantizers whose scale is a fixed 1/n: a per-channel setting would silently do nothing.
-_FIXED_SCALE = {"wrpn"}
+#: Quantizers whose scale is a fixed 1/n: a per-channel setting would silently do nothing.
+FIXED_SCALE = frozenset({"wrpn"})
 #: Quantizers whose step is a trainable parameter of the layer (``weight_step`` / ``act_step``).
 LEARNED_STEP = frozenset({"lsq"})
 
@@ -176,7 +176,7 @@ class WeightQuant:
         _check_bits(self.bits, "weight bits", allow_float=False)
         if self.quantizer == "ternary" and self.bits != 2:
             raise ApprenticeError(f"the 'ternary' quantizer has 3 levels and takes bits=2, got bits={self.bits}")
-        if self.per_channel and self.quantizer in _FIXED_SCALE:
+        if self.per_channel and self.quantizer in FIXED_SCALE:
             raise ApprenticeError(f"per_channel has no effect with the {self.quantizer!r} quantizer (its scale is fixed)")
         if not isinstance(self.threshold, (int, float)) or not 0 < self.threshold < 1.5:
             raise ApprenticeError(f"threshold must be a number in (0, 1.5), got {self.threshold!r}")
@@ -195,7 +195,7 @@ class WeightQuant:
         scope = "per-channel" if self.per_channel else "per-layer"
         if self.quantizer == "ternary":
             return f"ternary TWN {scope}"
-        return f"{self.bits}-bit {self.quantizer}" + ("" if self.quantizer in _FIXED_SCALE else f" {scope}")
+        return f"{self.bits}-bit {self.quantizer}" + ("" if self.quantizer in FIXED_SCALE else f" {scope}")
 
 
 def _positive(value: object) -> bool:

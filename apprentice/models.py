@@ -194,8 +194,9 @@ class CifarResNet(nn.Module):
         zero_init_residual: start every block's last BN scale at 0.
     """
 
-    #: `apprentice.quant.prepare`'s automatic weight scale: one per layer, as the paper quantizes ResNets.
-    weight_scale_per_channel = False
+    #: `apprentice.quant.prepare`'s automatic choices follow the paper here: one weight scale per layer and
+    #: unsigned activations (every quantized layer reads a ReLU's output).
+    paper_quantization = True
 
     def __init__(
         self,
@@ -264,8 +265,9 @@ class ResNet(nn.Module):
         zero_init_residual: start every block's last BN scale at 0 (as torchvision's flag).
     """
 
-    #: `apprentice.quant.prepare`'s automatic weight scale: one per layer, as the paper quantizes ResNets.
-    weight_scale_per_channel = False
+    #: `apprentice.quant.prepare`'s automatic choices follow the paper here: one weight scale per layer and
+    #: unsigned activations (every quantized layer reads a ReLU's output).
+    paper_quantization = True
 
     def __init__(
         self,

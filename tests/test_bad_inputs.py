@@ -163,8 +163,10 @@ def world(tmp_path_factory) -> dict[str, Path]:
         "        self.conv = nn.Conv2d(in_channels, 4, 3)\n        self.fc = nn.Linear(4, outputs or num_classes)\n"
         "    def forward(self, x):\n        f = self.conv(x).mean((2, 3))\n"
         "        return (self.fc(f), f) if self.as_tuple else self.fc(f)\n\n"
-        "apprentice.register_model('seven_outputs', replace=True)(lambda num_classes=10, in_channels=1: Net(num_classes, in_channels, outputs=7))\n"
-        "apprentice.register_model('tuple_net', replace=True)(lambda num_classes=10, in_channels=1: Net(num_classes, in_channels, as_tuple=True))\n")
+        "apprentice.register_model('seven_outputs', replace=True)(\n"
+        "    lambda num_classes=10, in_channels=1, width=1.0: Net(num_classes, in_channels, outputs=7))\n"
+        "apprentice.register_model('tuple_net', replace=True)(\n"
+        "    lambda num_classes=10, in_channels=1, width=1.0: Net(num_classes, in_channels, as_tuple=True))\n")
     (f / "link-to-done").symlink_to(run, target_is_directory=True)
     (f / "link-to-best.pt").symlink_to(run / "checkpoints" / "best.pt")
     # data: one good copy of each format, then one broken copy per case
@@ -246,12 +248,14 @@ def test_bad_input_in_process(case, world, tmp_path, capsys, monkeypatch):
     new = tmp_path / "new"
     for key, value in case.env:
         monkeypatch.setenv(key, value)
-    before = dict(MODELS)  # a case's --import registers models: the next test sees the built-ins only
-    try:
+    before = dict(MODELS)  # a case's --import registers models: the next test sees the built-ins only,
+    try:                   # and a later case imports the file again
         code = main(argv_of(case, world, new))
     finally:
         MODELS.clear()
         MODELS.update(before)
+        for name in [m for m in sys.modules if m.startswith("apprentice_user.")]:
+            del sys.modules[name]
     err = capsys.readouterr().err
     assert code == case.code, err
     _SEEN[case.id] = check_message(case, err)

@@ -82,15 +82,17 @@ class _OnnxLayer(nn.Module):
         acts = quantizer.act_quant
         self.act_bits = acts.bits
         levels = 2**acts.bits - 1
-        # clip: step c/(2^b − 1) up to c; LSQ: its learned step s up to s·(2^b − 1).
+        # clip: step c/(2^b − 1) from 0 up to c; LSQ: its learned step s up to s·(2^b − 1); asym: s from
+        # −z·s up to (2^b − 1 − z)·s. The codes are round(x/s) + z in 0..2^b − 1 either way.
         lsq = quantizer.act_step is not None
         step = float(quantizer.act_step.detach()) if lsq else float(acts.clip) / levels
-        high = step * levels if lsq else float(acts.clip)
-        # Activation constants become graph initializers; uint8 zero point as ONNX's QDQ convention.
-        self.register_buffer("act_low", torch.tensor(0.0))
+        zero = quantizer.activation_zero_point()
+        high = step * (levels - zero) if lsq else float(acts.clip)
+        # Activation constants become graph initializers; a uint8 zero point as ONNX's QDQ convention.
+        self.register_buffer("act_low", torch.tensor(-zero * step))
         self.register_buffer("act_high", torch.tensor(high))
         self.register_buffer("act_scale", torch.tensor(step))
-        self.register_buffer("act_zero", torch.tensor(0, dtype=torch.uint8))
+        self.register_buffer("act_zero", torch.tensor(zero, dtype=torch.uint8))
         if codes is None:
             self.weight = module.weight
             self.axis = None

@@ -225,9 +225,10 @@ def _activation_entry(mod: QConv2d | QLinear) -> dict[str, Any]:
     """A layer's activation quantizer with its learned value frozen as the number the forward uses now."""
     if mod.input_layer is not None:  # it uses another layer's quantizer: record that one's values
         mod = mod.input_layer[1]
-    if mod.act_step is not None:  # LSQ; a step no training batch has set is its placeholder, as eval uses it
-        return {"bits": mod.act_quant.bits, "quantizer": mod.act_quant.quantizer,
-                "step": float(effective_step(mod.act_step))}
+    if mod.act_step is not None:  # LSQ, asym; a step no training batch has set is its placeholder, as eval uses it
+        entry = {"bits": mod.act_quant.bits, "quantizer": mod.act_quant.quantizer,
+                 "step": float(effective_step(mod.act_step))}
+        return entry | ({"zero_point": mod.activation_zero_point()} if mod.act_quant.has_zero_point else {})
     return {"bits": mod.act_quant.bits, "clip": mod.activation_clip()}  # a learned PACT clip is frozen here
 
 

@@ -27,6 +27,7 @@ from apprentice.export.packed import (
 from apprentice.export.packing import unpack_codes
 from apprentice.models import build_model
 from apprentice.quant import (
+    ZERO_POINT,
     ActQuant,
     Add,
     AddPlan,
@@ -44,8 +45,9 @@ def _activation_settings(acts: dict, where: str) -> ActQuant:
     try:
         if acts.get("quantizer", "clip") == "clip":
             return ActQuant(bits, float(_get(acts, "clip", (int, float), where)))
-        return ActQuant(bits, quantizer=_get(acts, "quantizer", str, where),
-                        step=float(_get(acts, "step", (int, float), where)))
+        quantizer = _get(acts, "quantizer", str, where)
+        zero = _get(acts, "zero_point", int, where) if quantizer in ZERO_POINT else None
+        return ActQuant(bits, quantizer=quantizer, step=float(_get(acts, "step", (int, float), where)), zero_point=zero)
     except ApprenticeError as e:
         raise _bad(where, str(e)) from None
 
@@ -98,7 +100,7 @@ def model_from_packed(tensors: dict[str, Tensor], qmap: dict[str, Any], model: n
     Quantized layers become QConv2d/QLinear with ``weights=None`` holding ``codes * scale``: the
     weights are already quantized, and re-quantizing them would change them for quantizers that
     are not idempotent (DoReFa). Their activation quantization uses the frozen clip, or the LSQ
-    step from the map (held as the layer's ``act_step``, already initialised).
+    step (and asym's zero point) from the map (held as the layer's ``act_step``, already initialised).
 
     Args:
         tensors, qmap: the file's tensors and quantization map.
@@ -133,6 +135,8 @@ def model_from_packed(tensors: dict[str, Tensor], qmap: dict[str, Any], model: n
         elif lp.activations.learns_step and lp.input_from is None:
             tensors[f"{name}.act_step"] = expected[f"{name}.act_step"]
             tensors[f"{name}.act_step_initialized"] = expected[f"{name}.act_step_initialized"]
+            if lp.activations.has_zero_point:
+                tensors[f"{name}.zero_point"] = expected[f"{name}.zero_point"]
     for key, ref in expected.items():
         if key not in tensors:
             raise _bad(f"tensor {key!r}", "missing from the file")

@@ -37,12 +37,14 @@ from apprentice.quant.deploy import (
 )
 from apprentice.quant.lsq import (
     MIN_LEARNED_STEP,
+    calibrate_zero_point,
     effective_step,
     lsq_activation,
     lsq_grad_scale,
     lsq_init_step,
     lsq_quantize,
     lsq_weight,
+    zero_point_activation,
 )
 from apprentice.quant.modules import (
     QUANTIZER_PARAMETERS,
@@ -57,7 +59,9 @@ from apprentice.quant.prepare import (
     LayerSettings,
     Plan,
     apply_plan,
+    default_act_quantizer,
     default_per_channel,
+    paper_quantization,
     parse_layer_rules,
     plan_from_dict,
     prepare,
@@ -73,6 +77,7 @@ from apprentice.quant.quantizers import (
     MIN_BITS,
     MIN_LEARNED_CLIP,
     WEIGHT_QUANTIZERS,
+    ZERO_POINT,
     ActQuant,
     WeightQuant,
     dorefa,
@@ -104,6 +109,7 @@ __all__ = [
     "QUANTIZER_STATE",
     "UINT8_MAX",
     "WEIGHT_QUANTIZERS",
+    "ZERO_POINT",
     "ActQuant",
     "Add",
     "AddInput",
@@ -118,6 +124,8 @@ __all__ = [
     "WeightQuant",
     "apply_plan",
     "calibrate_uint8",
+    "calibrate_zero_point",
+    "default_act_quantizer",
     "default_per_channel",
     "deploy_plan",
     "dorefa",
@@ -132,6 +140,7 @@ __all__ = [
     "lsq_init_step",
     "lsq_quantize",
     "lsq_weight",
+    "paper_quantization",
     "parse_layer_rules",
     "parse_precision",
     "plan_from_dict",
@@ -147,4 +156,5 @@ __all__ = [
     "uniform_max",
     "weight_codes",
     "wrpn",
+    "zero_point_activation",
 ]

@@ -32,7 +32,7 @@ from apprentice.quant.integer import (
     integer_weights,
     rounded_bias,
 )
-from apprentice.quant.lsq import effective_step, lsq_init_step
+from apprentice.quant.lsq import calibrate_zero_point, effective_step, lsq_init_step
 from apprentice.quant.quantizers import (
     ACT_QUANTIZERS,
     ActQuant,
@@ -132,6 +132,8 @@ class _QuantMixin:
             given = activations.step is not None
             self.act_step = nn.Parameter(self.weight.new_tensor(activations.step if given else 1.0))
             self.register_buffer("act_step_initialized", torch.tensor(given, device=self.weight.device))
+        if own and activations.has_zero_point:  # an integer held as float, as the quantizer's arithmetic takes it
+            self.register_buffer("zero_point", self.weight.new_tensor(float(activations.zero_point or 0)))
         self._wq_cache: tuple[tuple, Tensor] | None = None
 
     def quantized_weight(self) -> Tensor:
@@ -160,15 +162,22 @@ class _QuantMixin:
             param: float | Tensor = self.act_step
         else:
             param = self.act_clip if self.act_clip is not None else acts.clip
+        if acts.has_zero_point:
+            return ACT_QUANTIZERS[acts.quantizer](x, acts.bits, param, self.zero_point)
         return ACT_QUANTIZERS[acts.quantizer](x, acts.bits, param)
 
     @torch.no_grad()
     def _init_act_step(self, x: Tensor) -> None:
-        """LSQ's 2·mean|x|/√Q_P from this (first training) batch; averaged over processes so all ranks agree."""
-        step = lsq_init_step(x.detach().float(), 2**self.act_quant.bits - 1)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(step)
-            step /= dist.get_world_size()
+        """From this (first training) batch, alike on every process: asym's step and zero point from its
+        range (`calibrate_zero_point`: the union of the ranks'), or LSQ's 2·mean|x|/√Q_P (their mean)."""
+        if self.act_quant.has_zero_point:
+            step, zero_point = calibrate_zero_point(x, self.act_quant.bits)
+            self.zero_point.copy_(zero_point)
+        else:
+            step = lsq_init_step(x.detach().float(), 2**self.act_quant.bits - 1)
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                dist.all_reduce(step)
+                step /= dist.get_world_size()
         self.act_step.copy_(step)
         self.act_step_initialized.fill_(True)
 
@@ -246,6 +255,12 @@ class _QuantMixin:
             return None
         return float(effective_step(self.act_step))
 
+    def activation_zero_point(self) -> int:
+        """z of the input quantizer as the forward uses it now (asym's; 0 for the unsigned quantizers)."""
+        if self._input_layer is not None:
+            return self._input_layer[1].activation_zero_point()
+        return int(self.zero_point) if self.act_quant.has_zero_point else 0
+
     def activation_scale(self) -> float:
         """s_x, the value of one step of the input quantizer as the forward uses it now: LSQ's step
         (its placeholder before the first training batch, as packed files record it), or c/(2^bits − 1)."""
@@ -265,7 +280,9 @@ class _QuantMixin:
         if self.act_clip is not None:
             acts = ActQuant(acts.bits, self.activation_clip(), learned=True)
         if self.act_step is not None:
-            acts = replace(acts, step=self.activation_step())
+            step = self.activation_step()
+            zero = self.activation_zero_point() if acts.has_zero_point and step is not None else None
+            acts = replace(acts, step=step, zero_point=zero)
         return LayerPlan(self.kind, self.weight_quant, acts, None, self.deploy, bn)
 
     @property

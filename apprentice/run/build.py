@@ -36,6 +36,7 @@ from apprentice.losses import LOSSES, LossRecipe
 from apprentice.models import check_outputs, count_parameters
 from apprentice.quant import (
     LayerPlan,
+    default_act_quantizer,
     default_per_channel,
     parse_layer_rules,
     parse_precision,
@@ -264,11 +265,12 @@ def build_student(cfg: Config, *, num_classes: int, in_channels: int, image_size
             check_finite(init, repr(kd.student_init))
         except ApprenticeError as e:
             raise ApprenticeError(f"distill.student_init: {e}") from None
-    per_channel = default_per_channel(student, q.quantizer) if q.per_channel is None else q.per_channel
-    weights, acts = parse_precision(q.precision, quantizer=q.quantizer, per_channel=per_channel,
-                                    clip=q.act_clip, learned=q.learned_clip)
-    layers = None if q.layers is None else parse_layer_rules(q.layers, quantizer=q.quantizer, per_channel=per_channel,
-                                                            clip=q.act_clip, learned=q.learned_clip)
+    options = {"quantizer": q.quantizer, "clip": q.act_clip, "learned": q.learned_clip,
+               "per_channel": default_per_channel(student, q.quantizer) if q.per_channel is None else q.per_channel,
+               "act_quantizer": q.act_quantizer if q.act_quantizer is not None or q.learned_clip or q.act_clip != 1.0
+               else default_act_quantizer(student, q.quantizer)}  # a clip set asks for the clip quantizer
+    weights, acts = parse_precision(q.precision, **options)
+    layers = None if q.layers is None else parse_layer_rules(q.layers, **options)
     try:
         make_student(student, scheme=scheme, weights=weights, activations=acts, init_state_dict=init,
                      exclude=list(q.exclude) if q.exclude is not None else None, layers=layers, deploy=q.deploy)

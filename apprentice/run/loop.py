@@ -33,6 +33,7 @@ Exit codes (`apprentice.cli`): a signal ends the run with `TrainingInterrupted` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import signal
@@ -53,6 +54,7 @@ from apprentice.config.checks import validate
 from apprentice.config.schema import Config
 from apprentice.errors import ApprenticeError, signal_exit
 from apprentice.quant import quantized_layers
+from apprentice.quant.report import activation_report, summarize_report
 from apprentice.run import build
 from apprentice.run.file_checks import check_output_apart
 from apprentice.run.runs import stored_config
@@ -316,6 +318,8 @@ def _train_epoch(run: _Run, epoch: int) -> None:
                          scaler=t.scaler, restore_buffers=cfg.train.on_nonfinite == "skip",
                          teacher_logits=cached[0] if cached else None)
         c.step += 1
+        if c.step == 1 and run.main:
+            _report_activations(run, images)
         if res.finite:
             interval.add(res.losses, res.logits, labels)
             c.meter.add(res.losses, res.logits, labels)
@@ -333,6 +337,16 @@ def _train_epoch(run: _Run, epoch: int) -> None:
         if stopping:
             _stop(run)
     c.meter.seconds += time.perf_counter() - t_epoch
+
+
+def _report_activations(run: _Run, images: Tensor) -> None:
+    """After the first step (whose batch calibrated the asym quantizers): which layer got which activation
+    quantizer and what it clips of that batch, on the console and in metrics.jsonl."""
+    report = activation_report(run.training.student, images)
+    for line in summarize_report(report):
+        run.progress.line(line)
+    run.metrics.write({"type": "activations", "step": 1,
+                       "layers": {n: dataclasses.asdict(r) for n, r in report.items()}})
 
 
 def _batch_loss(run: _Run, images: Tensor, labels: Tensor, cached: list[Tensor]) -> Tensor:

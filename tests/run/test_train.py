@@ -487,3 +487,11 @@ def test_nonfinite_stop_names_the_first_layer_whose_output_went_nonfinite(monkey
                                                  r"'student.layer2.0.conv1' \(QConv2d\)") as e:
         fit(tiny(tmp_path / "nan", "train.checkpoint_every=2", "quant.precision=2W/8A"))
     assert e.value.step == 3 and e.value.checkpoint is not None
+
+
+def test_the_first_step_reports_each_layers_activation_quantizer_and_what_it_clips(tmp_path, capsys):
+    out = tmp_path / "acts"
+    fit(tiny(out, "quant.precision=2W/8A"))
+    layers = records(out, "activations")[0]["layers"]
+    assert layers and all(r["quantizer"] == "clip" and r["zero_point"] == 0 and r["below"] == 0 for r in layers.values())
+    assert "activation quantizers on the first batch: 0 of" in capsys.readouterr().err

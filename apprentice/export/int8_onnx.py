@@ -230,6 +230,12 @@ def int8_module(tensors: dict[str, Tensor], qmap: dict[str, Any], template: nn.M
                 owners[owner] = _Uint8Input(layers[owner].activation_scale(), layers[owner].activation_zero_point(), cache,
                                             layers[owner].act_quant.bits)
             built[name] = _Int8Layer(module, codes, scale, bias, act=owners[owner])  # type: ignore[arg-type]
+            if module.out_quant is not None:  # its own output quantizer: the integer kernel writes uint8 codes
+                out = module.out_quant.setting()
+                if out.step is None:
+                    raise ApprenticeError(f"layer {name!r}: its output quantizer is not calibrated yet (no training "
+                                          f"batch has run)")
+                built[name] = nn.Sequential(built[name], _Uint8Input(out.step, out.zero_point, cache))
         if bn is not None:
             replace_module(model, bn_of[name], nn.Identity())
         replace_module(model, name, built[name])

@@ -93,6 +93,8 @@ class _OnnxLayer(nn.Module):
         self.register_buffer("act_high", torch.tensor(high))
         self.register_buffer("act_scale", torch.tensor(step))
         self.register_buffer("act_zero", torch.tensor(zero, dtype=torch.uint8))
+        # A deployable layer's own output quantizer, when its forward applies it (no BatchNorm hook after it).
+        self.out_quant = module.out_quant if module.out_quant is not None and module._out_hook is None else None
         if codes is None:
             self.weight = module.weight
             self.axis = None
@@ -115,9 +117,11 @@ class _OnnxLayer(nn.Module):
         else:
             w = self.weight
         if self.conv is None:
-            return F.linear(x, w, self.bias)
-        c = self.conv
-        return F.conv2d(x, w, self.bias, c.stride, c.padding, c.dilation, c.groups)
+            y = F.linear(x, w, self.bias)
+        else:
+            c = self.conv
+            y = F.conv2d(x, w, self.bias, c.stride, c.padding, c.dilation, c.groups)
+        return y if self.out_quant is None else self.out_quant(y)
 
 
 def _onnx_module(tensors: dict[str, Tensor], qmap: dict[str, Any], opset: int,

@@ -162,11 +162,12 @@ def _pack_layer(name: str, mod: QConv2d | QLinear, tensors: dict[str, Tensor], s
                 ternary_packing: str) -> dict[str, Any]:
     """One quantized layer's map entry; its float weight and quantizer state leave ``tensors`` and its
     packed codes enter them (the weight scale goes to ``scales``, which BatchNorm folding may still scale)."""
-    for key in QUANTIZER_STATE:
+    for key in QUANTIZER_STATE:  # the values are the map's numbers (an output quantizer's too)
         tensors.pop(f"{name}.{key}", None)
+        tensors.pop(f"{name}.out_quant.{key}", None)
     entry: dict[str, Any] = {"kind": mod.kind, "precision": format_precision(mod.weight_quant, mod.act_quant),
                              "geometry": layer_geometry(mod), "weights": None, "activations": _activation_entry(mod)}
-    entry.update({k: v for k, v in mod.plan().to_dict().items() if k in ("input_from", "deploy", "batchnorm")})
+    entry.update({k: v for k, v in mod.plan().to_dict().items() if k in ("input_from", "deploy", "batchnorm", "output")})
     if mod.weight_quant is not None:
         spec = mod.weight_quant
         codes, scales[name] = mod.weight_codes()

@@ -30,6 +30,7 @@ from apprentice.quant import (
     ZERO_POINT,
     ActQuant,
     Add,
+    AddInput,
     AddPlan,
     LayerPlan,
     apply_plan,
@@ -137,6 +138,8 @@ def model_from_packed(tensors: dict[str, Tensor], qmap: dict[str, Any], model: n
             tensors[f"{name}.act_step_initialized"] = expected[f"{name}.act_step_initialized"]
             if lp.activations.has_zero_point:
                 tensors[f"{name}.zero_point"] = expected[f"{name}.zero_point"]
+        if isinstance(lp, LayerPlan) and lp.output is not None:
+            tensors.update({k: v for k, v in expected.items() if k.startswith(f"{name}.out_quant.")})
     for key, ref in expected.items():
         if key not in tensors:
             raise _bad(f"tensor {key!r}", "missing from the file")
@@ -180,7 +183,7 @@ def _layer_plan(model: nn.Module, layers: dict[str, Any],
         if not all(v is None or isinstance(v, str) for v in shared.values()):
             raise _bad(where, "input_from, deploy and batchnorm must be names")
         plan[name] = LayerPlan(kind, None, _activation_settings(_get(entry, "activations", dict, where), where),
-                               **shared)
+                               **shared, output=_output_setting(entry.get("output"), where))
         if entry.get("weights") is not None:
             weights[f"{name}.weight"] = _dequantize(name, _get(entry, "weights", dict, where), tensors, module)
     return plan, weights
@@ -193,6 +196,18 @@ def _give_integer_weights(model: nn.Module, layers: dict[str, Any], tensors: dic
         if entry.get("deploy") is not None and w is not None:
             codes = unpack_codes(tensors[f"{name}.weight_codes"], w["packing"], w["count"]).view(w["shape"])
             model.get_submodule(name).set_integer_weights(codes, tensors[f"{name}.weight_scale"])
+
+
+def _output_setting(output: Any, where: str) -> AddInput | None:
+    """A deployable layer's own output quantizer (`LayerPlan.output`), from the map's numbers."""
+    if output is None:
+        return None
+    try:
+        if not isinstance(output, dict):
+            raise ApprenticeError("a mapping of step and zero_point")
+        return AddInput(**output)
+    except (ApprenticeError, TypeError) as e:
+        raise _bad(where, f"output quantizer: {e}") from None
 
 
 def _add_plan(entry: dict[str, Any], module: nn.Module, where: str) -> AddPlan:

@@ -26,6 +26,7 @@ state dict, so a resumed run or a reloaded model never calibrates again (as LSQ'
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -89,12 +90,12 @@ class AddInput:
         if self.source is not None and (self.step is not None or self.zero_point is not None):
             raise ApprenticeError(f"an add input quantized by layer {self.source!r} has no step or zero point")
         if (self.step is None) != (self.zero_point is None):
-            raise ApprenticeError("an add quantizer's step and zero point are given together")
-        if self.step is not None and not (isinstance(self.step, (int, float)) and self.step > 0):
-            raise ApprenticeError(f"an add quantizer's step must be a positive number, got {self.step!r}")
+            raise ApprenticeError("a uint8 quantizer's step and zero point are given together")
+        if self.step is not None and not (isinstance(self.step, (int, float)) and 0 < self.step < math.inf):
+            raise ApprenticeError(f"a uint8 quantizer's step must be a positive finite number, got {self.step!r}")
         zp = self.zero_point
         if zp is not None and (isinstance(zp, bool) or not isinstance(zp, int) or not 0 <= zp <= UINT8_MAX):
-            raise ApprenticeError(f"an add quantizer's zero point must be an integer in 0..{UINT8_MAX}, got {zp!r}")
+            raise ApprenticeError(f"a uint8 quantizer's zero point must be an integer in 0..{UINT8_MAX}, got {zp!r}")
 
     def describe(self) -> str:
         if self.source is not None:
@@ -166,6 +167,10 @@ class Uint8Quantizer(nn.Module):
         if not bool(self.act_step_initialized):
             return x  # evaluated before any training batch: nothing to quantize with yet
         return uint8_fake_quant(x, self.act_step, self.zero_point)
+
+    def quantize_output(self, module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
+        """A forward hook: quantize ``module``'s output (a deployable layer's BatchNorm, `LayerPlan.output`)."""
+        return self(output)
 
     def setting(self) -> AddInput:
         """Its values now, as numbers (None before calibration)."""

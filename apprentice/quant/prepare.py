@@ -341,7 +341,7 @@ def apply_plan(model: nn.Module, plan: Mapping[str, LayerPlan | AddPlan]) -> Non
             bn = (lp.batchnorm, _planned_module(model, lp.batchnorm, "batchnorm"))
         q_cls = _QMODULES[lp.kind][1]
         swapped[name] = q_cls.from_float(mod, lp.weights, lp.activations, deploy=lp.deploy, input_layer=shared,
-                                         batchnorm=bn)
+                                         batchnorm=bn, output=lp.output)
         replace_module(model, name, swapped[name])
     for name, ap in plan.items():
         if isinstance(ap, AddPlan):

@@ -4,6 +4,8 @@ squeeze-excitation, a depthwise conv and a linear bottleneck without a ReLU)."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -112,3 +114,57 @@ def test_a_signed_input_runs_as_an_integer_kernel_with_its_zero_point_in_the_int
                            .run(None, {"input": x.numpy()})[0])
     assert (out.argmax(1) == ref.argmax(1)).float().mean().item() >= 0.99
     assert (out - ref).abs().max().item() <= 0.05 * ref.abs().max().item()
+
+
+def test_every_quantized_conv_of_a_silu_network_runs_as_an_integer_kernel(tmp_path):
+    """A conv whose output no 8-bit quantizer reads (SiLU, hard-swish, squeeze-excitation's sigmoid, a
+    pooling) quantizes its output itself in a deployable graph, so ONNX Runtime runs it as QLinearConv."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.SiLU(),
+                        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.Hardswish(), SqueezeExcite(8),
+                        nn.Conv2d(8, 16, 1), nn.BatchNorm2d(16), nn.Conv2d(16, 8, 1), nn.BatchNorm2d(8), nn.SiLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    plan = prepare(net, "4W/8A", deploy="int8")
+    own = {n for n, p in plan.items() if p.output is not None}
+    assert own == {"3", "6.reduce", "6.expand", "9"}  # "7" feeds the 8-bit input of "9" through a BatchNorm
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    for _ in range(3):
+        loss = net.train()(torch.randn(32, 1, 8, 8)).logsumexp(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    x = torch.randn(500, 1, 8, 8)
+    with torch.no_grad():
+        ref = net(x)
+        save_packed(net, tmp_path / "m.safetensors")
+        assert torch.equal(load_packed(tmp_path / "m.safetensors", model=net)(x), ref)
+        assert torch.equal(copy.deepcopy(net)(x), ref)  # the copy's BatchNorm hooks the copy's quantizer
+    export_onnx(net, tmp_path / "m.onnx", input_shape=(1, 8, 8))
+    check = runtime_ops(str(tmp_path / "m.onnx"), str(tmp_path / "opt.onnx"))
+    assert check["ops"]["QLinearConv"] == 5 and check["float_layers"] == ["model.0", "model.14"]  # stem, classifier
+    out = torch.from_numpy(ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+                           .run(None, {"input": x.numpy()})[0])
+    assert (out.argmax(1) == ref.argmax(1)).float().mean().item() >= 0.999
+    assert (out - ref).abs().max().item() <= 1e-3 * ref.abs().max().item()
+
+
+def test_a_packed_output_quantizer_that_is_not_finite_is_refused():
+    from apprentice.errors import ApprenticeError
+    from apprentice.export.packed import packed_tensors
+    from apprentice.export.rebuild import model_from_packed
+
+    def small() -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                             nn.BatchNorm2d(4), nn.SiLU(), nn.Flatten(), nn.Linear(4 * 64, 3))
+
+    torch.manual_seed(0)
+    net = small()
+    prepare(net, "4W/8A", deploy="int8")
+    net.train()(torch.randn(8, 1, 8, 8))
+    tensors, qmap = packed_tensors(net.eval())
+    assert qmap["layers"]["2"]["output"]["step"] > 0 and not [k for k in tensors if ".out_quant." in k]
+    qmap["layers"]["2"]["output"]["step"] = float("inf")
+    with pytest.raises(ApprenticeError, match="layer '2': output quantizer: a uint8 quantizer's step must be a "
+                                              "positive finite number, got inf"):
+        model_from_packed(tensors, qmap, small())

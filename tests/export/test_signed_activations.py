@@ -39,16 +39,21 @@ def stocklike() -> nn.Sequential:
         nn.Flatten(), nn.Linear(8 * 64, 3))
 
 
-def trained(**options) -> nn.Sequential:
-    net = stocklike()
-    prepare(net, "4W/8A", **options)
+def three_steps(net: nn.Module, batch: int = 16) -> nn.Module:
+    """Three SGD steps on random images (the first calibrates the zero points), then eval mode."""
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     for _ in range(3):
-        loss = net.train()(torch.randn(16, 1, 8, 8)).logsumexp(1).mean()
+        loss = net.train()(torch.randn(batch, 1, 8, 8)).logsumexp(1).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
     return net.eval()
+
+
+def trained(**options) -> nn.Sequential:
+    net = stocklike()
+    prepare(net, "4W/8A", **options)
+    return three_steps(net)
 
 
 def test_each_layer_takes_a_zero_point_where_its_input_is_signed_and_none_after_a_relu():
@@ -127,13 +132,7 @@ def test_every_quantized_conv_of_a_silu_network_runs_as_an_integer_kernel(tmp_pa
     plan = prepare(net, "4W/8A", deploy="int8")
     own = {n for n, p in plan.items() if p.output is not None}
     assert own == {"3", "6.reduce", "6.expand", "9"}  # "7" feeds the 8-bit input of "9" through a BatchNorm
-    opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    for _ in range(3):
-        loss = net.train()(torch.randn(32, 1, 8, 8)).logsumexp(1).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    net.eval()
+    three_steps(net, batch=32)
     x = torch.randn(500, 1, 8, 8)
     with torch.no_grad():
         ref = net(x)

@@ -60,7 +60,7 @@ def test_a_stock_network_trains_exports_and_reloads_in_a_fresh_process_with_no_f
     x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     torch.save(x, tmp_path / "x.pt")
     code = ("import json, sys, torch; import apprentice; sys.path.insert(0, sys.argv[3]); import torchvision_shim; "
-            "m = apprentice.load_packed(sys.argv[1]).eval(); x = torch.load(sys.argv[2]); "
+            "m = apprentice.load_packed(sys.argv[1]).eval(); x = torch.load(sys.argv[2], weights_only=True); "
             "print(json.dumps(m(x).tolist()))")
     proc = subprocess.run([sys.executable, "-c", code, str(packed), str(tmp_path / "x.pt"), str(SHIM.parent)],
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)

@@ -27,7 +27,9 @@ teacher2() {  # a plain run folder beside the grid's: resumed if it has a checkp
   fi
   if [ -f "$out/summary.json" ] && grep -q '"status": "finished"' "$out/summary.json"; then return 0; fi
   local how=(--overwrite); [ -f "$out/checkpoints/last.pt" ] && how=(--resume)
-  "${PY[@]}" -m apprentice train configs/fashion_mnist/teacher_strong.yaml "${how[@]}" train.seed=1 \
+  # One thread, as the grid's runs (accuracy.py --threads 1): beside a second run, torch's default of one
+  # thread a core made this run 8x slower (22 img/s against 177).
+  OMP_NUM_THREADS=1 "${PY[@]}" -m apprentice train configs/fashion_mnist/teacher_strong.yaml "${how[@]}" train.seed=1 \
       data.holdout=5000 train.out="$out" || rc=$?
   [ -n "${DRY_RUN:-}" ] && return 0
   mkdir -p "$SNAP/checkpoints"   # finished or stopped: keep what a fresh clone needs, and commit it

@@ -45,6 +45,7 @@ _PUBLIC: dict[str, str] = {  # public name -> the module that defines it, import
     "make_student": "apprentice.distill",
     "model_names": "apprentice.models",
     "MODELS": "apprentice.models",
+    "NonFiniteLossError": "apprentice.train",
     "parse_precision": "apprentice.quant",
     "prepare": "apprentice.quant",
     "QConv2d": "apprentice.quant",
@@ -119,7 +120,7 @@ if TYPE_CHECKING:
     )
     from apprentice.run.loop import fit
     from apprentice.run.runs import LoadedRun, load_run
-    from apprentice.train import evaluate, reestimate_batchnorm
+    from apprentice.train import NonFiniteLossError, evaluate, reestimate_batchnorm
     from apprentice.version import __version__
 
 __all__ = [
@@ -135,6 +136,7 @@ __all__ = [
     "Ensemble",
     "LayerPlan",
     "LoadedRun",
+    "NonFiniteLossError",
     "QConv2d",
     "QLinear",
     "Scheme",

@@ -41,6 +41,7 @@ from apprentice.losses import (
     check_loss_weights,
     scheduled_weights,
 )
+from apprentice.models import check_outputs
 from apprentice.quant import (
     ActQuant,
     LayerRules,
@@ -49,6 +50,8 @@ from apprentice.quant import (
     prepare,
     quantized_layers,
 )
+from apprentice.train.nonfinite import first_nonfinite_gradient, locate_nonfinite
+from apprentice.train.step import NonFiniteLossError
 from apprentice.weights import load_strict
 
 __all__ = ["SCHEMES", "Distiller", "Ensemble", "Scheme", "check_members", "make_student", "resolve_scheme"]
@@ -225,10 +228,17 @@ class Distiller(nn.Module):
         gamma_schedule: how γ moves over the run, a `apprentice.losses.GAMMA_SCHEDULES` key; the
             training loop says how far the run is with `set_progress` (`beta` and `gamma` are then
             that step's weights, `scheduled_weights`).
+        check_finite: stop at the first non-finite value, in a loop of your own too: a training
+            forward whose loss is NaN/inf, or a backward pass that leaves a NaN/inf gradient on a
+            trained parameter, raises `NonFiniteLossError` naming the training step (this
+            Distiller's count) and the first layer whose output (or gradient) went non-finite.
+            It costs one host sync a forward and one a backward; `apprentice.fit` turns it off and
+            checks the same itself (``train.on_nonfinite``).
 
     Raises:
         ApprenticeError: Unknown scheme; a teacher missing for A/B/C or given to ``baseline``;
             teacher and student ``num_classes`` attributes that differ; a bad weight or temperature.
+        NonFiniteLossError: (from ``forward`` and from ``backward``) see ``check_finite``.
     """
 
     def __init__(
@@ -244,6 +254,7 @@ class Distiller(nn.Module):
         teacher_grad_from_gamma: bool = False,
         kd: str = "soft-ce",
         gamma_schedule: str = "constant",
+        check_finite: bool = True,
     ) -> None:
         super().__init__()
         self.scheme = resolve_scheme(scheme)
@@ -289,6 +300,26 @@ class Distiller(nn.Module):
             teacher.requires_grad_(self.teacher_trains)
         if teacher is not None and self.scheme.frozen_teacher:
             teacher.eval()
+        self.check_finite, self.steps = bool(check_finite), 0
+        if self.check_finite:
+            self._watch_gradients()
+
+    def _watch_gradients(self) -> None:
+        """A hook that sees every trained parameter's gradient of a backward pass, all at once."""
+        named = [(f"{prefix}.{n}" if n else prefix, m, p_name, p)
+                 for prefix, top in (("student", self.student), ("teacher", self.teacher)) if top is not None
+                 for n, m in top.named_modules() for p_name, p in m.named_parameters(recurse=False)
+                 if p.requires_grad]
+        if not named:
+            return
+
+        def check(grads: Sequence[Tensor | None]) -> None:
+            where = first_nonfinite_gradient([x[:3] for x in named], list(grads))
+            if where is not None:
+                raise NonFiniteLossError(f"non-finite gradient at training step {self.steps}: the first non-finite "
+                                         f"value is {where}", step=self.steps)
+
+        torch.autograd.graph.register_multi_grad_hook([x[3] for x in named], check, mode="all")
 
     def set_progress(self, progress: float) -> None:
         """Set this step's β and γ from the γ schedule, ``progress`` the fraction of the run done."""
@@ -341,11 +372,22 @@ class Distiller(nn.Module):
             ApprenticeError: Teacher and student logits with different class counts, or labels
                 out of range.
         """
-        if teacher_logits is None:
-            teacher_logits = self.teacher_logits(images)
-        elif not self.scheme.frozen_teacher:
+        if teacher_logits is not None and not self.scheme.frozen_teacher:
             raise ApprenticeError(f"scheme {self.scheme.name!r} has no frozen teacher; cached teacher logits are "
                                   f"for schemes B and C")
+        training = self.training and torch.is_grad_enabled()
+        self.steps += int(training)
+        student_logits, losses = self._losses(images, labels, teacher_logits)
+        if self.check_finite and training and not bool(torch.isfinite(losses["loss"].detach()).all()):
+            where = locate_nonfinite(self, lambda: self._losses(images, labels, teacher_logits)[1]["loss"])
+            raise NonFiniteLossError(f"non-finite loss at training step {self.steps}: the first non-finite value is "
+                                     f"{where}", step=self.steps)
+        return student_logits, losses
+
+    def _losses(self, images: Tensor, labels: Tensor,
+                teacher_logits: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+        if teacher_logits is None:
+            teacher_logits = self.teacher_logits(images)
         student_logits = self.student(images)
         losses = apprentice_loss(
             student_logits,
@@ -469,14 +511,6 @@ def check_members(members: Sequence[nn.Module], *, channels: int, image_size: in
     Raises:
         ApprenticeError: naming the first teacher that does not fit, and how.
     """
-    x = torch.zeros(1, channels, image_size, image_size)
     for name, member in zip(names, members):
-        try:
-            with torch.no_grad():
-                shape = tuple(member.eval()(x).shape)
-        except RuntimeError as e:
-            raise ApprenticeError(f"teacher {name!r} cannot take the data's {channels}x{image_size}x{image_size} "
-                                  f"images: {' '.join(str(e).split())[:160]}") from None
-        if shape != (1, num_classes):
-            raise ApprenticeError(f"teacher {name!r} gives outputs of shape {shape[1:]} but the data set has "
-                                  f"{num_classes} classes")
+        check_outputs(member, channels=channels, image_size=image_size, num_classes=num_classes,
+                      what=f"teacher {name!r}")

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 
 from apprentice.errors import ApprenticeError, lookup
 from apprentice.quant.add import Add
+from apprentice.stock_models import is_stock_name, stock_constructor
 
 # Residual shortcuts of the CIFAR ResNets where the shape changes (He et al. 2016, section 4.2).
 SHORTCUTS = {"A": "parameter-free (zero-padded identity)", "B": "1x1 projection"}
@@ -193,6 +194,10 @@ class CifarResNet(nn.Module):
         zero_init_residual: start every block's last BN scale at 0.
     """
 
+    #: `apprentice.quant.prepare`'s automatic choices follow the paper here: one weight scale per layer and
+    #: unsigned activations (every quantized layer reads a ReLU's output).
+    paper_quantization = True
+
     def __init__(
         self,
         depth: int,
@@ -260,6 +265,10 @@ class ResNet(nn.Module):
         zero_init_residual: start every block's last BN scale at 0 (as torchvision's flag).
     """
 
+    #: `apprentice.quant.prepare`'s automatic choices follow the paper here: one weight scale per layer and
+    #: unsigned activations (every quantized layer reads a ReLU's output).
+    paper_quantization = True
+
     def __init__(
         self,
         depth: int,
@@ -326,7 +335,8 @@ ENTRY_POINT_GROUP = "apprentice.models"
 #: Arguments every model receives from the data set; a model's own arguments go in ``model.args``.
 DATA_ARGUMENTS = ("num_classes", "in_channels")
 _HINT = ("; a model of your own: decorate its class with @apprentice.register_model(\"name\") and, on the "
-         "command line, pass --import FILE.py (or MODULE) to every command")
+         "command line, pass --import FILE.py (or MODULE) to every command; a stock network: timm:<model> or "
+         "torchvision:<model>")
 
 
 def register_model(name: str, *, replace: bool = False) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -392,6 +402,8 @@ def model_constructor(name: str) -> Callable[..., nn.Module]:
         ApprenticeError: unknown name (the message lists the known ones and how to add your own), or
             an entry point that fails to load.
     """
+    if is_stock_name(name):
+        return stock_constructor(name)
     if isinstance(name, str) and name not in MODELS and name in (eps := _entry_points()):
         try:
             constructor = eps[name].load()
@@ -414,7 +426,8 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
 
     Args:
         name: a name from `model_names` (resnet8..resnet110 CIFAR style, resnet18..resnet152
-            ImageNet, and the user's registered models).
+            ImageNet, and the user's registered models), or a stock network ``timm:<model>`` /
+            ``torchvision:<model>`` (`apprentice.stock_models`; the package is an optional extra).
         **kwargs: the model's keyword arguments: ``num_classes``, ``in_channels``; for the ResNets
             ``width``, ``zero_init_residual``, and ``shortcut`` (CIFAR) or ``small_input`` (ImageNet);
             a registered model's own arguments (plain values: numbers, strings, booleans, null).
@@ -459,3 +472,31 @@ def _construct(name: str, constructor: Callable[..., nn.Module], kwargs: dict[st
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters (trainable or not) of ``model``; buffers are not counted."""
     return sum(p.numel() for p in model.parameters())
+
+
+def check_outputs(model: nn.Module, *, channels: int, image_size: int, num_classes: int, what: str) -> None:
+    """``model`` takes the data's ``channels``×``image_size``² images and returns logits [N, ``num_classes``].
+
+    One zero image through it (eval mode, no gradient; its mode restored): a model that returns a
+    tuple or a dict, sizes its classifier otherwise, or wants other inputs is named before a run
+    folder is made or a step is taken (a wrong class count would train to 0 % and exit 0).
+
+    Raises:
+        ApprenticeError: naming ``what`` and how it does not fit.
+    """
+    x = torch.zeros(1, channels, image_size, image_size)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except Exception as e:  # noqa: BLE001 - whatever the model raises on the data's images is one line naming it
+        raise ApprenticeError(f"{what} cannot take the data's {channels}x{image_size}x{image_size} images: "
+                              f"{type(e).__name__}: {' '.join(str(e).split())[:160]}") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, Tensor):
+        raise ApprenticeError(f"{what} returns a {type(out).__name__}, not a tensor of logits [N, {num_classes}]: "
+                              f"make its forward return the logits alone")
+    if tuple(out.shape) != (1, num_classes):
+        raise ApprenticeError(f"{what} gives outputs of shape {tuple(out.shape)[1:]} but the data set has "
+                              f"{num_classes} classes (size its classifier by the num_classes argument)")

@@ -123,10 +123,39 @@ def grid_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
                         meta={"role": "fp_twin", "precision": "32W/32A", "scheme": "baseline", "seed": seed}))
         for precision in args.precisions:
             for scheme in args.schemes:
+                if split_label(precision)[1] == "32W/32A" and scheme == "baseline":
+                    continue  # the FP twin is that cell; 32W/32A with a teacher is the FP student distilled
                 o, needs = student_overrides(args, runs, precision, scheme, seed)
-                jobs.append(Job(f"{_slug(precision)}-{scheme}-s{seed}", o, needs,
-                                {"role": "student", "precision": precision, "scheme": scheme, "seed": seed}))
+                loss = o.get("distill.loss")  # a named loss is part of the cell's name: its runs differ
+                jobs.append(Job(f"{_slug(precision)}-{scheme}{f'-{loss}' if loss else ''}-s{seed}", o, needs,
+                                {"role": "student", "precision": precision, "scheme": scheme, "seed": seed,
+                                 **({"loss": loss} if loss else {})}))
     return jobs
+
+
+def losses_by_precision(args: argparse.Namespace) -> dict[str, str]:
+    """``--loss PRECISION=NAME`` as a mapping, completed by ``--loss-from`` (each precision's best row, on
+    the holdout, of a pilot's seed-0 teacher cells: its grid run at the paper's loss and its loss sweep)."""
+    chosen: dict[str, str] = {}
+    for item in getattr(args, "loss", None) or ():
+        precision, sep, name = item.rpartition("=")
+        if not sep or name not in LOSSES:
+            raise SystemExit(f"accuracy: --loss {item!r}: expected PRECISION=NAME with NAME in {list(LOSSES)}")
+        chosen[precision] = name
+    pilot = getattr(args, "loss_from", None)
+    if pilot:
+        try:
+            rows = json.loads((REPO / pilot).read_text())["rows"]
+        except (OSError, ValueError, KeyError) as e:
+            raise SystemExit(f"accuracy: --loss-from {pilot}: no rows to choose from ({e})") from None
+        for precision in args.precisions:
+            cands = [r for r in rows if r.get("precision") == precision and r.get("seed") == 0
+                     and r.get("scheme") in ("B", "C") and r.get("final_holdout_top1") is not None
+                     and (r.get("role") == "student" or (r.get("role") == "sweep" and "loss" in r))]
+            if cands and precision not in chosen:
+                best = max(cands, key=lambda r: r["final_holdout_top1"])
+                chosen[precision] = best.get("loss") or "paper"
+    return chosen
 
 
 def student_overrides(args: argparse.Namespace, runs: Path, precision: str, scheme: str,
@@ -140,6 +169,9 @@ def student_overrides(args: argparse.Namespace, runs: Path, precision: str, sche
     if scheme in ("A", "B", "C"):
         extra, needs = _teacher(args, runs, scheme)
         o.update(extra)
+        loss = losses_by_precision(args).get(precision, "paper")
+        if loss != "paper":  # the paper's loss is the defaults' (the grid's committed rows keep their names)
+            o["distill.loss"] = loss
     if scheme == "C":
         o["distill.student_init"] = str(runs / f"fp-s{seed}")
         o["optim.lr"] = args.c_lr
@@ -266,6 +298,10 @@ def regime_arguments(ap: argparse.ArgumentParser) -> None:
                     help="fractions of the run where the step schedule divides lr by 10")
     ap.add_argument("--holdout", type=int, default=5000, help="training images held out for the sweep")
     ap.add_argument("--c-lr", type=float, default=0.01, help="scheme C's (fine-tuning) learning rate")
+    ap.add_argument("--loss", nargs="+", default=None, metavar="PRECISION=NAME",
+                    help="the distilled cells' loss per precision, a LOSSES row (default: the paper's)")
+    ap.add_argument("--loss-from", default=None, metavar="PILOT.json",
+                    help="choose each precision's loss on the holdout from a pilot's seed-0 rows (its loss sweep)")
 
 
 def with_missed_goals(cells: list[str], out: Path) -> list[str]:

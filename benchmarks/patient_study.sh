@@ -7,6 +7,9 @@
 #   teacher2  the same teacher recipe with seed 1: the second member of the ensemble
 #   losses    seed 0, per precision (2W/32A, 4W/8A, LSQ 2W/2A), scheme C: the no-teacher student, the
 #             paper's loss and each other row of the loss table (--sweep-points losses), chosen on the holdout
+#   grid      seeds 0-2: the FP twin; 2W/32A, 4W/8A, LSQ 2W/2A without a teacher and with scheme C at the
+#             loss the losses step chose per precision on the holdout (--loss-from); the FP student with
+#             the teacher (32W/32A, C); results in accuracy_patient_grid.{json,md}
 # Usage: benchmarks/patient_study.sh [STEP ...]   (stop with Ctrl-C or SIGTERM: the runs checkpoint)
 #        DRY_RUN=1 benchmarks/patient_study.sh ...  prints the steps' commands instead
 set -euo pipefail
@@ -47,14 +50,17 @@ step() {
     teacher2) teacher2 ;;
     losses) "${PY[@]}" benchmarks/accuracy.py "${REGIME[@]}" --precisions 2W/32A 4W/8A lsq:2W/2A \
               --schemes baseline C --seeds 0 --plateau --sweep-cell 2W/32A:C 4W/8A:C lsq:2W/2A:C --sweep-points losses ;;
+    grid) "${PY[@]}" benchmarks/accuracy.py "${REGIME[@]/%accuracy_patient.json/accuracy_patient_grid.json}" \
+            --precisions 2W/32A 4W/8A lsq:2W/2A 32W/32A --schemes baseline C --seeds 0 1 2 \
+            --loss-from benchmarks/results/accuracy_patient.json --no-sweep ;;
   esac
 }
 
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(pilot teacher2 losses)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(pilot teacher2 losses grid)
 for s in "${STEPS[@]}"; do  # every name checked before any step runs
-  case "$s" in pilot|teacher2|losses) ;;
-    *) echo "patient_study: unknown step '$s' (pilot, teacher2, losses)" >&2; exit 2 ;;
+  case "$s" in pilot|teacher2|losses|grid) ;;
+    *) echo "patient_study: unknown step '$s' (pilot, teacher2, losses, grid)" >&2; exit 2 ;;
   esac
 done
 for s in "${STEPS[@]}"; do step "$s"; done

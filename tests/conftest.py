@@ -14,9 +14,11 @@ from torch import Tensor
 # file (tiny_runs, format_writers, bad_input_cases) and the tests that lend helpers to others
 # (config/test_config, data/test_teacher_cache, export/test_export) import by their plain names from any of them.
 _TESTS = Path(__file__).resolve().parent
-for _folder in (_TESTS, _TESTS / "config", _TESTS / "data", _TESTS / "export"):
+for _folder in (_TESTS, _TESTS / "cli", _TESTS / "config", _TESTS / "data", _TESTS / "export"):
     if str(_folder) not in sys.path:
         sys.path.insert(0, str(_folder))
+
+import torchvision_shim  # noqa: F401 - this machine's CUDA torchvision beside the CPU torch (see the module)
 
 
 @pytest.fixture

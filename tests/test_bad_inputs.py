@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 
 from apprentice.cli import main
 from apprentice.config import dump_yaml, load_config
-from apprentice.models import build_model
+from apprentice.models import MODELS, build_model
 from apprentice.run.loop import fit
 
 import tiny_runs
@@ -151,6 +151,22 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (f / "comments.yaml").write_text("# model:\n#   name: resnet8\n\n")
     (f / "empty-map.yaml").write_text("{}\n")
     (f / "empty-sections.yaml").write_text("model:\noptim:\n  # lr: 0.1\n")
+    # user code: files for --import that read the command line or exit, models that do not return logits
+    (f / "argv_reader.py").write_text("import argparse\np = argparse.ArgumentParser()\np.add_argument('--data', required=True)\n"
+                                      "args = p.parse_args()\n")
+    (f / "exits.py").write_text("import sys\nsys.exit(3)\n")
+    (f / "bad_models.py").write_text(
+        "import torch\nfrom torch import nn\nimport apprentice\n\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self, num_classes=10, in_channels=1, outputs=None, as_tuple=False):\n"
+        "        super().__init__()\n        self.as_tuple = as_tuple\n"
+        "        self.conv = nn.Conv2d(in_channels, 4, 3)\n        self.fc = nn.Linear(4, outputs or num_classes)\n"
+        "    def forward(self, x):\n        f = self.conv(x).mean((2, 3))\n"
+        "        return (self.fc(f), f) if self.as_tuple else self.fc(f)\n\n"
+        "apprentice.register_model('seven_outputs', replace=True)(\n"
+        "    lambda num_classes=10, in_channels=1, width=1.0: Net(num_classes, in_channels, outputs=7))\n"
+        "apprentice.register_model('tuple_net', replace=True)(\n"
+        "    lambda num_classes=10, in_channels=1, width=1.0: Net(num_classes, in_channels, as_tuple=True))\n")
     (f / "link-to-done").symlink_to(run, target_is_directory=True)
     (f / "link-to-best.pt").symlink_to(run / "checkpoints" / "best.pt")
     # data: one good copy of each format, then one broken copy per case
@@ -232,7 +248,14 @@ def test_bad_input_in_process(case, world, tmp_path, capsys, monkeypatch):
     new = tmp_path / "new"
     for key, value in case.env:
         monkeypatch.setenv(key, value)
-    code = main(argv_of(case, world, new))
+    before = dict(MODELS)  # a case's --import registers models: the next test sees the built-ins only,
+    try:                   # and a later case imports the file again
+        code = main(argv_of(case, world, new))
+    finally:
+        MODELS.clear()
+        MODELS.update(before)
+        for name in [m for m in sys.modules if m.startswith("apprentice_user.")]:
+            del sys.modules[name]
     err = capsys.readouterr().err
     assert code == case.code, err
     _SEEN[case.id] = check_message(case, err)

@@ -461,7 +461,30 @@ def test_the_patient_study_script_plans_its_steps_and_checks_names_first():
     bad = subprocess.run([str(script), "pilot", "bogus"], check=False, capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "unknown step 'bogus'" in bad.stderr and bad.stdout == ""
     dry = subprocess.run([str(script)], capture_output=True, text=True, check=True, env=env).stdout.splitlines()
-    assert len(dry) == 3 and "--teacher-recipe configs/fashion_mnist/teacher_strong.yaml" in dry[0]
+    assert len(dry) == 4 and "--teacher-recipe configs/fashion_mnist/teacher_strong.yaml" in dry[0]
     assert "train.seed=1" in dry[1] and "--sweep-points losses" in dry[2]
-    for line in (dry[0], dry[2]):  # the accuracy grid's own parser takes every option
+    assert "--out benchmarks/results/accuracy_patient_grid.json" in dry[3] and "--loss-from" in dry[3]
+    for line in (dry[0], dry[2], dry[3]):  # the accuracy grid's own parser takes every option
         accuracy.parser().parse_args(line.split()[2:])
+
+
+def test_the_grid_takes_each_precisions_loss_as_the_pilot_chose_it_on_the_holdout(tmp_path):
+    def row(precision, role, holdout, loss=None, scheme="C", seed=0):
+        return {"precision": precision, "role": role, "scheme": scheme, "seed": seed, "final_holdout_top1": holdout,
+                **({"loss": loss} if loss else {})}
+    pilot = tmp_path / "pilot.json"
+    pilot.write_text(json.dumps({"rows": [
+        row("2W/32A", "student", 90.0), row("2W/32A", "sweep", 91.0, "soft-t4"), row("2W/32A", "sweep", 89.0, "mse"),
+        row("2W/32A", "sweep", 99.0, scheme="C", seed=1, loss="mse"),  # another seed: not the pilot's choice
+        row("2W/32A", "student", 99.0, scheme="baseline"),           # no teacher: not a loss
+        row("4W/8A", "student", 92.0), row("4W/8A", "sweep", 91.5, "function-matching")]}))
+    args = _args(schemes=["baseline", "C"], precisions=["2W/32A", "4W/8A", "32W/32A"], loss_from=str(pilot))
+    jobs = {j.name: j for j in accuracy.grid_jobs(args, tmp_path)}
+    assert jobs["2w32a-C-soft-t4-s1"].overrides["distill.loss"] == "soft-t4" and jobs["2w32a-C-soft-t4-s1"].meta["loss"] == "soft-t4"
+    assert "distill.loss" not in jobs["4w8a-C-s0"].overrides  # the paper's loss won there
+    assert "distill.loss" not in jobs["2w32a-baseline-s0"].overrides  # no teacher, no loss
+    assert "32w32a-C-s0" in jobs and "32w32a-baseline-s0" not in jobs  # the FP twin is that cell
+    explicit = {j.name for j in accuracy.grid_jobs(_args(schemes=["C"], loss=["2W/32A=mse"], loss_from=str(pilot)), tmp_path)}
+    assert "2w32a-C-mse-s0" in explicit  # a loss given outright wins over the pilot's choice
+    with pytest.raises(SystemExit, match="expected PRECISION=NAME"):
+        accuracy.grid_jobs(_args(schemes=["C"], loss=["2W/32A=nope"]), tmp_path)

@@ -9,10 +9,11 @@ import os
 from pathlib import Path
 
 import pytest
-from test_cli import one_error_line, run_cli
 from test_models import _install_package
 
 from apprentice.models import ENTRY_POINT_GROUP
+
+from test_cli import one_error_line, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

@@ -6,8 +6,10 @@ registers it (``@apprentice.register_model``) is named on the command line.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import io
 import os
 import re
 import sys
@@ -21,9 +23,29 @@ __all__ = ["import_user_code"]
 def import_user_code(spec: str) -> None:
     """Run the user's Python file, or import their module, named by ``--import`` (and only then).
 
-    A file runs as a script would (its folder first on ``sys.path``, so it can import its neighbours);
-    anything it raises becomes one line naming the file.
+    A file runs as a script would (its folder first on ``sys.path``, so it can import its neighbours),
+    but sees an empty command line (apprentice's flags are not its own) under a module name of its own
+    (so its ``if __name__ == "__main__":`` part does not run). Anything it raises, or an exit while it
+    is imported (an argument parser at module level), becomes one line naming the file; what it
+    writes to stderr is kept back until it has imported, and its last line told if it fails.
     """
+    saved_argv, captured = sys.argv, io.StringIO()
+    sys.argv = [spec]
+    try:
+        with contextlib.redirect_stderr(captured):
+            _import(spec)
+    except SystemExit as e:
+        said = captured.getvalue().strip().splitlines()
+        raise ApprenticeError(f"--import {spec!r} exited while it was imported (exit status {e.code!r}"
+                              + (f": {said[-1].strip()}" if said else "") + "); a file for --import should only "
+                              "define and register models: put its script part under "
+                              "`if __name__ == '__main__':`") from None
+    finally:
+        sys.argv = saved_argv
+    sys.stderr.write(captured.getvalue())
+
+
+def _import(spec: str) -> None:
     is_file = spec.endswith(".py") or os.sep in spec
     try:
         if not is_file:

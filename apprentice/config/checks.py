@@ -61,7 +61,8 @@ def _owners() -> SimpleNamespace:
         model_constructor=models.model_constructor, takes_argument=models.takes_argument, shortcuts=models.SHORTCUTS,
         builtin_models=models.BUILTIN_MODELS, data_arguments=models.DATA_ARGUMENTS, schemes=distill.SCHEMES,
         datasets=data.DATASETS, augmentations=data.AUGMENTATIONS,
-        quantizers=quant.WEIGHT_QUANTIZERS, parse_precision=quant.parse_precision, deploy_modes=quant.DEPLOY_MODES,
+        quantizers=quant.WEIGHT_QUANTIZERS, act_quantizers=quant.ACT_QUANTIZERS, parse_precision=quant.parse_precision,
+        deploy_modes=quant.DEPLOY_MODES,
         integer_act_bits=quant.INTEGER_ACT_BITS,
         parse_layer_rules=quant.parse_layer_rules,
         check_loss_weights=losses.check_loss_weights, check_device=runtime.check_device, losses=losses.LOSSES,
@@ -164,9 +165,12 @@ def _check_values(cfg: Config, owners: SimpleNamespace) -> None:
 def _check_quant(q: QuantConfig, owners: SimpleNamespace) -> None:
     if q.quantizer is not None:
         _choice(owners.quantizers, q.quantizer, "weight quantizer", "quant.quantizer")
+    if q.act_quantizer is not None:
+        _choice(owners.act_quantizers, q.act_quantizer, "activation quantizer", "quant.act_quantizer")
+    options = {"quantizer": q.quantizer, "per_channel": q.per_channel is True, "clip": q.act_clip,
+               "learned": q.learned_clip, "act_quantizer": q.act_quantizer}
     try:
-        _, acts = owners.parse_precision(q.precision, quantizer=q.quantizer, per_channel=q.per_channel,
-                                         clip=q.act_clip, learned=q.learned_clip)
+        _, acts = owners.parse_precision(q.precision, **options)
     except ApprenticeError as e:
         with_q = "" if q.quantizer is None else f" with quant.quantizer={q.quantizer!r}"
         raise ApprenticeError(f"quant.precision={q.precision!r}{with_q}: {e}") from None
@@ -181,8 +185,7 @@ def _check_quant(q: QuantConfig, owners: SimpleNamespace) -> None:
         _check(bool(pattern.strip()), f"quant.exclude[{i}]", "empty layer pattern")
     if q.layers is not None:  # which layers a pattern matches is checked against the model when it is built
         try:
-            owners.parse_layer_rules(q.layers, quantizer=q.quantizer, per_channel=q.per_channel, clip=q.act_clip,
-                                     learned=q.learned_clip)
+            owners.parse_layer_rules(q.layers, **options)
         except ApprenticeError as e:
             raise ApprenticeError(f"quant.layers: {e}") from None
 

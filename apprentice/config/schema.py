@@ -34,7 +34,8 @@ class ModelConfig:
 class QuantConfig:
     precision: str = _f("32W/32A", "student precision in the paper's notation, e.g. 2W/32A (ternary), 4W/8A; 32W/32A = full precision")
     quantizer: str | None = _f(None, "weight quantizer, a quant.WEIGHT_QUANTIZERS key; null = ternary at 2 bits, uniform otherwise")
-    per_channel: bool = _f(False, "one weight scale per output channel instead of one per layer")
+    per_channel: bool | None = _f(None, "one weight scale per output channel (true) or per layer (false); null = per layer for the built-in ResNets (the paper's), per channel for any other model (a per-layer scale can zero whole channels of a modern network and make it diverge)")
+    act_quantizer: str | None = _f(None, "activation quantizer, a quant.ACT_QUANTIZERS key: clip ([0, c], WRPN; PACT with learned_clip) | lsq (learned step, unsigned) | asym (learned step and a zero point from the first batch's range: signed inputs kept); null = the paper's for the built-in ResNets (clip, lsq beside LSQ weights), asym for any other model (clip when act_clip or learned_clip is set)")
     act_clip: float = _f(1.0, "clip c of the clipped ReLU [0, c] before activation quantization (initial value if learned)")
     learned_clip: bool = _f(False, "learn the activation clip per layer (PACT)")
     exclude: tuple[str, ...] | None = _f(None, "layer-name patterns kept in float; null = first conv and last linear (@first, @last)")

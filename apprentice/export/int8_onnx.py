@@ -82,9 +82,9 @@ class _Uint8Input(nn.Module):
         self.bits = bits
         self.register_buffer("scale", torch.tensor(float(scale)))
         self.register_buffer("zero_point", torch.tensor(int(zero_point), dtype=torch.uint8))
-        if bits < 8:
-            self.register_buffer("low", torch.tensor(0.0))
-            self.register_buffer("high", torch.tensor(float(scale) * (2**bits - 1)))
+        if bits < 8:  # codes round(x/s) + z in 0..2^k − 1: x in [−z·s, (2^k − 1 − z)·s]
+            self.register_buffer("low", torch.tensor(-int(zero_point) * float(scale)))
+            self.register_buffer("high", torch.tensor(float(scale) * (2**bits - 1 - int(zero_point))))
         object.__setattr__(self, "_cache", cache)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -227,8 +227,15 @@ def int8_module(tensors: dict[str, Tensor], qmap: dict[str, Any], template: nn.M
         else:
             owner = module.input_layer[0] if module.input_layer is not None else name
             if owner not in owners:
-                owners[owner] = _Uint8Input(layers[owner].activation_scale(), 0, cache, layers[owner].act_quant.bits)
+                owners[owner] = _Uint8Input(layers[owner].activation_scale(), layers[owner].activation_zero_point(), cache,
+                                            layers[owner].act_quant.bits)
             built[name] = _Int8Layer(module, codes, scale, bias, act=owners[owner])  # type: ignore[arg-type]
+            if module.out_quant is not None:  # its own output quantizer: the integer kernel writes uint8 codes
+                out = module.out_quant.setting()
+                if out.step is None:
+                    raise ApprenticeError(f"layer {name!r}: its output quantizer is not calibrated yet (no training "
+                                          f"batch has run)")
+                built[name] = nn.Sequential(built[name], _Uint8Input(out.step, out.zero_point, cache))
         if bn is not None:
             replace_module(model, bn_of[name], nn.Identity())
         replace_module(model, name, built[name])
@@ -238,7 +245,8 @@ def int8_module(tensors: dict[str, Tensor], qmap: dict[str, Any], template: nn.M
         if before is None or reasons.get(before, "not quantized") is not None:
             continue  # after a float conv, quantizing before the pool gains no integer kernel and costs time
         if reader not in owners:  # its reader stays float: quantized before the pool all the same (exact)
-            owners[reader] = _Uint8Input(layers[reader].activation_scale(), 0, cache, layers[reader].act_quant.bits)
+            owners[reader] = _Uint8Input(layers[reader].activation_scale(), layers[reader].activation_zero_point(), cache,
+                                         layers[reader].act_quant.bits)
         replace_module(model, pool, _QuantizedPool(model.get_submodule(pool), owners[reader]))
     return _Root(model, cache).eval(), reasons
 

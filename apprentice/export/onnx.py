@@ -82,15 +82,19 @@ class _OnnxLayer(nn.Module):
         acts = quantizer.act_quant
         self.act_bits = acts.bits
         levels = 2**acts.bits - 1
-        # clip: step c/(2^b − 1) up to c; LSQ: its learned step s up to s·(2^b − 1).
+        # clip: step c/(2^b − 1) from 0 up to c; LSQ: its learned step s up to s·(2^b − 1); asym: s from
+        # −z·s up to (2^b − 1 − z)·s. The codes are round(x/s) + z in 0..2^b − 1 either way.
         lsq = quantizer.act_step is not None
         step = float(quantizer.act_step.detach()) if lsq else float(acts.clip) / levels
-        high = step * levels if lsq else float(acts.clip)
-        # Activation constants become graph initializers; uint8 zero point as ONNX's QDQ convention.
-        self.register_buffer("act_low", torch.tensor(0.0))
+        zero = quantizer.activation_zero_point()
+        high = step * (levels - zero) if lsq else float(acts.clip)
+        # Activation constants become graph initializers; a uint8 zero point as ONNX's QDQ convention.
+        self.register_buffer("act_low", torch.tensor(-zero * step))
         self.register_buffer("act_high", torch.tensor(high))
         self.register_buffer("act_scale", torch.tensor(step))
-        self.register_buffer("act_zero", torch.tensor(0, dtype=torch.uint8))
+        self.register_buffer("act_zero", torch.tensor(zero, dtype=torch.uint8))
+        # A deployable layer's own output quantizer, when its forward applies it (no BatchNorm hook after it).
+        self.out_quant = module.out_quant if module.out_quant is not None and module._out_hook is None else None
         if codes is None:
             self.weight = module.weight
             self.axis = None
@@ -113,9 +117,11 @@ class _OnnxLayer(nn.Module):
         else:
             w = self.weight
         if self.conv is None:
-            return F.linear(x, w, self.bias)
-        c = self.conv
-        return F.conv2d(x, w, self.bias, c.stride, c.padding, c.dilation, c.groups)
+            y = F.linear(x, w, self.bias)
+        else:
+            c = self.conv
+            y = F.conv2d(x, w, self.bias, c.stride, c.padding, c.dilation, c.groups)
+        return y if self.out_quant is None else self.out_quant(y)
 
 
 def _onnx_module(tensors: dict[str, Tensor], qmap: dict[str, Any], opset: int,

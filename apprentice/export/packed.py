@@ -162,11 +162,12 @@ def _pack_layer(name: str, mod: QConv2d | QLinear, tensors: dict[str, Tensor], s
                 ternary_packing: str) -> dict[str, Any]:
     """One quantized layer's map entry; its float weight and quantizer state leave ``tensors`` and its
     packed codes enter them (the weight scale goes to ``scales``, which BatchNorm folding may still scale)."""
-    for key in QUANTIZER_STATE:
+    for key in QUANTIZER_STATE:  # the values are the map's numbers (an output quantizer's too)
         tensors.pop(f"{name}.{key}", None)
+        tensors.pop(f"{name}.out_quant.{key}", None)
     entry: dict[str, Any] = {"kind": mod.kind, "precision": format_precision(mod.weight_quant, mod.act_quant),
                              "geometry": layer_geometry(mod), "weights": None, "activations": _activation_entry(mod)}
-    entry.update({k: v for k, v in mod.plan().to_dict().items() if k in ("input_from", "deploy", "batchnorm")})
+    entry.update({k: v for k, v in mod.plan().to_dict().items() if k in ("input_from", "deploy", "batchnorm", "output")})
     if mod.weight_quant is not None:
         spec = mod.weight_quant
         codes, scales[name] = mod.weight_codes()
@@ -225,9 +226,10 @@ def _activation_entry(mod: QConv2d | QLinear) -> dict[str, Any]:
     """A layer's activation quantizer with its learned value frozen as the number the forward uses now."""
     if mod.input_layer is not None:  # it uses another layer's quantizer: record that one's values
         mod = mod.input_layer[1]
-    if mod.act_step is not None:  # LSQ; a step no training batch has set is its placeholder, as eval uses it
-        return {"bits": mod.act_quant.bits, "quantizer": mod.act_quant.quantizer,
-                "step": float(effective_step(mod.act_step))}
+    if mod.act_step is not None:  # LSQ, asym; a step no training batch has set is its placeholder, as eval uses it
+        entry = {"bits": mod.act_quant.bits, "quantizer": mod.act_quant.quantizer,
+                 "step": float(effective_step(mod.act_step))}
+        return entry | ({"zero_point": mod.activation_zero_point()} if mod.act_quant.has_zero_point else {})
     return {"bits": mod.act_quant.bits, "clip": mod.activation_clip()}  # a learned PACT clip is frozen here
 
 

@@ -27,8 +27,10 @@ from apprentice.export.packed import (
 from apprentice.export.packing import unpack_codes
 from apprentice.models import build_model
 from apprentice.quant import (
+    ZERO_POINT,
     ActQuant,
     Add,
+    AddInput,
     AddPlan,
     LayerPlan,
     apply_plan,
@@ -44,8 +46,9 @@ def _activation_settings(acts: dict, where: str) -> ActQuant:
     try:
         if acts.get("quantizer", "clip") == "clip":
             return ActQuant(bits, float(_get(acts, "clip", (int, float), where)))
-        return ActQuant(bits, quantizer=_get(acts, "quantizer", str, where),
-                        step=float(_get(acts, "step", (int, float), where)))
+        quantizer = _get(acts, "quantizer", str, where)
+        zero = _get(acts, "zero_point", int, where) if quantizer in ZERO_POINT else None
+        return ActQuant(bits, quantizer=quantizer, step=float(_get(acts, "step", (int, float), where)), zero_point=zero)
     except ApprenticeError as e:
         raise _bad(where, str(e)) from None
 
@@ -98,7 +101,7 @@ def model_from_packed(tensors: dict[str, Tensor], qmap: dict[str, Any], model: n
     Quantized layers become QConv2d/QLinear with ``weights=None`` holding ``codes * scale``: the
     weights are already quantized, and re-quantizing them would change them for quantizers that
     are not idempotent (DoReFa). Their activation quantization uses the frozen clip, or the LSQ
-    step from the map (held as the layer's ``act_step``, already initialised).
+    step (and asym's zero point) from the map (held as the layer's ``act_step``, already initialised).
 
     Args:
         tensors, qmap: the file's tensors and quantization map.
@@ -133,6 +136,10 @@ def model_from_packed(tensors: dict[str, Tensor], qmap: dict[str, Any], model: n
         elif lp.activations.learns_step and lp.input_from is None:
             tensors[f"{name}.act_step"] = expected[f"{name}.act_step"]
             tensors[f"{name}.act_step_initialized"] = expected[f"{name}.act_step_initialized"]
+            if lp.activations.has_zero_point:
+                tensors[f"{name}.zero_point"] = expected[f"{name}.zero_point"]
+        if isinstance(lp, LayerPlan) and lp.output is not None:
+            tensors.update({k: v for k, v in expected.items() if k.startswith(f"{name}.out_quant.")})
     for key, ref in expected.items():
         if key not in tensors:
             raise _bad(f"tensor {key!r}", "missing from the file")
@@ -176,7 +183,7 @@ def _layer_plan(model: nn.Module, layers: dict[str, Any],
         if not all(v is None or isinstance(v, str) for v in shared.values()):
             raise _bad(where, "input_from, deploy and batchnorm must be names")
         plan[name] = LayerPlan(kind, None, _activation_settings(_get(entry, "activations", dict, where), where),
-                               **shared)
+                               **shared, output=_output_setting(entry.get("output"), where))
         if entry.get("weights") is not None:
             weights[f"{name}.weight"] = _dequantize(name, _get(entry, "weights", dict, where), tensors, module)
     return plan, weights
@@ -189,6 +196,18 @@ def _give_integer_weights(model: nn.Module, layers: dict[str, Any], tensors: dic
         if entry.get("deploy") is not None and w is not None:
             codes = unpack_codes(tensors[f"{name}.weight_codes"], w["packing"], w["count"]).view(w["shape"])
             model.get_submodule(name).set_integer_weights(codes, tensors[f"{name}.weight_scale"])
+
+
+def _output_setting(output: Any, where: str) -> AddInput | None:
+    """A deployable layer's own output quantizer (`LayerPlan.output`), from the map's numbers."""
+    if output is None:
+        return None
+    try:
+        if not isinstance(output, dict):
+            raise ApprenticeError("a mapping of step and zero_point")
+        return AddInput(**output)
+    except (ApprenticeError, TypeError) as e:
+        raise _bad(where, f"output quantizer: {e}") from None
 
 
 def _add_plan(entry: dict[str, Any], module: nn.Module, where: str) -> AddPlan:

@@ -26,20 +26,19 @@ state dict, so a resumed run or a reloaded model never calibrates again (as LSQ'
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from apprentice.errors import ApprenticeError
 from apprentice.quant.lsq import (
-    MIN_LEARNED_STEP,
+    calibrate_zero_point,
     effective_step,
-    lsq_grad_scale,
-    lsq_quantize,
+    zero_point_activation,
 )
 
 __all__ = ["UINT8_MAX", "Add", "AddInput", "AddPlan", "QAdd", "Uint8Quantizer", "calibrate_uint8", "uint8_fake_quant"]
@@ -52,36 +51,25 @@ def uint8_fake_quant(x: Tensor, step: Tensor, zero_point: Tensor) -> Tensor:
     """Asymmetric uint8 fake quantization: ``s·(clamp(round(x/s) + z, 0, 255) − z)``.
 
     Equal to ONNX's ``DequantizeLinear(QuantizeLinear(x, s, z), s, z)`` (both round half to even, and
-    z is an integer, so rounding before or after adding it is the same). Gradients are LSQ's with
-    Q_N = z, Q_P = 255 − z: straight through inside the range, to the step by
-    ``round(x/s) − x/s`` inside and the bound outside, scaled by 1/√(N·255) (N: features of a sample).
+    z is an integer, so rounding before or after adding it is the same): `zero_point_activation` at
+    8 bits, LSQ's gradients with Q_N = z, Q_P = 255 − z.
 
     Example:
         >>> x = torch.tensor([-2.0, -0.3, 0.0, 0.6, 100.0])
         >>> uint8_fake_quant(x, torch.tensor(0.25), torch.tensor(4.0)).tolist()   # range [-1, 62.75]
         [-1.0, -0.25, 0.0, 0.5, 62.75]
     """
-    features = x[0].numel() if x.dim() > 1 else x.numel()
-    z = zero_point.to(x.dtype)
-    return lsq_quantize(x, step, z, UINT8_MAX - z, lsq_grad_scale(features, UINT8_MAX))[0]  # type: ignore[arg-type]
+    return zero_point_activation(x, 8, step, zero_point)
 
 
-@torch.no_grad()
 def calibrate_uint8(x: Tensor) -> tuple[Tensor, Tensor]:
-    """(step, zero point) from the range of ``x`` widened to hold 0 (Jacob et al. 2018, sec. 3.1).
-
-    Over processes (torchrun) the range is the union of every rank's, so all ranks agree.
+    """(step, zero point) of a uint8 quantizer from the range of ``x`` widened to hold 0 (`calibrate_zero_point`).
 
     Example:
         >>> [round(t.item(), 4) for t in calibrate_uint8(torch.tensor([-1.0, 0.5, 1.55]))]
         [0.01, 100.0]
     """
-    lo, hi = x.detach().float().amin().clamp(max=0), x.detach().float().amax().clamp(min=0)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-    step = ((hi - lo) / UINT8_MAX).clamp(min=MIN_LEARNED_STEP)
-    return step, torch.round(-lo / step).clamp(0, UINT8_MAX)
+    return calibrate_zero_point(x, 8)
 
 
 @dataclass(frozen=True)
@@ -102,12 +90,12 @@ class AddInput:
         if self.source is not None and (self.step is not None or self.zero_point is not None):
             raise ApprenticeError(f"an add input quantized by layer {self.source!r} has no step or zero point")
         if (self.step is None) != (self.zero_point is None):
-            raise ApprenticeError("an add quantizer's step and zero point are given together")
-        if self.step is not None and not (isinstance(self.step, (int, float)) and self.step > 0):
-            raise ApprenticeError(f"an add quantizer's step must be a positive number, got {self.step!r}")
+            raise ApprenticeError("a uint8 quantizer's step and zero point are given together")
+        if self.step is not None and not (isinstance(self.step, (int, float)) and 0 < self.step < math.inf):
+            raise ApprenticeError(f"a uint8 quantizer's step must be a positive finite number, got {self.step!r}")
         zp = self.zero_point
         if zp is not None and (isinstance(zp, bool) or not isinstance(zp, int) or not 0 <= zp <= UINT8_MAX):
-            raise ApprenticeError(f"an add quantizer's zero point must be an integer in 0..{UINT8_MAX}, got {zp!r}")
+            raise ApprenticeError(f"a uint8 quantizer's zero point must be an integer in 0..{UINT8_MAX}, got {zp!r}")
 
     def describe(self) -> str:
         if self.source is not None:
@@ -179,6 +167,10 @@ class Uint8Quantizer(nn.Module):
         if not bool(self.act_step_initialized):
             return x  # evaluated before any training batch: nothing to quantize with yet
         return uint8_fake_quant(x, self.act_step, self.zero_point)
+
+    def quantize_output(self, module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
+        """A forward hook: quantize ``module``'s output (a deployable layer's BatchNorm, `LayerPlan.output`)."""
+        return self(output)
 
     def setting(self) -> AddInput:
         """Its values now, as numbers (None before calibration)."""

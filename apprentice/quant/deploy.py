@@ -130,6 +130,32 @@ class _Graph:
                     out[node.target] = user.target
         return out
 
+    def own_outputs(self, batchnorms: Mapping[str, str]) -> set[str]:
+        """The quantized convs (8-bit input, called once) whose output, after their BatchNorm, goes on to
+        something other than 8-bit quantizers and adds (a SiLU, a hard-swish, a plain '+', a pooling):
+        they quantize it themselves (`LayerPlan.output`), so the export runs them as integer kernels. An
+        output that goes through a ReLU or a max-pool first is left as it is (`integer_layers` says why)."""
+        nodes = {n.target: n for n in self.graph.nodes if n.op == "call_module"}
+        out = set()
+        for name, lp in self.plan.items():
+            node = nodes.get(name)
+            if node is None or not isinstance(lp, LayerPlan) or lp.kind != "conv2d" or lp.weights is None \
+                    or lp.activations.bits != INTEGER_ACT_BITS or self.calls[name] != 1:
+                continue
+            tensor = next(iter(node.users)) if name in batchnorms else node
+            users = list(tensor.users)
+            if users and not any(_fused_after(u, self.modules) for u in users) \
+                    and not all(self._reads_8bit(u, tensor) for u in users):
+                out.add(name)
+        return out
+
+    def _reads_8bit(self, user: torch.fx.Node, tensor: torch.fx.Node) -> bool:
+        """Whether ``user`` (of a plan being made) quantizes ``tensor`` to 8 bits: an 8-bit layer input, or an add."""
+        if isinstance(_module(user, self.modules), (Add, QAdd)):
+            return True
+        lp = self.plan.get(user.target) if user.op == "call_module" else None  # type: ignore[arg-type]
+        return isinstance(lp, LayerPlan) and lp.activations.bits == INTEGER_ACT_BITS and user.args[0] is tensor
+
     def adds(self) -> list[torch.fx.Node]:
         return [n for n in self.graph.nodes if isinstance(_module(n, self.modules), (Add, QAdd))]
 
@@ -219,8 +245,10 @@ def deploy_plan(model: nn.Module, plan: Mapping[str, Any], mode: str) -> dict[st
     g = _Graph(model, plan)
     out: dict[str, Any] = {}
     batchnorms = g.batchnorms()
+    own = g.own_outputs(batchnorms)
     for name, lp in plan.items():
-        out[name] = LayerPlan(lp.kind, lp.weights, lp.activations, g.input_from.get(name), mode, batchnorms.get(name))
+        out[name] = LayerPlan(lp.kind, lp.weights, lp.activations, g.input_from.get(name), mode, batchnorms.get(name),
+                              AddInput() if name in own else None)
     for node in g.adds():
         if g.calls[node.target] != 1:
             raise ApprenticeError(f"add {node.target!r} is called {g.calls[node.target]} times; give each "
@@ -302,6 +330,8 @@ def _float_reason(node: torch.fx.Node, lp: LayerPlan | None, integer_weights: bo
         return "the module is called more than once"
     if isinstance(g.modules[node.target], nn.Linear):  # type: ignore[index]
         return None  # ONNX Runtime's QGemm may write float: the logits need no quantizer after them
+    if lp.output is not None:
+        return None  # it quantizes its output itself
     out, pools = node, g.pools()
     while len(out.users) == 1 and _fused_after(nxt := next(iter(out.users)), g.modules):
         if isinstance(_module(nxt, g.modules), nn.MaxPool2d) and nxt.target not in pools:

@@ -35,14 +35,23 @@ import math
 from typing import Protocol
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from apprentice.errors import ApprenticeError
 from apprentice.quant.ste import ste
 
 __all__ = [
-    "MIN_LEARNED_STEP", "effective_step", "lsq_activation", "lsq_grad_scale", "lsq_init_step", "lsq_quantize",
-    "lsq_step_shape", "lsq_weight",
+    "MIN_LEARNED_STEP",
+    "calibrate_zero_point",
+    "effective_step",
+    "lsq_activation",
+    "lsq_grad_scale",
+    "lsq_init_step",
+    "lsq_quantize",
+    "lsq_step_shape",
+    "lsq_weight",
+    "zero_point_activation",
 ]
 
 
@@ -152,3 +161,45 @@ def lsq_activation(x: Tensor, bits: int, step: Tensor) -> Tensor:
     q_p = 2**bits - 1
     features = x[0].numel() if x.dim() > 1 else x.numel()
     return lsq_quantize(x, step, 0, q_p, lsq_grad_scale(features, q_p))[0]
+
+
+def zero_point_activation(x: Tensor, bits: int, step: Tensor, zero_point: Tensor) -> Tensor:
+    """Asymmetric k-bit activations with a zero point: ``s·round(clip(x/s, −z, 2^b − 1 − z))``.
+
+    The integer codes ``round(x/s) + z`` lie in [0, 2^b − 1]: the uint8 tensor (below 8 bits, its
+    low range) with zero point z that ONNX's QuantizeLinear and the integer kernels of ONNX Runtime
+    and XNNPACK take (Jacob et al., CVPR 2018, sec. 2.1). For inputs that can be negative (SiLU,
+    hard-swish, GELU, a linear bottleneck, a depthwise output without a ReLU); with z = 0 it is
+    LSQ's unsigned quantizer. Gradients are LSQ's with Q_N = z, Q_P = 2^b − 1 − z (Esser et al.
+    2020), g = 1/√(N_F·(2^b − 1)); z is an integer buffer set once (`calibrate_zero_point`), s learns.
+
+    Example:
+        >>> x = torch.tensor([-2.0, -0.3, 0.0, 0.6, 100.0])
+        >>> zero_point_activation(x, 4, torch.tensor(0.25), torch.tensor(4.0)).tolist()   # range [-1, 2.75]
+        [-1.0, -0.25, 0.0, 0.5, 2.75]
+    """
+    levels = 2**bits - 1
+    features = x[0].numel() if x.dim() > 1 else x.numel()
+    z = zero_point.to(x.dtype)
+    return lsq_quantize(x, step, z, levels - z, lsq_grad_scale(features, levels))[0]  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def calibrate_zero_point(x: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """(step, zero point) from the range of ``x`` widened to hold 0 (Jacob et al. 2018, sec. 3.1).
+
+    [lo, hi] = [min(x, 0), max(x, 0)], s = (hi − lo)/(2^b − 1), z = round(−lo/s): z = 0 for an input
+    with no negative values. Over processes (torchrun) the range is the union of every rank's, so all
+    ranks agree.
+
+    Example:
+        >>> [round(t.item(), 4) for t in calibrate_zero_point(torch.tensor([-1.0, 0.5, 1.55]), 8)]
+        [0.01, 100.0]
+    """
+    lo, hi = x.detach().float().amin().clamp(max=0), x.detach().float().amax().clamp(min=0)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    levels = 2**bits - 1
+    step = ((hi - lo) / levels).clamp(min=MIN_LEARNED_STEP)
+    return step, torch.round(-lo / step).clamp(0, levels)

@@ -26,13 +26,14 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from apprentice.errors import ApprenticeError, lookup
+from apprentice.quant.add import AddInput, Uint8Quantizer
 from apprentice.quant.integer import (
     bn_affine,
     folded_bias,
     integer_weights,
     rounded_bias,
 )
-from apprentice.quant.lsq import effective_step, lsq_init_step
+from apprentice.quant.lsq import calibrate_zero_point, effective_step, lsq_init_step
 from apprentice.quant.quantizers import (
     ACT_QUANTIZERS,
     ActQuant,
@@ -60,6 +61,9 @@ class LayerPlan:
     same tensor); ``activations`` are then that layer's.
     ``batchnorm``: in a deployable graph, the BatchNorm right after the layer, which the export folds
     into it; the layer's eval-mode bias rounding (`apprentice.quant.integer`) takes it into account.
+    ``output``: in a deployable graph, a uint8 quantizer of the layer's own on its output (after
+    ``batchnorm``), for a conv whose output no 8-bit quantizer reads (a SiLU, a hard-swish, a plain
+    ``+`` follows): the integer kernel writes that tensor, the float op after it reads it dequantized.
     """
 
     kind: str
@@ -68,6 +72,7 @@ class LayerPlan:
     input_from: str | None = None
     deploy: str | None = None
     batchnorm: str | None = None
+    output: AddInput | None = None
 
     def to_dict(self) -> dict:
         d = {
@@ -77,6 +82,8 @@ class LayerPlan:
         }
         # Written only when set, so the plans of runs without a deployable graph stay as they were.
         d.update({k: getattr(self, k) for k in _DEPLOY_FIELDS if getattr(self, k) is not None})
+        if self.output is not None:
+            d["output"] = asdict(self.output)
         return d
 
     @classmethod
@@ -90,17 +97,20 @@ class LayerPlan:
             names = {k: d.get(k) for k in _DEPLOY_FIELDS}
             if not all(v is None or isinstance(v, str) for v in names.values()):
                 raise TypeError(f"{', '.join(_DEPLOY_FIELDS)} are names")
+            if d.get("output") is not None and not isinstance(d["output"], Mapping):
+                raise TypeError("output is a mapping")
+            output = None if d.get("output") is None else AddInput(**d["output"])
         except KeyError as e:
             raise ApprenticeError(f"malformed layer plan {dict(d)!r}: missing {e}") from None
         except TypeError as e:
             raise ApprenticeError(f"malformed layer plan {dict(d)!r}: {e}") from None
         lookup(_QMODULES, kind, "layer kind")
-        return cls(kind, weights, activations, **names)
+        return cls(kind, weights, activations, **names, output=output)
 
     def describe(self) -> str:
         w = "float" if self.weights is None else self.weights.describe()
         a = self.activations.describe() + (f" (as {self.input_from}'s input)" if self.input_from else "")
-        return f"W: {w}, A: {a}"
+        return f"W: {w}, A: {a}" + ("" if self.output is None else f", output: {self.output.describe()}")
 
 
 class _QuantMixin:
@@ -111,7 +121,7 @@ class _QuantMixin:
 
     def _init_quant(self, weights: WeightQuant | None, activations: ActQuant, deploy: str | None = None,
                     input_layer: tuple[str, _QuantMixin] | None = None,
-                    batchnorm: tuple[str, nn.BatchNorm2d] | None = None) -> None:
+                    batchnorm: tuple[str, nn.BatchNorm2d] | None = None, output: AddInput | None = None) -> None:
         self.weight_quant = weights
         self.act_quant = activations
         self.deploy = deploy
@@ -132,7 +142,22 @@ class _QuantMixin:
             given = activations.step is not None
             self.act_step = nn.Parameter(self.weight.new_tensor(activations.step if given else 1.0))
             self.register_buffer("act_step_initialized", torch.tensor(given, device=self.weight.device))
+        if own and activations.has_zero_point:  # an integer held as float, as the quantizer's arithmetic takes it
+            self.register_buffer("zero_point", self.weight.new_tensor(float(activations.zero_point or 0)))
         self._wq_cache: tuple[tuple, Tensor] | None = None
+        self._init_output(output)
+
+    def _init_output(self, output: AddInput | None) -> None:
+        """A deployable layer's own output quantizer: after its BatchNorm (a hook on it, a bound method so
+        that a deep copy of the model hooks the copy's quantizer), else in the layer's forward."""
+        self.out_quant = None if output is None else Uint8Quantizer(output.step, output.zero_point)
+        self._out_hook = None
+        if self.out_quant is not None and self._batchnorm is not None:
+            self._out_hook = self._batchnorm[1].register_forward_hook(self.out_quant.quantize_output)
+
+    def _output(self, out: Tensor) -> Tensor:
+        out = self._add_bias_correction(out)
+        return out if self.out_quant is None or self._out_hook is not None else self.out_quant(out)
 
     def quantized_weight(self) -> Tensor:
         """The weight used in the forward pass (fake-quantized shadow weight, or the float weight)."""
@@ -160,15 +185,22 @@ class _QuantMixin:
             param: float | Tensor = self.act_step
         else:
             param = self.act_clip if self.act_clip is not None else acts.clip
+        if acts.has_zero_point:
+            return ACT_QUANTIZERS[acts.quantizer](x, acts.bits, param, self.zero_point)
         return ACT_QUANTIZERS[acts.quantizer](x, acts.bits, param)
 
     @torch.no_grad()
     def _init_act_step(self, x: Tensor) -> None:
-        """LSQ's 2·mean|x|/√Q_P from this (first training) batch; averaged over processes so all ranks agree."""
-        step = lsq_init_step(x.detach().float(), 2**self.act_quant.bits - 1)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(step)
-            step /= dist.get_world_size()
+        """From this (first training) batch, alike on every process: asym's step and zero point from its
+        range (`calibrate_zero_point`: the union of the ranks'), or LSQ's 2·mean|x|/√Q_P (their mean)."""
+        if self.act_quant.has_zero_point:
+            step, zero_point = calibrate_zero_point(x, self.act_quant.bits)
+            self.zero_point.copy_(zero_point)
+        else:
+            step = lsq_init_step(x.detach().float(), 2**self.act_quant.bits - 1)
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                dist.all_reduce(step)
+                step /= dist.get_world_size()
         self.act_step.copy_(step)
         self.act_step_initialized.fill_(True)
 
@@ -246,6 +278,12 @@ class _QuantMixin:
             return None
         return float(effective_step(self.act_step))
 
+    def activation_zero_point(self) -> int:
+        """z of the input quantizer as the forward uses it now (asym's; 0 for the unsigned quantizers)."""
+        if self._input_layer is not None:
+            return self._input_layer[1].activation_zero_point()
+        return int(self.zero_point) if self.act_quant.has_zero_point else 0
+
     def activation_scale(self) -> float:
         """s_x, the value of one step of the input quantizer as the forward uses it now: LSQ's step
         (its placeholder before the first training batch, as packed files record it), or c/(2^bits − 1)."""
@@ -260,13 +298,18 @@ class _QuantMixin:
         bn = self._batchnorm[0] if self._batchnorm is not None else None
         if self._input_layer is not None:
             name, layer = self._input_layer
-            return LayerPlan(self.kind, self.weight_quant, layer.plan().activations, name, self.deploy, bn)
+            return LayerPlan(self.kind, self.weight_quant, layer.plan().activations, name, self.deploy, bn, self._out_setting())
         acts = self.act_quant
         if self.act_clip is not None:
             acts = ActQuant(acts.bits, self.activation_clip(), learned=True)
         if self.act_step is not None:
-            acts = replace(acts, step=self.activation_step())
-        return LayerPlan(self.kind, self.weight_quant, acts, None, self.deploy, bn)
+            step = self.activation_step()
+            zero = self.activation_zero_point() if acts.has_zero_point and step is not None else None
+            acts = replace(acts, step=step, zero_point=zero)
+        return LayerPlan(self.kind, self.weight_quant, acts, None, self.deploy, bn, self._out_setting())
+
+    def _out_setting(self) -> AddInput | None:
+        return None if self.out_quant is None else self.out_quant.setting()
 
     @property
     def input_layer(self) -> tuple[str, nn.Module] | None:
@@ -276,7 +319,7 @@ class _QuantMixin:
     @classmethod
     def from_float(cls, mod: nn.Module, weights: WeightQuant | None, activations: ActQuant, *,
                    deploy: str | None = None, input_layer: tuple[str, nn.Module] | None = None,
-                   batchnorm: tuple[str, nn.BatchNorm2d] | None = None):
+                   batchnorm: tuple[str, nn.BatchNorm2d] | None = None, output: AddInput | None = None):
         """Build the quantized module around ``mod``'s own parameters (shared, not copied).
 
         ``input_layer``: (name, quantized layer) whose input quantizer this layer uses (a deployable
@@ -285,12 +328,14 @@ class _QuantMixin:
         q = _empty(cls, mod)
         q.weight = mod.weight
         q.bias = mod.bias
-        q._init_quant(weights, activations, deploy, input_layer, batchnorm)
+        q._init_quant(weights, activations, deploy, input_layer, batchnorm, output)
         q.train(mod.training)
         return q
 
     def to_float(self) -> nn.Module:
         """The float module with the shadow weights (shared, not copied)."""
+        if self._out_hook is not None:  # the float model's BatchNorm is plain again
+            self._out_hook.remove()
         m = _empty(self._float_cls, self)
         m.weight = self.weight
         m.bias = self.bias
@@ -308,7 +353,7 @@ class QConv2d(_QuantMixin, nn.Conv2d):
     _float_cls = nn.Conv2d
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._add_bias_correction(self._conv_forward(self.quantize_input(x), self.quantized_weight(), self.bias))
+        return self._output(self._conv_forward(self.quantize_input(x), self.quantized_weight(), self.bias))
 
 
 class QLinear(_QuantMixin, nn.Linear):
@@ -318,7 +363,7 @@ class QLinear(_QuantMixin, nn.Linear):
     _float_cls = nn.Linear
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._add_bias_correction(nn.functional.linear(self.quantize_input(x), self.quantized_weight(), self.bias))
+        return self._output(nn.functional.linear(self.quantize_input(x), self.quantized_weight(), self.bias))
 
 
 _QMODULES: dict[str, tuple[type, type]] = {"conv2d": (nn.Conv2d, QConv2d), "linear": (nn.Linear, QLinear)}

@@ -17,6 +17,8 @@ from apprentice.quant.add import Add, AddPlan, QAdd
 from apprentice.quant.deploy import deploy_plan
 from apprentice.quant.modules import _QMODULES, LayerPlan, _QuantMixin
 from apprentice.quant.quantizers import (
+    ACT_QUANTIZERS,
+    FIXED_SCALE,
     FLOAT_BITS,
     LEARNED_STEP,
     ActQuant,
@@ -26,7 +28,8 @@ from apprentice.quant.quantizers import (
 )
 
 __all__ = [
-    "DEFAULT_EXCLUDE", "LayerRules", "LayerSettings", "Plan", "apply_plan", "parse_layer_rules", "plan_from_dict",
+    "DEFAULT_EXCLUDE", "LayerRules", "LayerSettings", "Plan", "apply_plan", "default_act_quantizer",
+    "default_per_channel", "paper_quantization", "parse_layer_rules", "plan_from_dict",
     "prepare", "quantized_layers", "replace_module", "to_float",
 ]
 
@@ -40,6 +43,44 @@ LayerRules = Mapping[str, "str | LayerSettings"] | Sequence[tuple[str, "str | La
 """Ordered (layer-name pattern -> precision text or settings) rules; the first match wins."""
 Plan = dict[str, "LayerPlan | AddPlan"]
 """A model's quantization: ``{module name: LayerPlan}`` for layers, `AddPlan` for a deployable graph's adds."""
+
+
+def paper_quantization(model: nn.Module) -> bool:
+    """Whether ``model`` takes the paper's automatic choices (class attribute ``paper_quantization``: the
+    built-in ResNets), else the ones made for modern networks (`default_per_channel`, `default_act_quantizer`)."""
+    return bool(getattr(model, "paper_quantization", False))
+
+
+def default_per_channel(model: nn.Module, quantizer: str | None = None) -> bool:
+    """The weight scale that ``per_channel=None`` (``quant.per_channel: null``) picks for ``model``.
+
+    One scale per output channel, unless the model takes the paper's choices (`paper_quantization`:
+    the built-in ResNets, one scale per layer) or the quantizer's scale is fixed ("wrpn"). Why per
+    channel for every other network: at one scale per layer, a few large weights round every other
+    channel's weights to zero, and the BatchNorm after such a dead channel divides by √ε, so its
+    weights' gradient is ~300× too large and the next step kills more channels. timm's EfficientNet-B0
+    at 4W/8A diverged that way (NaN gradient at step 3, up to every channel of some depthwise and
+    pointwise convs zero); per channel it trains. Per-channel weight scales are the usual choice for
+    depthwise networks (Krishnamoorthi 2018, "Quantizing deep convolutional networks for efficient
+    inference: a whitepaper", sec. 3.1) and cost the integer export nothing: folding BatchNorm gives
+    every conv per-channel scales anyway.
+    """
+    return quantizer not in FIXED_SCALE and not paper_quantization(model)
+
+
+def default_act_quantizer(model: nn.Module, quantizer: str | None = None) -> str | None:
+    """The activation quantizer that ``act_quantizer=None`` (``quant.act_quantizer: null``) picks for ``model``.
+
+    None — `parse_precision`'s own choice, unsigned: "lsq" beside LSQ weights, else "clip" [0, c] — for
+    a model that takes the paper's choices (`paper_quantization`: every quantized layer of the
+    built-in ResNets reads a ReLU's output); "asym" for any other model, so each layer's zero point
+    comes from the range its first training batch shows: z = 0 (unsigned) after a ReLU, z > 0 where
+    the input is signed (SiLU, hard-swish, GELU, squeeze-excitation, linear bottlenecks, depthwise
+    outputs without a ReLU), which an unsigned quantizer would clip to 0 (on torchvision's
+    MobileNetV3-Small, 37 of 52 quantized layers read signed inputs, about 35 % of their values < 0).
+    """
+    del quantizer  # every weight quantizer pairs with asym activations (its step learns as LSQ's)
+    return None if paper_quantization(model) else "asym"
 
 
 def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -73,8 +114,11 @@ def _match(patterns: Sequence[str], names: list[str], what: str) -> set[str]:
 
 def _rule_settings(pattern: str, value: object, options: Mapping[str, object]) -> LayerSettings:
     if isinstance(value, str):
-        w_bits, _ = precision_bits(value)
         opts = dict(options)
+        text, _, last = value.strip().rpartition(" ")
+        if text and last in ACT_QUANTIZERS:  # "4W/8A asym": this rule's own activation quantizer
+            value, opts["act_quantizer"] = text, last
+        w_bits, _ = precision_bits(value)
         if w_bits == FLOAT_BITS:  # a float-weights rule in a shared list: the weight quantizer is not its
             if opts.get("act_quantizer") is None:
                 opts["act_quantizer"] = "lsq" if opts.get("quantizer") in LEARNED_STEP else "clip"
@@ -90,7 +134,9 @@ def _rule_settings(pattern: str, value: object, options: Mapping[str, object]) -
 def parse_layer_rules(rules: LayerRules, **options: object) -> list[tuple[str, LayerSettings]]:
     """Per-layer precision rules as settings, in order: ``[(pattern, (weights, activations)), ...]``.
 
-    ``rules`` is a mapping (YAML keeps its order) or a list of pairs; a value is precision text,
+    ``rules`` is a mapping (YAML keeps its order) or a list of pairs; a value is precision text
+    (optionally followed by an activation quantizer of its own, a word of ``ACT_QUANTIZERS``:
+    ``"4W/8A asym"``, ``"4W/8A clip"``),
     read by `parse_precision` with ``options`` (``quantizer``, ``per_channel``, ``clip``, ``learned``,
     ``act_quantizer``; in a "32W/..." rule the weight quantizer is ignored, as the rule keeps weights
     float), or a ``(WeightQuant | None, ActQuant)`` pair taken as is.
@@ -114,12 +160,12 @@ def parse_layer_rules(rules: LayerRules, **options: object) -> list[tuple[str, L
     return out
 
 
-def _default_settings(precision: str | None, weights: WeightQuant | None,
-                      activations: ActQuant | None) -> LayerSettings:
+def _default_settings(precision: str | None, weights: WeightQuant | None, activations: ActQuant | None,
+                      options: Mapping[str, object]) -> LayerSettings:
     if precision is not None:
         if weights is not None or activations is not None:
             raise ApprenticeError("give either precision or weights/activations settings, not both")
-        return parse_precision(precision)
+        return parse_precision(precision, **options)  # type: ignore[arg-type]
     activations = ActQuant() if activations is None else activations
     if weights is not None and not isinstance(weights, WeightQuant):
         raise ApprenticeError(f"weights must be a WeightQuant or None, got {type(weights).__name__}")
@@ -182,6 +228,8 @@ def prepare(
     exclude: Sequence[str] | None = None,
     layers: LayerRules | None = None,
     deploy: str | None = None,
+    per_channel: bool | None = None,
+    act_quantizer: str | None = None,
 ) -> Plan:
     """Quantize a model in place by swapping its Conv2d/Linear layers for QConv2d/QLinear.
 
@@ -203,6 +251,12 @@ def prepare(
     decide at least one layer; one that matches none, or only layers taken by earlier rules or
     excluded, is an error.
 
+    Automatic choices: ``per_channel`` and ``act_quantizer`` apply to settings given as text
+    (``precision`` and ``layers`` rules); None picks `default_per_channel` (per output channel) and
+    `default_act_quantizer` ("asym": a zero point where a layer's input is signed), except for the
+    built-in ResNets, which keep the paper's (one weight scale per layer, unsigned activations).
+    Settings given as `WeightQuant`/`ActQuant` objects keep their own.
+
     Deployable graph: ``deploy="int8"`` (`apprentice.quant.deploy.DEPLOY_MODES`) also fake-quantizes
     what the integer graph of the ONNX export quantizes — each tensor once, the residual adds written
     as `apprentice.quant.Add` (swapped for `QAdd`: quantized inputs and output) —, so the export runs
@@ -223,8 +277,10 @@ def prepare(
         {'0': 8, '2': 2}
     """
     given = precision is not None or weights is not None or activations is not None
-    default = _default_settings(precision, weights, activations) if given or layers is None else None
-    rules = [] if layers is None else parse_layer_rules(layers)
+    options = {"per_channel": default_per_channel(model) if per_channel is None else per_channel,
+               "act_quantizer": default_act_quantizer(model) if act_quantizer is None else act_quantizer}
+    default = _default_settings(precision, weights, activations, options) if given or layers is None else None
+    rules = [] if layers is None else parse_layer_rules(layers, **options)
     already = [n for n, m in model.named_modules() if isinstance(m, (_QuantMixin, QAdd))]
     if already:
         raise ApprenticeError(f"model is already quantized (layer {already[0]!r}); call to_float(model) first")
@@ -285,7 +341,7 @@ def apply_plan(model: nn.Module, plan: Mapping[str, LayerPlan | AddPlan]) -> Non
             bn = (lp.batchnorm, _planned_module(model, lp.batchnorm, "batchnorm"))
         q_cls = _QMODULES[lp.kind][1]
         swapped[name] = q_cls.from_float(mod, lp.weights, lp.activations, deploy=lp.deploy, input_layer=shared,
-                                         batchnorm=bn)
+                                         batchnorm=bn, output=lp.output)
         replace_module(model, name, swapped[name])
     for name, ap in plan.items():
         if isinstance(ap, AddPlan):

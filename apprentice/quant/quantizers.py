@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from apprentice.errors import ApprenticeError, lookup
-from apprentice.quant.lsq import lsq_activation, lsq_weight
+from apprentice.quant.lsq import lsq_activation, lsq_weight, zero_point_activation
 from apprentice.quant.ste import ste
 
 FLOAT_BITS = 32
@@ -135,14 +135,18 @@ WEIGHT_QUANTIZERS: dict[str, WeightQuantizerFn] = {
     "dorefa": dorefa,
     "lsq": lsq_weight,
 }
-# Quantizers whose scale is a fixed 1/n: a per-channel setting would silently do nothing.
-_FIXED_SCALE = {"wrpn"}
+#: Quantizers whose scale is a fixed 1/n: a per-channel setting would silently do nothing.
+FIXED_SCALE = frozenset({"wrpn"})
 #: Quantizers whose step is a trainable parameter of the layer (``weight_step`` / ``act_step``).
 LEARNED_STEP = frozenset({"lsq"})
+#: Activation quantizers with a zero point (the layer's ``zero_point`` buffer), for inputs that can be
+#: negative; their step learns as LSQ's (``act_step``).
+ZERO_POINT = frozenset({"asym"})
 
-# f(x, bits, clip or step) -> fake-quantized x. "clip": clipped ReLU [0, c] (WRPN; PACT when c is a
-# learned tensor); "lsq": c is replaced by LSQ's learned step s, the range by [0, s·(2^b − 1)].
-ActQuantizerFn = Callable[[Tensor, int, "float | Tensor"], Tensor]
+# f(x, bits, clip or step[, zero_point]) -> fake-quantized x. "clip": clipped ReLU [0, c] (WRPN; PACT when
+# c is a learned tensor); "lsq": c is replaced by LSQ's learned step s, the range by [0, s·(2^b − 1)];
+# "asym": the step s and an integer zero point z, the range [−z·s, (2^b − 1 − z)·s] (signed inputs).
+ActQuantizerFn = Callable[..., Tensor]
 
 
 def _check_bits(bits: object, what: str, allow_float: bool) -> None:
@@ -176,7 +180,7 @@ class WeightQuant:
         _check_bits(self.bits, "weight bits", allow_float=False)
         if self.quantizer == "ternary" and self.bits != 2:
             raise ApprenticeError(f"the 'ternary' quantizer has 3 levels and takes bits=2, got bits={self.bits}")
-        if self.per_channel and self.quantizer in _FIXED_SCALE:
+        if self.per_channel and self.quantizer in FIXED_SCALE:
             raise ApprenticeError(f"per_channel has no effect with the {self.quantizer!r} quantizer (its scale is fixed)")
         if not isinstance(self.threshold, (int, float)) or not 0 < self.threshold < 1.5:
             raise ApprenticeError(f"threshold must be a number in (0, 1.5), got {self.threshold!r}")
@@ -195,7 +199,7 @@ class WeightQuant:
         scope = "per-channel" if self.per_channel else "per-layer"
         if self.quantizer == "ternary":
             return f"ternary TWN {scope}"
-        return f"{self.bits}-bit {self.quantizer}" + ("" if self.quantizer in _FIXED_SCALE else f" {scope}")
+        return f"{self.bits}-bit {self.quantizer}" + ("" if self.quantizer in FIXED_SCALE else f" {scope}")
 
 
 def _positive(value: object) -> bool:
@@ -213,13 +217,18 @@ class ActQuant:
         learned: PACT: c is a trainable parameter (``act_clip``) of each quantized layer. Quantizer
             "clip" only (LSQ always learns its step).
         quantizer: name in ``ACT_QUANTIZERS``: "clip" (clipped ReLU [0, c]: WRPN, or PACT when
-            ``learned``) or "lsq" (learned step s, unsigned range [0, s·(2^b − 1)]; the step is the
-            layer's ``act_step`` parameter). Both are unsigned, made for inputs that come out of a
-            ReLU: a layer whose input can be negative (the first conv on normalised images) loses
-            the negative part, so quantize its weights only there ("8W/32A").
-        step: LSQ only: the step as a number. None: the layer initialises it from the first training
-            batch, 2·mean|x|/√(2^b − 1). A number starts the step there (never re-initialised);
-            plans and packed files record the learned step this way, as PACT's clip.
+            ``learned``), "lsq" (learned step s, unsigned range [0, s·(2^b − 1)]; the step is the
+            layer's ``act_step`` parameter), or "asym" (a zero point z and a learned step s, range
+            [−z·s, (2^b − 1 − z)·s], `apprentice.quant.lsq.zero_point_activation`). "clip" and "lsq"
+            are unsigned, made for inputs that come out of a ReLU: a layer whose input can be
+            negative loses the negative part. "asym" takes z from the range its first training batch
+            shows (z = 0 where nothing is negative: LSQ's unsigned quantizer), so it suits any input.
+        step: LSQ and asym: the step as a number. None: the layer initialises it from the first
+            training batch (LSQ: 2·mean|x|/√(2^b − 1); asym: the batch's range over 2^b − 1). A
+            number starts the step there (never re-initialised); plans and packed files record the
+            learned step this way, as PACT's clip.
+        zero_point: asym only: the integer zero point in [0, 2^b − 1], given with ``step`` (both
+            None until the first training batch sets them).
     """
 
     bits: int = FLOAT_BITS
@@ -227,13 +236,15 @@ class ActQuant:
     learned: bool = False
     quantizer: str = "clip"
     step: float | None = None
+    zero_point: int | None = None
 
     def __post_init__(self) -> None:
         _check_bits(self.bits, "activation bits", allow_float=True)
         lookup(ACT_QUANTIZERS, self.quantizer, "activation quantizer")
         if not _positive(self.clip):
             raise ApprenticeError(f"activation clip must be a positive number, got {self.clip!r}")
-        if self.quantizer in LEARNED_STEP:
+        self._check_zero_point()
+        if self.quantizer in LEARNED_STEP | ZERO_POINT:
             if self.learned or self.clip != 1.0:
                 raise ApprenticeError(f"the {self.quantizer!r} activation quantizer learns a step, not a clip: "
                                       f"leave clip and learned (PACT's) at their defaults")
@@ -242,18 +253,37 @@ class ActQuant:
         elif self.step is not None:
             raise ApprenticeError(f"an activation step is LSQ's; the {self.quantizer!r} quantizer takes clip")
 
+    def _check_zero_point(self) -> None:
+        z = self.zero_point
+        if self.quantizer not in ZERO_POINT:
+            if z is not None:
+                raise ApprenticeError(f"an activation zero point is the asym quantizer's, not {self.quantizer!r}'s")
+            return
+        if (z is None) != (self.step is None):
+            raise ApprenticeError("the asym activation quantizer takes step and zero_point together (or neither)")
+        if z is not None and not (isinstance(z, int) and not isinstance(z, bool) and 0 <= z <= 2**self.bits - 1):
+            raise ApprenticeError(f"activation zero point must be an integer in 0..{2**self.bits - 1}, got {z!r}")
+
     @property
     def enabled(self) -> bool:
         return self.bits != FLOAT_BITS
 
     @property
     def learns_step(self) -> bool:
-        """The layer holds a trainable ``act_step`` (LSQ)."""
-        return self.enabled and self.quantizer in LEARNED_STEP
+        """The layer holds a trainable ``act_step`` (LSQ, asym)."""
+        return self.enabled and self.quantizer in LEARNED_STEP | ZERO_POINT
+
+    @property
+    def has_zero_point(self) -> bool:
+        """The layer holds a ``zero_point`` buffer (asym)."""
+        return self.enabled and self.quantizer in ZERO_POINT
 
     def describe(self) -> str:
         if not self.enabled:
             return "float"
+        if self.has_zero_point:
+            return f"{self.bits}-bit asym (" + ("s, z from the first batch" if self.step is None
+                                                else f"s={self.step:.4g}, z={self.zero_point}") + ")"
         if self.learns_step:
             return f"{self.bits}-bit LSQ (" + ("s from the first batch" if self.step is None else f"s={self.step:.4g}") + ")"
         return f"{self.bits}-bit PACT (c={self.clip:g})" if self.learned else f"{self.bits}-bit [0, {self.clip:g}]"
@@ -331,7 +361,8 @@ def fake_quant_activation(x: Tensor, bits: int, clip: float | Tensor) -> Tensor:
     return ste(x, q, mask)
 
 
-ACT_QUANTIZERS: dict[str, ActQuantizerFn] = {"clip": fake_quant_activation, "lsq": lsq_activation}
+ACT_QUANTIZERS: dict[str, ActQuantizerFn] = {"clip": fake_quant_activation, "lsq": lsq_activation,
+                                             "asym": zero_point_activation}
 
 
 # ---------------------------------------------------------------------------------------------

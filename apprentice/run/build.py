@@ -33,9 +33,11 @@ from apprentice.data import (
 from apprentice.distill import SCHEMES, Distiller, make_student
 from apprentice.errors import ApprenticeError, lookup
 from apprentice.losses import LOSSES, LossRecipe
-from apprentice.models import count_parameters
+from apprentice.models import check_outputs, count_parameters
 from apprentice.quant import (
     LayerPlan,
+    default_act_quantizer,
+    default_per_channel,
     parse_layer_rules,
     parse_precision,
     quantized_layers,
@@ -221,7 +223,8 @@ def build_training(cfg: Config, rt: Runtime, spec: DataSpec | None = None) -> Tr
     folder = spec.info.is_folder  # an image folder's val/ scores the run; test/ stays unseen
     evals = {s: eval_data(cfg, "val" if folder and s == "test" else s, device=rt.device, rank=rt.rank,
                           world_size=rt.world_size, spec=spec) for s in splits}
-    student = build_student(cfg, num_classes=data.num_classes, in_channels=data.channels)
+    student = build_student(cfg, num_classes=data.num_classes, in_channels=data.channels,
+                            image_size=spec.preprocess.image_size)
     teacher = build_teacher(cfg, num_classes=data.num_classes, in_channels=data.channels)
     cached = cfg.distill.teacher_cache is not None
     if cached:
@@ -242,11 +245,16 @@ def build_training(cfg: Config, rt: Runtime, spec: DataSpec | None = None) -> Tr
                     sum(isinstance(p, LayerPlan) for p in quantized_layers(student).values()))
 
 
-def build_student(cfg: Config, *, num_classes: int, in_channels: int) -> nn.Module:
+def build_student(cfg: Config, *, num_classes: int, in_channels: int, image_size: int | None = None) -> nn.Module:
     """The float model of ``cfg.model`` made the student of the scheme: quantized as ``cfg.quant`` says,
-    after loading ``distill.student_init`` first for a scheme that starts from trained weights (C)."""
+    after loading ``distill.student_init`` first for a scheme that starts from trained weights (C).
+    With ``image_size``, the float model is first checked to return logits of the data's classes
+    (`apprentice.models.check_outputs`)."""
     q, kd = cfg.quant, cfg.distill
     student = build_from_config(cfg.model, num_classes=num_classes, in_channels=in_channels)
+    if image_size is not None:
+        check_outputs(student, channels=in_channels, image_size=image_size, num_classes=num_classes,
+                      what=f"model {cfg.model.name!r}")
     scheme = lookup(SCHEMES, kd.scheme, "scheme")
     init = None
     if scheme.student_init == "pretrained":
@@ -257,10 +265,12 @@ def build_student(cfg: Config, *, num_classes: int, in_channels: int) -> nn.Modu
             check_finite(init, repr(kd.student_init))
         except ApprenticeError as e:
             raise ApprenticeError(f"distill.student_init: {e}") from None
-    weights, acts = parse_precision(q.precision, quantizer=q.quantizer, per_channel=q.per_channel,
-                                    clip=q.act_clip, learned=q.learned_clip)
-    layers = None if q.layers is None else parse_layer_rules(q.layers, quantizer=q.quantizer, per_channel=q.per_channel,
-                                                            clip=q.act_clip, learned=q.learned_clip)
+    options = {"quantizer": q.quantizer, "clip": q.act_clip, "learned": q.learned_clip,
+               "per_channel": default_per_channel(student, q.quantizer) if q.per_channel is None else q.per_channel,
+               "act_quantizer": q.act_quantizer if q.act_quantizer is not None or q.learned_clip or q.act_clip != 1.0
+               else default_act_quantizer(student, q.quantizer)}  # a clip set asks for the clip quantizer
+    weights, acts = parse_precision(q.precision, **options)
+    layers = None if q.layers is None else parse_layer_rules(q.layers, **options)
     try:
         make_student(student, scheme=scheme, weights=weights, activations=acts, init_state_dict=init,
                      exclude=list(q.exclude) if q.exclude is not None else None, layers=layers, deploy=q.deploy)
@@ -289,7 +299,7 @@ def build_distiller(cfg: Config, student: nn.Module, teacher: nn.Module | None) 
     row = LOSSES[kd.loss] if kd.loss is not None else LossRecipe(kd.beta, kd.gamma, kd.temperature)
     return Distiller(student, teacher, scheme=kd.scheme, alpha=kd.alpha, beta=row.beta, gamma=row.gamma,
                      temperature=row.temperature, teacher_grad_from_gamma=kd.teacher_grad_from_gamma, kd=row.kd,
-                     gamma_schedule=row.gamma_schedule)
+                     gamma_schedule=row.gamma_schedule, check_finite=False)  # the loop checks (train.on_nonfinite)
 
 
 def build_optimizer(cfg: Config, distiller: Distiller) -> torch.optim.Optimizer:

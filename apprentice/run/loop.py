@@ -33,17 +33,20 @@ Exit codes (`apprentice.cli`): a signal ends the run with `TrainingInterrupted` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from apprentice.atomic import atomic_copy, atomic_write_text, remove_stale_temps
 from apprentice.config import config_to_dict, diff_configs, dump_yaml
@@ -51,6 +54,7 @@ from apprentice.config.checks import validate
 from apprentice.config.schema import Config
 from apprentice.errors import ApprenticeError, signal_exit
 from apprentice.quant import quantized_layers
+from apprentice.quant.report import activation_report, summarize_report
 from apprentice.run import build
 from apprentice.run.file_checks import check_output_apart
 from apprentice.run.runs import stored_config
@@ -65,6 +69,7 @@ from apprentice.train.checkpoint import (
     METRICS_FILE,
     SUMMARY_FILE,
 )
+from apprentice.train.nonfinite import locate_nonfinite
 from apprentice.train.progress import (
     MetricsWriter,
     Progress,
@@ -75,6 +80,7 @@ from apprentice.train.runtime import Runtime, StopSignals, TrainingInterrupted
 from apprentice.train.state import Counters, Meter, TrainState, take_best
 from apprentice.train.step import (
     NonFiniteLossError,
+    autocast,
     eval_metrics,
     eval_sums,
     train_step,
@@ -312,11 +318,13 @@ def _train_epoch(run: _Run, epoch: int) -> None:
                          scaler=t.scaler, restore_buffers=cfg.train.on_nonfinite == "skip",
                          teacher_logits=cached[0] if cached else None)
         c.step += 1
+        if c.step == 1 and run.main:
+            _report_activations(run, images)
         if res.finite:
             interval.add(res.losses, res.logits, labels)
             c.meter.add(res.losses, res.logits, labels)
         else:
-            _nonfinite(run, res, epoch)
+            _nonfinite(run, res, epoch, lambda: _batch_loss(run, images, labels, cached))  # noqa: B023 (called at once)
         if run.main:
             _report_step(run, epoch, res.loss, res.grad_norm, interval, t_interval)
         if c.step % cfg.train.log_every == 0:
@@ -331,17 +339,36 @@ def _train_epoch(run: _Run, epoch: int) -> None:
     c.meter.seconds += time.perf_counter() - t_epoch
 
 
-def _nonfinite(run: _Run, res: Any, epoch: int) -> None:
-    """Log a non-finite step; stop the run (``stop``) or count it as skipped (``skip``)."""
+def _report_activations(run: _Run, images: Tensor) -> None:
+    """After the first step (whose batch calibrated the asym quantizers): which layer got which activation
+    quantizer and what it clips of that batch, on the console and in metrics.jsonl."""
+    report = activation_report(run.training.student, images)
+    for line in summarize_report(report):
+        run.progress.line(line)
+    run.metrics.write({"type": "activations", "step": 1,
+                       "layers": {n: dataclasses.asdict(r) for n, r in report.items()}})
+
+
+def _batch_loss(run: _Run, images: Tensor, labels: Tensor, cached: list[Tensor]) -> Tensor:
+    """The loss of one batch as the step computed it (to run a failed batch again)."""
+    with autocast(images.device, run.cfg.train.amp):
+        return run.training.distiller(images, labels, **({"teacher_logits": cached[0]} if cached else {}))[1]["loss"]
+
+
+def _nonfinite(run: _Run, res: Any, epoch: int, loss_of_batch: Callable[[], Tensor]) -> None:
+    """Log a non-finite step; stop the run (``stop``: naming where the first non-finite value appeared,
+    the batch run again with hooks) or count it as skipped (``skip``)."""
     c, skip = run.counters, run.cfg.train.on_nonfinite == "skip"
     where = f"step {c.step} (epoch {epoch + 1}, batch {run.training.data.batches.step}/{run.training.steps_per_epoch})"
     run.metrics.write({"type": "nonfinite", "epoch": epoch + 1, "step": c.step, "loss": res.loss,
                        "grad_norm": res.grad_norm, "action": "skip" if skip else "stop"})
     if not skip:
         kept = f"the last good checkpoint {run.last} is kept" if run.last.is_file() else "no checkpoint was written yet"
+        first = locate_nonfinite(run.training.distiller, loss_of_batch)
         raise NonFiniteLossError(f"non-finite loss or gradient at {where}: loss {res.loss}, gradient norm "
-                                 f"{res.grad_norm}; this step was not saved and {kept}. Lower optim.lr, try "
-                                 f"train.amp=off, or set train.on_nonfinite=skip",
+                                 f"{res.grad_norm}; the first non-finite value is {first}. This step was not "
+                                 f"saved and {kept}. Lower optim.lr, try train.amp=off or quant.per_channel=true "
+                                 f"(a per-layer weight scale can zero whole channels), or set train.on_nonfinite=skip",
                                  step=c.step, checkpoint=str(run.last) if run.last.is_file() else None)
     c.skipped += 1
     run.progress.line(f"skipped {where}: non-finite loss or gradient ({c.skipped} skipped so far)")

@@ -20,6 +20,7 @@ from apprentice.export import load_packed
 from apprentice.models import build_model, takes_argument
 from apprentice.quant import quantized_layers
 from apprentice.run.file_checks import NOT_WEIGHTS, check_kind, file_kind
+from apprentice.stock_models import is_stock_name
 from apprentice.train.checkpoint import (
     as_state_dict,
     check_checkpoint,
@@ -38,11 +39,12 @@ __all__ = ["build_from_config", "load_teacher", "load_teachers", "model_argument
 def model_arguments(m: ModelConfig, *, num_classes: int, in_channels: int) -> dict[str, Any]:
     """The constructor arguments a `ModelConfig` means for a data set of ``num_classes`` and ``in_channels``.
 
-    ``width`` goes to models that take it (the ResNets; a model of one's own only if it says so);
+    ``width`` goes to models that take it (the ResNets; a model of one's own only if it says so; a
+    stock network only when set, as timm's constructors take any keyword);
     ``shortcut``/``small_input`` only when set; ``model.args`` as written.
     """
     kwargs: dict[str, Any] = {"num_classes": num_classes, "in_channels": in_channels, **dict(m.args or ())}
-    if m.width != 1.0 or takes_argument(m.name, "width"):
+    if m.width != 1.0 or (takes_argument(m.name, "width") and not is_stock_name(m.name)):  # timm's take **kwargs
         kwargs["width"] = m.width
     for option, value in (("shortcut", m.shortcut), ("small_input", m.small_input)):
         if value is not None:

@@ -54,6 +54,7 @@ def test_ranges(override, key):
         ("train.device=gpu", "train.device: unknown device 'gpu'"),
         ("model.shortcut=C", "model.shortcut: unknown shortcut 'C'"),
         ("quant.quantizer=apot", "quant.quantizer: unknown weight quantizer 'apot'"),
+        ("quant.act_quantizer=signed", "quant.act_quantizer: unknown activation quantizer 'signed'; choose from ["),
         ("quant.precision=2X", "quant.precision='2X'"),
         ("quant.precision=1W/32A", "quant.precision='1W/32A'"),
     ],

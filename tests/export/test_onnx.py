@@ -162,6 +162,7 @@ def test_hand_built_model_exports_to_onnx(tmp_path) -> None:
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, groups=4), nn.ReLU(), nn.Conv2d(4, 8, 1),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
     prepare(model, "4W/8A")
+    model.train()(torch.randn(16, 1, 10, 10))  # the first batch sets the asym activation steps and zero points
     model.eval()
     export_onnx(model, tmp_path / "a.onnx", input_shape=(1, 10, 10))
     save_packed(model, tmp_path / "m.safetensors")

@@ -214,11 +214,22 @@ def test_a_plain_plus_and_a_model_fx_cannot_trace_are_named() -> None:
             return self.fc((x + y).mean((2, 3)))
 
     model = PlainPlus()
-    prepare(model, "4W/8A", deploy="int8")
+    plan = prepare(model, "4W/8A", deploy="int8")
     reasons = integer_layers(model)
-    assert reasons["conv1"] is None
-    assert "plain '+'" in reasons["conv2"] and "apprentice.quant.Add" in reasons["conv2"]
+    # conv2 quantizes its output itself (the plain '+' then adds its dequantized codes in float)
+    assert reasons["conv1"] is None and reasons["conv2"] is None and plan["conv2"].output is not None
     assert "kept float" in reasons["conv0"] and "kept float" in reasons["fc"]
+
+    class PlainPlusAfterRelu(PlainPlus):
+        def forward(self, x):
+            x = torch.relu(self.conv0(x))
+            y = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+            return self.fc((x + y).mean((2, 3)))
+
+    model = PlainPlusAfterRelu()
+    prepare(model, "4W/8A", deploy="int8")
+    reason = integer_layers(model)["conv2"]
+    assert "plain '+'" in reason and "apprentice.quant.Add" in reason
 
     class Branchy(PlainPlus):
         def forward(self, x):

@@ -312,3 +312,30 @@ def test_settings_and_parse():
                         (lambda: parse_precision("4W/8A", quantizer="lsq", learned=True), "learns a step")]:
         with pytest.raises(ApprenticeError, match=words):
             make()
+
+
+def test_zero_point_activation_keeps_negative_values_and_learns_its_step_as_lsq():
+    from apprentice.quant import calibrate_zero_point, zero_point_activation
+
+    x = torch.tensor([-2.0, -0.3, 0.0, 0.6, 100.0])
+    step = torch.tensor(0.25, requires_grad=True)
+    y = zero_point_activation(x, 4, step, torch.tensor(4.0))  # codes 0..15, z = 4: range [-1, 2.75]
+    assert y.tolist() == [-1.0, -0.25, 0.0, 0.5, 2.75]
+    y.sum().backward()  # LSQ with Q_N = 4, Q_P = 11: g·(−4 + (−1 + 1.2) + 0 + (2 − 2.4) + 11), g = 1/√(5·15)
+    assert step.grad.item() == pytest.approx((-4 + 0.2 + 0 - 0.4 + 11) / (5 * 15) ** 0.5, rel=1e-5)
+    s, z = calibrate_zero_point(torch.tensor([-1.0, 0.5, 2.0]), 4)  # [-1, 2] over 15 levels
+    assert s.item() == pytest.approx(0.2) and z.item() == 5
+    assert calibrate_zero_point(torch.tensor([0.0, 0.5, 3.0]), 8)[1].item() == 0  # nothing negative: unsigned
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"quantizer": "asym", "step": 0.1}, "takes step and zero_point together"),
+    ({"quantizer": "asym", "step": 0.1, "zero_point": 256}, "zero point must be an integer in 0..255"),
+    ({"quantizer": "clip", "zero_point": 3}, "an activation zero point is the asym quantizer's"),
+    ({"quantizer": "asym", "learned": True}, "learns a step, not a clip"),
+])
+def test_bad_asym_settings_are_refused(fields, words):
+    from apprentice.quant import ActQuant
+
+    with pytest.raises(ApprenticeError, match=words):
+        ActQuant(8, **fields)

@@ -14,6 +14,7 @@ from apprentice.quant import (
     QConv2d,
     QLinear,
     WeightQuant,
+    default_per_channel,
     format_precision,
     parse_layer_rules,
     parse_precision,
@@ -120,3 +121,35 @@ def test_explicit_exclude_still_applies_to_wildcards():
     assert type(model.layer4[0].conv1) is nn.Conv2d and type(model.fc) is nn.Linear
     with pytest.raises(ApprenticeError, match="applies to no layer"):  # an exact name after a wildcard is shadowed
         prepare(_resnet18(), layers=[("*", "2W/8A"), ("fc", "8W/8A")])
+
+
+def _depthwise_net() -> nn.Sequential:
+    """A pointwise conv into a depthwise conv whose channel 0 holds 100x larger weights than the rest."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                        nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.Flatten(), nn.Linear(8 * 16, 2))
+    with torch.no_grad():
+        net[3].weight[0] *= 100
+    return net
+
+
+def test_the_automatic_weight_scale_is_per_channel_except_for_the_papers_resnets_and_fixed_scales():
+    assert default_per_channel(_depthwise_net()) and default_per_channel(_depthwise_net(), "ternary")
+    assert not default_per_channel(_depthwise_net(), "wrpn")  # its scale is a fixed 1/n
+    assert not default_per_channel(build_model("resnet8")) and not default_per_channel(build_model("resnet18"))
+    plan = prepare(build_model("resnet8"), "4W/8A")
+    assert not any(p.weights.per_channel for p in plan.values())  # the paper's per-layer scale, as before
+    assert all(p.weights.per_channel for p in prepare(_depthwise_net(), "4W/8A").values())
+    assert not any(p.weights.per_channel for p in prepare(_depthwise_net(), "4W/8A", per_channel=False).values())
+    rules = prepare(_depthwise_net(), layers=[("3", "2W/8A"), ("6", "4W/8A")])
+    assert all(p.weights.per_channel for p in rules.values())
+
+
+@pytest.mark.parametrize("per_channel, dead", [(False, 7), (None, 0)])
+def test_one_channels_large_weights_zero_the_others_only_at_a_per_layer_scale(per_channel, dead):
+    """The cause of the divergence that per-channel scales remove (timm's EfficientNet-B0 at 4W/8A): a dead
+    channel's BatchNorm divides by √ε, so its gradient explodes; at the automatic scale no channel is dead."""
+    net = _depthwise_net()
+    prepare(net, "4W/8A", per_channel=per_channel)
+    codes, _ = net[3].weight_codes()
+    assert int((codes.reshape(8, -1).abs().sum(1) == 0).sum()) == dead

@@ -24,7 +24,7 @@ from torch import nn
 from apprentice.config import config_to_dict, load_config
 from apprentice.errors import EXIT_SIGTERM, ApprenticeError
 from apprentice.models import build_model
-from apprentice.run import loop
+from apprentice.run import build, loop
 from apprentice.run.loop import fit
 from apprentice.run.runs import load_run
 from apprentice.train import checkpoint as ck
@@ -467,3 +467,31 @@ def test_resume_after_the_last_checkpoint_keeps_every_split_in_the_summary(tmp_p
     again = fit(cfg, resume=True)
     for key in ("final_top1", "final_top5", "final_loss", "holdout_top1"):
         assert again[key] == first[key], key
+
+
+def test_nonfinite_stop_names_the_first_layer_whose_output_went_nonfinite(monkeypatch, tmp_path):
+    """A NaN born in one layer at step 3: the stop names that layer (the batch is run again with hooks)."""
+    original, calls = build.build_distiller, [0]
+
+    def spoil(module, inputs, output):
+        calls[0] += module.training
+        return output * float("nan") if calls[0] >= 3 else output
+
+    def with_spoiled_layer(*args, **kwargs):
+        distiller = original(*args, **kwargs)
+        distiller.student.get_submodule("layer2.0.conv1").register_forward_hook(spoil)
+        return distiller
+
+    monkeypatch.setattr(build, "build_distiller", with_spoiled_layer)
+    with pytest.raises(NonFiniteLossError, match=r"at step 3 .*the first non-finite value is the output of layer "
+                                                 r"'student.layer2.0.conv1' \(QConv2d\)") as e:
+        fit(tiny(tmp_path / "nan", "train.checkpoint_every=2", "quant.precision=2W/8A"))
+    assert e.value.step == 3 and e.value.checkpoint is not None
+
+
+def test_the_first_step_reports_each_layers_activation_quantizer_and_what_it_clips(tmp_path, capsys):
+    out = tmp_path / "acts"
+    fit(tiny(out, "quant.precision=2W/8A"))
+    layers = records(out, "activations")[0]["layers"]
+    assert layers and all(r["quantizer"] == "clip" and r["zero_point"] == 0 and r["below"] == 0 for r in layers.values())
+    assert "activation quantizers on the first batch: 0 of" in capsys.readouterr().err

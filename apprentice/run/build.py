@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from apprentice.config.checks import validate
-from apprentice.config.schema import Config
+from apprentice.config.schema import Config, QuantConfig
 from apprentice.data import (
     DATASETS,
     DataSpec,
@@ -61,6 +61,7 @@ __all__ = [
     "eval_data",
     "preprocess_from_config",
     "resolve_data",
+    "resolve_quant",
     "train_data",
 ]
 
@@ -103,6 +104,37 @@ def resolve_data(cfg: Config, report: Callable[[str], None] | None = None) -> tu
     resolved = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **facts))
     validate(resolved)  # an image size read from the files meets the model's stride check here
     return resolved, spec
+
+
+def resolve_quant(cfg: Config, spec: DataSpec | None = None) -> Config:
+    """``cfg`` with the automatic quantizer choices made for its model, so the run records what it trains
+    with and a resume compares that: ``quant.per_channel`` null becomes `default_per_channel`'s answer and
+    ``quant.act_quantizer`` null `default_act_quantizer`'s (a built-in ResNet: per layer, and null, the
+    paper's unsigned quantizer; any other model: per channel and "asym"). A run stored before these were
+    automatic (per layer, unsigned) compares equal for the built-in ResNets.
+    """
+    if _resolved(cfg.quant):
+        return cfg
+    info = DATASETS[cfg.data.name]
+    classes, channels = ((len(spec.preprocess.classes), spec.preprocess.channels) if spec is not None
+                         else (info.num_classes, info.channels))
+    model = build_from_config(cfg.model, num_classes=classes, in_channels=channels)
+    return dataclasses.replace(cfg, quant=_automatic_quant(cfg.quant, model))
+
+
+def _clip_asked(q: QuantConfig) -> bool:
+    return q.learned_clip or q.act_clip != 1.0  # a clip set asks for the clip quantizer
+
+
+def _resolved(q: QuantConfig) -> bool:
+    return q.per_channel is not None and (q.act_quantizer is not None or _clip_asked(q))
+
+
+def _automatic_quant(q: QuantConfig, model: nn.Module) -> QuantConfig:
+    """``q`` with its null automatic choices made for the float ``model``."""
+    per_channel = default_per_channel(model, q.quantizer) if q.per_channel is None else q.per_channel
+    act = q.act_quantizer if q.act_quantizer is not None or _clip_asked(q) else default_act_quantizer(model, q.quantizer)
+    return dataclasses.replace(q, per_channel=per_channel, act_quantizer=act)
 
 
 def preprocess_from_config(cfg: Config, num_classes: int) -> Preprocess:
@@ -265,10 +297,9 @@ def build_student(cfg: Config, *, num_classes: int, in_channels: int, image_size
             check_finite(init, repr(kd.student_init))
         except ApprenticeError as e:
             raise ApprenticeError(f"distill.student_init: {e}") from None
-    options = {"quantizer": q.quantizer, "clip": q.act_clip, "learned": q.learned_clip,
-               "per_channel": default_per_channel(student, q.quantizer) if q.per_channel is None else q.per_channel,
-               "act_quantizer": q.act_quantizer if q.act_quantizer is not None or q.learned_clip or q.act_clip != 1.0
-               else default_act_quantizer(student, q.quantizer)}  # a clip set asks for the clip quantizer
+    q = _automatic_quant(q, student)  # a run's config has them made already (`resolve_quant`)
+    options = {"quantizer": q.quantizer, "clip": q.act_clip, "learned": q.learned_clip, "per_channel": q.per_channel,
+               "act_quantizer": q.act_quantizer}
     weights, acts = parse_precision(q.precision, **options)
     layers = None if q.layers is None else parse_layer_rules(q.layers, **options)
     try:

@@ -172,6 +172,7 @@ def _run(cfg: Config, rt: Runtime, signals: StopSignals, *, resume: bool, overwr
     _check_run_folder(out, rt, progress, resume=resume, overwrite=overwrite)
     new_folder = not out.exists()
     cfg, spec = build.resolve_data(cfg, report=progress.line)  # a folder's classes, size, mean/std: recorded in the run
+    cfg = build.resolve_quant(cfg, spec)  # the automatic weight scale and activation quantizer, recorded too
     saved = _read_resume_state(cfg, out, resume, progress)
     runtime.seed_everything(cfg.train.seed, rt.device)
     training = build.build_training(cfg, rt, spec)

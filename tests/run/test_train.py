@@ -73,7 +73,7 @@ def test_fit_writes_every_file_with_the_right_fields(teacher_run):
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (run / name).is_file(), name
     assert any((run / "tb").iterdir())  # tensorboard is installed in the test environment
-    assert load_config(str(run / "config.yaml")) == tiny(run, "data.holdout=32")
+    assert load_config(str(run / "config.yaml")) == build.resolve_quant(tiny(run, "data.holdout=32"))
     summary = json.loads((run / "summary.json").read_text())
     for key in ("final_top1", "final_top5", "best_top1", "best_top5", "holdout_top1", "epochs", "steps",
                 "wall_time_s", "version", "git_commit", "torch", "device", "world_size", "scheme", "precision",
@@ -93,7 +93,7 @@ def test_fit_writes_every_file_with_the_right_fields(teacher_run):
     for key in ("format", "config", "arch", "plan", "epoch", "step", "model", "optimizer", "scheduler", "data",
                 "rng", "best_top1", "top1"):
         assert key in ckpt, key
-    assert ckpt["config"] == config_to_dict(tiny(run, "data.holdout=32")) and ckpt["plan"] == {}
+    assert ckpt["config"] == config_to_dict(build.resolve_quant(tiny(run, "data.holdout=32"))) and ckpt["plan"] == {}
     assert (ckpt["epoch"], ckpt["step"], ckpt["data"]) == (1, 4, {"epoch": 1, "step": 0})
 
 
@@ -371,7 +371,7 @@ def test_torchrun_two_processes_average_gradients(tmp_path):
 
 def test_load_run_from_folder_and_file(teacher_run):
     a, b = load_run(teacher_run), load_run(teacher_run / "checkpoints" / "last.pt")
-    assert not a.model.training and a.config == tiny(teacher_run, "data.holdout=32")
+    assert not a.model.training and a.config == build.resolve_quant(tiny(teacher_run, "data.holdout=32"))
     assert a.summary is not None and a.summary == b.summary and a.checkpoint_path.endswith("best.pt")
     x = torch.randn(3, 1, 16, 16)
     torch.testing.assert_close(a.model(x), b.model(x), rtol=0, atol=0)
@@ -495,3 +495,18 @@ def test_the_first_step_reports_each_layers_activation_quantizer_and_what_it_cli
     layers = records(out, "activations")[0]["layers"]
     assert layers and all(r["quantizer"] == "clip" and r["zero_point"] == 0 and r["below"] == 0 for r in layers.values())
     assert "activation quantizers on the first batch: 0 of" in capsys.readouterr().err
+
+
+def test_a_run_records_the_automatic_quantizer_choices_and_an_older_run_still_resumes(tmp_path, user_models):
+    cfg = tiny(tmp_path / "run", "quant.precision=2W/8A")
+    fit(cfg)
+    stored = (tmp_path / "run" / "config.yaml").read_text()
+    assert "per_channel: false" in stored  # a built-in ResNet: the paper's per-layer scale, written out
+    # A run written before the choices were automatic: per_channel false, no act_quantizer key.
+    (tmp_path / "run" / "config.yaml").write_text("\n".join(l for l in stored.splitlines() if "act_quantizer" not in l))
+    (tmp_path / "run" / "summary.json").unlink()
+    assert fit(cfg, resume=True)["final_top1"] >= 0  # compares equal: resumes
+    fit(tiny(tmp_path / "own", "model.name=tinyvgg", "model.width=1.0", "model.args={channels: 4, hidden: 8}",
+             "quant.precision=4W/8A"))
+    own = load_config(str(tmp_path / "own" / "config.yaml")).quant
+    assert own.per_channel is True and own.act_quantizer == "asym"

@@ -284,6 +284,15 @@ class _QuantMixin:
             return self._input_layer[1].activation_zero_point()
         return int(self.zero_point) if self.act_quant.has_zero_point else 0
 
+    def activation_range(self) -> tuple[float, float]:
+        """[lowest, highest] level of the input quantizer as the forward uses it now: [−z·s, (2^b − 1 − z)·s]
+        for a learned step (LSQ, asym), [0, c] for a clip."""
+        owner = self if self._input_layer is None else self._input_layer[1]
+        if owner.act_step is None:
+            return 0.0, owner.activation_clip()
+        s, z = owner.activation_scale(), owner.activation_zero_point()
+        return -z * s, (2**owner.act_quant.bits - 1 - z) * s
+
     def activation_scale(self) -> float:
         """s_x, the value of one step of the input quantizer as the forward uses it now: LSQ's step
         (its placeholder before the first training batch, as packed files record it), or c/(2^bits − 1)."""

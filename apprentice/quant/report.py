@@ -37,14 +37,6 @@ class LayerClipping:
         return self.zero_point > 0
 
 
-def _range(layer: _QuantMixin) -> tuple[float, float]:
-    levels = 2**layer.act_quant.bits - 1
-    s, z = layer.activation_scale(), layer.activation_zero_point()
-    if layer.act_step is None and (layer.input_layer is None or layer.input_layer[1].act_step is None):
-        return 0.0, layer.activation_clip()
-    return -z * s, (levels - z) * s
-
-
 @torch.no_grad()
 def activation_report(model: nn.Module, images: Tensor) -> dict[str, LayerClipping]:
     """Run ``images`` through ``model`` in eval mode (its mode restored) and measure every quantized layer's input.
@@ -57,7 +49,7 @@ def activation_report(model: nn.Module, images: Tensor) -> dict[str, LayerClippi
     def watch(name: str, layer: _QuantMixin):
         def hook(_mod: nn.Module, inputs: tuple) -> None:
             x = inputs[0].detach().float()
-            low, high = _range(layer)
+            low, high = layer.activation_range()
             found[name] = LayerClipping(layer.act_quant.quantizer, layer.activation_zero_point(),
                                         float((x < low).float().mean()), float((x > high).float().mean()),
                                         float((x < 0).float().mean()))

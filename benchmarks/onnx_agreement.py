@@ -103,6 +103,44 @@ def check_exports(model: Any, batches: list, reference: np.ndarray, labels: np.n
     return rows
 
 
+def check_phone_exports(model: Any, batches: list, reference: np.ndarray, labels: np.ndarray, shape: tuple[int, ...],
+                        runtimes: list[str], tmp: str) -> list[dict]:
+    """A deployable student's ExecuTorch program (XNNPACK) and LiteRT model, each run in its own runtime at
+    batch 1 (as the file takes it), compared with the reference; their int8 kernels by layer or op."""
+    from apprentice.export.pte import ExecuTorchModel, export_executorch
+    from apprentice.export.tflite import LiteRTModel, export_litert
+
+    table = {"executorch": (export_executorch, ExecuTorchModel, "pte"), "litert": (export_litert, LiteRTModel, "tflite")}
+    rows = []
+    for runtime in runtimes:
+        export, runner, suffix = table[runtime]
+        path = os.path.join(tmp, f"model.{suffix}")
+        start = time.perf_counter()
+        qmap = export(model, path, input_shape=shape[1:] if len(shape) == 4 else shape)
+        seconds = round(time.perf_counter() - start, 1)
+        program = runner(path)
+        logits = torch.cat([program(x) for x, _ in batches]).numpy()
+        rows.append(compare(f"{runtime} int8", logits, reference, labels, file_bytes=os.path.getsize(path),
+                            sha256=sha256(path), export_seconds=seconds, kernels=qmap[runtime]))
+    return rows
+
+
+def _kernels_md(results: list[dict]) -> str:
+    """The phone runtimes' int8 kernels, per file: XNNPACK's by layer, LiteRT's by op."""
+    lines = []
+    for r in results:
+        k = r.get("kernels")
+        if not k:
+            continue
+        if "delegated" in k:
+            lines.append(f"- {r['model']}: {len(k['delegated']['int8'])} convs as XNNPACK int8 kernels "
+                         f"({', '.join(k['delegated']['int8'])}); float in XNNPACK: {', '.join(k['delegated']['float'])}; "
+                         f"portable ops: {k['portable'] or 'none'}; export {r['export_seconds']} s")
+        else:
+            lines.append(f"- {r['model']}: int8 {k['ops']['int8']}, float {k['ops']['float']}; export {r['export_seconds']} s")
+    return ("\nInteger kernels of the phone files:\n\n" + "\n".join(lines) + "\n") if lines else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run", nargs="?", default="runs/qs1/student", help="run folder or checkpoint (default runs/qs1/student)")
@@ -113,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--fold-bn", action="store_true", help="also check exports written with fold_bn=True")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--runtimes", nargs="*", default=[], choices=["executorch", "litert"],
+                   help="a deployable run: also its ExecuTorch and/or LiteRT file (extras executorch, litert)")
     args = p.parse_args(argv)
     import onnxruntime as ort
 
@@ -133,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         for fold in ([False, True] if args.fold_bn and not deployable else [False]):
             results += check_exports(model, batches, reference, labels, tuple(data.images.shape[1:]), fold, tmp,
                                      args.threads)
+        if args.runtimes:
+            results += check_phone_exports(model, batches, reference, labels, tuple(data.images.shape[1:]),
+                                           args.runtimes, tmp)
     summary = loaded.summary or {}
     run_info = {"run": args.run, "checkpoint": loaded.checkpoint_path, "checkpoint_sha256": sha256(loaded.checkpoint_path),
                 "precision": summary.get("precision"), "model": summary.get("model"),
@@ -143,14 +186,16 @@ def main(argv: list[str] | None = None) -> int:
            "dataset": args.dataset, "split": "test", "required_agreement": REQUIRED,
            "seconds": round(time.perf_counter() - t0, 1), "results": results}
     table = markdown_table(
-        ["model", "images", "top-1 agreement", "disagreements", "max |logit diff|", "accuracy", ">= 99.9 %"],
+        ["model", "images", "top-1 agreement", "disagreements", "max |logit diff|", "mean |logit diff|", "accuracy",
+         ">= 99.9 %", "file bytes"],
         [[r["model"], r["images"], f"{100 * r['top1_agreement']:.2f} %", r["disagreements"],
-          f"{r['max_abs_logit_diff']:.3g}", f"{100 * r['accuracy']:.2f} %", "yes" if r["meets_99_9"] else "NO"]
+          f"{r['max_abs_logit_diff']:.3g}", f"{r['mean_abs_logit_diff']:.3g}", f"{100 * r['accuracy']:.2f} %",
+          "yes" if r["meets_99_9"] else "NO", f"{r['file_bytes']:,}" if r.get("file_bytes") else "-"]
          for r in results])
     md = (f"# ONNX / packed reload agreement with the PyTorch student\n\n{stamp_markdown(st)}\n\n"
           f"Run `{args.run}` ({run_info['model']}, {run_info['precision']}, scheme {run_info['scheme']}; "
           f"checkpoint `{loaded.checkpoint_path}` sha256 `{run_info['checkpoint_sha256'][:16]}…`), {args.dataset} test "
-          f"set, onnxruntime {ort.__version__}, openvino {ov or 'not installed'}.\n\n{table}\n")
+          f"set, onnxruntime {ort.__version__}, openvino {ov or 'not installed'}.\n\n{table}\n{_kernels_md(results)}")
     write_results(args.out, out, md, table)
     return 0
 

@@ -145,6 +145,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
     assert main(["export", str(run), "--format", "packed", "--out", str(f / "good.safetensors")]) == 0
     _packed_variants(f / "good.safetensors", f)
     assert main(["export", str(run), "--format", "onnx", "--out", str(f / "model.onnx")]) == 0
+    (f / "bad.pte").write_bytes(b"not an ExecuTorch program")
+    (f / "bad.tflite").write_bytes(b"not a LiteRT model, not even close")
     _cache_variants(run, f)
     save_file(torch.load(f / "resnet14.pt", weights_only=True), str(f / "resnet14.safetensors"))
     (f / "empty.yaml").write_bytes(b"")

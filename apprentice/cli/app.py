@@ -106,9 +106,10 @@ def _add_eval(sub: Any, common: argparse.ArgumentParser) -> None:
     from apprentice.train.step import AMP_MODES
 
     p = sub.add_parser("eval", parents=[common], help=SUBCOMMANDS["eval"][0],
-                       description="Top-1/top-5 accuracy of a run folder, checkpoint or packed model "
-                                   "on the data set it was trained on.")
-    p.add_argument("path", help="run folder, checkpoint (.pt) or packed file (.safetensors)")
+                       description="Top-1/top-5 accuracy of a run folder, checkpoint, packed model or exported "
+                                   "ExecuTorch/LiteRT file on the data set it was trained on.")
+    p.add_argument("path", help="run folder, checkpoint (.pt), packed file (.safetensors), or an ExecuTorch (.pte) "
+                                "or LiteRT (.tflite) export (run by its runtime, on the CPU)")
     p.add_argument("--data-dir", help="folder holding the data set (default: as in the run's config)")
     p.add_argument("--split", default="test", choices=list(SPLITS),
                    help="which images (default test; an image folder's test/ when it has one, else val/)")
@@ -132,7 +133,9 @@ def _add_export(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("export", parents=[common], help=SUBCOMMANDS["export"][0],
                        description="Export a trained run: 'packed' = safetensors with 2/4/8-bit or base-3 "
-                                   "packed integer codes and a quantization map; 'onnx' = ONNX graph.")
+                                   "packed integer codes and a quantization map; 'onnx' = ONNX graph; "
+                                   "'executorch' = .pte program with XNNPACK int8 kernels, 'litert' = int8 .tflite "
+                                   "(both for a run trained with quant.deploy=int8; extras executorch, litert).")
     p.add_argument("path", help="run folder or checkpoint")
     p.add_argument("--format", required=True, choices=list(EXPORT_SUFFIXES), help="output format")
     p.add_argument("--out", required=True, help="output file")
@@ -160,12 +163,13 @@ def _add_predict(sub: Any, common: argparse.ArgumentParser) -> None:
                        description="The class name and probability of each image, as the model sees it (its "
                                    "recorded channels, size, crop and normalisation). An image that cannot be "
                                    "read gets one error line (exit status 2) and the others are still predicted.")
-    p.add_argument("model", help="run folder, checkpoint, packed file (.safetensors) or ONNX file (.onnx)")
+    p.add_argument("model", help="run folder, checkpoint, packed file (.safetensors), or an ONNX (.onnx), "
+                                 "ExecuTorch (.pte) or LiteRT (.tflite) export")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     p.add_argument("--top-k", type=_positive_int, default=1, help="classes shown per image (default 1)")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--device", default="auto", help=f"one of {DEVICE_NAMES} (default auto; ONNX runs on the CPU)")
+    p.add_argument("--device", default="auto", help=f"one of {DEVICE_NAMES} (default auto; exported files run on the CPU)")
     p.set_defaults(func=cmd_predict)
 
 

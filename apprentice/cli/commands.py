@@ -27,18 +27,18 @@ __all__ = [
 PROG = "apprentice"
 
 #: ``apprentice export --format``: the suffix each format's file is offered with.
-EXPORT_SUFFIXES = {"packed": "safetensors", "onnx": "onnx"}
+EXPORT_SUFFIXES = {"packed": "safetensors", "onnx": "onnx", "executorch": "pte", "litert": "tflite"}
 
 
 # ---------------------------------------------------------------------------------------------
 # Loading runs, checkpoints and packed files
 
 
-def _load(path_text: str) -> LoadedModel:
+def _load(path_text: str, *, runtimes: bool = False) -> LoadedModel:
     # lazily: `apprentice --help` needs no torch
     from apprentice.run.runs import load_model_file
 
-    return load_model_file(path_text)
+    return load_model_file(path_text, runtimes=runtimes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,7 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    loaded = _load(args.path)
+    loaded = _load(args.path, runtimes=True)
     cfg = loaded.config
     if cfg is None:
         raise ApprenticeError(f"{args.path!r} carries no training config, so its data set is unknown")
@@ -100,7 +100,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from apprentice.train import evaluate
     from apprentice.train.runtime import resolve_device
 
-    device = resolve_device(args.device, "--device")
+    device = resolve_device(args.device, "--device") if loaded.kind not in ("executorch", "litert") else "cpu"
 
     batches = eval_data(cfg, args.split, data_dir=args.data_dir, batch_size=args.batch_size, device=device)
     model = loaded.model.to(device).eval()
@@ -211,19 +211,39 @@ def cmd_export(args: argparse.Namespace) -> int:
                 **pre.to_metadata()}
         export.save_packed(loaded.model, out, ternary_packing=args.ternary_packing, fold_bn=args.fold_bn,
                            metadata=json.loads(json.dumps(meta, default=str)))
-    else:
+    elif args.format == "onnx":
         # export_onnx itself explains how to install onnx when it is missing.
         from apprentice.export import export_onnx
 
         qmap = export_onnx(loaded.model, out, input_shape=(1, pre.channels, pre.image_size, pre.image_size),
                            fold_bn=args.fold_bn, metadata=pre.to_metadata(), mode=args.onnx_mode)
+    else:
+        qmap = _export_runtime(loaded, args.format, out, pre)
     print(f"{PROG}: wrote {out} ({out.stat().st_size:,} bytes, {args.format})")
     if args.format == "onnx":
         from apprentice.export.int8_onnx import describe_export
 
         for line in describe_export(qmap, out):
             print(f"{PROG}: {line}")
+    elif args.format != "packed":
+        from apprentice.export.pt2e import describe_runtime_export
+
+        for line in describe_runtime_export(qmap, args.format):
+            print(f"{PROG}: {line}")
     return 0
+
+
+def _export_runtime(loaded: LoadedModel, fmt: str, out: Path, pre: Any) -> dict[str, Any]:
+    """An ExecuTorch or LiteRT file of a deployable student, its config and preprocessing in its metadata."""
+    from apprentice.config import config_to_dict
+
+    if fmt == "executorch":
+        from apprentice.export.pte import export_executorch as export
+    else:
+        from apprentice.export.tflite import export_litert as export
+    meta = json.loads(json.dumps({"config": config_to_dict(loaded.config), "summary": loaded.summary,
+                                  "source": str(loaded.path), **pre.to_metadata()}, default=str))
+    return export(loaded.model, out, input_shape=(pre.channels, pre.image_size, pre.image_size), metadata=meta)
 
 
 def _checkpoint_read(source: Path) -> Path:
@@ -245,7 +265,7 @@ def _export_target(text: str, fmt: str, source: Path) -> Path:
     if not out.exists():
         return out
     inside = source.is_dir() and out.resolve().is_relative_to(source.resolve())
-    if is_packed_export(out) if fmt == "packed" else out.suffix == ".onnx":
+    if is_packed_export(out) if fmt == "packed" else out.suffix == f".{EXPORT_SUFFIXES[fmt]}":
         return out  # replacing an earlier export is what re-exporting means
     if inside:
         raise ApprenticeError(f"--out {text!r} would overwrite the run being exported; choose another file")
@@ -287,7 +307,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     images = image_files([Path(p) for p in args.images], missing_ok=True)  # a missing one: an error line, the rest predicted
     if not images:
         raise ApprenticeError(f"no image files in {' '.join(args.images)}")
-    device = resolve_device(args.device, "--device") if not args.model.lower().endswith(".onnx") else "cpu"
+    device = "cpu" if Path(args.model).suffix.lower() in (".onnx", ".pte", ".tflite") else resolve_device(args.device, "--device")
     predictor = load_predictor(args.model, device=device)
     results = predict(predictor, images, top_k=args.top_k, batch_size=args.batch_size,
                       on_error=lambda r: print(f"{PROG}: error: {r.error}", file=sys.stderr))

@@ -1,6 +1,6 @@
 """``apprentice predict``: the class a trained model sees in image files, with the model's own preprocessing.
 
-A model is a run folder, a checkpoint, a packed file or an ONNX file. Each records how its images
+A model is a run folder, a checkpoint, a packed file or an ONNX, ExecuTorch or LiteRT export. Each records how its images
 were prepared (`apprentice.data.Preprocess`: channels, image size, the evaluation resize and centre crop, mean and
 std, class names): a run in its config (a folder's computed facts are written there when it
 trains), an export in its metadata (``"preprocess"`` and ``"classes"``). Images are decoded exactly
@@ -32,7 +32,7 @@ class Predictor:
     """A loaded model with its preprocessing: ``run(float N×C×S×S normalised) -> logits N×classes``."""
 
     path: Path
-    kind: str  # "run", "checkpoint", "packed" or "onnx"
+    kind: str  # "run", "checkpoint", "packed", "onnx", "executorch" or "litert"
     preprocess: Preprocess
     run: Callable[[Tensor], Tensor]
 
@@ -52,15 +52,18 @@ class Prediction:
 
 
 def load_predictor(path_text: str, *, device: str | torch.device = "cpu") -> Predictor:
-    """A run folder, checkpoint or packed file (by content), or an ONNX file (``.onnx``), ready to predict."""
+    """A run folder, checkpoint or packed file (by content), or an ONNX, ExecuTorch or LiteRT export (``.onnx``,
+    ``.pte``, ``.tflite``), ready to predict."""
     path = Path(path_text)
     if path.suffix.lower() == ".onnx":
         return _onnx_predictor(path)
     from apprentice.run.runs import load_model_file
 
-    loaded = load_model_file(path_text)
+    loaded = load_model_file(path_text, runtimes=True)
     num_classes = int(getattr(loaded.model, "arch", {}).get("num_classes", 0))
     meta = ((loaded.qmap or {}).get("metadata") or {}) if loaded.kind == "packed" else {}
+    if loaded.kind in ("executorch", "litert"):
+        meta = loaded.model.metadata
     if isinstance(meta, dict) and "preprocess" in meta:
         pre = Preprocess.from_metadata(meta["preprocess"], meta.get("classes"), repr(path_text))
     elif loaded.config is not None:

@@ -75,23 +75,34 @@ class _Cache(dict):
 
 class _Uint8Input(nn.Module):
     """One activation quantizer of the integer graph: QuantizeLinear -> DequantizeLinear, uint8; for
-    k < 8 bits a Clip at c = s·(2^k − 1) first (the uint8 codes then end at 2^k − 1)."""
+    k < 8 bits a Clip at c = s·(2^k − 1) first (the uint8 codes then end at 2^k − 1).
 
-    def __init__(self, scale: float, zero_point: int, cache: _Cache, bits: int = 8) -> None:
+    In a PT2E graph (``pt2e=True``) the same codes as PyTorch's ``quantized_decomposed`` int8 pair, the
+    form ``convert_pt2e`` writes and ExecuTorch and LiteRT lower: int8 codes q − 128 with zero point
+    z − 128 (the same values), scale and zero point as constants of the graph.
+    """
+
+    def __init__(self, scale: float, zero_point: int, cache: _Cache, bits: int = 8, pt2e: bool = False) -> None:
         super().__init__()
         self.bits = bits
+        object.__setattr__(self, "_cache", cache)
+        # codes round(x/s) + z in 0..2^k − 1, as int8: −128..2^k − 129
+        self.pt2e = (float(scale), int(zero_point) - 128, -128, 2**bits - 129) if pt2e else None
         self.register_buffer("scale", torch.tensor(float(scale)))
+        if pt2e:  # constants of the graph; LiteRT's converter cannot lift a uint8 buffer
+            return
         self.register_buffer("zero_point", torch.tensor(int(zero_point), dtype=torch.uint8))
         if bits < 8:  # codes round(x/s) + z in 0..2^k − 1: x in [−z·s, (2^k − 1 − z)·s]
             self.register_buffer("low", torch.tensor(-int(zero_point) * float(scale)))
             self.register_buffer("high", torch.tensor(float(scale) * (2**bits - 1 - int(zero_point))))
-        object.__setattr__(self, "_cache", cache)
 
     def forward(self, x: Tensor) -> Tensor:
         key = (id(self), id(x))
         hit = self._cache.get(key)
         if hit is None or hit[0] is not x:
-            if self.bits < 8:
+            if self.pt2e is not None:
+                y = pt2e_quantize(x, *self.pt2e)
+            elif self.bits < 8:
                 y = ClipQuantize.apply(x, self.low, self.high, self.scale, self.zero_point, self.bits)
             else:
                 y = QuantizeUint8.apply(x, self.scale, self.zero_point)
@@ -108,48 +119,95 @@ def _fold(codes: Tensor, scale: Tensor, bias: Tensor | None,
 
 
 class _Int8Layer(nn.Module):
-    """A Conv2d/Linear of the integer graph: uint8 input, int8 weights, int32 bias."""
+    """A Conv2d/Linear of the integer graph: uint8 input, int8 weights, int32 bias.
+
+    In a PT2E graph (``pt2e``): the int8 codes behind ``dequantize_per_channel`` ("folded", as
+    ``convert_pt2e`` writes them), or as ``convert_pt2e(fold_quantize=False)`` writes them, the float
+    codes·scale behind ``quantize_per_channel -> dequantize_per_channel`` ("unfolded"; round(codes·s/s)
+    = codes exactly); zero points 0, codes −127..127; the bias as the float b_q·s_x·s_w, which the runtime quantizes back to b_q (XNNPACK and
+    LiteRT take a float bias beside int8 weights and derive its int32 codes themselves).
+    """
 
     def __init__(self, module: nn.Module, codes: Tensor, scale: Tensor, bias: Tensor | None,
-                 act: _Uint8Input) -> None:
+                 act: _Uint8Input, pt2e: str | None = None) -> None:
         super().__init__()
         self.conv = module if isinstance(module, nn.Conv2d) else None
         self.act = act
+        self.pt2e = pt2e
         self.register_buffer("codes", codes.round().to(torch.int8))
         self.axis = 0 if scale.dim() else None
+        if pt2e:  # one scale per output channel always: per_tensor's scale would have to be a Python float
+            scale = scale.expand(codes.shape[0]).contiguous()
+            if pt2e == "unfolded":
+                self.register_buffer("weight", self.codes.float() * scale.view(-1, *[1] * (codes.dim() - 1)))
         self.register_buffer("scale", scale)
-        self.register_buffer("zero", torch.zeros(scale.shape, dtype=torch.int8))
+        self.register_buffer("zero", torch.zeros(scale.shape, dtype=torch.int64 if pt2e else torch.int8))
         self.has_bias = bias is not None
         if bias is not None:
             q, bias_scale = rounded_bias(bias, float(act.scale), scale)  # int32 codes, s_x·s_w per channel
-            self.register_buffer("bias_codes", q.to(torch.int32))
-            self.register_buffer("bias_scale", bias_scale.contiguous())
-            self.register_buffer("bias_zero", torch.zeros(bias.shape, dtype=torch.int32))
+            if pt2e:
+                self.register_buffer("bias", (q * bias_scale).contiguous())
+            else:
+                self.register_buffer("bias_codes", q.to(torch.int32))
+                self.register_buffer("bias_scale", bias_scale.contiguous())
+                self.register_buffer("bias_zero", torch.zeros(bias.shape, dtype=torch.int32))
 
     def quantize_input(self, x: Tensor) -> Tensor:
         return self.act(x)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.act(x)
+    def _weights(self) -> tuple[Tensor, Tensor | None]:
+        if self.pt2e:
+            return pt2e_weights(self), self.bias if self.has_bias else None
         w = DequantizeConst.apply(self.codes, self.scale, self.zero, self.axis)
         b = DequantizeConst.apply(self.bias_codes, self.bias_scale, self.bias_zero, 0) if self.has_bias else None
+        return w, b
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.act(x)
+        w, b = self._weights()
         if self.conv is None:
             return F.linear(x, w, b)
         c = self.conv
         return F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups)
 
 
+def _decomposed() -> Any:
+    """``torch.ops.quantized_decomposed``, defined by the module that registers it on first import."""
+    import torch.ao.quantization.fx._decomposed  # registers the ops
+
+    return torch.ops.quantized_decomposed
+
+
+def pt2e_weights(layer: nn.Module) -> Tensor:
+    """A layer's per-output-channel int8 weights as a PT2E graph carries them: its int8 ``codes``
+    behind dq, or its float ``weight`` behind q -> dq (`_Int8Layer`); zero points ``zero``, scales ``scale``."""
+    ops = _decomposed()
+    args = (layer.scale, layer.zero, 0, -127, 127, torch.int8)
+    if hasattr(layer, "weight"):
+        return ops.dequantize_per_channel(ops.quantize_per_channel(layer.weight, *args), *args)
+    return ops.dequantize_per_channel(layer.codes, *args)
+
+
+def pt2e_quantize(x: Tensor, scale: float, zero_point: int, low: int, high: int) -> Tensor:
+    """``dequantize(quantize(x))`` as the int8 pair of PyTorch's ``quantized_decomposed`` ops:
+    (clamp(round(x/s) + z, low, high) − z)·s, the node pair a PT2E graph carries for each quantized tensor."""
+    ops = _decomposed()
+    q = ops.quantize_per_tensor(x, scale, zero_point, low, high, torch.int8)
+    return ops.dequantize_per_tensor(q, scale, zero_point, low, high, torch.int8)
+
+
 class _Int8Add(nn.Module):
     """A residual add of the integer graph: uint8 inputs (a layer's input quantizer or its own), output."""
 
-    def __init__(self, name: str, add: QAdd, layers: dict[str, nn.Module], cache: _Cache) -> None:
+    def __init__(self, name: str, add: QAdd, layers: dict[str, nn.Module],
+                 quantizer: Callable[[float, int], _Uint8Input]) -> None:
         super().__init__()
         plan = add.plan()
         own = [i for i in (*plan.inputs, plan.output) if i is not None and i.source is None]
         if any(i.step is None for i in own):
             raise ApprenticeError(f"add {name!r}: its quantizers are not calibrated yet (no training batch has run "
                                   f"through it); train, or run one batch in train mode, before exporting")
-        self.own = nn.ModuleDict({k: _Uint8Input(i.step, i.zero_point, cache)  # type: ignore[arg-type]
+        self.own = nn.ModuleDict({k: quantizer(i.step, i.zero_point)  # type: ignore[arg-type]
                                   for k, i in zip(("a", "b", "out"), (*plan.inputs, plan.output))
                                   if i is not None and i.source is None})
         # An input quantized by a layer's input quantizer: that layer's, called on this tensor.
@@ -197,11 +255,15 @@ def _codes(tensors: dict[str, Tensor], name: str, entry: dict[str, Any]) -> tupl
 
 
 def int8_module(tensors: dict[str, Tensor], qmap: dict[str, Any], template: nn.Module | None,
-                fallback: Callable[[nn.Module, Tensor | None, Tensor | None], nn.Module],
+                fallback: Callable[[nn.Module, Tensor | None, Tensor | None], nn.Module], *, pt2e: str | None = None,
                 ) -> tuple[nn.Module, dict[str, str | None]]:
     """The export model of a deployable packed model, and ``{layer: None | why it stays float}``.
 
     ``fallback(module, codes, scale)`` builds the QDQ export's layer for a layer that cannot be integer.
+    ``pt2e``: the quantized tensors as PyTorch's ``quantized_decomposed`` int8 ops instead of ONNX's
+    QDQ pair, for ``torch.export`` (`apprentice.export.pt2e`), the weights "folded" (int8 constants
+    behind ``dequantize_per_channel``: ExecuTorch's XNNPACK partitioner) or "unfolded" (float weights
+    behind ``quantize_per_channel -> dequantize_per_channel``: LiteRT's converter).
     """
     model = model_from_packed(tensors, qmap, template).float()
     entries = qmap["layers"]
@@ -209,6 +271,10 @@ def int8_module(tensors: dict[str, Tensor], qmap: dict[str, Any], template: nn.M
     pools = pools_read_by(model)
     bn_of = {conv: bn for bn, conv in find_conv_bn_pairs(model).items()}
     cache, built = _Cache(), {}
+
+    def quantizer(scale: float, zero_point: int, bits: int = 8) -> _Uint8Input:
+        return _Uint8Input(scale, zero_point, cache, bits, pt2e=pt2e is not None)
+
     owners: dict[str, _Uint8Input] = {}
     layers = {n: m for n, m in model.named_modules() if isinstance(m, (QConv2d, QLinear))}
     for name, module in sorted(layers.items(), key=lambda kv: kv[1].input_layer is not None):
@@ -227,26 +293,26 @@ def int8_module(tensors: dict[str, Tensor], qmap: dict[str, Any], template: nn.M
         else:
             owner = module.input_layer[0] if module.input_layer is not None else name
             if owner not in owners:
-                owners[owner] = _Uint8Input(layers[owner].activation_scale(), layers[owner].activation_zero_point(), cache,
-                                            layers[owner].act_quant.bits)
-            built[name] = _Int8Layer(module, codes, scale, bias, act=owners[owner])  # type: ignore[arg-type]
+                owners[owner] = quantizer(layers[owner].activation_scale(), layers[owner].activation_zero_point(),
+                                          layers[owner].act_quant.bits)
+            built[name] = _Int8Layer(module, codes, scale, bias, act=owners[owner], pt2e=pt2e)  # type: ignore[arg-type]
             if module.out_quant is not None:  # its own output quantizer: the integer kernel writes uint8 codes
                 out = module.out_quant.setting()
                 if out.step is None:
                     raise ApprenticeError(f"layer {name!r}: its output quantizer is not calibrated yet (no training "
                                           f"batch has run)")
-                built[name] = nn.Sequential(built[name], _Uint8Input(out.step, out.zero_point, cache))
+                built[name] = nn.Sequential(built[name], quantizer(out.step, out.zero_point))
         if bn is not None:
             replace_module(model, bn_of[name], nn.Identity())
         replace_module(model, name, built[name])
     for name, add in [(n, m) for n, m in model.named_modules() if isinstance(m, QAdd)]:
-        replace_module(model, name, _Int8Add(name, add, built, cache))
+        replace_module(model, name, _Int8Add(name, add, built, quantizer))
     for pool, (before, reader) in pools.items():
         if before is None or reasons.get(before, "not quantized") is not None:
             continue  # after a float conv, quantizing before the pool gains no integer kernel and costs time
         if reader not in owners:  # its reader stays float: quantized before the pool all the same (exact)
-            owners[reader] = _Uint8Input(layers[reader].activation_scale(), layers[reader].activation_zero_point(), cache,
-                                         layers[reader].act_quant.bits)
+            owners[reader] = quantizer(layers[reader].activation_scale(), layers[reader].activation_zero_point(),
+                                       layers[reader].act_quant.bits)
         replace_module(model, pool, _QuantizedPool(model.get_submodule(pool), owners[reader]))
     return _Root(model, cache).eval(), reasons
 

@@ -60,13 +60,16 @@ def is_packed_export(path: Path) -> bool:
 FILE_KINDS = {
     "packed": "a packed export (apprentice export --format packed: quantized integer codes)",
     "onnx": "an ONNX export (apprentice export --format onnx)",
+    "executorch": "an ExecuTorch export (apprentice export --format executorch)",
+    "litert": "a LiteRT export (apprentice export --format litert)",
     "cache": "a teacher cache (apprentice cache-teacher: a teacher's stored logits)",
     "safetensors": "a safetensors file that is neither a teacher cache nor a packed export",
 }
 
 
 def file_kind(path: str | os.PathLike) -> str | None:
-    """Which of `FILE_KINDS` the file ``path`` is: by its header (ONNX: by its ``.onnx`` name); else None.
+    """Which of `FILE_KINDS` the file ``path`` is: by its header (the runtimes' files: by their names'
+    `RUNTIME_SUFFIXES`); else None.
 
     Example:
         >>> file_kind("student.safetensors")   # written by apprentice export --format packed
@@ -78,7 +81,11 @@ def file_kind(path: str | os.PathLike) -> str | None:
     meta = _safetensors_metadata(p)
     if meta is not None:
         return "packed" if MAP_KEY in meta else "cache" if meta.get("format") == CACHE_FORMAT else "safetensors"
-    return "onnx" if p.suffix.lower() == ".onnx" else None
+    return RUNTIME_SUFFIXES.get(p.suffix.lower())
+
+
+#: The runtimes' files, by name: ``.onnx``, ``.pte``, ``.tflite``.
+RUNTIME_SUFFIXES = {".onnx": "onnx", ".pte": "executorch", ".tflite": "litert"}
 
 
 def check_kind(path: str, key: str, refused: tuple[str, ...], need: str) -> None:
@@ -94,7 +101,7 @@ def check_kind(path: str, key: str, refused: tuple[str, ...], need: str) -> None
     raise ApprenticeError(f"{key + ' ' if key else ''}{path!r} is {FILE_KINDS[kind]}; {need}{where}")
 
 
-NOT_WEIGHTS = ("packed", "onnx", "cache")  # never a teacher's or an init's weights
+NOT_WEIGHTS = ("packed", "onnx", "executorch", "litert", "cache")  # never a teacher's or an init's weights
 
 
 def check_output_apart(out: str | os.PathLike, option: str, reads: Mapping[str, str | os.PathLike | None]) -> None:

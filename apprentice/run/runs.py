@@ -24,7 +24,7 @@ from apprentice.config.schema import Config
 from apprentice.data import DATASETS
 from apprentice.errors import ApprenticeError
 from apprentice.export import model_from_packed, read_packed
-from apprentice.run.file_checks import check_kind, is_packed_file
+from apprentice.run.file_checks import check_kind, file_kind, is_packed_file
 from apprentice.train.checkpoint import (
     CHECKPOINT_DIR,
     SUMMARY_FILE,
@@ -111,7 +111,7 @@ class LoadedModel:
         model: the eval-mode model (a packed file's has dequantized weights).
         config: its training `Config`, or None for a packed file saved without one.
         summary: the run's summary.json contents, if any.
-        kind: "run", "checkpoint" or "packed".
+        kind: "run", "checkpoint", "packed", or (`load_model_file` with ``runtimes``) "executorch" or "litert".
         qmap: a packed file's quantization map (None otherwise).
     """
 
@@ -123,26 +123,45 @@ class LoadedModel:
     qmap: dict | None = None
 
 
-def load_model_file(path_text: str) -> LoadedModel:
-    """Load a run folder, a checkpoint file or a packed file (decided by content, not name)."""
+def load_model_file(path_text: str, *, runtimes: bool = False) -> LoadedModel:
+    """Load a run folder, a checkpoint file or a packed file (decided by content, not name); with
+    ``runtimes``, an ExecuTorch (``.pte``) or LiteRT (``.tflite``) export too (a module that runs the file)."""
     path = Path(path_text)
     if not path.exists():
         raise ApprenticeError(f"{path_text!r} does not exist (expected a run folder, checkpoint or packed file)")
-    check_kind(path_text, "", ("onnx", "cache"), "give a run folder, checkpoint or packed file")
+    kind = file_kind(path_text)
+    if runtimes and kind in ("executorch", "litert"):
+        return _runtime_file(path, kind)
+    check_kind(path_text, "", ("onnx", "executorch", "litert", "cache"), "give a run folder, checkpoint or packed file")
     if is_packed_file(path):
         tensors, qmap = read_packed(path)
         model = model_from_packed(tensors, qmap)
         meta = qmap.get("metadata")
-        meta = meta if isinstance(meta, dict) else {}  # the caller's extras: optional, never trusted
-        config = None
-        if isinstance(meta.get("config"), dict):
-            try:
-                config = config_from_dict(meta["config"], check=False)
-            except ApprenticeError as e:
-                raise ApprenticeError(f"{path_text!r}: the training config stored in the packed file is "
-                                      f"unreadable: {e}") from None
-        summary = meta.get("summary") if isinstance(meta.get("summary"), dict) else None
+        config, summary = _recorded(meta if isinstance(meta, dict) else {}, path_text, "packed file")
         return LoadedModel(path, model, config, summary, "packed", qmap)
     run = load_run(str(path))
     return LoadedModel(path, run.model, run.config, run.summary, "run" if path.is_dir() else "checkpoint")
+
+
+def _recorded(meta: dict[str, Any], path_text: str, what: str) -> tuple[Any, dict | None]:
+    """The training config and summary an export's metadata records (the caller's extras: optional, never trusted)."""
+    config = None
+    if isinstance(meta.get("config"), dict):
+        try:
+            config = config_from_dict(meta["config"], check=False)
+        except ApprenticeError as e:
+            raise ApprenticeError(f"{path_text!r}: the training config stored in the {what} is unreadable: {e}") from None
+    return config, meta.get("summary") if isinstance(meta.get("summary"), dict) else None
+
+
+def _runtime_file(path: Path, kind: str) -> LoadedModel:
+    """An ExecuTorch or LiteRT export as a module that runs the file, with the config its metadata records."""
+    if kind == "executorch":
+        from apprentice.export.pte import ExecuTorchModel as Runner
+    else:
+        from apprentice.export.tflite import LiteRTModel as Runner
+    model = Runner(path)
+    config, summary = _recorded(model.metadata, str(path), f"{kind} file")
+    qmap = model.metadata.get("apprentice") if isinstance(model.metadata.get("apprentice"), dict) else None
+    return LoadedModel(path, model, config, summary, kind, qmap)
 

@@ -187,3 +187,32 @@ def test_the_preprocessing_of_a_fashion_mnist_config_is_the_tables_even_from_an_
     for c in (cfg, old):  # configs written before data.image_size could be null say 224 for every data set
         p = preprocess_from_config(c, 10)
         assert (p.channels, p.image_size, p.resize, p.mean, p.classes[0]) == (1, 28, 28, (0.286,), "T-shirt/top")
+
+
+def test_an_executorch_and_a_litert_export_evaluate_and_predict_as_the_run(grey_run, tmp_path, capsys):
+    """A deployable run exported for phones: ``eval`` and ``predict`` run the shipped files in their runtimes,
+    read the class names and preprocessing from the files' metadata, and answer as the run does."""
+    pytest.importorskip("executorch")
+    pytest.importorskip("litert_torch")
+    _, folder = grey_run
+    run = tmp_path / "deploy"
+    assert _train(run, folder, "quant.deploy=int8") == 0
+    files = {"executorch": tmp_path / "m.pte", "litert": tmp_path / "m.tflite"}
+    for fmt, path in files.items():
+        assert main(["export", str(run), "--format", fmt, "--out", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "int8 program: 6 of 6 quantized layers run as XNNPACK int8 kernels; float in XNNPACK: conv1, fc" in text
+    assert "int8 model: 6 CONV_2D, 3 ADD; float: " in text
+    results = {}
+    for name, model in (("run", run), *files.items()):
+        assert main(["eval", str(model), "--json", "--split", "val"]) == 0
+        results[name] = json.loads(capsys.readouterr().out)
+        assert main(["predict", str(model), str(folder / "val"), "--json"]) == 0
+        results[name]["classes"] = [p["top"][0]["class"] for p in json.loads(capsys.readouterr().out)["predictions"]]
+    assert results["executorch"]["kind"] == "executorch" and results["litert"]["kind"] == "litert"
+    for fmt in files:
+        assert results[fmt]["images"] == 12 and results[fmt]["top1"] == results["run"]["top1"]
+        assert results[fmt]["classes"] == results["run"]["classes"]
+    # A shipped file is not a run: export, info and a teacher refuse it by name.
+    assert main(["export", str(files["litert"]), "--format", "onnx", "--out", str(tmp_path / "x.onnx")]) == 2
+    assert "is a LiteRT export (apprentice export --format litert)" in capsys.readouterr().err

@@ -126,6 +126,10 @@ class ExecuTorchModel(nn.Module):
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise ApprenticeError(f"ExecuTorch file {path!r} does not exist")
+        with open(path, "rb") as f:
+            header = f.read(8)
+        if header[4:6] != b"ET":  # the flatbuffer's file identifier (ET12, ...): the runtime would log to stderr first
+            raise ApprenticeError(f"{path!r} is not a loadable ExecuTorch program: no ExecuTorch header")
         try:
             program = Runtime.get().load_program(path)
             self._method = program.load_method("forward")

@@ -151,10 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--fold-bn", action="store_true", help="also check exports written with fold_bn=True")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="FILE",
+                   help="a user's model file to import first (as apprentice's --import), for a run of its model")
     p.add_argument("--runtimes", nargs="*", default=[], choices=["executorch", "litert"],
                    help="a deployable run: also its ExecuTorch and/or LiteRT file (extras executorch, litert)")
     args = p.parse_args(argv)
     import onnxruntime as ort
+
+    from apprentice.cli.user_code import import_user_code
+
+    for spec in args.imports:
+        import_user_code(spec)
 
     torch.set_num_threads(args.threads)
     st = stamp()

@@ -14,9 +14,12 @@ a constant method of the program, ``apprentice_metadata``, returning JSON text.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
+import logging
 import os
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -33,6 +36,8 @@ _EXTRA = "ExecuTorch export needs the optional extra: pip install 'apprentice-kd
 
 
 def _executorch() -> Any:
+    # torchao (imported by executorch) warns once per CUDA kernel library a CPU build cannot load
+    logging.getLogger("torchao").setLevel(logging.ERROR)
     try:
         import executorch.kernels.quantized  # noqa: F401  (out variants of the q/dq ops left to portable kernels)
         from executorch import exir
@@ -113,6 +118,20 @@ def _op_name(node: torch.fx.Node) -> str:
     return text.split("::")[-1].split(".")[0] if "::" in text else text.split(".")[-2 if text.count(".") >= 2 else -1]
 
 
+@contextlib.contextmanager
+def _native_stderr_dropped() -> Iterator[None]:
+    """File descriptor 2 pointed at /dev/null while the block runs (C++ logging bypasses sys.stderr)."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 class ExecuTorchModel(nn.Module):
     """A ``.pte`` file as a module: ``forward(N×C×H×W) -> logits``, one image at a time through ExecuTorch's
     runtime (the program takes a batch of 1), and its ``metadata`` (``{}`` when the file has none)."""
@@ -131,8 +150,9 @@ class ExecuTorchModel(nn.Module):
         if header[4:6] != b"ET":  # the flatbuffer's file identifier (ET12, ...): the runtime would log to stderr first
             raise ApprenticeError(f"{path!r} is not a loadable ExecuTorch program: no ExecuTorch header")
         try:
-            program = Runtime.get().load_program(path)
-            self._method = program.load_method("forward")
+            with _native_stderr_dropped():  # the runtime's C++ log lines (cpuinfo probes) on every load
+                program = Runtime.get().load_program(path)
+                self._method = program.load_method("forward")
         except Exception as e:  # noqa: BLE001 - the runtime raises RuntimeError/ValueError for bad files
             raise ApprenticeError(f"{path!r} is not a loadable ExecuTorch program: {str(e).splitlines()[0]}") from None
         self.metadata: dict[str, Any] = {}

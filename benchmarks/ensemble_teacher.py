@@ -2,8 +2,8 @@
 
 The patient study's goal is a teacher (or ensemble) of >= 95.0 % Fashion-MNIST test top-1; an
 ensemble of independently trained teachers averages their logits (`apprentice.distill.Ensemble`, the
-mean a teacher cache stores). Each member is loaded from its run folder (its final checkpoint, as
-``distill.teacher`` loads it), evaluated on the run's own holdout and on the test set, and the
+mean a teacher cache stores). Each member is loaded from its run folder as ``distill.teacher`` loads
+it (best.pt, chosen on the run's holdout, when the run has one; else last.pt), evaluated on the run's own holdout and on the test set, and the
 ensemble (equal weights, or ``--weights``) on the same images:
 
     .venv/bin/python benchmarks/ensemble_teacher.py runs/patient/teacher runs/patient/teacher-s1 \
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(["teacher", "holdout top-1 %", "test top-1 %"],
                            [[r["teacher"], f"{r['holdout']:.2f}", f"{r['test']:.2f}"] for r in rows])
     md = ("# A teacher ensemble against its members (Fashion-MNIST)\n\n" + stamp_markdown(result) + "\n\n"
-          "Final checkpoints; the ensemble averages the members' logits "
+          "Each run's checkpoint as distill.teacher loads it (best.pt, chosen on the holdout, else last.pt); the ensemble averages the members' logits "
           f"({'weights ' + str(args.weights) if args.weights else 'equal weights'}), as a teacher cache stores them.\n\n"
           + table + "\n")
     write_results(args.out, result, md, table)

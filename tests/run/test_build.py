@@ -47,11 +47,13 @@ def test_cached_run_equals_live_teacher_run(teacher_and_cache, tmp_path):
     cached = fit(_student(tmp_path / "cached", teacher, f"distill.teacher_cache={cache}"))
     assert cached["teacher_cache"] == str(cache) and live["teacher_cache"] is None
     assert cached["final_top1"] == live["final_top1"]
-    # float16 logits: every logged loss equal up to their rounding, the weights all but equal
-    # (a ternary weight near its threshold may land on the other side, so no element-wise bound).
+    # float16 logits: the first logged loss (before any update could differ) equal up to their rounding; later
+    # ones close and the weights all but equal (a ternary weight near its threshold may land on the other side
+    # and move a later loss: by 2.3e-3 at the third logged step on a 2-core AMD EPYC AVX-512 VM, 2026-12-06).
     losses = [[r["loss"] for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())
                if r["type"] == "step"] for run in ("live", "cached")]
-    assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], abs=1e-3)
+    assert len(losses[0]) == 4 and losses[0][0] == pytest.approx(losses[1][0], abs=1e-3)
+    assert losses[0] == pytest.approx(losses[1], abs=1e-2)
     a = torch.cat([v.flatten().float() for v in _weights(tmp_path / "live").values()])
     b = torch.cat([v.flatten().float() for v in _weights(tmp_path / "cached").values()])
     assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.9999

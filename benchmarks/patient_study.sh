@@ -12,6 +12,7 @@
 #             the teacher (32W/32A, C); results in accuracy_patient_grid.{json,md}
 # Usage: benchmarks/patient_study.sh [STEP ...]   (stop with Ctrl-C or SIGTERM: the runs checkpoint)
 #        DRY_RUN=1 benchmarks/patient_study.sh ...  prints the steps' commands instead
+#        WORKERS=1 benchmarks/patient_study.sh ...  one run at a time (default two), e.g. beside teacher2
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=(.venv/bin/python)
@@ -19,7 +20,7 @@ PY=(.venv/bin/python)
 RUNS=runs/patient
 REGIME=(--train-images 0 --pad 0 --student-width 0.5 --epochs "${EPOCHS:-32}" --channels-last
         --teacher-recipe configs/fashion_mnist/teacher_strong.yaml --runs-dir "$RUNS"
-        --out benchmarks/results/accuracy_patient.json --workers 2 --threads 1 --commit)
+        --out benchmarks/results/accuracy_patient.json --workers "${WORKERS:-2}" --threads 1 --commit)
 
 SNAP=benchmarks/results/accuracy_patient_runs/teacher-s1  # committed: a fresh clone resumes or uses it
 

@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from apprentice.errors import ApprenticeError, lookup
 from apprentice.export.int8_onnx import int8_module, pt2e_weights
-from apprentice.export.onnx import _OnnxLayer
+from apprentice.export.onnx import _input_shape, _OnnxLayer
 from apprentice.export.packed import packed_tensors, read_packed
 from apprentice.models import ZeroPadShortcut
 from apprentice.quant import replace_module
@@ -124,13 +124,8 @@ def pt2e_module(model_or_packed_path: nn.Module | str | os.PathLike, *, runtime:
 
 
 def example_input(input_shape: Sequence[int]) -> tuple[Tensor]:
-    """A batch of one image of ``(C, H, W)`` (a leading batch axis of 1 is accepted)."""
-    shape = tuple(input_shape)
-    if len(shape) == 4 and shape[0] == 1:
-        shape = shape[1:]
-    if len(shape) != 3 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
-        raise ApprenticeError(f"input_shape must be (C, H, W) positive ints, got {input_shape!r}")
-    return (torch.zeros((1, *shape)),)
+    """A batch of one image of ``(C, H, W)`` (checked as the ONNX export checks it; the files take batch 1)."""
+    return (torch.zeros((1, *_input_shape(input_shape)[1:])),)
 
 
 def describe_runtime_export(qmap: dict[str, Any], runtime: str) -> list[str]:

@@ -13,23 +13,26 @@
 # Usage: benchmarks/patient_study.sh [STEP ...]   (stop with Ctrl-C or SIGTERM: the runs checkpoint)
 #        DRY_RUN=1 benchmarks/patient_study.sh ...  prints the steps' commands instead
 #        WORKERS=1 benchmarks/patient_study.sh ...  one run at a time (default two), e.g. beside teacher2
+#        RUNS_DIR, TEACHER2_SNAPSHOT                 the run folders (runs/patient) and teacher2's committed copy
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=(.venv/bin/python)
 [ -n "${DRY_RUN:-}" ] && PY=(echo "${PY[@]}")
-RUNS=runs/patient
+RUNS=${RUNS_DIR:-runs/patient}
 REGIME=(--train-images 0 --pad 0 --student-width 0.5 --epochs "${EPOCHS:-32}" --channels-last
         --teacher-recipe configs/fashion_mnist/teacher_strong.yaml --runs-dir "$RUNS"
         --out benchmarks/results/accuracy_patient.json --workers "${WORKERS:-2}" --threads 1 --commit)
 
-SNAP=benchmarks/results/accuracy_patient_runs/teacher-s1  # committed: a fresh clone resumes or uses it
+SNAP=${TEACHER2_SNAPSHOT:-benchmarks/results/accuracy_patient_runs/teacher-s1}  # committed: a fresh clone resumes or uses it
 
 teacher2() {  # a plain run folder beside the grid's: resumed if it has a checkpoint, skipped once finished
-  local out=$RUNS/teacher-s1 rc=0
-  if [ ! -f "$out/checkpoints/last.pt" ] && [ -f "$SNAP/checkpoints/last.pt" ]; then
+  local out=$RUNS/teacher-s1 rc=0 done='"status": "finished"'
+  if [ -n "${DRY_RUN:-}" ]; then  # a plan, not a copy: say what a real run would find
+    if grep -qs "$done" "$out/summary.json" "$SNAP/summary.json"; then echo "# teacher2: finished, nothing to run"; return 0; fi
+  elif [ ! -f "$out/checkpoints/last.pt" ] && [ -f "$SNAP/checkpoints/last.pt" ]; then
     mkdir -p "$out" && cp -r "$SNAP/." "$out/"   # the committed half-way (or finished) run
   fi
-  if [ -f "$out/summary.json" ] && grep -q '"status": "finished"' "$out/summary.json"; then return 0; fi
+  if grep -qs "$done" "$out/summary.json"; then return 0; fi
   local how=(--overwrite); [ -f "$out/checkpoints/last.pt" ] && how=(--resume)
   # One thread, as the grid's runs (accuracy.py --threads 1): beside a second run, torch's default of one
   # thread a core made this run 8x slower (22 img/s against 177).

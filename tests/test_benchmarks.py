@@ -455,17 +455,22 @@ def test_a_losses_sweep_runs_each_other_row_of_the_loss_table(tmp_path):
                            and k != "distill.scheme" and "student_init" not in k])
 
 
-def test_the_patient_study_script_plans_its_steps_and_checks_names_first():
+def test_the_patient_study_script_plans_its_steps_and_checks_names_first(tmp_path):
     script = ROOT / "benchmarks" / "patient_study.sh"
-    env = {**os.environ, "DRY_RUN": "1"}
+    runs, snapshot = tmp_path / "runs", tmp_path / "snapshot"
+    env = {**os.environ, "DRY_RUN": "1", "RUNS_DIR": str(runs), "TEACHER2_SNAPSHOT": str(snapshot)}
     bad = subprocess.run([str(script), "pilot", "bogus"], check=False, capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "unknown step 'bogus'" in bad.stderr and bad.stdout == ""
     dry = subprocess.run([str(script)], capture_output=True, text=True, check=True, env=env).stdout.splitlines()
     assert len(dry) == 4 and "--teacher-recipe configs/fashion_mnist/teacher_strong.yaml" in dry[0]
-    assert "train.seed=1" in dry[1] and "--sweep-points losses" in dry[2]
+    assert "train.seed=1" in dry[1] and "--overwrite" in dry[1] and "--sweep-points losses" in dry[2]
     assert "--out benchmarks/results/accuracy_patient_grid.json" in dry[3] and "--loss-from" in dry[3]
     for line in (dry[0], dry[2], dry[3]):  # the accuracy grid's own parser takes every option
         accuracy.parser().parse_args(line.split()[2:])
+    (snapshot / "checkpoints").mkdir(parents=True)  # the committed second teacher, finished: nothing to train
+    (snapshot / "summary.json").write_text('{"status": "finished"}')
+    plan = subprocess.run([str(script), "teacher2"], capture_output=True, text=True, check=True, env=env).stdout
+    assert plan == "# teacher2: finished, nothing to run\n" and not runs.exists()  # a dry run copies nothing
 
 
 def test_the_grid_takes_each_precisions_loss_as_the_pilot_chose_it_on_the_holdout(tmp_path):

@@ -40,8 +40,13 @@ class Job:
 CACHE = "teacher-cache"  # the job that stores the teacher's logits for the B and C cells (--teacher-cache)
 
 
-def cache_file(runs: Path) -> Path:
-    return runs / CACHE / "teacher.cache"
+def cache_file(runs: Path, name: str = CACHE) -> Path:
+    """The teacher cache a cache job (``name``) writes: one teacher's, or an ensemble's under its own name."""
+    return runs / name / "teacher.cache"
+
+
+def is_cache(job: Job) -> bool:
+    return job.meta.get("role") == "cache"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,7 +208,7 @@ def state(folder: Path, job: Job) -> str:
             diff = sorted(k for k in set(old) | set(job.overrides) if old.get(k) != job.overrides.get(k))
             raise SystemExit(f"grid: {folder} was run with other settings ({', '.join(diff)}); "
                              "use another --runs-dir or delete that folder")
-    if job.name == CACHE:  # cache-teacher resumes its own partial file; the finished file is the result
+    if is_cache(job):  # cache-teacher resumes its own partial file; the finished file is the result
         return "done" if (folder / "teacher.cache").exists() else "resume"
     summary = folder / "summary.json"
     if summary.exists() and json.loads(summary.read_text()).get("status") == "finished":
@@ -221,8 +226,8 @@ def launch(job: Job, runs: Path, threads: int) -> subprocess.Popen:
     flag = {"resume": ["--resume"], "restart": ["--overwrite"], "fresh": ["--overwrite"]}[how]
     cmd = [sys.executable, "-m", "apprentice", "train", str(REPO / job.recipe),
            *flag, *_override_args(job.overrides), f"train.out={folder}"]
-    if job.name == CACHE:
-        cmd = [sys.executable, "-m", "apprentice", "cache-teacher", str(runs / "teacher"),
+    if is_cache(job):  # the teachers it needs are the ones it caches (several: an ensemble's mean logits)
+        cmd = [sys.executable, "-m", "apprentice", "cache-teacher", *(str(runs / n) for n in job.needs),
                *_override_args(job.overrides), "--out", str(folder / "teacher.cache"), "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with open(runs / "logs" / f"{job.name}.log", "a") as log:  # the child keeps its own descriptor
@@ -246,7 +251,7 @@ def to_run(jobs: list[Job], runs: Path, committed: dict[str, dict[str, Any]], ru
     whatever they need (transitively) that is not here: the teacher cache is such a step (no row of
     its own), and so is a committed teacher whose folder is missing."""
     by_name = {j.name: j for j in jobs}
-    rows = [j for j in jobs if j.meta.get("role") != "cache" and state(runs / j.name, j) != "done"
+    rows = [j for j in jobs if not is_cache(j) and state(runs / j.name, j) != "done"
             and not is_committed(j, committed, runs_dir)]
     needed, stack = set(), [n for j in rows for n in j.needs]
     while stack:

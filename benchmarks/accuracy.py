@@ -90,12 +90,12 @@ def common(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     return o
 
 
-def teacher_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The teacher's run: FP, seed 0, its own depth, width and length (a stronger teacher trains longer).
+def teacher_overrides(args: argparse.Namespace, seed: int = 0) -> dict[str, Any]:
+    """The teacher's run: FP, its own depth, width and length (a stronger teacher trains longer).
     With ``--teacher-recipe`` the recipe says all of it but the seed and the holdout (the students')."""
     if getattr(args, "teacher_recipe", None):
-        return {"data.holdout": args.holdout, "train.seed": 0}
-    o = {**common(args, 0), "model.name": args.teacher, "quant.precision": "32W/32A", "distill.scheme": "baseline"}
+        return {"data.holdout": args.holdout, "train.seed": seed}
+    o = {**common(args, seed), "model.name": args.teacher, "quant.precision": "32W/32A", "distill.scheme": "baseline"}
     for _, key, students_only in REGIME.values():  # e.g. the teacher trains with the data set's own augmentation
         if students_only:
             o.pop(key, None)
@@ -106,17 +106,28 @@ def teacher_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return o
 
 
+def teacher_names(args: argparse.Namespace) -> tuple[str, ...]:
+    """The teachers' run folders: "teacher" (seed 0), "teacher-sN" (seed N); several are an ensemble."""
+    return tuple("teacher" if seed == 0 else f"teacher-s{seed}" for seed in getattr(args, "teacher_seeds", [0]))
+
+
+def cache_name(args: argparse.Namespace) -> str:
+    """The cache job's folder: an ensemble's cache is another file than its first member's."""
+    seeds = getattr(args, "teacher_seeds", [0])
+    return CACHE if list(seeds) == [0] else f"{CACHE}-s{'-'.join(map(str, seeds))}"
+
+
 def grid_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
-    """Teacher first, then seed by seed (so a partial grid is balanced): FP twin, then each precision's
-    baseline, A, B, C. B and C need the teacher; C also needs the same seed's FP twin."""
-    teacher = Job("teacher", teacher_overrides(args), meta={"role": "teacher", "precision": "32W/32A",
-                                                             "scheme": "baseline", "seed": 0},
-                  **({"recipe": args.teacher_recipe} if getattr(args, "teacher_recipe", None) else {}))
-    jobs = [teacher]
+    """Teachers first, then seed by seed (so a partial grid is balanced): FP twin, then each precision's
+    baseline, A, B, C. B and C need the teacher (or ensemble); C also needs the same seed's FP twin."""
+    recipe = {"recipe": args.teacher_recipe} if getattr(args, "teacher_recipe", None) else {}
+    jobs = [Job(name, teacher_overrides(args, seed), meta={"role": "teacher", "precision": "32W/32A",
+                                                            "scheme": "baseline", "seed": seed}, **recipe)
+            for name, seed in zip(teacher_names(args), getattr(args, "teacher_seeds", [0]))]
     if args.teacher_cache:  # the students' data: the grid's holdout and limit
         views = {"data.pad": args.pad} if getattr(args, "pad", None) is not None else {}
-        jobs.append(Job(CACHE, {"data.holdout": args.holdout, "data.limit": args.train_images or None, **views},
-                        ("teacher",), {"role": "cache"}))
+        jobs.append(Job(cache_name(args), {"data.holdout": args.holdout, "data.limit": args.train_images or None,
+                                           **views}, teacher_names(args), {"role": "cache"}))
     for seed in args.seeds:
         twin = f"fp-s{seed}"
         jobs.append(Job(twin, {**common(args, seed), "quant.precision": "32W/32A", "distill.scheme": "baseline"},
@@ -181,15 +192,19 @@ def student_overrides(args: argparse.Namespace, runs: Path, precision: str, sche
 
 def _teacher(args: argparse.Namespace, runs: Path, scheme: str) -> tuple[dict[str, Any], tuple[str, ...]]:
     """A cell's teacher overrides and the jobs it needs: A trains its own (the grid teacher's
-    architecture), B and C read the grid's trained teacher, through the cache when there is one."""
+    architecture), B and C read the grid's trained teacher (or ``--teacher-seeds``' ensemble, a list),
+    through the cache when there is one."""
     if scheme == "A":
         o = {"distill.teacher_model.name": args.teacher}
         if getattr(args, "teacher_width", 1.0) != 1.0:
             o["distill.teacher_model.width"] = args.teacher_width
         return o, ()
+    names = teacher_names(args)
+    folders = [str(runs / n) for n in names]
+    o = {"distill.teacher": folders[0] if len(folders) == 1 else folders}
     if not args.teacher_cache:
-        return {"distill.teacher": str(runs / "teacher")}, ("teacher",)
-    return {"distill.teacher": str(runs / "teacher"), "distill.teacher_cache": str(cache_file(runs))}, ("teacher", CACHE)
+        return o, names
+    return {**o, "distill.teacher_cache": str(cache_file(runs, cache_name(args)))}, (*names, cache_name(args))
 
 
 def regime_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
@@ -288,6 +303,9 @@ def regime_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--teacher-recipe", default=None,
                     help="train the teacher from this recipe (e.g. configs/fashion_mnist/teacher_strong.yaml) "
                          "instead of --teacher/--teacher-width/--teacher-epochs on the students' recipe")
+    ap.add_argument("--teacher-seeds", nargs="+", type=int, default=[0], metavar="SEED",
+                    help="the teacher's seeds: several train an ensemble (runs teacher, teacher-s1, ...) whose "
+                         "mean logits teach the B and C cells (distill.teacher set to the list)")
     ap.add_argument("--lr", type=float, default=0.1, help="learning rate of every run but scheme C's")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--channels-last", action="store_true", help="train.channels_last for every run")
@@ -345,6 +363,9 @@ def parser() -> argparse.ArgumentParser:
                          "losses: each other row of the loss table (distill.loss; 5)")
     ap.add_argument("--deploy", default=None, help="train the students' deployable graph (quant.deploy, e.g. int8; "
                                                    "8-bit activations only): what it costs in accuracy")
+    ap.add_argument("--continue-from", nargs="+", default=[], metavar="RESULTS.json",
+                    help="also reuse the rows (and snapshots) of these results files where a job is the same run, "
+                         "e.g. a pilot's no-teacher students and FP twin at seed 0")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the results from finished runs")
     ap.add_argument("--commit", action="store_true", help="git-commit the results (only their files) as each run "
                                                           "finishes, so a fresh clone continues from there")
@@ -353,6 +374,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if len(set(args.teacher_seeds)) != len(args.teacher_seeds):
+        raise SystemExit(f"accuracy: --teacher-seeds {args.teacher_seeds}: a seed given twice (each trains one member)")
     out = REPO / args.out
     runs = (REPO / args.runs_dir).resolve()
     (runs / "logs").mkdir(parents=True, exist_ok=True)
@@ -363,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     settings["shared_overrides"] = {k: v for k, v in common(args, 0).items() if k != "train.seed"}
     info = {"stamp": stamp(argv), "settings": settings}
 
-    committed, matching = continue_from(jobs, runs, [out], args.runs_dir)
+    committed, matching = continue_from(jobs, runs, [out, *(REPO / f for f in args.continue_from)], args.runs_dir)
 
     report = AfterRuns(jobs, runs, out, lambda: accuracy_report.write(out, jobs, runs, info, matching),
                             args.commit, f"accuracy grid {out.stem}")

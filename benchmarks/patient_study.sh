@@ -9,7 +9,9 @@
 #             paper's loss and each other row of the loss table (--sweep-points losses), chosen on the holdout
 #   grid      seeds 0-2: the FP twin; 2W/32A, 4W/8A, LSQ 2W/2A without a teacher and with scheme C at the
 #             loss the losses step chose per precision on the holdout (--loss-from); the FP student with
-#             the teacher (32W/32A, C); results in accuracy_patient_grid.{json,md}
+#             the teacher (32W/32A, C); the teacher is the ensemble of the two (--teacher-seeds 0 1), the
+#             pilot's identical runs (FP twin and no-teacher students at seed 0) are reused
+#             (--continue-from); results in accuracy_patient_grid.{json,md}
 # Usage: benchmarks/patient_study.sh [STEP ...]   (stop with Ctrl-C or SIGTERM: the runs checkpoint)
 #        DRY_RUN=1 benchmarks/patient_study.sh ...  prints the steps' commands instead
 #        WORKERS=1 benchmarks/patient_study.sh ...  one run at a time (default two), e.g. beside teacher2
@@ -56,7 +58,8 @@ step() {
               --schemes baseline C --seeds 0 --plateau --sweep-cell 2W/32A:C 4W/8A:C lsq:2W/2A:C --sweep-points losses ;;
     grid) "${PY[@]}" benchmarks/accuracy.py "${REGIME[@]/%accuracy_patient.json/accuracy_patient_grid.json}" \
             --precisions 2W/32A 4W/8A lsq:2W/2A 32W/32A --schemes baseline C --seeds 0 1 2 \
-            --loss-from benchmarks/results/accuracy_patient.json --no-sweep ;;
+            --loss-from benchmarks/results/accuracy_patient.json --no-sweep \
+            --teacher-seeds 0 1 --continue-from benchmarks/results/accuracy_patient.json ;;
   esac
 }
 

@@ -465,6 +465,8 @@ def test_the_patient_study_script_plans_its_steps_and_checks_names_first(tmp_pat
     assert len(dry) == 4 and "--teacher-recipe configs/fashion_mnist/teacher_strong.yaml" in dry[0]
     assert "train.seed=1" in dry[1] and "--overwrite" in dry[1] and "--sweep-points losses" in dry[2]
     assert "--out benchmarks/results/accuracy_patient_grid.json" in dry[3] and "--loss-from" in dry[3]
+    grid = accuracy.parser().parse_args(dry[3].split()[2:])
+    assert grid.teacher_seeds == [0, 1] and grid.continue_from == ["benchmarks/results/accuracy_patient.json"]
     for line in (dry[0], dry[2], dry[3]):  # the accuracy grid's own parser takes every option
         accuracy.parser().parse_args(line.split()[2:])
     (snapshot / "checkpoints").mkdir(parents=True)  # the committed second teacher, finished: nothing to train
@@ -493,3 +495,41 @@ def test_the_grid_takes_each_precisions_loss_as_the_pilot_chose_it_on_the_holdou
     assert "2w32a-C-mse-s0" in explicit  # a loss given outright wins over the pilot's choice
     with pytest.raises(SystemExit, match="expected PRECISION=NAME"):
         accuracy.grid_jobs(_args(schemes=["C"], loss=["2W/32A=nope"]), tmp_path)
+
+
+def test_an_ensemble_teacher_trains_each_member_and_caches_their_mean_once(tmp_path, monkeypatch):
+    args = _args(teacher_cache=True, teacher_seeds=[0, 1], precisions=["2W/32A"], schemes=["baseline", "C"], seeds=[0])
+    jobs = {j.name: j for j in accuracy.grid_jobs(args, tmp_path)}
+    cache = accuracy.cache_name(args)
+    assert cache != accuracy.CACHE and list(jobs)[:3] == ["teacher", "teacher-s1", cache]  # not one teacher's file
+    assert jobs["teacher-s1"].overrides["train.seed"] == 1 and jobs["teacher"].overrides["train.seed"] == 0
+    assert jobs[cache].needs == ("teacher", "teacher-s1")
+    c = jobs["2w32a-C-s0"]
+    assert c.overrides["distill.teacher"] == [str(tmp_path / "teacher"), str(tmp_path / "teacher-s1")]
+    assert c.overrides["distill.teacher_cache"] == str(accuracy.cache_file(tmp_path, cache))
+    assert c.needs == ("teacher", "teacher-s1", cache, "fp-s0")
+    (tmp_path / "logs").mkdir()
+    started = []
+    monkeypatch.setattr(_runner.subprocess, "Popen", lambda cmd, **kw: started.append(cmd))
+    _runner.launch(jobs[cache], tmp_path, 1)  # cache-teacher gets every member, in order
+    cmd = started[0]
+    at = cmd.index("cache-teacher")
+    assert cmd[at + 1:at + 3] == [str(tmp_path / "teacher"), str(tmp_path / "teacher-s1")]
+    assert cmd[cmd.index("--out") + 1] == str(accuracy.cache_file(tmp_path, cache))
+    with pytest.raises(SystemExit, match="--teacher-seeds"):
+        accuracy.main(["--teacher-seeds", "0", "0", "--runs-dir", str(tmp_path / "r"), "--report-only"])
+
+
+def test_a_grid_reuses_a_pilots_rows_where_its_jobs_are_the_same_runs(tmp_path):
+    args = _args(teacher_cache=True, teacher_seeds=[0, 1], precisions=["2W/32A"], schemes=["baseline", "C"], seeds=[0])
+    jobs = accuracy.grid_jobs(args, tmp_path)
+    by = {j.name: j for j in jobs}
+    pilot_c = {**by["2w32a-C-s0"].overrides, "distill.teacher": str(tmp_path / "teacher")}  # one teacher, not two
+    rows = [{"name": n, "config": {"overrides": o}} for n, o in
+            (("fp-s0", by["fp-s0"].overrides), ("2w32a-baseline-s0", by["2w32a-baseline-s0"].overrides),
+             ("2w32a-C-s0", pilot_c))]
+    pilot = tmp_path / "pilot.json"
+    pilot.write_text(json.dumps({"rows": rows}))
+    _, matching = _runner.continue_from(jobs, tmp_path, [tmp_path / "grid.json", pilot], str(tmp_path))
+    assert set(matching) == {"fp-s0", "2w32a-baseline-s0"}  # the distilled cell had another teacher: it runs
+    assert accuracy.parser().parse_args(["--continue-from", "a.json", "b.json"]).continue_from == ["a.json", "b.json"]

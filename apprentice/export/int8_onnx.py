@@ -138,7 +138,7 @@ class _Int8Layer(nn.Module):
         self.axis = 0 if scale.dim() else None
         if pt2e:  # one scale per output channel always: per_tensor's scale would have to be a Python float
             scale = scale.expand(codes.shape[0]).contiguous()
-            if pt2e == "unfolded":
+            if pt2e == "unfolded" or self.conv is None:  # folded: see pt2e_weights
                 self.register_buffer("weight", self.codes.float() * scale.view(-1, *[1] * (codes.dim() - 1)))
         self.register_buffer("scale", scale)
         self.register_buffer("zero", torch.zeros(scale.shape, dtype=torch.int64 if pt2e else torch.int8))
@@ -180,9 +180,15 @@ def _decomposed() -> Any:
 
 def pt2e_weights(layer: nn.Module) -> Tensor:
     """A layer's per-output-channel int8 weights as a PT2E graph carries them: its int8 ``codes``
-    behind dq, or its float ``weight`` behind q -> dq (`_Int8Layer`); zero points ``zero``, scales ``scale``."""
+    behind dq ("folded"), or its float ``weight`` behind q -> dq ("unfolded"; `_Int8Layer`); zero points
+    ``zero``, scales ``scale``. A folded linear carries codes·scale as plain float constants (the same
+    values): its float logits are no int8 output, so XNNPACK would not take an int8 linear and the
+    partitioner would leave it, with a dequantize of its weights on every call, to the portable kernels;
+    as a float linear on the dequantized input it is delegated (measured: ResNet-18's classifier)."""
     ops = _decomposed()
     args = (layer.scale, layer.zero, 0, -127, 127, torch.int8)
+    if getattr(layer, "pt2e", None) == "folded" and hasattr(layer, "weight"):
+        return layer.weight
     if hasattr(layer, "weight"):
         return ops.dequantize_per_channel(ops.quantize_per_channel(layer.weight, *args), *args)
     return ops.dequantize_per_channel(layer.codes, *args)

@@ -89,7 +89,13 @@ def _layer(node: torch.fx.Node, layers: set[str]) -> str:
     return next((".".join(parts[:i]) for i in range(len(parts), 0, -1) if ".".join(parts[:i]) in layers), path)
 
 
+#: a delegated conv/linear op -> the positions of its input and its weights
+_OPERANDS = {"convolution": (0, 1), "linear": (0, 1), "addmm": (1, 2), "mm": (0, 1)}
+
+
 def _is_dequantize(node: Any) -> bool:
+    while isinstance(node, torch.fx.Node) and _op_name(node) in ("permute_copy", "permute", "t_copy", "t"):
+        node = node.args[0]  # a linear's transposed weights
     return isinstance(node, torch.fx.Node) and "dequantize_per" in str(node.target)
 
 
@@ -103,9 +109,9 @@ def delegated_layers(graph_module: torch.fx.GraphModule, layers: set[str] = froz
         if "executorch_call_delegate" in str(node.target):
             lowered = getattr(graph_module, node.args[0].target)
             for inner in lowered.original_module.graph.nodes:
-                if inner.op == "call_function" and _op_name(inner) in ("convolution", "addmm", "linear", "mm"):
-                    weights = inner.args[1] if _op_name(inner) == "convolution" else inner.args[-1]
-                    quantized = _is_dequantize(inner.args[0]) and _is_dequantize(weights)
+                if inner.op == "call_function" and _op_name(inner) in _OPERANDS:
+                    x, w = _OPERANDS[_op_name(inner)]
+                    quantized = _is_dequantize(inner.args[x]) and _is_dequantize(inner.args[w])
                     (int8 if quantized else floats).append(_layer(inner, layers))
         elif "getitem" not in str(node.target):
             portable[_op_name(node)] += 1

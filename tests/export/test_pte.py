@@ -39,6 +39,19 @@ def test_every_quantized_conv_is_an_int8_kernel_and_the_program_equals_the_stude
     assert (out - ref).abs().max() <= 0.05 * ref.abs().max()
 
 
+def test_a_quantized_classifier_runs_as_an_xnnpack_float_linear_and_equals_the_student(tmp_path) -> None:
+    # Its logits are float (no int8 output): XNNPACK takes no int8 linear there, and with int8 constants
+    # the partitioner left it to the portable kernels (a dequantize of its weights on every call).
+    model = _deployable("resnet8", {"shortcut": "A"}, 16, layers=[("@last", "8W/8A")])
+    report = export_executorch(model, tmp_path / "m.pte", input_shape=(1, 16, 16))["executorch"]
+    assert report["portable"] == {} and report["delegated"]["float"] == ["conv1", "fc"]
+    x = torch.randn(200, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref, out = model(x), ExecuTorchModel(tmp_path / "m.pte")(x)
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.995
+    assert (out - ref).abs().max() <= 0.05 * ref.abs().max()
+
+
 def test_a_missing_or_unreadable_file_is_one_clear_error(tmp_path) -> None:
     with pytest.raises(ApprenticeError, match=r"ExecuTorch file .* does not exist"):
         ExecuTorchModel(tmp_path / "none.pte")

@@ -137,7 +137,10 @@ def _kernels_md(results: list[dict]) -> str:
                          f"({', '.join(k['delegated']['int8'])}); float in XNNPACK: {', '.join(k['delegated']['float'])}; "
                          f"portable ops: {k['portable'] or 'none'}; export {r['export_seconds']} s")
         else:
-            lines.append(f"- {r['model']}: int8 {k['ops']['int8']}, float {k['ops']['float']}; export {r['export_seconds']} s")
+            named = k.get("layers", {"int8": [], "float": []})
+            lines.append(f"- {r['model']}: {len(named['int8'])} convs as int8 kernels ({', '.join(named['int8'])}); "
+                         f"float: {', '.join(named['float']) or 'none'}; ops: int8 {k['ops']['int8']}, float "
+                         f"{k['ops']['float']}; export {r['export_seconds']} s")
     return ("\nInteger kernels of the phone files:\n\n" + "\n".join(lines) + "\n") if lines else ""
 
 

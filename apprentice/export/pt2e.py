@@ -143,8 +143,9 @@ def describe_runtime_export(qmap: dict[str, Any], runtime: str) -> list[str]:
         if portable:
             lines.append("  outside XNNPACK (portable kernels): " + ", ".join(f"{n} {op}" for op, n in portable.items()))
     else:
-        ops = info.get("ops", {})
-        lines.append("int8 model: " + ", ".join(f"{n} {op}" for op, n in ops.get("int8", {}).items())
-                     + "; float: " + (", ".join(f"{n} {op}" for op, n in ops.get("float", {}).items()) or "none")
-                     + f" ({len(quantized)} quantized layers)")
+        ops, named = info.get("ops", {}), info.get("layers", {"int8": [], "float": []})
+        lines.append(f"int8 model: {len([n for n in quantized if n in set(named['int8'])])} of {len(quantized)} "
+                     f"quantized layers run as int8 kernels; float kernels: {', '.join(named['float']) or 'none'}")
+        lines.append("  kernels: int8 " + ", ".join(f"{n} {op}" for op, n in ops.get("int8", {}).items())
+                     + "; float " + (", ".join(f"{n} {op}" for op, n in ops.get("float", {}).items()) or "none"))
     return lines + [f"  float: {name}: {why}" for name, why in floats.items()]

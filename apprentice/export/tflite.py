@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,7 +32,7 @@ from apprentice.errors import ApprenticeError
 from apprentice.export.packed import write_export
 from apprentice.export.pt2e import example_input, pt2e_module
 
-__all__ = ["METADATA_NAME", "LiteRTModel", "export_litert", "kernel_ops"]
+__all__ = ["METADATA_NAME", "LiteRTModel", "export_litert", "kernel_layers", "kernel_ops"]
 
 METADATA_NAME = "apprentice"
 _EXTRA = "LiteRT export needs the optional extra: pip install 'apprentice-kd[litert]'"
@@ -76,7 +77,9 @@ def export_litert(model_or_packed_path: nn.Module | str | os.PathLike, path: str
             data = f.read()
     meta = {**(metadata or {}), "apprentice": qmap}
     data = with_metadata(data, METADATA_NAME, json.dumps(meta, default=str))
-    qmap["litert"] = {"float_layers": qmap.pop("float_layers"), "ops": kernel_ops(data)}
+    convs = [n for n, e in qmap["layers"].items() if e.get("kind") != "add"]
+    qmap["litert"] = {"float_layers": qmap.pop("float_layers"), "ops": kernel_ops(data),
+                      "layers": kernel_layers(data, convs)}
     write_export(os.fspath(path), data)
     return qmap
 
@@ -117,6 +120,30 @@ def _interpreter(model: bytes, *, delegates: bool = True) -> Any:
     interpreter = Interpreter(model_content=model, experimental_op_resolver_type=resolver)
     interpreter.allocate_tensors()
     return interpreter
+
+
+def _layer_pattern(layer: str) -> re.Pattern[str]:
+    """How ``litert_torch`` names an op's output after the module it ran in: "Class_attr" segments of the
+    module path joined by "/" under the export root's ``model`` (several fused ops joined by ";;")."""
+    path = "/".join(rf"[^/;]*_{re.escape(part)}" for part in layer.split("."))
+    return re.compile(rf"_model/{path}(;|$)")
+
+
+def kernel_layers(model: bytes, layers: Sequence[str]) -> dict[str, list[str]]:
+    """``{"int8": [layer], "float": [layer]}``: which of ``layers`` (module names) run as an int8 or a float
+    conv / fully-connected kernel, read from the names of each kernel's output and weights tensors."""
+    interpreter = _interpreter(model, delegates=False)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    patterns = {name: _layer_pattern(name) for name in layers}
+    found: dict[str, list[str]] = {"int8": [], "float": []}
+    for op in interpreter._get_ops_details():
+        if op["op_name"] not in KERNELS or op["op_name"] == "ADD":
+            continue
+        names = [tensors[i]["name"] for i in (*op["outputs"], *op["inputs"][1:2]) if i >= 0]
+        layer = next((n for n, pat in patterns.items() if any(pat.search(t) for t in names)), None)
+        if layer is not None:
+            found["int8" if tensors[op["inputs"][0]]["dtype"] == np.int8 else "float"].append(layer)
+    return found
 
 
 def kernel_ops(model: bytes) -> dict[str, dict[str, int]]:

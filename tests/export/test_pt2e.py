@@ -65,8 +65,11 @@ def test_describe_names_the_kernels_and_the_float_layers() -> None:
     qmap = {"layers": {"a": {"kind": "conv"}, "b": {"kind": "conv"}, "add": {"kind": "add"}},
             "executorch": {"float_layers": {"fc": "not quantized"}, "portable": {"slice_copy": 2},
                            "delegated": {"int8": ["a", "b"], "float": ["fc"]}},
-            "litert": {"float_layers": {}, "ops": {"int8": {"CONV_2D": 2, "ADD": 1}, "float": {}}}}
+            "litert": {"float_layers": {}, "ops": {"int8": {"CONV_2D": 1, "ADD": 1}, "float": {"CONV_2D": 1}},
+                       "layers": {"int8": ["a"], "float": ["b"]}}}
     lines = describe_runtime_export(qmap, "executorch")
     assert lines[0] == "int8 program: 2 of 2 quantized layers run as XNNPACK int8 kernels; float in XNNPACK: fc"
     assert "2 slice_copy" in lines[1] and lines[2] == "  float: fc: not quantized"
-    assert describe_runtime_export(qmap, "litert") == ["int8 model: 2 CONV_2D, 1 ADD; float: none (2 quantized layers)"]
+    assert describe_runtime_export(qmap, "litert") == [
+        "int8 model: 1 of 2 quantized layers run as int8 kernels; float kernels: b",
+        "  kernels: int8 1 CONV_2D, 1 ADD; float 1 CONV_2D"]

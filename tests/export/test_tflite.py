@@ -26,8 +26,9 @@ def test_every_quantized_conv_and_add_is_an_int8_kernel_and_the_model_equals_the
                                                                                         name, kwargs) -> None:
     model = _deployable(name, kwargs, 16)
     qmap = export_litert(model, tmp_path / "m.tflite", input_shape=(1, 16, 16), metadata={"classes": list("abcdefghij")})
-    convs = [m for m in model.modules() if isinstance(m, QConv2d)]
+    convs = [n for n, m in model.named_modules() if isinstance(m, QConv2d)]
     adds = [m for m in model.modules() if isinstance(m, QAdd)]
+    assert sorted(qmap["litert"]["layers"]["int8"]) == sorted(convs) and qmap["litert"]["layers"]["float"] == []
     ops = qmap["litert"]["ops"]
     assert ops["int8"].get("CONV_2D", 0) + ops["int8"].get("DEPTHWISE_CONV_2D", 0) == len(convs)
     assert ops["int8"].get("ADD", 0) == len(adds)

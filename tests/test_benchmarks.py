@@ -533,3 +533,23 @@ def test_a_grid_reuses_a_pilots_rows_where_its_jobs_are_the_same_runs(tmp_path):
     _, matching = _runner.continue_from(jobs, tmp_path, [tmp_path / "grid.json", pilot], str(tmp_path))
     assert set(matching) == {"fp-s0", "2w32a-baseline-s0"}  # the distilled cell had another teacher: it runs
     assert accuracy.parser().parse_args(["--continue-from", "a.json", "b.json"]).continue_from == ["a.json", "b.json"]
+
+
+def test_the_patient_recipes_in_configs_are_the_grids_fp_twin_and_distilled_cell(tmp_path):
+    import dataclasses
+
+    from apprentice.config import load_config
+    dry = subprocess.run([str(ROOT / "benchmarks" / "patient_study.sh"), "grid"], capture_output=True, text=True,
+                         check=True, env={**os.environ, "DRY_RUN": "1"}).stdout
+    args = accuracy.parser().parse_args(dry.split()[2:])
+    args.precisions, args.seeds = ["2W/32A"], [0]
+    jobs = {j.name: j for j in accuracy.grid_jobs(args, tmp_path)}
+    paths = ("distill.teacher", "distill.teacher_cache", "distill.student_init", "train.out")  # folders differ
+
+    def flat(config) -> dict:
+        return {f"{k}.{k2}": v2 for k, v in dataclasses.asdict(config).items() if isinstance(v, dict)
+                for k2, v2 in v.items() if f"{k}.{k2}" not in paths}
+    cell = next(n for n in jobs if n.startswith("2w32a-C-"))  # at the loss the pilot chose
+    for job, recipe in (("fp-s0", "student_patient_fp.yaml"), (cell, "student_patient.yaml")):
+        grid = load_config(str(ROOT / _runner.RECIPE), _runner._override_args(jobs[job].overrides))
+        assert flat(grid) == flat(load_config(str(ROOT / "configs" / "fashion_mnist" / recipe), [])), recipe

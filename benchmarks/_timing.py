@@ -76,3 +76,24 @@ def wait_quiet(threshold: float, max_wait: float) -> dict[str, Any]:
         print(f"waiting for a quiet machine: load {load:.2f}, {len(busy)} busy processes "
               f"({waited:.0f}/{max_wait:.0f} s)", flush=True)
         time.sleep(15)
+
+
+def quiet_sentence(quiet: dict[str, Any] | None) -> str:
+    """The results' line on `wait_quiet`'s outcome ("" when the run did not wait)."""
+    if not quiet:
+        return ""
+    return (f" Waited {quiet['waited_s']} s for load < {quiet['threshold']} "
+            f"({'reached' if quiet['quiet'] else 'NOT reached: numbers contaminated by other work'}).")
+
+
+def timing_arguments(p: Any) -> None:
+    """The alternating-timing options the latency benchmarks share (onnx_speed.py, phone_speed.py)."""
+    p.add_argument("--runs", type=int, default=30, help="timed runs per cell (median reported)")
+    p.add_argument("--warmup", type=int, default=5, help="discarded runs per variant before timing")
+    p.add_argument("--pause-ms", type=float, default=50.0,
+                   help="idle time before each timed call, so the previous variant's thread pool has stopped spinning")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--wait-load", type=float, default=None, metavar="LOAD",
+                   help="before timing, wait until the 1-minute load average is below LOAD and no pytest/apprentice "
+                        "process runs (at most --wait-max seconds; the outcome is recorded)")
+    p.add_argument("--wait-max", type=float, default=1200)

@@ -24,6 +24,7 @@ from accuracy_plots import convergence_plot, plots
 
 from apprentice.config import DistillConfig
 from apprentice.distill import SCHEMES as _LIBRARY_SCHEMES
+from apprentice.losses import LOSSES
 
 SCHEMES = tuple(_LIBRARY_SCHEMES)  # baseline, A, B, C: every scheme the library has is a grid column
 # The paper's ImageNet ResNet-18 top-1 error (Mishra & Marr 2018; ../shared/design/method.md §4).
@@ -118,8 +119,10 @@ def analyse(rows: list[dict[str, Any]], precisions: list[str]) -> dict[str, Any]
     """Per precision: quantization gap, each scheme's recovery (paired by seed), convergence epochs."""
     grid = [r for r in rows if r["role"] in ("fp_twin", "student")]
     fp = {r["seed"]: r for r in grid if r["role"] == "fp_twin"}
-    teacher = next((r for r in rows if r["role"] == "teacher"), None)
+    teachers = [r for r in rows if r["role"] == "teacher"]
+    teacher = teachers[0] if teachers else None
     out: dict[str, Any] = {"teacher_top1": teacher and teacher["final_top1"],
+                           "teachers_top1": {r["seed"]: r["final_top1"] for r in teachers},
                            "fp_twin": _ms([r["final_top1"] for r in fp.values()]),
                            "fp_twin_epoch_to_99pct": _ms([r["epoch_to_99pct"] for r in fp.values()]),
                            "precisions": {}}
@@ -213,15 +216,14 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]], an: dict[str, Any
     text = [
         "# Accuracy grid: Fashion-MNIST (not ImageNet)", "",
         stamp_markdown(info["stamp"]), "",
-        (f"Student `{st['student']}` (1×28×28 inputs, option-A shortcuts), teacher "
-        f"{_teacher_name(st)} (FP, trained once, seed 0: test top-1 "
-        f"{'not yet finished' if an['teacher_top1'] is None else an['teacher_top1']} %). Training images: "
+        (f"Student `{st['student']}` (1×28×28 inputs, option-A shortcuts), teacher {_teacher_text(st, an)}. "
+        f"Training images: "
         f"{'all' if not st['train_images'] else 'the first ' + format(st['train_images'], ',')} "
         f"after setting aside {st['holdout']:,} for the sweep's choice; test: the 10,000 test images. "
         f"{st['epochs']} epochs, batch {o['data.batch_size']}, {o['optim.name'].upper()} (Nesterov momentum 0.9, "
         f"the recipe's), lr {o['optim.lr']:g} {o['optim.schedule']} (scheme C {st['c_lr']:g}, starting from the "
         f"same seed's FP twin), weight decay {o['optim.weight_decay']:g}, loss weights α={DistillConfig().alpha:g}, "
-        f"β={o['distill.beta']:g}, γ={o['distill.gamma']:g}, τ={o['distill.temperature']:g} (the paper's). "
+        f"β={o['distill.beta']:g}, γ={o['distill.gamma']:g}, τ={o['distill.temperature']:g} (the paper's){_losses_text(rows)}. "
         f"Seeds {st['seeds']}; {st['workers']} runs at a time, {st['threads']} torch thread each. "
         "Final-epoch test top-1 (never the best epoch, which would select on the test set), mean ± std over seeds; "
         "'vs no teacher' and 'vs FP twin' are paired by seed; 'noise' marks a difference whose |mean| is at "
@@ -300,6 +302,24 @@ def _paired_at(conv: list[dict[str, Any]], epoch: int) -> dict[str, Any]:
     return _ms([at["B", s] - at["A", s] for s in seeds if at["A", s] is not None and at["B", s] is not None])
 
 
+def _teacher_text(settings: dict[str, Any], an: dict[str, Any]) -> str:
+    """The teacher, or the ensemble of ``--teacher-seeds``, with each member's test top-1."""
+    seeds = settings.get("teacher_seeds") or [0]
+    tops = an.get("teachers_top1") or {0: an["teacher_top1"]}
+    scores = ", ".join(f"seed {s}: {'not yet finished' if tops.get(s) is None else f'{tops[s]} %'}" for s in seeds)
+    if len(seeds) == 1:
+        return f"{_teacher_name(settings)} (FP, trained once, {scores} test top-1)"
+    return (f"the ensemble of {len(seeds)} runs {_teacher_name(settings)} (FP, their mean logits, cached once; "
+            f"test top-1 {scores})")
+
+
+def _losses_text(rows: list[dict[str, Any]]) -> str:
+    """The distilled cells' named losses (`apprentice.losses.LOSSES`), where a precision's differ from the paper's."""
+    named = sorted({(r["precision"], r["loss"]) for r in rows if r.get("role") == "student" and r.get("loss")})
+    return ("; the distilled cells at the loss their precision's pilot chose on the holdout: "
+            + ", ".join(f"{p} `{loss}`" for p, loss in named)) if named else ""
+
+
 def _teacher_name(settings: dict[str, Any]) -> str:
     """The teacher as the command named it: its recipe file (``--teacher-recipe``), else its architecture."""
     recipe = settings.get("teacher_recipe")
@@ -309,7 +329,7 @@ def _teacher_name(settings: dict[str, Any]) -> str:
 def sweep_rows(sweep: list[dict[str, Any]], chosen: dict[str, Any], lrs: bool = False) -> list[list[Any]]:
     """The sweep's table rows; a loss-table sweep starts each row with its `distill.loss` (the grid's: paper)."""
     losses = any("loss" in r for r in sweep)
-    table = [[*([r.get("loss", "paper")] if losses else []), r["gamma"], r["temperature"],
+    table = [[*([r.get("loss", "paper")] if losses else []), *_gamma_tau(r),
               *([f"{r['lr']:g}"] if lrs else []), f"{r['holdout_top1']:.2f}", f"{r['test_top1']:.2f}"] for r in sweep]
     for key, label in (("baseline", "no teacher"), ("fp_twin", "FP twin")):
         if f"{key}_holdout_top1" in chosen:
@@ -318,11 +338,22 @@ def sweep_rows(sweep: list[dict[str, Any]], chosen: dict[str, Any], lrs: bool = 
     return table
 
 
+def _gamma_tau(row: dict[str, Any]) -> tuple[str, str]:
+    """γ and τ a row trained with: a named loss's own (`apprentice.losses.LOSSES`, its γ schedule and
+    distillation term named), else the row's."""
+    if not row.get("loss"):
+        return f"{row['gamma']:g}", f"{row['temperature']:g}"
+    rec = LOSSES[row["loss"]]
+    extra = ", ".join(x for x, default in ((rec.gamma_schedule, "constant"), (rec.kd, "soft-ce")) if x != default)
+    return (f"{rec.gamma:g} ({extra})" if extra else f"{rec.gamma:g}"), f"{rec.temperature:g}"
+
+
 def sweep_sentence(chosen: dict[str, Any]) -> str:
     """Which setting the holdout picks, and its margins, from the rows (so no number is typed by hand)."""
     lr = f", lr={chosen['lr']:g}" if chosen.get("cell", {}).get("scheme") == "C" else ""  # only C's sweep moves it
     named = f"distill.loss={chosen['loss']}, " if chosen.get("loss") else ""
-    text = (f"Chosen on holdout: {named}γ={chosen['gamma']:g}, τ={chosen['temperature']:g}{lr} "
+    gamma, tau = _gamma_tau(chosen)
+    text = (f"Chosen on holdout: {named}γ={gamma}, τ={tau}{lr} "
             f"(holdout {chosen['holdout_top1']:.2f} %, test {chosen['test_top1']:.2f} %).")
     if "baseline_holdout_top1" in chosen:
         text += (f" The same seed without a teacher: holdout {chosen['baseline_holdout_top1']:.2f} %, "

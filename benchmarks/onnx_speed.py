@@ -57,7 +57,7 @@ from _runtimes import (
     ort_runner,
 )
 from _stamp import load_average, markdown_table, stamp, stamp_markdown, write_results
-from _timing import summarize, wait_quiet
+from _timing import quiet_sentence, summarize, timing_arguments, wait_quiet
 
 import apprentice as ap
 from apprentice.export import export_onnx
@@ -209,8 +209,7 @@ def report(rows: list[dict], st: dict, settings: dict, quiet: Any) -> tuple[str,
           f"onnxruntime {settings['onnxruntime']}, openvino {settings['openvino'] or 'not installed'}; median of "
           f"{settings['runs']} alternating runs after {settings['warmup']} warm-up runs; random weights. "
           f"\"vs {BASELINE}\" = {BASELINE} median / this median (> 1 is faster)."
-          + (f" Waited {quiet['waited_s']} s for load < {quiet['threshold']} "
-             f"({'reached' if quiet['quiet'] else 'NOT reached: numbers contaminated by other work'})." if quiet else "")
+          + quiet_sentence(quiet)
           + f"\n\n{table}\n")
     return md, table
 
@@ -225,15 +224,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="thread counts, each in turn")
     p.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS),
                    help="default: all (the OpenVINO ones when openvino is installed)")
-    p.add_argument("--runs", type=int, default=30, help="timed runs per cell (median reported)")
-    p.add_argument("--warmup", type=int, default=5, help="discarded runs per variant before timing")
-    p.add_argument("--pause-ms", type=float, default=50.0,
-                   help="idle time before each timed call, so the previous variant's thread pool has stopped spinning")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--wait-load", type=float, default=None, metavar="LOAD",
-                   help="first wait until the 1-minute load average is below LOAD and no pytest/apprentice "
-                        "process runs (at most --wait-max seconds; the outcome is recorded)")
-    p.add_argument("--wait-max", type=float, default=1200)
+    timing_arguments(p)
     return p.parse_args(argv)
 
 

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _phone_runtimes as phone
 from _runtimes import ort_runner
 from _stamp import load_average, markdown_table, stamp, stamp_markdown, write_results
-from _timing import wait_quiet
+from _timing import quiet_sentence, timing_arguments, wait_quiet
 from onnx_speed import ENDS8, MODELS, time_alternating
 
 import apprentice as ap
@@ -188,8 +188,7 @@ def report(rows: list[dict], summary: list[dict], st: dict, settings: dict, quie
           f"ai-edge-litert {settings['ai_edge_litert']}, onnxruntime {settings['onnxruntime']}; batch 1; median of "
           f"{settings['runs']} alternating runs after {settings['warmup']} warm-up runs, {settings['pause_ms']} ms idle "
           "before each call; random weights."
-          + (f" Waited {quiet['waited_s']} s for load < {quiet['threshold']} "
-             f"({'reached' if quiet['quiet'] else 'NOT reached: numbers contaminated by other work'})." if quiet else "")
+          + quiet_sentence(quiet)
           + f"\n\n## Against each runtime's own anchors\n\n{goals}\n\n## Every timing\n\n{table}\n")
     return md, goals
 
@@ -202,15 +201,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precisions", nargs="+", default=["4W/8A"])
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="thread counts, each in turn")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--runs", type=int, default=30, help="timed runs per cell (median reported)")
-    p.add_argument("--warmup", type=int, default=5, help="discarded runs per variant before timing")
-    p.add_argument("--pause-ms", type=float, default=50.0,
-                   help="idle time before each timed call, so the previous variant's thread pool has stopped spinning")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--wait-load", type=float, default=None, metavar="LOAD",
-                   help="after building the files, wait until the 1-minute load average is below LOAD and no "
-                        "pytest/apprentice process runs (at most --wait-max seconds; the outcome is recorded)")
-    p.add_argument("--wait-max", type=float, default=1200)
+    timing_arguments(p)
     return p.parse_args(argv)
 
 

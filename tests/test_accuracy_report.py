@@ -188,3 +188,24 @@ def test_the_report_names_the_teacher_by_its_recipe_when_one_trained_it():
     assert accuracy_report._teacher_name({"teacher": "resnet14"}) == "`resnet14`"
     assert accuracy_report._teacher_name({"teacher": "resnet14", "teacher_recipe": "configs/t.yaml"}) == (
         "from `configs/t.yaml`")
+
+
+def test_the_report_names_an_ensemble_teacher_and_each_precisions_chosen_loss():
+    settings = {"teacher_recipe": "configs/fashion_mnist/teacher_strong.yaml", "teacher_seeds": [0, 1]}
+    text = accuracy_report._teacher_text(settings, {"teacher_top1": 94.71, "teachers_top1": {0: 94.71}})
+    assert text.startswith("the ensemble of 2 runs from `configs/fashion_mnist/teacher_strong.yaml`")
+    assert "seed 0: 94.71 %, seed 1: not yet finished" in text
+    one = accuracy_report._teacher_text({"teacher": "resnet14"}, {"teacher_top1": 93.1})
+    assert one == "`resnet14` (FP, trained once, seed 0: 93.1 % test top-1)"
+    rows = [{"role": "student", "precision": "4W/8A", "loss": "gamma-rise"}, {"role": "student", "precision": "2W/32A"},
+            {"role": "sweep", "precision": "2W/32A", "loss": "mse"}]  # a sweep's loss is not the grid's
+    assert accuracy_report._losses_text(rows) == "; the distilled cells at the loss their precision's pilot chose on the holdout: 4W/8A `gamma-rise`"
+    assert accuracy_report._losses_text(rows[1:]) == ""
+
+
+def test_a_loss_sweep_row_shows_the_named_losss_own_gamma_and_temperature():
+    row = {"gamma": 0.5, "temperature": 1.0, "lr": 0.01, "holdout_top1": 92.0, "test_top1": 91.0}
+    rows = accuracy_report.sweep_rows([row, {**row, "loss": "soft-t4"}, {**row, "loss": "gamma-rise"},
+                                       {**row, "loss": "mse"}], {})
+    assert [r[:3] for r in rows] == [["paper", "0.5", "1"], ["soft-t4", "0.9", "4"], ["gamma-rise", "1 (rise)", "1"],
+                                     ["mse", "0.5 (mse)", "1"]]

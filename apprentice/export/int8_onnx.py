@@ -97,7 +97,10 @@ class _Uint8Input(nn.Module):
             self.register_buffer("high", torch.tensor(float(scale) * (2**bits - 1 - int(zero_point))))
 
     def forward(self, x: Tensor) -> Tensor:
-        key = (id(self), id(x))
+        # In a PT2E graph, quantizers of equal settings reading one tensor (a block input read by its first
+        # conv and by its residual add) share one q -> dq pair: the codes are the same, and a tensor with
+        # two quantize readers cannot become one int8 kernel's int8 output in XNNPACK.
+        key = (self.pt2e if self.pt2e is not None else id(self), id(x))
         hit = self._cache.get(key)
         if hit is None or hit[0] is not x:
             if self.pt2e is not None:

@@ -202,7 +202,8 @@ def test_an_executorch_and_a_litert_export_evaluate_and_predict_as_the_run(grey_
         assert main(["export", str(run), "--format", fmt, "--out", str(path)]) == 0
     text = capsys.readouterr().out
     assert "int8 program: 6 of 6 quantized layers run as XNNPACK int8 kernels; float in XNNPACK: conv1, fc" in text
-    assert "int8 model: 6 CONV_2D, 3 ADD; float: " in text
+    assert "int8 model: 6 of 6 quantized layers run as int8 kernels; float kernels: none" in text
+    assert "kernels: int8 6 CONV_2D, 3 ADD; float " in text
     results = {}
     for name, model in (("run", run), *files.items()):
         assert main(["eval", str(model), "--json", "--split", "val"]) == 0

@@ -59,7 +59,8 @@ from apprentice.quant.integer import (
     rounded_bias,
 )
 
-__all__ = ["SAFE_U8S8_BITS", "describe_export", "int8_module", "runtime_ops", "share_quantized"]
+__all__ = ["SAFE_U8S8_BITS", "describe_export", "int8_module", "quantized_layers", "runtime_ops",
+           "share_quantized"]
 
 #: Widest weights whose uint8·int8 pair sums fit int16 (2·255·63 < 2^15): exact in ONNX Runtime's u8s8 kernels on
 #: x86 without VNNI (``vpmaddubsw`` saturates); 8-bit codes up to ±127 can overflow there (measured on an AVX2
@@ -411,6 +412,11 @@ def _layer_name(node_name: str) -> str:
     return full or node_name
 
 
+def quantized_layers(qmap: dict[str, Any]) -> list[str]:
+    """The quantized convs and linears of a quantization map (its residual adds left out), in its order."""
+    return [n for n, e in qmap["layers"].items() if e.get("kind") != "add"]
+
+
 def describe_export(qmap: dict[str, Any], path: str | os.PathLike) -> list[str]:
     """Lines saying which graph `export_onnx` wrote, which quantized layers stay float and why, and
     (with onnxruntime installed) what ONNX Runtime's optimized graph holds."""
@@ -421,7 +427,7 @@ def describe_export(qmap: dict[str, Any], path: str | os.PathLike) -> list[str]:
                 "no quantizer reads (before a residual add, before pooling) runs in float; train or fine-tune "
                 "with quant.deploy=int8 for an integer graph")]
     floats = info.get("float_layers", {})
-    quantized = [n for n, e in qmap["layers"].items() if e.get("kind") != "add"]
+    quantized = quantized_layers(qmap)
     lines = [(f"int8 graph: {len([n for n in quantized if n not in floats])} of {len(quantized)} quantized layers "
              f"run as integer kernels in ONNX Runtime")]
     lines += [f"  float: {name}: {why}" for name, why in floats.items()]

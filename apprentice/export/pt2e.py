@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from apprentice.errors import ApprenticeError, lookup
-from apprentice.export.int8_onnx import int8_module, pt2e_weights
+from apprentice.export.int8_onnx import int8_module, pt2e_weights, quantized_layers
 from apprentice.export.onnx import _input_shape, _OnnxLayer
 from apprentice.export.packed import packed_tensors, read_packed
 from apprentice.models import ZeroPadShortcut
@@ -132,7 +132,7 @@ def describe_runtime_export(qmap: dict[str, Any], runtime: str) -> list[str]:
     """Lines saying what `export_executorch` or `export_litert` wrote: how many quantized layers run as
     int8 kernels, which stay float and why, and (ExecuTorch) the ops left to the portable kernels."""
     info = qmap.get(runtime, {})
-    quantized = [n for n, e in qmap["layers"].items() if e.get("kind") != "add"]
+    quantized = quantized_layers(qmap)
     floats = info.get("float_layers", {})
     lines = []
     if runtime == "executorch":

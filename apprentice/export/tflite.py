@@ -21,7 +21,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from apprentice.errors import ApprenticeError
+from apprentice.export.int8_onnx import quantized_layers
 from apprentice.export.packed import write_export
 from apprentice.export.pt2e import example_input, pt2e_module
 
@@ -77,9 +78,8 @@ def export_litert(model_or_packed_path: nn.Module | str | os.PathLike, path: str
             data = f.read()
     meta = {**(metadata or {}), "apprentice": qmap}
     data = with_metadata(data, METADATA_NAME, json.dumps(meta, default=str))
-    convs = [n for n, e in qmap["layers"].items() if e.get("kind") != "add"]
     qmap["litert"] = {"float_layers": qmap.pop("float_layers"), "ops": kernel_ops(data),
-                      "layers": kernel_layers(data, convs)}
+                      "layers": kernel_layers(data, quantized_layers(qmap))}
     write_export(os.fspath(path), data)
     return qmap
 
@@ -129,33 +129,35 @@ def _layer_pattern(layer: str) -> re.Pattern[str]:
     return re.compile(rf"_model/{path}(;|$)")
 
 
+def _kernels(model: bytes) -> Iterator[tuple[str, str, list[str]]]:
+    """``(op, "int8" | "float", tensor names)`` of each `KERNELS` op, by its input's type, the names those of
+    its outputs and weights (read without the default XNNPACK delegate, which would hide the ops in one
+    DELEGATE node)."""
+    interpreter = _interpreter(model, delegates=False)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    for op in interpreter._get_ops_details():
+        if op["op_name"] in KERNELS:
+            kind = "int8" if tensors[op["inputs"][0]]["dtype"] == np.int8 else "float"
+            yield op["op_name"], kind, [tensors[i]["name"] for i in (*op["outputs"], *op["inputs"][1:2]) if i >= 0]
+
+
 def kernel_layers(model: bytes, layers: Sequence[str]) -> dict[str, list[str]]:
     """``{"int8": [layer], "float": [layer]}``: which of ``layers`` (module names) run as an int8 or a float
     conv / fully-connected kernel, read from the names of each kernel's output and weights tensors."""
-    interpreter = _interpreter(model, delegates=False)
-    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     patterns = {name: _layer_pattern(name) for name in layers}
     found: dict[str, list[str]] = {"int8": [], "float": []}
-    for op in interpreter._get_ops_details():
-        if op["op_name"] not in KERNELS or op["op_name"] == "ADD":
-            continue
-        names = [tensors[i]["name"] for i in (*op["outputs"], *op["inputs"][1:2]) if i >= 0]
+    for op, kind, names in _kernels(model):
         layer = next((n for n, pat in patterns.items() if any(pat.search(t) for t in names)), None)
-        if layer is not None:
-            found["int8" if tensors[op["inputs"][0]]["dtype"] == np.int8 else "float"].append(layer)
+        if op != "ADD" and layer is not None:
+            found[kind].append(layer)
     return found
 
 
 def kernel_ops(model: bytes) -> dict[str, dict[str, int]]:
-    """``{"int8": {op: n}, "float": {op: n}}``: the `KERNELS` of a ``.tflite`` model by their input's type
-    (read without the default XNNPACK delegate, which would hide them in one DELEGATE node)."""
-    interpreter = _interpreter(model, delegates=False)
-    dtypes = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
+    """``{"int8": {op: n}, "float": {op: n}}``: the `KERNELS` of a ``.tflite`` model by their input's type."""
     counts: dict[str, collections.Counter] = {"int8": collections.Counter(), "float": collections.Counter()}
-    for op in interpreter._get_ops_details():
-        if op["op_name"] in KERNELS:
-            kind = "int8" if dtypes.get(op["inputs"][0]) == np.int8 else "float"
-            counts[kind][op["op_name"]] += 1
+    for op, kind, _ in _kernels(model):
+        counts[kind][op] += 1
     return {k: dict(v) for k, v in counts.items()}
 
 

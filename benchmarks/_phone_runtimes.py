@@ -11,16 +11,14 @@ own FP32 file and own int8 file of a float network (the anchors), and a lean run
   the converter as its ``quant_config``).
 * `executorch_runner`, `litert_runner`: call a file on one batch-1 input; ExecuTorch's XNNPACK thread
   pool is process-wide (`executorch_threads`), LiteRT's interpreter takes its own thread count.
-* `executorch_kernels`, `litert_kernels`: what runs where: XNNPACK delegate calls and the ops left to
-  ExecuTorch's portable kernels; LiteRT's conv/FC/add kernels by input type.
+* `executorch_kernels` (`counted`), `litert_kernels`: what runs where: the convs/linears XNNPACK runs in
+  int8 or float and the ops left to ExecuTorch's portable kernels; LiteRT's conv/FC/add kernels by input type.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -84,18 +82,18 @@ def executorch_anchor(model: nn.Module, shape: tuple[int, ...], path: str, *, ba
 
 def executorch_kernels(graph_module: torch.fx.GraphModule) -> dict[str, Any]:
     """Convs/linears XNNPACK runs in int8 and in float, and the ops left to the portable kernels, by name."""
-    report = delegated_layers(graph_module)
+    return counted(delegated_layers(graph_module))
+
+
+def counted(report: dict[str, Any]) -> dict[str, Any]:
+    """A `delegated_layers` report (also an ExecuTorch export's) as counts: the table's kernel column."""
     return {"xnnpack": {k: len(v) for k, v in report["delegated"].items()}, "portable": report["portable"]}
 
 
 def _litert_write(converted: Any, path: str) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        converted.export(os.path.join(tmp, "model.tflite"))
-        with open(os.path.join(tmp, "model.tflite"), "rb") as f:
-            data = f.read()
-    with open(path, "wb") as f:
-        f.write(data)
-    return litert_kernels(data)
+    converted.export(path)
+    with open(path, "rb") as f:
+        return litert_kernels(f.read())
 
 
 def litert_fp32(model: nn.Module, shape: tuple[int, ...], path: str) -> dict[str, Any]:

@@ -102,7 +102,7 @@ def student_files(float_model: torch.nn.Module, model_name: str, precision: str,
         if name.startswith("et"):
             paths[name] = f"{stem}_{name}.pte"
             report = export_executorch(student, paths[name], input_shape=shape)["executorch"]
-            kernels[name] = {"xnnpack": {k: len(v) for k, v in report["delegated"].items()}, "portable": report["portable"]}
+            kernels[name] = phone.counted(report)
         elif name.startswith("litert"):
             paths[name] = f"{stem}_{name}.tflite"
             kernels[name] = {"ops": export_litert(student, paths[name], input_shape=shape)["litert"]["ops"]}

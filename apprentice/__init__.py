@@ -31,7 +31,7 @@ _PUBLIC: dict[str, str] = {  # public name -> the module that defines it, import
     "cross_entropy": "apprentice.losses",
     "DEFAULT_EXCLUDE": "apprentice.quant",
     "Distiller": "apprentice.distill",
-    "Ensemble": "apprentice.distill",
+    "Ensemble": "apprentice.ensemble",
     "evaluate": "apprentice.train",
     "fake_quant_activation": "apprentice.quant",
     "fake_quant_weight": "apprentice.quant",
@@ -85,7 +85,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from apprentice.config import load_config
     from apprentice.config.schema import Config
-    from apprentice.distill import SCHEMES, Distiller, Ensemble, Scheme, make_student
+    from apprentice.distill import SCHEMES, Distiller, Scheme, make_student
+    from apprentice.ensemble import Ensemble
     from apprentice.errors import ApprenticeError
     from apprentice.export import load_packed, save_packed
     from apprentice.losses import (

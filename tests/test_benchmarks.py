@@ -169,6 +169,21 @@ def test_speed_child_times_each_case():
     assert len(res["ternary_B"]["teacher_forward_ms"]) == 3 and "teacher_forward_ms" not in res["fp"]
 
 
+def test_speed_layout_child_pairs_each_quantized_case_with_the_fp_step_of_its_layout():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import speed
+    assert speed.same_layout_pairs(["fp", "ternary_8a", "4w8a_channels_last", "ternary_B", "fp_channels_last"]) == {
+        "ternary_8a": "fp", "4w8a_channels_last": "fp_channels_last"}  # a teacher's case has no FP twin step
+    cmd = [sys.executable, str(ROOT / "benchmarks/speed.py"), "--layout-child", "--cases", "fp", "4w8a_channels_last",
+           "--steps", "3", "--warmup", "1", "--batch", "4", "--threads", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("SPEED-JSON "))[11:])
+    assert set(res) == {"4w8a_channels_last"} and all(len(t) == 3 for t in res["4w8a_channels_last"].values())
+    an = speed.analyse({}, None, {"c": {"fp": [10.0, 20.0, 30.0], "case": [11.0, 24.0, 30.0]}})
+    assert an["vs_fp_same_layout"]["c"]["ratio_median_of_pairs"] == 1.1  # pairs 1.1, 1.2, 1.0
+
+
 # -- the converged regime (accuracy.py options) and the frontier ----------------------------------
 
 

@@ -329,7 +329,7 @@ def with_missed_goals(cells: list[str], out: Path) -> list[str]:
         return cells
     try:
         result = json.loads(out.read_text())
-        missed = accuracy_goals.missed_cells(result["analysis"], accuracy_goals.goal_set(result["settings"]))
+        missed = accuracy_goals.missed_cells(result["analysis"], accuracy_goals.goal_set(result.get("settings", {})))
     except (OSError, ValueError, KeyError, TypeError):
         raise SystemExit(f"accuracy: --sweep-cell missed: no grid analysis in {out}; run the grid first") from None
     print(f"accuracy: the missed goals' cells: {', '.join(missed) or 'none (every student goal is met)'}", flush=True)

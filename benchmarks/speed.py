@@ -339,12 +339,14 @@ def layout_child(args: argparse.Namespace) -> int:
 
 
 def run_child(cases: list[str], args: argparse.Namespace, before_path: str | None = None,
-              child_flag: str = "--child") -> dict[str, Any]:
+              child_flag: str = "--child", system_malloc: bool | None = None) -> dict[str, Any]:
     mode = ["--pair-child", "--before-path", before_path] if before_path else [child_flag]
     cmd = [sys.executable, str(Path(__file__).resolve()), *mode, "--cases", *cases,
            "--model", args.model, "--teacher", args.teacher, "--input", *map(str, args.input),
            "--classes", str(args.classes), "--batch", str(args.batch), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    if args.system_malloc if system_malloc is None else system_malloc:
+        cmd.append("--system-malloc")
     env = {**os.environ, "PYTHONPATH": str(REPO)}  # this tree's apprentice, whatever is installed
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("SPEED-JSON ")), None)
@@ -392,11 +394,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--pair-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--layout-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--system-malloc", action="store_true",
+                    help="leave glibc malloc at its defaults (train.keep_freed_memory: false) in every timing process")
     ap.add_argument("--before-path", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     unknown = [c for c in args.cases if c not in CASES and c not in PEERS]
     if unknown:
         ap.error(f"unknown cases {unknown}; choose from {[*CASES, *PEERS]}")
+    if (args.child or args.pair_child or args.layout_child) and not args.system_malloc:
+        from apprentice.train.allocator import keep_freed_memory
+        keep_freed_memory()  # what `apprentice train` does by default (train.keep_freed_memory)
     if args.child:
         return child(args)
     if args.pair_child:
@@ -420,7 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     layout = None
     if same_layout_pairs(args.cases):
         print("each quantized case against the FP step of its layout, step by step", flush=True)
-        layout = run_child(args.cases, args, child_flag="--layout-child")
+        layout = {"kept": run_child(args.cases, args, child_flag="--layout-child")}
+        if not args.system_malloc:  # the default's gain: the same pairs with glibc's own settings
+            layout["system"] = run_child(args.cases, args, child_flag="--layout-child", system_malloc=True)
     pair, before_commit = None, None
     if args.before:
         with package_at(args.before) as (path, before_commit):
@@ -471,9 +480,11 @@ def analyse(raw: dict[str, Any], pair: dict[str, Any] | None, layout: dict[str, 
             before_after[name] = {"kind": "training step" if group == "steps" else "op, forward + backward",
                                   "before": summarize(b), "after": summarize(a),
                                   "speedup_median_of_pairs": round(statistics.median(ratios), 3)}
-    same_layout = {c: {"fp_median_ms": summarize(t["fp"])["median_ms"], "median_ms": summarize(t["case"])["median_ms"],
-                       "ratio_median_of_pairs": round(statistics.median(q / f for q, f in zip(t["case"], t["fp"])), 3)}
-                   for c, t in (layout or {}).items()}
+    same_layout = {malloc: {c: {"fp_median_ms": summarize(t["fp"])["median_ms"],
+                                "median_ms": summarize(t["case"])["median_ms"],
+                                "ratio_median_of_pairs": round(statistics.median(q / f for q, f in zip(t["case"], t["fp"])), 3)}
+                            for c, t in pairs.items()}
+                   for malloc, pairs in (layout or {}).items()}
     return {"cases": cases, "peer_errors": errors, "before_after": before_after, "vs_fp_same_layout": same_layout,
             "profile_ternary_8a": (pair or {}).get("profiles", {})}
 
@@ -497,13 +508,15 @@ def markdown(out: dict[str, Any]) -> tuple[str, str]:
         q = out["quiet_wait"]
         text += [f"Waited {q['waited_s']} s for a quiet machine (load {q['load_1min']}, quiet: {q['quiet']}).", ""]
     text += [table, ""]
-    if out.get("vs_fp_same_layout"):
-        text += ["## The fake-quant step against the FP step of the same layout", "",
+    for malloc, pairs in out.get("vs_fp_same_layout", {}).items():
+        how = ("freed memory kept (`train.keep_freed_memory`, the default)" if malloc == "kept"
+               else "glibc malloc's own settings (`train.keep_freed_memory: false`)")
+        text += [f"## The fake-quant step against the FP step of the same layout: {how}", "",
                  ("Each quantized case and its FP twin (same layout) built in one process and stepped "
                   "alternately; ratio = median over pairs of case / FP."), "",
                  markdown_table(["case", "FP median ms", "case median ms", "× FP step, same layout"],
                                 [[c, v["fp_median_ms"], v["median_ms"], v["ratio_median_of_pairs"]]
-                                 for c, v in out["vs_fp_same_layout"].items()]), ""]
+                                 for c, v in pairs.items()]), ""]
     if out["peer_errors"]:
         text += ["Peers not measured: " + "; ".join(f"{c}: {e}" for c, e in out["peer_errors"].items()), ""]
     if out["before_after"]:

@@ -180,8 +180,8 @@ def test_speed_layout_child_pairs_each_quantized_case_with_the_fp_step_of_its_la
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("SPEED-JSON "))[11:])
     assert set(res) == {"4w8a_channels_last"} and all(len(t) == 3 for t in res["4w8a_channels_last"].values())
-    an = speed.analyse({}, None, {"c": {"fp": [10.0, 20.0, 30.0], "case": [11.0, 24.0, 30.0]}})
-    assert an["vs_fp_same_layout"]["c"]["ratio_median_of_pairs"] == 1.1  # pairs 1.1, 1.2, 1.0
+    an = speed.analyse({}, None, {"kept": {"c": {"fp": [10.0, 20.0, 30.0], "case": [11.0, 24.0, 30.0]}}})
+    assert an["vs_fp_same_layout"]["kept"]["c"]["ratio_median_of_pairs"] == 1.1  # pairs 1.1, 1.2, 1.0
 
 
 # -- the converged regime (accuracy.py options) and the frontier ----------------------------------

@@ -61,6 +61,7 @@ from apprentice.run.runs import stored_config
 from apprentice.run.teacher import teacher_paths
 from apprentice.train import checkpoint as ck
 from apprentice.train import runtime
+from apprentice.train.allocator import keep_freed_memory
 from apprentice.train.batchnorm import reestimate_batchnorm
 from apprentice.train.checkpoint import (
     CHECKPOINT_DIR,
@@ -127,6 +128,8 @@ def fit(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> dict[s
                                         (cfg.train.device == "auto" and torch.cuda.is_available())):
         raise ApprenticeError("train.amp=fp16 needs CUDA (its GradScaler); use train.amp=bf16 or off on the CPU")
     rt = runtime.setup(cfg.train.device)
+    if cfg.train.keep_freed_memory:
+        keep_freed_memory()
     lost = False
     try:
         with StopSignals() as signals:

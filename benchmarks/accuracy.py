@@ -38,8 +38,11 @@ from _runner import (
 from _stamp import REPO, stamp
 from accuracy_report import SCHEMES
 
+from apprentice.cli.user_code import import_user_code
 from apprentice.config import DistillConfig
+from apprentice.errors import ApprenticeError
 from apprentice.losses import LOSSES
+from apprentice.quant import parse_precision
 
 PRECISIONS = ("2W/32A", "2W/8A", "4W/8A")
 SWEEP_GAMMA = (0.5, 1.0, 2.0)
@@ -51,18 +54,25 @@ DEFAULT = {"gamma": DistillConfig().gamma, "temperature": DistillConfig().temper
 
 
 def split_label(label: str) -> tuple[str | None, str]:
-    """A grid precision label: "2W/8A" (the default quantizers) or "lsq:2W/8A" (weight quantizer named)."""
+    """A grid precision label: "2W/8A" (the default quantizers), "lsq:2W/8A" (weight quantizer named),
+    "4W/8A@asym" (activation quantizer named: `act_quantizer`); returns (weight quantizer, precision)."""
     quantizer, _, precision = label.rpartition(":")
-    return quantizer or None, precision
+    return quantizer or None, precision.partition("@")[0]
+
+
+def act_quantizer(label: str) -> str | None:
+    """The activation quantizer a label names after "@" ("4W/8A@asym": "asym"), else None (the default)."""
+    return label.partition("@")[2] or None
 
 
 def _slug(label: str) -> str:
-    return label.replace(":", "-").replace("/", "").lower()
+    return label.replace(":", "-").replace("@", "-").replace("/", "").lower()
 
 
 def _precision_overrides(label: str) -> dict[str, Any]:
-    quantizer, precision = split_label(label)
-    return {"quant.precision": precision, **({"quant.quantizer": quantizer} if quantizer else {})}
+    (quantizer, precision), act = split_label(label), act_quantizer(label)
+    return {"quant.precision": precision, **({"quant.quantizer": quantizer} if quantizer else {}),
+            **({"quant.act_quantizer": act} if act else {})}
 
 
 
@@ -346,7 +356,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default="benchmarks/results/accuracy.json")
     ap.add_argument("--runs-dir", default="runs/accuracy", help="run folders (resumed when rerun)")
     ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS),
-                    help="precision labels: 2W/8A (default quantizers) or lsq:2W/8A (a weight quantizer named)")
+                    help="precision labels: 2W/8A (default quantizers), lsq:2W/8A (a weight quantizer named), "
+                         "4W/8A@asym (an activation quantizer named: quant.act_quantizer)")
     ap.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=list(SCHEMES), help="schemes per precision")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--plateau", action="store_true", help="also the seed-0 FP twin trained twice as long")
@@ -368,6 +379,9 @@ def parser() -> argparse.ArgumentParser:
                     help="also reuse the rows (and snapshots) of these results files where a job is the same run, "
                          "e.g. a pilot's no-teacher students and FP twin at seed 0")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the results from finished runs")
+    ap.add_argument("--import", dest="imports", action="append", default=[], metavar="FILE_OR_MODULE",
+                    help="run this file (or import this module) first, here and in every run (apprentice --import): "
+                         "a user's own --student, or this VM's torchvision shim beside torchvision:/timm: students")
     ap.add_argument("--commit", action="store_true", help="git-commit the results (only their files) as each run "
                                                           "finishes, so a fresh clone continues from there")
     return ap
@@ -375,6 +389,14 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    try:
+        for spec in args.imports:  # a user's model (or this VM's shim) is needed here too: the report's sizes
+            import_user_code(spec)
+        for label in args.precisions:
+            quantizer, precision = split_label(label)
+            parse_precision(precision, quantizer=quantizer, act_quantizer=act_quantizer(label))
+    except ApprenticeError as e:
+        raise SystemExit(f"accuracy: {e}") from None
     if len(set(args.teacher_seeds)) != len(args.teacher_seeds):
         raise SystemExit(f"accuracy: --teacher-seeds {args.teacher_seeds}: a seed given twice (each trains one member)")
     out = REPO / args.out
@@ -397,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t0 = time.time()
     failed = run_jobs(jobs, runs, args.workers, args.threads, report, committed, args.runs_dir,
-                      on_stop=report.interrupted)
+                      on_stop=report.interrupted, imports=tuple(args.imports))
     report()
     print(f"accuracy: {len(jobs) - len(failed)}/{len(jobs)} runs finished, {(time.time() - t0) / 60:.1f} min "
           f"this invocation; results in {args.out}", flush=True)

@@ -401,14 +401,17 @@ def model_sizes(student: str, teacher: str, precisions: list[str], width: float 
     """Bytes of each student's packed file (base-3 ternary) and of the FP32 teacher/twin, from the size report."""
     from apprentice import build_model, prepare
     from apprentice.export import size_report, size_totals
+    from apprentice.models import takes_argument
     from apprentice.quant import parse_precision
 
     out = {}
+    shape = {"num_classes": 10, "in_channels": 1, **({"width": width} if width != 1.0 or takes_argument(student, "width") else {})}
     for label in ["32W/32A", *precisions]:
-        quantizer, _, p = label.rpartition(":")  # "lsq:2W/8A": the weight quantizer named
-        m = build_model(student, num_classes=10, in_channels=1, width=width)
+        quantizer, _, rest = label.rpartition(":")  # "lsq:2W/8A": the weight quantizer named
+        p, _, act = rest.partition("@")  # "4W/8A@asym": the activation quantizer named
+        m = build_model(student, **shape)
         if p != "32W/32A":
-            weights, acts = parse_precision(p, quantizer=quantizer or None)
+            weights, acts = parse_precision(p, quantizer=quantizer or None, act_quantizer=act or None)
             prepare(m, weights=weights, activations=acts)  # in place
         out[label] = int(size_totals(size_report(m))["packed_bytes"])
     out["teacher"] = int(size_totals(size_report(build_model(teacher, num_classes=10, in_channels=1)))["packed_bytes"])

@@ -61,6 +61,25 @@ def test_grid_plan_with_the_teacher_cache_and_named_quantizers(tmp_path):
     assert _runner.state(tmp_path / accuracy.CACHE, by[accuracy.CACHE]) == "resume"  # cache-teacher continues its file
 
 
+def test_grid_labels_name_the_activation_quantizer_and_runs_get_the_imports(tmp_path, monkeypatch):
+    jobs = {j.name: j for j in accuracy.grid_jobs(_args(precisions=["4W/8A@clip", "4W/8A@asym"], schemes=["baseline"]),
+                                                  tmp_path)}
+    assert {"4w8a-clip-baseline-s0", "4w8a-asym-baseline-s0"} <= set(jobs)
+    o = jobs["4w8a-asym-baseline-s0"].overrides
+    assert (o["quant.precision"], o["quant.act_quantizer"]) == ("4W/8A", "asym") and "quant.quantizer" not in o
+    assert "quant.act_quantizer" not in jobs["fp-s0"].overrides
+    (tmp_path / "logs").mkdir()
+    started = []
+    monkeypatch.setattr(_runner.subprocess, "Popen", lambda cmd, **kw: started.append(cmd))
+    _runner.launch(jobs["fp-s0"], tmp_path, 1, ("shim.py", "my_models"))
+    assert started[0][3:8] == ["train", "--import", "shim.py", "--import", "my_models"]
+    for bad, word in (("4W/8A@bogus", "bogus"), ("5X/8A", "5X")):
+        with pytest.raises(SystemExit, match=f"accuracy: .*{word}"):
+            accuracy.main(["--precisions", bad, "--runs-dir", str(tmp_path / "r"), "--report-only"])
+    with pytest.raises(SystemExit, match="accuracy: .*nowhere.py"):
+        accuracy.main(["--import", str(tmp_path / "nowhere.py"), "--runs-dir", str(tmp_path / "r"), "--report-only"])
+
+
 def test_grid_plan_of_deployable_students(tmp_path):
     jobs = accuracy.grid_jobs(_args(precisions=["4W/8A"], schemes=["B", "C"], deploy="int8"), tmp_path)
     assert {j.name: j.overrides.get("quant.deploy") for j in jobs} == {

@@ -229,7 +229,8 @@ def launch(job: Job, runs: Path, threads: int, imports: tuple[str, ...] = ()) ->
            *flag, *_override_args(job.overrides), f"train.out={folder}"]
     if is_cache(job):  # the teachers it needs are the ones it caches (several: an ensemble's mean logits)
         cmd = [sys.executable, "-m", "apprentice", "cache-teacher", *(str(runs / n) for n in job.needs),
-               *_override_args(job.overrides), "--out", str(folder / "teacher.cache"), "--device", "cpu"]
+               *_override_args(job.overrides), "--out", str(folder / "teacher.cache"), "--device", "cpu",
+               *(["--views", str(job.meta["views"])] if job.meta.get("views") else [])]
     cmd[4:4] = [a for f in imports for a in ("--import", f)]  # after the subcommand's name
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with open(runs / "logs" / f"{job.name}.log", "a") as log:  # the child keeps its own descriptor

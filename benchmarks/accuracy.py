@@ -122,9 +122,18 @@ def teacher_names(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def cache_name(args: argparse.Namespace) -> str:
-    """The cache job's folder: an ensemble's cache is another file than its first member's."""
-    seeds = getattr(args, "teacher_seeds", [0])
-    return CACHE if list(seeds) == [0] else f"{CACHE}-s{'-'.join(map(str, seeds))}"
+    """The cache job's folder: an ensemble's cache is another file than its first member's, a K-view
+    cache (``--cache-views K``) another than the full one."""
+    seeds, views = getattr(args, "teacher_seeds", [0]), getattr(args, "cache_views", None)
+    name = CACHE if list(seeds) == [0] else f"{CACHE}-s{'-'.join(map(str, seeds))}"
+    return name + (f"-k{views}" if views else "")
+
+
+def _views_suffix(args: argparse.Namespace, scheme: str) -> str:
+    """A cached teacher cell's name part for ``--cache-views K`` ("-k4"): grids of other K share a runs
+    folder (the teacher, the FP twins, the no-teacher students) but not these runs."""
+    views = getattr(args, "cache_views", None)
+    return f"-k{views}" if views and args.teacher_cache and scheme in ("B", "C") else ""
 
 
 def grid_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
@@ -136,8 +145,9 @@ def grid_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
             for name, seed in zip(teacher_names(args), getattr(args, "teacher_seeds", [0]))]
     if args.teacher_cache:  # the students' data: the grid's holdout and limit
         views = {"data.pad": args.pad} if getattr(args, "pad", None) is not None else {}
+        k = {"views": args.cache_views} if getattr(args, "cache_views", None) else {}
         jobs.append(Job(cache_name(args), {"data.holdout": args.holdout, "data.limit": args.train_images or None,
-                                           **views}, teacher_names(args), {"role": "cache"}))
+                                           **views}, teacher_names(args), {"role": "cache", **k}))
     for seed in args.seeds:
         twin = f"fp-s{seed}"
         jobs.append(Job(twin, {**common(args, seed), "quant.precision": "32W/32A", "distill.scheme": "baseline"},
@@ -148,7 +158,8 @@ def grid_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
                     continue  # the FP twin is that cell; 32W/32A with a teacher is the FP student distilled
                 o, needs = student_overrides(args, runs, precision, scheme, seed)
                 loss = o.get("distill.loss")  # a named loss is part of the cell's name: its runs differ
-                jobs.append(Job(f"{_slug(precision)}-{scheme}{f'-{loss}' if loss else ''}-s{seed}", o, needs,
+                name = f"{_slug(precision)}-{scheme}{f'-{loss}' if loss else ''}{_views_suffix(args, scheme)}-s{seed}"
+                jobs.append(Job(name, o, needs,
                                 {"role": "student", "precision": precision, "scheme": scheme, "seed": seed,
                                  **({"loss": loss} if loss else {})}))
     return jobs
@@ -305,6 +316,8 @@ def regime_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--teacher-cache", action=argparse.BooleanOptionalAction, default=True,
                     help="B and C cells read the teacher's logits from one cache (apprentice cache-teacher); "
                          "--no-teacher-cache runs the teacher live, as the committed 40-run grid did")
+    ap.add_argument("--cache-views", type=int, default=None, metavar="K",
+                    help="the teacher cache holds K views an image (apprentice cache-teacher --views K), not every one")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--train-images", type=int, default=10000, help="training images after the holdout (0: all)")
     ap.add_argument("--student-width", type=float, default=1.0, help="the students' and FP twins' width multiplier")

@@ -80,6 +80,21 @@ def test_grid_labels_name_the_activation_quantizer_and_runs_get_the_imports(tmp_
         accuracy.main(["--import", str(tmp_path / "nowhere.py"), "--runs-dir", str(tmp_path / "r"), "--report-only"])
 
 
+def test_a_k_view_grid_names_its_cache_and_its_cached_cells_apart(tmp_path, monkeypatch):
+    args = _args(teacher_cache=True, cache_views=4, precisions=["2W/8A"], schemes=["baseline", "B"], seeds=[0])
+    jobs = {j.name: j for j in accuracy.grid_jobs(args, tmp_path)}
+    assert set(jobs) == {"teacher", "teacher-cache-k4", "fp-s0", "2w8a-baseline-s0", "2w8a-B-k4-s0"}
+    assert jobs["2w8a-B-k4-s0"].overrides["distill.teacher_cache"] == str(accuracy.cache_file(tmp_path, "teacher-cache-k4"))
+    full = {j.name for j in accuracy.grid_jobs(_args(teacher_cache=True, precisions=["2W/8A"],
+                                                     schemes=["baseline", "B"], seeds=[0]), tmp_path)}
+    assert full & set(jobs) == {"teacher", "fp-s0", "2w8a-baseline-s0"}  # shared with the full-cache grid
+    (tmp_path / "logs").mkdir()
+    started = []
+    monkeypatch.setattr(_runner.subprocess, "Popen", lambda cmd, **kw: started.append(cmd))
+    _runner.launch(jobs["teacher-cache-k4"], tmp_path, 1)
+    assert started[0][-2:] == ["--views", "4"] and "cache-teacher" in started[0]
+
+
 def test_grid_plan_of_deployable_students(tmp_path):
     jobs = accuracy.grid_jobs(_args(precisions=["4W/8A"], schemes=["B", "C"], deploy="int8"), tmp_path)
     assert {j.name: j.overrides.get("quant.deploy") for j in jobs} == {

@@ -36,6 +36,7 @@ _PUBLIC: dict[str, str] = {  # public name -> the module that defines it, import
     "fake_quant_activation": "apprentice.quant",
     "fake_quant_weight": "apprentice.quant",
     "fit": "apprentice.run.loop",
+    "keep_freed_memory": "apprentice.train",
     "LayerPlan": "apprentice.quant",
     "load_config": "apprentice.config",
     "LOSSES": "apprentice.losses",
@@ -121,7 +122,12 @@ if TYPE_CHECKING:
     )
     from apprentice.run.loop import fit
     from apprentice.run.runs import LoadedRun, load_run
-    from apprentice.train import NonFiniteLossError, evaluate, reestimate_batchnorm
+    from apprentice.train import (
+        NonFiniteLossError,
+        evaluate,
+        keep_freed_memory,
+        reestimate_batchnorm,
+    )
     from apprentice.version import __version__
 
 __all__ = [
@@ -152,6 +158,7 @@ __all__ = [
     "fake_quant_activation",
     "fake_quant_weight",
     "fit",
+    "keep_freed_memory",
     "load_config",
     "load_packed",
     "load_run",

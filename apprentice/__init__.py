@@ -31,11 +31,12 @@ _PUBLIC: dict[str, str] = {  # public name -> the module that defines it, import
     "cross_entropy": "apprentice.losses",
     "DEFAULT_EXCLUDE": "apprentice.quant",
     "Distiller": "apprentice.distill",
-    "Ensemble": "apprentice.distill",
+    "Ensemble": "apprentice.ensemble",
     "evaluate": "apprentice.train",
     "fake_quant_activation": "apprentice.quant",
     "fake_quant_weight": "apprentice.quant",
     "fit": "apprentice.run.loop",
+    "keep_freed_memory": "apprentice.train",
     "LayerPlan": "apprentice.quant",
     "load_config": "apprentice.config",
     "LOSSES": "apprentice.losses",
@@ -85,7 +86,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from apprentice.config import load_config
     from apprentice.config.schema import Config
-    from apprentice.distill import SCHEMES, Distiller, Ensemble, Scheme, make_student
+    from apprentice.distill import SCHEMES, Distiller, Scheme, make_student
+    from apprentice.ensemble import Ensemble
     from apprentice.errors import ApprenticeError
     from apprentice.export import load_packed, save_packed
     from apprentice.losses import (
@@ -120,7 +122,12 @@ if TYPE_CHECKING:
     )
     from apprentice.run.loop import fit
     from apprentice.run.runs import LoadedRun, load_run
-    from apprentice.train import NonFiniteLossError, evaluate, reestimate_batchnorm
+    from apprentice.train import (
+        NonFiniteLossError,
+        evaluate,
+        keep_freed_memory,
+        reestimate_batchnorm,
+    )
     from apprentice.version import __version__
 
 __all__ = [
@@ -151,6 +158,7 @@ __all__ = [
     "fake_quant_activation",
     "fake_quant_weight",
     "fit",
+    "keep_freed_memory",
     "load_config",
     "load_packed",
     "load_run",

@@ -218,7 +218,8 @@ def state(folder: Path, job: Job) -> str:
     return "restart" if folder.exists() else "fresh"
 
 
-def launch(job: Job, runs: Path, threads: int) -> subprocess.Popen:
+def launch(job: Job, runs: Path, threads: int, imports: tuple[str, ...] = ()) -> subprocess.Popen:
+    """Start ``job``'s `apprentice` subprocess; ``imports``: files or modules each one runs first (``--import``)."""
     folder = runs / job.name
     how = state(folder, job)
     folder.mkdir(parents=True, exist_ok=True)
@@ -228,7 +229,9 @@ def launch(job: Job, runs: Path, threads: int) -> subprocess.Popen:
            *flag, *_override_args(job.overrides), f"train.out={folder}"]
     if is_cache(job):  # the teachers it needs are the ones it caches (several: an ensemble's mean logits)
         cmd = [sys.executable, "-m", "apprentice", "cache-teacher", *(str(runs / n) for n in job.needs),
-               *_override_args(job.overrides), "--out", str(folder / "teacher.cache"), "--device", "cpu"]
+               *_override_args(job.overrides), "--out", str(folder / "teacher.cache"), "--device", "cpu",
+               *(["--views", str(job.meta["views"])] if job.meta.get("views") else [])]
+    cmd[4:4] = [a for f in imports for a in ("--import", f)]  # after the subcommand's name
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with open(runs / "logs" / f"{job.name}.log", "a") as log:  # the child keeps its own descriptor
         log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {how}: {' '.join(cmd)}\n")
@@ -288,7 +291,7 @@ class _Tally:
 
 def run_jobs(jobs: list[Job], runs: Path, workers: int, threads: int, on_done,
              committed: dict[str, dict[str, Any]] | None = None, runs_dir: str = "runs/accuracy",
-             on_stop=None) -> list[str]:
+             on_stop=None, imports: tuple[str, ...] = ()) -> list[str]:
     """Run jobs in order as their needs finish, ``workers`` at a time; returns the names that failed.
 
     A job whose row was committed with the same overrides is done, unless a job still to run needs
@@ -321,7 +324,7 @@ def run_jobs(jobs: list[Job], runs: Path, workers: int, threads: int, on_done,
                     print(f"skip {j.name}: needs a failed run", flush=True)
                 elif all(n in done for n in j.needs):
                     pending.remove(j)
-                    running[j.name] = (j, launch(j, runs, threads))
+                    running[j.name] = (j, launch(j, runs, threads, imports))
                     tally.start(j.name)
             time.sleep(1.0)
             for name, (j, p) in list(running.items()):

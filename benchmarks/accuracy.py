@@ -38,8 +38,11 @@ from _runner import (
 from _stamp import REPO, stamp
 from accuracy_report import SCHEMES
 
+from apprentice.cli.user_code import import_user_code
 from apprentice.config import DistillConfig
+from apprentice.errors import ApprenticeError
 from apprentice.losses import LOSSES
+from apprentice.quant import parse_precision
 
 PRECISIONS = ("2W/32A", "2W/8A", "4W/8A")
 SWEEP_GAMMA = (0.5, 1.0, 2.0)
@@ -51,18 +54,25 @@ DEFAULT = {"gamma": DistillConfig().gamma, "temperature": DistillConfig().temper
 
 
 def split_label(label: str) -> tuple[str | None, str]:
-    """A grid precision label: "2W/8A" (the default quantizers) or "lsq:2W/8A" (weight quantizer named)."""
+    """A grid precision label: "2W/8A" (the default quantizers), "lsq:2W/8A" (weight quantizer named),
+    "4W/8A@asym" (activation quantizer named: `act_quantizer`); returns (weight quantizer, precision)."""
     quantizer, _, precision = label.rpartition(":")
-    return quantizer or None, precision
+    return quantizer or None, precision.partition("@")[0]
+
+
+def act_quantizer(label: str) -> str | None:
+    """The activation quantizer a label names after "@" ("4W/8A@asym": "asym"), else None (the default)."""
+    return label.partition("@")[2] or None
 
 
 def _slug(label: str) -> str:
-    return label.replace(":", "-").replace("/", "").lower()
+    return label.replace(":", "-").replace("@", "-").replace("/", "").lower()
 
 
 def _precision_overrides(label: str) -> dict[str, Any]:
-    quantizer, precision = split_label(label)
-    return {"quant.precision": precision, **({"quant.quantizer": quantizer} if quantizer else {})}
+    (quantizer, precision), act = split_label(label), act_quantizer(label)
+    return {"quant.precision": precision, **({"quant.quantizer": quantizer} if quantizer else {}),
+            **({"quant.act_quantizer": act} if act else {})}
 
 
 
@@ -112,9 +122,18 @@ def teacher_names(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def cache_name(args: argparse.Namespace) -> str:
-    """The cache job's folder: an ensemble's cache is another file than its first member's."""
-    seeds = getattr(args, "teacher_seeds", [0])
-    return CACHE if list(seeds) == [0] else f"{CACHE}-s{'-'.join(map(str, seeds))}"
+    """The cache job's folder: an ensemble's cache is another file than its first member's, a K-view
+    cache (``--cache-views K``) another than the full one."""
+    seeds, views = getattr(args, "teacher_seeds", [0]), getattr(args, "cache_views", None)
+    name = CACHE if list(seeds) == [0] else f"{CACHE}-s{'-'.join(map(str, seeds))}"
+    return name + (f"-k{views}" if views else "")
+
+
+def _views_suffix(args: argparse.Namespace, scheme: str) -> str:
+    """A cached teacher cell's name part for ``--cache-views K`` ("-k4"): grids of other K share a runs
+    folder (the teacher, the FP twins, the no-teacher students) but not these runs."""
+    views = getattr(args, "cache_views", None)
+    return f"-k{views}" if views and args.teacher_cache and scheme in ("B", "C") else ""
 
 
 def grid_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
@@ -126,8 +145,9 @@ def grid_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
             for name, seed in zip(teacher_names(args), getattr(args, "teacher_seeds", [0]))]
     if args.teacher_cache:  # the students' data: the grid's holdout and limit
         views = {"data.pad": args.pad} if getattr(args, "pad", None) is not None else {}
+        k = {"views": args.cache_views} if getattr(args, "cache_views", None) else {}
         jobs.append(Job(cache_name(args), {"data.holdout": args.holdout, "data.limit": args.train_images or None,
-                                           **views}, teacher_names(args), {"role": "cache"}))
+                                           **views}, teacher_names(args), {"role": "cache", **k}))
     for seed in args.seeds:
         twin = f"fp-s{seed}"
         jobs.append(Job(twin, {**common(args, seed), "quant.precision": "32W/32A", "distill.scheme": "baseline"},
@@ -138,7 +158,8 @@ def grid_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
                     continue  # the FP twin is that cell; 32W/32A with a teacher is the FP student distilled
                 o, needs = student_overrides(args, runs, precision, scheme, seed)
                 loss = o.get("distill.loss")  # a named loss is part of the cell's name: its runs differ
-                jobs.append(Job(f"{_slug(precision)}-{scheme}{f'-{loss}' if loss else ''}-s{seed}", o, needs,
+                name = f"{_slug(precision)}-{scheme}{f'-{loss}' if loss else ''}{_views_suffix(args, scheme)}-s{seed}"
+                jobs.append(Job(name, o, needs,
                                 {"role": "student", "precision": precision, "scheme": scheme, "seed": seed,
                                  **({"loss": loss} if loss else {})}))
     return jobs
@@ -295,6 +316,8 @@ def regime_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--teacher-cache", action=argparse.BooleanOptionalAction, default=True,
                     help="B and C cells read the teacher's logits from one cache (apprentice cache-teacher); "
                          "--no-teacher-cache runs the teacher live, as the committed 40-run grid did")
+    ap.add_argument("--cache-views", type=int, default=None, metavar="K",
+                    help="the teacher cache holds K views an image (apprentice cache-teacher --views K), not every one")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--train-images", type=int, default=10000, help="training images after the holdout (0: all)")
     ap.add_argument("--student-width", type=float, default=1.0, help="the students' and FP twins' width multiplier")
@@ -328,7 +351,8 @@ def with_missed_goals(cells: list[str], out: Path) -> list[str]:
     if "missed" not in cells:
         return cells
     try:
-        missed = accuracy_goals.missed_cells(json.loads(out.read_text())["analysis"])
+        result = json.loads(out.read_text())
+        missed = accuracy_goals.missed_cells(result["analysis"], accuracy_goals.goal_set(result.get("settings", {})))
     except (OSError, ValueError, KeyError, TypeError):
         raise SystemExit(f"accuracy: --sweep-cell missed: no grid analysis in {out}; run the grid first") from None
     print(f"accuracy: the missed goals' cells: {', '.join(missed) or 'none (every student goal is met)'}", flush=True)
@@ -345,7 +369,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default="benchmarks/results/accuracy.json")
     ap.add_argument("--runs-dir", default="runs/accuracy", help="run folders (resumed when rerun)")
     ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS),
-                    help="precision labels: 2W/8A (default quantizers) or lsq:2W/8A (a weight quantizer named)")
+                    help="precision labels: 2W/8A (default quantizers), lsq:2W/8A (a weight quantizer named), "
+                         "4W/8A@asym (an activation quantizer named: quant.act_quantizer)")
     ap.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=list(SCHEMES), help="schemes per precision")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--plateau", action="store_true", help="also the seed-0 FP twin trained twice as long")
@@ -367,6 +392,9 @@ def parser() -> argparse.ArgumentParser:
                     help="also reuse the rows (and snapshots) of these results files where a job is the same run, "
                          "e.g. a pilot's no-teacher students and FP twin at seed 0")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the results from finished runs")
+    ap.add_argument("--import", dest="imports", action="append", default=[], metavar="FILE_OR_MODULE",
+                    help="run this file (or import this module) first, here and in every run (apprentice --import): "
+                         "a user's own --student, or this VM's torchvision shim beside torchvision:/timm: students")
     ap.add_argument("--commit", action="store_true", help="git-commit the results (only their files) as each run "
                                                           "finishes, so a fresh clone continues from there")
     return ap
@@ -374,6 +402,14 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    try:
+        for spec in args.imports:  # a user's model (or this VM's shim) is needed here too: the report's sizes
+            import_user_code(spec)
+        for label in args.precisions:
+            quantizer, precision = split_label(label)
+            parse_precision(precision, quantizer=quantizer, act_quantizer=act_quantizer(label))
+    except ApprenticeError as e:
+        raise SystemExit(f"accuracy: {e}") from None
     if len(set(args.teacher_seeds)) != len(args.teacher_seeds):
         raise SystemExit(f"accuracy: --teacher-seeds {args.teacher_seeds}: a seed given twice (each trains one member)")
     out = REPO / args.out
@@ -396,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t0 = time.time()
     failed = run_jobs(jobs, runs, args.workers, args.threads, report, committed, args.runs_dir,
-                      on_stop=report.interrupted)
+                      on_stop=report.interrupted, imports=tuple(args.imports))
     report()
     print(f"accuracy: {len(jobs) - len(failed)}/{len(jobs)} runs finished, {(time.time() - t0) / 60:.1f} min "
           f"this invocation; results in {args.out}", flush=True)

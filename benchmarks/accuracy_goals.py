@@ -19,6 +19,27 @@ GOALS: dict[str, tuple[str | None, float]] = {
     "LSQ 2W/2A with a teacher within 1.5 points of the FP twin": ("lsq:2W/2A", -1.5),
     "LSQ 4W/4A with a teacher beats the FP twin": ("lsq:4W/4A", 0.0),
 }
+#: The patient study's goals (issue 29), read the same way; two more kinds: TEACHER (the teacher's, or
+#: the ensemble's, test top-1 ≥ the value) and GAIN (at every precision, the teacher's gain over the
+#: no-teacher student, paired by seed, larger than the value times its std: clearly not noise).
+TEACHER, GAIN = "teacher", "gain"
+PATIENT_GOALS: dict[str, tuple[str | None, float]] = {
+    "teacher (or ensemble) ≥ 95.0 % test top-1": (TEACHER, 95.0),
+    "ternary (2W/32A) with the teacher ≥ its FP twin": ("2W/32A", 0.0),
+    "4W/8A with the teacher ≥ FP twin + 0.3 points (paper: +0.8 on ImageNet)": ("4W/8A", 0.3),
+    "LSQ 2W/2A with the teacher within 1.0 point of the FP twin": ("lsq:2W/2A", -1.0),
+    "LSQ 4W/4A with the teacher within 1.0 point of the FP twin": ("lsq:4W/4A", -1.0),
+    "at every precision the teacher's gain over no teacher > twice its paired std": (GAIN, 2.0),
+}
+GOAL_SETS: dict[str, dict[str, tuple[str | None, float]]] = {"converged": GOALS, "patient": PATIENT_GOALS}
+
+
+def goal_set(settings: dict[str, Any]) -> dict[str, tuple[str | None, float]]:
+    """The goals a grid is judged by: the patient study's where it trained a strong teacher from a
+    recipe (``--teacher-recipe``), else the converged study's."""
+    return GOAL_SETS["patient" if settings.get("teacher_recipe") else "converged"]
+
+
 TEACHER_SCHEMES = ("A", "B", "C")
 
 
@@ -40,9 +61,9 @@ def _measured(ms: dict[str, Any], sign: str = "") -> str:
     return f"{ms['mean']:{sign}.2f}{spread} over {ms['n']} seed{'s' if ms['n'] != 1 else ''}"
 
 
-def _student_goal(label: str, an: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    """A student goal's scheme (chosen on the holdout) and its difference from the FP twin; None if absent."""
-    precision, _ = GOALS[label]
+def _student_goal(precision: str, an: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """A precision's scheme with a teacher (chosen on the holdout) and its difference from the FP twin;
+    None if absent."""
     entry = an["precisions"].get(precision)
     scheme = entry and chosen_on_holdout(entry["schemes"])
     if scheme is None or entry["schemes"][scheme]["vs_fp_twin_points"]["mean"] is None:
@@ -50,16 +71,47 @@ def _student_goal(label: str, an: dict[str, Any]) -> tuple[str, dict[str, Any]] 
     return scheme, entry["schemes"][scheme]["vs_fp_twin_points"]
 
 
-def judge(label: str, an: dict[str, Any]) -> str | None:
+def _teacher_line(label: str, an: dict[str, Any], target: float) -> str | None:
+    """The TEACHER goal: the ensemble's measured top-1 where there is one, else the teacher's."""
+    top, who = (an["ensemble_top1"], "the ensemble") if an.get("ensemble_top1") is not None else \
+        (an.get("teacher_top1"), "the teacher")
+    if top is None:
+        return None
+    verdict = "met" if top >= target else f"missed by {target - top:.2f} points"
+    return f"- {label}: {who} {top:.2f} % — **{verdict}**."
+
+
+def _gain_line(label: str, an: dict[str, Any], times: float) -> str | None:
+    """The GAIN goal: per precision, the holdout-chosen scheme − no teacher (paired by seed) against
+    ``times`` its std; met only if every precision's is (one seed has no std: not judged)."""
+    parts, met = [], True
+    for precision, entry in an["precisions"].items():
+        found = _student_goal(precision, an)
+        gain = found and entry["schemes"][found[0]].get("recovered_points")
+        if not gain or gain["mean"] is None:
+            continue
+        clear = gain["std"] is not None and gain["mean"] > times * gain["std"]
+        met &= clear
+        parts.append(f"{precision} {found[0]} {_measured(gain, '+')}" + ("" if clear else " (not clear)"))
+    if not parts:
+        return None
+    return f"- {label}: {'; '.join(parts)} — **{'met' if met else 'missed'}**."
+
+
+def judge(label: str, an: dict[str, Any], goals: dict[str, tuple[str | None, float]] = GOALS) -> str | None:
     """One line: the goal, what was measured, met or missed (by how much); None if its cells are absent."""
-    precision, target = GOALS[label]
+    precision, target = goals[label]
+    if precision == TEACHER:
+        return _teacher_line(label, an, target)
+    if precision == GAIN:
+        return _gain_line(label, an, target)
     if precision is None:
         fp = an["fp_twin"]
         if fp["mean"] is None:
             return None
         verdict = "met" if fp["mean"] >= target else f"missed by {target - fp['mean']:.2f} points"
         return f"- {label}: {_measured(fp)} (%) — **{verdict}**."
-    if (found := _student_goal(label, an)) is None:
+    if (found := _student_goal(precision, an)) is None:
         return None
     scheme, d = found
     verdict = "met" if d["mean"] >= target else f"missed by {target - d['mean']:.2f} points"
@@ -68,20 +120,20 @@ def judge(label: str, an: dict[str, Any]) -> str | None:
             f"(points, paired by seed) — **{verdict}**.{noise}")
 
 
-def missed_cells(an: dict[str, Any]) -> list[str]:
+def missed_cells(an: dict[str, Any], goals: dict[str, tuple[str | None, float]] = GOALS) -> list[str]:
     """The cells ("PRECISION:SCHEME", the scheme chosen on the holdout) of the student goals missed:
     what a sweep for the missed goals tunes (``accuracy.py --sweep-cell missed``)."""
     cells = []
-    for label, (precision, target) in GOALS.items():
-        found = precision is not None and _student_goal(label, an)
+    for precision, target in goals.values():
+        found = precision not in (None, TEACHER, GAIN) and _student_goal(precision, an)
         if found and found[1]["mean"] < target:
             cells.append(f"{precision}:{found[0]}")
     return cells
 
 
-def goal_lines(an: dict[str, Any]) -> list[str]:
+def goal_lines(an: dict[str, Any], goals: dict[str, tuple[str | None, float]] = GOALS) -> list[str]:
     """Every goal whose cells the grid has, in the table's order."""
-    return [line for label in GOALS if (line := judge(label, an)) is not None]
+    return [line for label in goals if (line := judge(label, an, goals)) is not None]
 
 
 def relative_epochs(pct: float, other: str = "A") -> str:

@@ -14,9 +14,11 @@ from typing import Any
 
 from _stamp import markdown_table, stamp_markdown, write_results
 from accuracy_goals import (
+    GOALS,
     convergence_sentence,
     epoch_to_fraction,
     goal_lines,
+    goal_set,
     is_noise,
     relative_epochs,
 )
@@ -243,8 +245,10 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]], an: dict[str, Any
                                  "holdout top-1 %", "test top-1 %"], sweep_rows(sweep, chosen, lrs)), "",
                  sweep_sentence(chosen), ""]
     text += regime_section(rows, st)
-    if not st.get("train_images") and (goals := goal_lines(an)):  # the converged regime (all training images)
-        text += ["## Goals of the accuracy-at-convergence study (generated from the rows above)", "",
+    table = goal_set(st)
+    if not st.get("train_images") and (goals := goal_lines(an, table)):  # the converged regime (all training images)
+        study = "accuracy-at-convergence" if table is GOALS else "patient"
+        text += [f"## Goals of the {study} study (generated from the rows above)", "",
                  ("'With a teacher' is the scheme with the highest mean final holdout top-1 (chosen on the "
                   "holdout split, never on test)."), "", *goals, ""]
     text += ["## Findings (generated from the rows above)", "", *findings(an), "",
@@ -397,18 +401,32 @@ def model_sizes(student: str, teacher: str, precisions: list[str], width: float 
     """Bytes of each student's packed file (base-3 ternary) and of the FP32 teacher/twin, from the size report."""
     from apprentice import build_model, prepare
     from apprentice.export import size_report, size_totals
+    from apprentice.models import takes_argument
     from apprentice.quant import parse_precision
 
     out = {}
+    shape = {"num_classes": 10, "in_channels": 1, **({"width": width} if width != 1.0 or takes_argument(student, "width") else {})}
     for label in ["32W/32A", *precisions]:
-        quantizer, _, p = label.rpartition(":")  # "lsq:2W/8A": the weight quantizer named
-        m = build_model(student, num_classes=10, in_channels=1, width=width)
+        quantizer, _, rest = label.rpartition(":")  # "lsq:2W/8A": the weight quantizer named
+        p, _, act = rest.partition("@")  # "4W/8A@asym": the activation quantizer named
+        m = build_model(student, **shape)
         if p != "32W/32A":
-            weights, acts = parse_precision(p, quantizer=quantizer or None)
+            weights, acts = parse_precision(p, quantizer=quantizer or None, act_quantizer=act or None)
             prepare(m, weights=weights, activations=acts)  # in place
         out[label] = int(size_totals(size_report(m))["packed_bytes"])
     out["teacher"] = int(size_totals(size_report(build_model(teacher, num_classes=10, in_channels=1)))["packed_bytes"])
     return out
+
+
+def ensemble_top1(path: Path, settings: dict[str, Any], rows: list[dict[str, Any]]) -> float | None:
+    """The ensemble teacher's test top-1 as `ensemble_teacher.py` measured it (``path``), where the
+    grid's teacher is an ensemble of the same runs (their folder names); None otherwise."""
+    if len(settings.get("teacher_seeds") or [0]) < 2 or not path.is_file():
+        return None
+    measured = json.loads(path.read_text())
+    members = sorted(Path(r["teacher"]).name for r in measured.get("rows", [])[:-1])
+    ours = sorted(r["name"] for r in rows if r.get("role") == "teacher")
+    return measured["rows"][-1].get("test") if members == ours else None
 
 
 def write(out: Path, jobs: list, runs: Path, info: dict[str, Any],
@@ -418,6 +436,7 @@ def write(out: Path, jobs: list, runs: Path, info: dict[str, Any],
     precisions = info["settings"]["precisions"]
     rows = collect(jobs, runs, info["stamp"], committed)
     an = analyse(rows, precisions)
+    an["ensemble_top1"] = ensemble_top1(out.parent / "ensemble_teacher.json", info["settings"], rows)
     swept = sweeps(rows)
     sizes = model_sizes(info["settings"]["student"], info["settings"]["teacher"], precisions,
                         info["settings"].get("student_width", 1.0))

@@ -1,7 +1,7 @@
 """A teacher ensemble against its members: holdout and test top-1 of each run and of their mean logits.
 
 The patient study's goal is a teacher (or ensemble) of >= 95.0 % Fashion-MNIST test top-1; an
-ensemble of independently trained teachers averages their logits (`apprentice.distill.Ensemble`, the
+ensemble of independently trained teachers averages their logits (`apprentice.ensemble.Ensemble`, the
 mean a teacher cache stores). Each member is loaded from its run folder as ``distill.teacher`` loads
 it (best.pt, chosen on the run's holdout, when the run has one; else last.pt), evaluated on the run's own holdout and on the test set, and the
 ensemble (equal weights, or ``--weights``) on the same images:
@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _stamp import markdown_table, stamp, stamp_markdown, write_results
 
-from apprentice.distill import Ensemble
+from apprentice.ensemble import Ensemble
 from apprentice.run.build import eval_data
 from apprentice.run.runs import load_run
 from apprentice.train import evaluate

@@ -71,7 +71,7 @@ PEERS: dict[str, tuple[str, str]] = {
     "torch_ao_ternary_8a": ("torch.ao", "2W/8A"),
 }
 #: the cases timed again with the ``--before`` code
-BEFORE_CASES = ("ternary", "ternary_8a", "ternary_B", "ternary_8a_B")
+BEFORE_CASES = ("ternary", "ternary_8a", "ternary_B", "ternary_8a_B", "ternary_8a_channels_last", "4w8a_channels_last")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,10 +272,11 @@ def pair_child(args: argparse.Namespace) -> int:
         if name not in args.cases:
             continue
         fns = {}
+        xs = x.contiguous(memory_format=torch.channels_last) if VARIANTS.get(name) == "channels_last" else x
         for label, pkg in pkgs.items():
             d, opt, _ = build_case(name, args, pkg)
             train_step = importlib.import_module(pkg.__name__ + ".train.step").train_step
-            fns[label] = (lambda d=d, opt=opt, ts=train_step: ts(d, opt, x, y, lr=0.1))
+            fns[label] = (lambda d=d, opt=opt, ts=train_step, xs=xs: ts(d, opt, xs, y, lr=0.1))
             for _ in range(args.warmup):
                 fns[label]()
             if name == "ternary_8a":
@@ -300,17 +301,52 @@ def pair_child(args: argparse.Namespace) -> int:
     return 0
 
 
+def same_layout_pairs(cases: list[str]) -> dict[str, str]:
+    """Each quantized no-teacher case (plain or channels-last) -> the FP case of the same layout."""
+    fp = {None: "fp", "channels_last": "fp_channels_last"}
+    return {c: fp[VARIANTS.get(c)] for c in cases if c in CASES and CASES[c][1] == "baseline"
+            and CASES[c][0] != "32W/32A" and VARIANTS.get(c) in fp}
+
+
+def layout_child(args: argparse.Namespace) -> int:
+    """Each quantized case and its FP step of the same memory layout, step by step alternately in one
+    process (`_alternate`): the fake-quant cost as a ratio the machine's drift cannot tilt."""
+    import torch
+
+    from apprentice.train.step import train_step
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(args.batch, *args.input, generator=g)
+    y = torch.randint(0, args.classes, (args.batch,), generator=g)
+    out: dict[str, Any] = {}
+    for case, fp in same_layout_pairs(args.cases).items():
+        xs = x.contiguous(memory_format=torch.channels_last) if VARIANTS.get(case) == "channels_last" else x
+        fns = {}
+        for label, name in (("fp", fp), ("case", case)):
+            d, opt, _ = build_case(name, args)
+            fns[label] = (lambda d=d, opt=opt, xs=xs: train_step(d, opt, xs, y, lr=0.1))
+            for _ in range(args.warmup):
+                fns[label]()
+        out[case] = _alternate(fns, args.steps)
+    print("SPEED-JSON " + json.dumps(out), flush=True)
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------
 # The parent: rounds of subprocesses, then the tables
 # ----------------------------------------------------------------------------------------------
 
 
-def run_child(cases: list[str], args: argparse.Namespace, before_path: str | None = None) -> dict[str, Any]:
-    mode = ["--pair-child", "--before-path", before_path] if before_path else ["--child"]
+def run_child(cases: list[str], args: argparse.Namespace, before_path: str | None = None,
+              child_flag: str = "--child", system_malloc: bool | None = None) -> dict[str, Any]:
+    mode = ["--pair-child", "--before-path", before_path] if before_path else [child_flag]
     cmd = [sys.executable, str(Path(__file__).resolve()), *mode, "--cases", *cases,
            "--model", args.model, "--teacher", args.teacher, "--input", *map(str, args.input),
            "--classes", str(args.classes), "--batch", str(args.batch), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    if args.system_malloc if system_malloc is None else system_malloc:
+        cmd.append("--system-malloc")
     env = {**os.environ, "PYTHONPATH": str(REPO)}  # this tree's apprentice, whatever is installed
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("SPEED-JSON ")), None)
@@ -357,15 +393,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wait-max", type=float, default=1800)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--pair-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--layout-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--system-malloc", action="store_true",
+                    help="leave glibc malloc at its defaults (train.keep_freed_memory: false) in every timing process")
     ap.add_argument("--before-path", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     unknown = [c for c in args.cases if c not in CASES and c not in PEERS]
     if unknown:
         ap.error(f"unknown cases {unknown}; choose from {[*CASES, *PEERS]}")
+    if (args.child or args.pair_child or args.layout_child) and not args.system_malloc:
+        from apprentice.train.allocator import keep_freed_memory
+        keep_freed_memory()  # what `apprentice train` does by default (train.keep_freed_memory)
     if args.child:
         return child(args)
     if args.pair_child:
         return pair_child(args)
+    if args.layout_child:
+        return layout_child(args)
     if args.steps < 30:
         ap.error("--steps must be at least 30")
     quiet = wait_quiet(args.wait_load, args.wait_max) if args.wait_load is not None else None
@@ -380,14 +424,20 @@ def main(argv: list[str] | None = None) -> int:
             for k in ("step_ms", "teacher_forward_ms"):
                 if k in v:
                     raw.setdefault(case, {}).setdefault(k, []).extend(v[k])
+    layout = None
+    if same_layout_pairs(args.cases):
+        print("each quantized case against the FP step of its layout, step by step", flush=True)
+        layout = {"kept": run_child(args.cases, args, child_flag="--layout-child")}
+        if not args.system_malloc:  # the default's gain: the same pairs with glibc's own settings
+            layout["system"] = run_child(args.cases, args, child_flag="--layout-child", system_malloc=True)
     pair, before_commit = None, None
     if args.before:
         with package_at(args.before) as (path, before_commit):
             print(f"before/after: {before_commit[:10]} against this tree, step by step", flush=True)
             pair = run_child(args.cases, args, before_path=path)
-    result = analyse(raw, pair)
+    result = analyse(raw, pair, layout)
     out = {"benchmark": "speed", "stamp": st, "quiet_wait": quiet,
-           "settings": {k: v for k, v in vars(args).items() if k not in ("child", "pair_child", "before_path", "out")},
+           "settings": {k: v for k, v in vars(args).items() if k not in ("child", "pair_child", "layout_child", "before_path", "out")},
            "before_commit": before_commit, **result}
     md, table = markdown(out)
     write_results(REPO / args.out, out, md, table)
@@ -401,7 +451,7 @@ def _no_teacher_case(case: str) -> str | None:
     return next((c for c, (p, s) in CASES.items() if p == CASES[case][0] and s == "baseline"), None)
 
 
-def analyse(raw: dict[str, Any], pair: dict[str, Any] | None) -> dict[str, Any]:
+def analyse(raw: dict[str, Any], pair: dict[str, Any] | None, layout: dict[str, Any] | None = None) -> dict[str, Any]:
     med = {c: summarize(v["step_ms"]) for c, v in raw.items() if "step_ms" in v}
     fp = med.get("fp", {}).get("median_ms")
     cases = {}
@@ -430,7 +480,12 @@ def analyse(raw: dict[str, Any], pair: dict[str, Any] | None) -> dict[str, Any]:
             before_after[name] = {"kind": "training step" if group == "steps" else "op, forward + backward",
                                   "before": summarize(b), "after": summarize(a),
                                   "speedup_median_of_pairs": round(statistics.median(ratios), 3)}
-    return {"cases": cases, "peer_errors": errors, "before_after": before_after,
+    same_layout = {malloc: {c: {"fp_median_ms": summarize(t["fp"])["median_ms"],
+                                "median_ms": summarize(t["case"])["median_ms"],
+                                "ratio_median_of_pairs": round(statistics.median(q / f for q, f in zip(t["case"], t["fp"])), 3)}
+                            for c, t in pairs.items()}
+                   for malloc, pairs in (layout or {}).items()}
+    return {"cases": cases, "peer_errors": errors, "before_after": before_after, "vs_fp_same_layout": same_layout,
             "profile_ternary_8a": (pair or {}).get("profiles", {})}
 
 
@@ -453,6 +508,15 @@ def markdown(out: dict[str, Any]) -> tuple[str, str]:
         q = out["quiet_wait"]
         text += [f"Waited {q['waited_s']} s for a quiet machine (load {q['load_1min']}, quiet: {q['quiet']}).", ""]
     text += [table, ""]
+    for malloc, pairs in out.get("vs_fp_same_layout", {}).items():
+        how = ("freed memory kept (`train.keep_freed_memory`, the default)" if malloc == "kept"
+               else "glibc malloc's own settings (`train.keep_freed_memory: false`)")
+        text += [f"## The fake-quant step against the FP step of the same layout: {how}", "",
+                 ("Each quantized case and its FP twin (same layout) built in one process and stepped "
+                  "alternately; ratio = median over pairs of case / FP."), "",
+                 markdown_table(["case", "FP median ms", "case median ms", "× FP step, same layout"],
+                                [[c, v["fp_median_ms"], v["median_ms"], v["ratio_median_of_pairs"]]
+                                 for c, v in pairs.items()]), ""]
     if out["peer_errors"]:
         text += ["Peers not measured: " + "; ".join(f"{c}: {e}" for c, e in out["peer_errors"].items()), ""]
     if out["before_after"]:

@@ -40,7 +40,7 @@ from apprentice.errors import ApprenticeError
 API_PAGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("models", "Models", ("apprentice.models",)),
     ("quant", "Quantization", ("apprentice.quant",)),
-    ("distill", "Distillation and losses", ("apprentice.distill", "apprentice.losses")),
+    ("distill", "Distillation and losses", ("apprentice.distill", "apprentice.ensemble", "apprentice.losses")),
     ("export", "Export", ("apprentice.export",)),
     ("train", "Training machinery", ("apprentice.train",)),
     ("run", "Runs: fit and reading back", ("apprentice.run", "apprentice.run.loop", "apprentice.run.runs")),

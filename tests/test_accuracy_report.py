@@ -4,6 +4,7 @@ the grid that produces them is tested in test_benchmarks.py."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -80,6 +81,37 @@ def test_goals_choose_the_teacher_scheme_on_holdout_and_say_noise():
     assert accuracy_goals.missed_cells(an) == ["4W/8A:B"]  # at the holdout's scheme, not C (better on test)
     assert accuracy_report._diff({"mean": -0.3, "std": 0.99, "n": 3}) == "-0.30 ± 0.99 noise"
     assert accuracy_report._diff({"mean": 1.2, "std": 0.2, "n": 3}) == "1.20 ± 0.20"
+
+
+def test_the_patient_goals_judge_the_ensemble_and_the_gain_over_no_teacher(tmp_path):
+    import accuracy_goals
+
+    assert accuracy_goals.goal_set({"teacher_recipe": "t.yaml"}) is accuracy_goals.PATIENT_GOALS
+    assert accuracy_goals.goal_set({}) is accuracy_goals.GOALS
+    rows = [{**_row("teacher", "32W/32A", "baseline", s, 94.7), "name": n} for s, n in ((0, "teacher"), (1, "teacher-s1"))]
+    # (FP twin, no teacher, C) per seed: C − no teacher = +0.6, +0.5, +0.7 (clear); C − FP twin −0.4, −0.6, −0.2.
+    for seed, (fp, base, c) in enumerate([(92.0, 91.0, 91.6), (92.5, 91.4, 91.9), (92.2, 91.3, 92.0)]):
+        rows += [_row("fp_twin", "32W/32A", "baseline", seed, fp), _row("student", "2W/32A", "baseline", seed, base),
+                 {**_row("student", "2W/32A", "C", seed, c), "final_holdout_top1": 92.0}]
+    an = accuracy_report.analyse(rows, ["2W/32A"])
+    settings = {"teacher_seeds": [0, 1]}
+    measured = tmp_path / "ensemble_teacher.json"
+    measured.write_text(json.dumps({"rows": [{"teacher": "runs/teacher", "test": 94.7}, {"teacher": "x/teacher-s1", "test": 94.6},
+                                             {"teacher": "ensemble", "test": 95.0}]}))
+    an["ensemble_top1"] = accuracy_report.ensemble_top1(measured, settings, rows)
+    assert an["ensemble_top1"] == 95.0
+    assert accuracy_report.ensemble_top1(measured, {"teacher_seeds": [0]}, rows) is None  # one teacher: not an ensemble
+    assert accuracy_report.ensemble_top1(measured, settings, rows[:1] + rows[2:]) is None  # other members
+    teacher, w2, gain = accuracy_goals.goal_lines(an, accuracy_goals.PATIENT_GOALS)
+    assert "the ensemble 95.00 %" in teacher and "**met**" in teacher
+    assert "-0.40 ± 0.20 over 3 seeds" in w2 and "**missed by 0.40 points**" in w2
+    assert "2W/32A C +0.60 ± 0.10 over 3 seeds" in gain and "**met**" in gain
+    rows[-1]["final_top1"] = 91.3  # C − no teacher = +0.6, +0.5, 0.0: mean +0.37 < 2 × 0.32
+    gain = accuracy_goals.goal_lines(accuracy_report.analyse(rows, ["2W/32A"]), accuracy_goals.PATIENT_GOALS)[-1]
+    assert "(not clear)" in gain and "**missed**" in gain
+    del an["ensemble_top1"]
+    assert "the teacher 94.70 %" in accuracy_goals.goal_lines(an, accuracy_goals.PATIENT_GOALS)[0]
+    assert accuracy_goals.missed_cells(an, accuracy_goals.PATIENT_GOALS) == ["2W/32A:C"]
 
 
 def test_convergence_sentence_pairs_b_with_a_by_seed():

@@ -72,7 +72,7 @@ def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
 
 
-def _fake_launch(job, runs, threads):
+def _fake_launch(job, runs, threads, imports=()):
     """A stand-in for `apprentice train`: writes a run's checkpoint, then trains (sleeps) until stopped."""
     folder = runs / job.name
     folder.mkdir(parents=True, exist_ok=True)
@@ -133,7 +133,7 @@ def test_a_run_stopped_half_way_is_kept_committed_and_resumed_on_a_fresh_machine
 
 
 def test_each_finished_run_reports_its_time_the_count_and_the_time_left(tmp_path, monkeypatch, capsys):
-    def finishing_launch(job, runs, threads):  # a run that ends at once, finished
+    def finishing_launch(job, runs, threads, imports=()):  # a run that ends at once, finished
         (runs / job.name).mkdir(parents=True, exist_ok=True)
         (runs / job.name / "job.json").write_text(json.dumps(job.overrides))
         (runs / job.name / "summary.json").write_text(json.dumps({"status": "finished"}))

@@ -61,6 +61,40 @@ def test_grid_plan_with_the_teacher_cache_and_named_quantizers(tmp_path):
     assert _runner.state(tmp_path / accuracy.CACHE, by[accuracy.CACHE]) == "resume"  # cache-teacher continues its file
 
 
+def test_grid_labels_name_the_activation_quantizer_and_runs_get_the_imports(tmp_path, monkeypatch):
+    jobs = {j.name: j for j in accuracy.grid_jobs(_args(precisions=["4W/8A@clip", "4W/8A@asym"], schemes=["baseline"]),
+                                                  tmp_path)}
+    assert {"4w8a-clip-baseline-s0", "4w8a-asym-baseline-s0"} <= set(jobs)
+    o = jobs["4w8a-asym-baseline-s0"].overrides
+    assert (o["quant.precision"], o["quant.act_quantizer"]) == ("4W/8A", "asym") and "quant.quantizer" not in o
+    assert "quant.act_quantizer" not in jobs["fp-s0"].overrides
+    (tmp_path / "logs").mkdir()
+    started = []
+    monkeypatch.setattr(_runner.subprocess, "Popen", lambda cmd, **kw: started.append(cmd))
+    _runner.launch(jobs["fp-s0"], tmp_path, 1, ("shim.py", "my_models"))
+    assert started[0][3:8] == ["train", "--import", "shim.py", "--import", "my_models"]
+    for bad, word in (("4W/8A@bogus", "bogus"), ("5X/8A", "5X")):
+        with pytest.raises(SystemExit, match=f"accuracy: .*{word}"):
+            accuracy.main(["--precisions", bad, "--runs-dir", str(tmp_path / "r"), "--report-only"])
+    with pytest.raises(SystemExit, match="accuracy: .*nowhere.py"):
+        accuracy.main(["--import", str(tmp_path / "nowhere.py"), "--runs-dir", str(tmp_path / "r"), "--report-only"])
+
+
+def test_a_k_view_grid_names_its_cache_and_its_cached_cells_apart(tmp_path, monkeypatch):
+    args = _args(teacher_cache=True, cache_views=4, precisions=["2W/8A"], schemes=["baseline", "B"], seeds=[0])
+    jobs = {j.name: j for j in accuracy.grid_jobs(args, tmp_path)}
+    assert set(jobs) == {"teacher", "teacher-cache-k4", "fp-s0", "2w8a-baseline-s0", "2w8a-B-k4-s0"}
+    assert jobs["2w8a-B-k4-s0"].overrides["distill.teacher_cache"] == str(accuracy.cache_file(tmp_path, "teacher-cache-k4"))
+    full = {j.name for j in accuracy.grid_jobs(_args(teacher_cache=True, precisions=["2W/8A"],
+                                                     schemes=["baseline", "B"], seeds=[0]), tmp_path)}
+    assert full & set(jobs) == {"teacher", "fp-s0", "2w8a-baseline-s0"}  # shared with the full-cache grid
+    (tmp_path / "logs").mkdir()
+    started = []
+    monkeypatch.setattr(_runner.subprocess, "Popen", lambda cmd, **kw: started.append(cmd))
+    _runner.launch(jobs["teacher-cache-k4"], tmp_path, 1)
+    assert started[0][-2:] == ["--views", "4"] and "cache-teacher" in started[0]
+
+
 def test_grid_plan_of_deployable_students(tmp_path):
     jobs = accuracy.grid_jobs(_args(precisions=["4W/8A"], schemes=["B", "C"], deploy="int8"), tmp_path)
     assert {j.name: j.overrides.get("quant.deploy") for j in jobs} == {
@@ -167,6 +201,21 @@ def test_speed_child_times_each_case():
     assert set(res) == {"fp", "ternary_8a", "ternary_B"}
     assert all(len(v["step_ms"]) == 3 and min(v["step_ms"]) > 0 for v in res.values())
     assert len(res["ternary_B"]["teacher_forward_ms"]) == 3 and "teacher_forward_ms" not in res["fp"]
+
+
+def test_speed_layout_child_pairs_each_quantized_case_with_the_fp_step_of_its_layout():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import speed
+    assert speed.same_layout_pairs(["fp", "ternary_8a", "4w8a_channels_last", "ternary_B", "fp_channels_last"]) == {
+        "ternary_8a": "fp", "4w8a_channels_last": "fp_channels_last"}  # a teacher's case has no FP twin step
+    cmd = [sys.executable, str(ROOT / "benchmarks/speed.py"), "--layout-child", "--cases", "fp", "4w8a_channels_last",
+           "--steps", "3", "--warmup", "1", "--batch", "4", "--threads", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("SPEED-JSON "))[11:])
+    assert set(res) == {"4w8a_channels_last"} and all(len(t) == 3 for t in res["4w8a_channels_last"].values())
+    an = speed.analyse({}, None, {"kept": {"c": {"fp": [10.0, 20.0, 30.0], "case": [11.0, 24.0, 30.0]}}})
+    assert an["vs_fp_same_layout"]["kept"]["c"]["ratio_median_of_pairs"] == 1.1  # pairs 1.1, 1.2, 1.0
 
 
 # -- the converged regime (accuracy.py options) and the frontier ----------------------------------

@@ -9,7 +9,6 @@ data set and resnet8 at width 0.25.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import random
 import re
@@ -27,7 +26,7 @@ from apprentice.run.loop import fit
 from apprentice.train import checkpoint as ck
 from apprentice.train.step import NonFiniteLossError
 
-from tiny_runs import recipe, tiny
+from tiny_runs import recipe, records, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = ROOT / "tests" / "fault_hooks.py"
@@ -38,10 +37,6 @@ def env(**extra: str) -> dict[str, str]:
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         e.pop(key, None)
     return e
-
-
-def records(run: Path, kind: str) -> list[dict]:
-    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["type"] == kind]
 
 
 def temps(folder: Path) -> set[str]:

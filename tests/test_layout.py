@@ -140,7 +140,7 @@ def test_no_module_imports_a_higher_layer():
 
 def test_the_top_level_holds_the_face_and_the_domain_only():
     top = sorted(p.stem for p in PACKAGE.glob("*.py"))
-    assert top == ["__init__", "__main__", "atomic", "distill", "errors", "losses", "models", "stock_models", "version",
+    assert top == ["__init__", "__main__", "atomic", "distill", "ensemble", "errors", "losses", "models", "stock_models", "version",
                    "weights"], top
 
 

@@ -327,7 +327,7 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
     from apprentice.config.schema import Config
     from apprentice.config.typed_yaml import apply_override
     from apprentice.data import cache_teacher
-    from apprentice.distill import Ensemble, check_members
+    from apprentice.ensemble import Ensemble, check_members
     from apprentice.run.file_checks import check_output_apart
 
     # argparse gives every word to the first list: the data.key=value words are the overrides

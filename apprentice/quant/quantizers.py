@@ -347,18 +347,13 @@ def fake_quant_activation(x: Tensor, bits: int, clip: float | Tensor) -> Tensor:
         c = effective_clip(clip).to(x.dtype)
         y = torch.minimum(x.clamp(min=0), c)
         return ste(y, torch.round(y / c * steps) * (c / steps))
-    # A fixed clip: compute the levels in place on one buffer, outside the graph, and let the STE
-    # mask the gradient (the clamp's own backward, [0 <= x <= c]); same values, same gradients,
-    # a third of the full-size passes (benchmarks/speed.py records before/after).
-    needs_grad = x.requires_grad and torch.is_grad_enabled()
+    # A fixed clip: the levels computed outside the graph in place on one buffer (clip(x/c, 0, 1) is
+    # clip(x, 0, c)/c, bit for bit: the PACT path's values), the STE's window giving the clamp's
+    # gradient [0 <= x <= c] in one fused backward pass; no 0/1 mask is made in the forward
+    # (benchmarks/results/speed_layout.md has the step times).
     with torch.no_grad():
-        y = x.clamp(0, clip)
-        # [0 <= x <= c] (NaN: 0, as clamp's backward), as 0/1 in x's dtype: one comparison pass, and a
-        # float multiply backward, both several times faster on CPU than bool masks or torch.where;
-        # the memory equals that of the x the clamp's backward used to keep.
-        mask = torch.eq(y, x, out=torch.empty_like(x)) if needs_grad else None
-        q = y.div_(clip).mul_(steps).round_().mul_(clip / steps)
-    return ste(x, q, mask)
+        q = torch.div(x, clip).clamp_(0, 1).mul_(steps).round_().mul_(clip / steps)
+    return ste(x, q, (0.0, float(clip)))
 
 
 ACT_QUANTIZERS: dict[str, ActQuantizerFn] = {"clip": fake_quant_activation, "lsq": lsq_activation,

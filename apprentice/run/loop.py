@@ -48,8 +48,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from apprentice.atomic import atomic_copy, atomic_write_text, remove_stale_temps
-from apprentice.config import config_to_dict, diff_configs, dump_yaml
+from apprentice.atomic import atomic_copy, atomic_write_text
+from apprentice.config import config_to_dict
 from apprentice.config.checks import validate
 from apprentice.config.schema import Config
 from apprentice.errors import ApprenticeError, signal_exit
@@ -57,16 +57,20 @@ from apprentice.quant import quantized_layers
 from apprentice.quant.report import activation_report, summarize_report
 from apprentice.run import build
 from apprentice.run.file_checks import check_output_apart
-from apprentice.run.runs import stored_config
+from apprentice.run.opening import (
+    check_run_folder,
+    open_run_folder,
+    read_resume_state,
+    restore,
+)
 from apprentice.run.teacher import teacher_paths
 from apprentice.train import checkpoint as ck
 from apprentice.train import runtime
+from apprentice.train.allocator import keep_freed_memory
 from apprentice.train.batchnorm import reestimate_batchnorm
 from apprentice.train.checkpoint import (
     CHECKPOINT_DIR,
-    CONFIG_FILE,
     LAST,
-    METRICS_FILE,
     SUMMARY_FILE,
 )
 from apprentice.train.nonfinite import locate_nonfinite
@@ -74,7 +78,6 @@ from apprentice.train.progress import (
     MetricsWriter,
     Progress,
     bar_text,
-    trim_metrics,
 )
 from apprentice.train.runtime import Runtime, StopSignals, TrainingInterrupted
 from apprentice.train.state import Counters, Meter, TrainState, take_best
@@ -86,14 +89,10 @@ from apprentice.train.step import (
     train_step,
 )
 from apprentice.version import __version__, git_commit
-from apprentice.weights import check_finite, load_strict, standard_layout
+from apprentice.weights import standard_layout
 
-__all__ = ["HARMLESS_KEYS", "fit"]
+__all__ = ["fit"]
 
-# Config keys that may differ when resuming: they move files or change how often things are
-# reported, not what is trained (train.device: moving a run to another machine is legitimate).
-HARMLESS_KEYS = ("train.out", "train.log_every", "train.checkpoint_every", "train.device",
-                 "data.dir", "data.download", "data.workers", "data.eval_batch_size")
 
 
 def fit(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -102,7 +101,7 @@ def fit(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> dict[s
     Args:
         cfg: the whole config (`apprentice.config.load_config`); validated again here.
         resume: continue from ``checkpoints/last.pt``. Its stored config must equal ``cfg`` except
-            for `HARMLESS_KEYS`. With no checkpoint in the folder a new run starts.
+            for `apprentice.run.opening.HARMLESS_KEYS`. With no checkpoint in the folder a new run starts.
         overwrite: delete an earlier run's files (summary, metrics, checkpoints, tb/) first.
 
     Returns:
@@ -127,6 +126,8 @@ def fit(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> dict[s
                                         (cfg.train.device == "auto" and torch.cuda.is_available())):
         raise ApprenticeError("train.amp=fp16 needs CUDA (its GradScaler); use train.amp=bf16 or off on the CPU")
     rt = runtime.setup(cfg.train.device)
+    if cfg.train.keep_freed_memory:
+        keep_freed_memory()
     lost = False
     try:
         with StopSignals() as signals:
@@ -169,17 +170,18 @@ class _Run:
 
 def _run(cfg: Config, rt: Runtime, signals: StopSignals, *, resume: bool, overwrite: bool) -> dict[str, Any]:
     t_start, out, progress = time.perf_counter(), Path(cfg.train.out), Progress(enabled=rt.rank == 0)
-    _check_run_folder(out, rt, progress, resume=resume, overwrite=overwrite)
+    check_run_folder(out, rt, progress, resume=resume, overwrite=overwrite)
     new_folder = not out.exists()
     cfg, spec = build.resolve_data(cfg, report=progress.line)  # a folder's classes, size, mean/std: recorded in the run
     cfg = build.resolve_quant(cfg, spec)  # the automatic weight scale and activation quantizer, recorded too
-    saved = _read_resume_state(cfg, out, resume, progress)
+    saved = read_resume_state(cfg, out, resume, progress)
     runtime.seed_everything(cfg.train.seed, rt.device)
     training = build.build_training(cfg, rt, spec)
     run = _Run(cfg, rt, signals, out, progress, training, Counters(), t_start=t_start, commit=git_commit())
     if saved is not None:
-        _restore(run, saved)
-    run.metrics = _open_run_folder(run, resumed=saved is not None, overwrite=overwrite)
+        run.counters = restore(training, saved, rt, progress, run.last)
+    run.metrics = open_run_folder(cfg, out, run.counters.step, progress, main=run.main, resumed=saved is not None,
+                                  overwrite=overwrite)
     runtime.wrap_for_processes(training.distiller, rt)
     if cfg.train.compile:
         runtime.compile_step(training.distiller, teacher_runs=cfg.distill.teacher_cache is None)
@@ -207,88 +209,6 @@ def _remove_unsaved_run(run: _Run) -> None:
     if run.main and not ck.run_files(run.out):
         run.metrics.close()
         shutil.rmtree(run.out, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Before the first step
-
-
-def _check_run_folder(out: Path, rt: Runtime, progress: Progress, *, resume: bool, overwrite: bool) -> None:
-    """Refuse a folder holding a run (unless resume/overwrite); remove temp files a kill left."""
-    runtime.raise_from_rank0(ck.check_run_dir(out, resume=resume, overwrite=overwrite) if rt.rank == 0 else None, rt)
-    if rt.rank == 0:  # a run killed inside an atomic write leaves its temp file; nothing else writes here
-        stale = remove_stale_temps(out) + remove_stale_temps(out / CHECKPOINT_DIR)
-        if stale:
-            progress.line(f"removed {len(stale)} temporary file(s) left by an interrupted write: "
-                          + ", ".join(p.name for p in stale))
-
-
-def _read_resume_state(cfg: Config, out: Path, resume: bool, progress: Progress) -> TrainState | None:
-    """The checkpoint to resume from, after checking its config matches ``cfg`` (None: start afresh)."""
-    last = out / CHECKPOINT_DIR / LAST
-    if not resume:
-        return None
-    if (out / SUMMARY_FILE).is_file():
-        raise ApprenticeError(f"run folder {str(out)!r} holds a finished run ({SUMMARY_FILE}); nothing to resume "
-                              f"(use --overwrite to train it again)")
-    if not last.is_file():
-        if ck.run_files(out):
-            raise ApprenticeError(f"run folder {str(out)!r} has no {CHECKPOINT_DIR}/{LAST} to resume from; "
-                                  f"use --overwrite to start again")
-        progress.line(f"nothing to resume in {out}: no {CHECKPOINT_DIR}/{LAST}; starting a new run")
-        return None
-    saved = ck.read_checkpoint(last)
-    diffs = [x for x in diff_configs(stored_config(saved, last), cfg) if x.split(":")[0] not in HARMLESS_KEYS]
-    if diffs:
-        raise ApprenticeError(f"cannot resume {str(out)!r}: the config differs from its checkpoint's in "
-                              f"{'; '.join(diffs)}; use the same config, or --overwrite to start again")
-    state = TrainState.from_dict(saved, f"checkpoint {str(last)!r}")
-    weights = {f"{prefix}{k}": v for prefix, sd in (("", state.model), ("teacher ", state.teacher))
-               if isinstance(sd, dict) for k, v in sd.items()}
-    check_finite(weights, f"checkpoint {str(last)!r}", why="it cannot be resumed; --overwrite starts the run again")
-    return state
-
-
-def _restore(run: _Run, state: TrainState) -> None:
-    """Load a checkpoint's state into what trains and into the counters."""
-    t, source = run.training, f"checkpoint {str(run.last)!r}"
-    load_strict(t.student, state.model, source)
-    try:  # a damaged or hand-edited checkpoint must not fail half way with a KeyError
-        if state.teacher is not None and t.teacher is not None and t.distiller.scheme.teacher == "joint":
-            load_strict(t.teacher, state.teacher, f"{source} (teacher)")
-        t.optimizer.load_state_dict(state.optimizer)
-        if t.scaler is not None and state.scaler:
-            t.scaler.load_state_dict(state.scaler)
-        t.data.batches.load_state_dict(state.data)
-        ck.set_rng_state(state.rng)
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
-        what = f"missing {e}" if isinstance(e, KeyError) else " ".join(str(e).split())[:200]
-        raise ApprenticeError(f"{source} cannot be resumed ({what}); --overwrite starts the run again") from None
-    run.counters = state.counters
-    if state.world_size != run.rt.world_size:
-        run.progress.line(f"note: resuming a {state.world_size}-process run with {run.rt.world_size}: the batches "
-                          f"stay the same, augmentation draws change")
-
-
-def _open_run_folder(run: _Run, *, resumed: bool, overwrite: bool) -> MetricsWriter:
-    """Rank 0 writes the folder and its config; the metrics of steps a resume repeats are dropped."""
-    out, step = run.out, run.counters.step
-    leftovers = False
-    if run.main:
-        if overwrite:
-            ck.clear_run(out)
-        try:
-            (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ApprenticeError(f"cannot create the run folder {str(out)!r} (train.out): {e.strerror or e}") from None
-        atomic_write_text(out / CONFIG_FILE, dump_yaml(run.cfg))
-        # A resumed run re-logs the steps after its checkpoint; a new run in a folder where one was
-        # killed before its first checkpoint drops that run's lines (and TensorBoard events) too.
-        leftovers = not resumed and (out / METRICS_FILE).is_file()
-        if resumed or leftovers:
-            trim_metrics(out / METRICS_FILE, step)
-    purge = step + 1 if resumed or leftovers else None
-    return MetricsWriter(out, enabled=run.main, purge_step=purge, notice=run.progress.line)
 
 
 def _describe(run: _Run, *, resumed: bool) -> str:

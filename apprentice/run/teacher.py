@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from apprentice.config.schema import ModelConfig
-from apprentice.distill import Ensemble
+from apprentice.ensemble import Ensemble
 from apprentice.errors import ApprenticeError
 from apprentice.export import load_packed
 from apprentice.models import build_model, takes_argument

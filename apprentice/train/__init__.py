@@ -11,7 +11,8 @@
 `apprentice.fit` composes them into a training run from a config.
 """
 
+from apprentice.train.allocator import keep_freed_memory
 from apprentice.train.batchnorm import reestimate_batchnorm
 from apprentice.train.step import NonFiniteLossError, StepResult, evaluate, train_step
 
-__all__ = ["NonFiniteLossError", "StepResult", "evaluate", "reestimate_batchnorm", "train_step"]
+__all__ = ["NonFiniteLossError", "StepResult", "evaluate", "keep_freed_memory", "reestimate_batchnorm", "train_step"]

@@ -18,7 +18,7 @@ from test_teacher_cache import _data, _live, _teacher
 
 
 def test_an_ensembles_cache_is_the_weighted_mean_of_its_members_live_logits_view_by_view(tmp_path):
-    from apprentice.distill import Ensemble
+    from apprentice.ensemble import Ensemble
 
     data, members, weights = _data(), [_teacher(1), _teacher(2), _teacher(3)], (1.0, 2.0, 1.0)
     path = tmp_path / "ensemble.cache"
@@ -30,7 +30,7 @@ def test_an_ensembles_cache_is_the_weighted_mean_of_its_members_live_logits_view
 
 
 def test_a_cache_of_another_ensemble_is_refused(tmp_path):
-    from apprentice.distill import Ensemble
+    from apprentice.ensemble import Ensemble
 
     data, members = _data(), [_teacher(1), _teacher(2)]
     path = tmp_path / "ensemble.cache"

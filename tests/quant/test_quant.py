@@ -166,17 +166,32 @@ def test_fixed_clip_activation_equals_the_clamp_reference(bits):
     assert torch.equal(x.grad, x_ref.grad)
 
 
-def test_ste_mask_and_no_graph_without_grad():
+def test_ste_window_and_no_graph_without_grad():
     from apprentice.quant import ste
-    x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
-    q = torch.tensor([0.0, 5.0, 5.0])
-    out = ste(x, q, torch.tensor([True, False, True]))
+    x = torch.tensor([-1e-30, 0.0, 1.0, 2.0, 2.0000002, 3.0], requires_grad=True)
+    q = torch.tensor([0.0, 5.0, 5.0, 5.0, 5.0, 5.0])
+    out = ste(x, q, (0.0, 2.0))
     assert torch.equal(out.detach(), q)
-    (out * torch.tensor([2.0, 3.0, 4.0])).sum().backward()
-    assert x.grad.tolist() == [2.0, 0.0, 4.0]
+    (out * torch.tensor([2.0, 3.0, 4.0, 5.0, 6.0, 7.0])).sum().backward()
+    assert x.grad.tolist() == [0.0, 3.0, 4.0, 5.0, 0.0, 0.0]  # low <= x <= high, the edges included
+    x.grad = None
+    ste(x, q).sum().backward()  # no window: the gradient passes everywhere
+    assert x.grad.tolist() == [1.0] * 6
     with torch.no_grad():
         assert not ste(x, q).requires_grad
     assert not ste(x.detach(), q).requires_grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_ste_window_edges_hold_in_other_dtypes(dtype):
+    from apprentice.quant import ste
+    high = 0.7  # not representable: the edge is the dtype's own value of it
+    x = torch.tensor([0.0, high, -0.0, 1.0], dtype=dtype)
+    edge = x[1].item()
+    x = torch.tensor([0.0, edge, torch.nextafter(torch.tensor(edge, dtype=dtype), torch.tensor(2.0, dtype=dtype)).item(),
+                      -torch.finfo(dtype).tiny], dtype=dtype, requires_grad=True)
+    ste(x, x.detach(), (0.0, edge)).sum().backward()
+    assert x.grad.tolist() == [1.0, 1.0, 0.0, 0.0]
 
 
 # --- per-channel vs per-layer scales -----------------------------------------------------------

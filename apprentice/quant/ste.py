@@ -7,6 +7,7 @@ share it without importing each other.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from torch import Tensor
 __all__ = ["ste"]
 
 
+@functools.lru_cache(maxsize=256)  # per layer and backward pass otherwise: a few tiny ops each time
 def _outward(bound: float, dtype: torch.dtype, direction: float) -> float:
     """The next value of ``dtype`` beyond ``bound`` (towards ``direction``), at least one smallest
     normal away: a strict comparison with it is the inclusive comparison with ``bound`` for every

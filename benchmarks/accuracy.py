@@ -36,7 +36,7 @@ from _runner import (
     run_jobs,
 )
 from _stamp import REPO, stamp
-from accuracy_report import SCHEMES
+from accuracy_report import SCHEMES, act_quantizer, split_label
 
 from apprentice.cli.user_code import import_user_code
 from apprentice.config import DistillConfig
@@ -51,18 +51,6 @@ SWEEP_C_LR = (0.003, 0.03)  # a scheme-C sweep also tries its fine-tuning lr aro
 SWEEP_CELL = "2W/32A:B"  # the committed grid's sweep: scheme B at 2W/32A, where the gain was least clear
 # The paper's loss weights are the library's defaults; the grid runs at them, the sweep around them.
 DEFAULT = {"gamma": DistillConfig().gamma, "temperature": DistillConfig().temperature}
-
-
-def split_label(label: str) -> tuple[str | None, str]:
-    """A grid precision label: "2W/8A" (the default quantizers), "lsq:2W/8A" (weight quantizer named),
-    "4W/8A@asym" (activation quantizer named: `act_quantizer`); returns (weight quantizer, precision)."""
-    quantizer, _, precision = label.rpartition(":")
-    return quantizer or None, precision.partition("@")[0]
-
-
-def act_quantizer(label: str) -> str | None:
-    """The activation quantizer a label names after "@" ("4W/8A@asym": "asym"), else None (the default)."""
-    return label.partition("@")[2] or None
 
 
 def _slug(label: str) -> str:

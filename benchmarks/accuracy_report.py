@@ -397,6 +397,18 @@ def findings(an: dict[str, Any]) -> list[str]:
     return out
 
 
+def split_label(label: str) -> tuple[str | None, str]:
+    """A grid precision label: "2W/8A" (the default quantizers), "lsq:2W/8A" (weight quantizer named),
+    "4W/8A@asym" (activation quantizer named: `act_quantizer`); returns (weight quantizer, precision)."""
+    quantizer, _, precision = label.rpartition(":")
+    return quantizer or None, precision.partition("@")[0]
+
+
+def act_quantizer(label: str) -> str | None:
+    """The activation quantizer a label names after "@" ("4W/8A@asym": "asym"), else None (the default)."""
+    return label.partition("@")[2] or None
+
+
 def model_sizes(student: str, teacher: str, precisions: list[str], width: float = 1.0) -> dict[str, int]:
     """Bytes of each student's packed file (base-3 ternary) and of the FP32 teacher/twin, from the size report."""
     from apprentice import build_model, prepare
@@ -407,11 +419,10 @@ def model_sizes(student: str, teacher: str, precisions: list[str], width: float 
     out = {}
     shape = {"num_classes": 10, "in_channels": 1, **({"width": width} if width != 1.0 or takes_argument(student, "width") else {})}
     for label in ["32W/32A", *precisions]:
-        quantizer, _, rest = label.rpartition(":")  # "lsq:2W/8A": the weight quantizer named
-        p, _, act = rest.partition("@")  # "4W/8A@asym": the activation quantizer named
+        quantizer, p = split_label(label)
         m = build_model(student, **shape)
         if p != "32W/32A":
-            weights, acts = parse_precision(p, quantizer=quantizer or None, act_quantizer=act or None)
+            weights, acts = parse_precision(p, quantizer=quantizer, act_quantizer=act_quantizer(label))
             prepare(m, weights=weights, activations=acts)  # in place
         out[label] = int(size_totals(size_report(m))["packed_bytes"])
     out["teacher"] = int(size_totals(size_report(build_model(teacher, num_classes=10, in_channels=1)))["packed_bytes"])

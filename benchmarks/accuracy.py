@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     committed, matching = continue_from(jobs, runs, [out, *(REPO / f for f in args.continue_from)], args.runs_dir)
 
     report = AfterRuns(jobs, runs, out, lambda: accuracy_report.write(out, jobs, runs, info, matching),
-                            args.commit, f"accuracy grid {out.stem}")
+                       args.commit, f"accuracy grid {out.stem}", shared=tuple(REPO / f for f in args.continue_from))
 
     if args.report_only:
         report()

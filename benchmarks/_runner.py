@@ -115,11 +115,13 @@ class AfterRuns:
     for runs stopped half way: their checkpoints go beside the results (and into a commit), so a fresh
     machine resumes them. ``commit`` with results outside the repository is refused here, before any run."""
 
-    def __init__(self, jobs: list[Job], runs: Path, out: Path, write, commit: bool, label: str, repo: Path = REPO):
+    def __init__(self, jobs: list[Job], runs: Path, out: Path, write, commit: bool, label: str, repo: Path = REPO,
+                 shared: tuple[Path, ...] = ()):
         if commit:
             check_committable(out, repo)
         self.jobs, self.runs, self.out, self.write, self.label = jobs, runs, out, write, label
         self.snapshots = snapshot_dir(out)
+        self.shared = tuple(snapshot_dir(p) for p in shared)  # a continued grid's: their snapshots are committed
         self.committer = RowCommitter(out, label, repo) if commit else None
 
     def __call__(self) -> None:
@@ -127,12 +129,22 @@ class AfterRuns:
             if state(self.runs / j.name, j) != "done":
                 continue
             if j.meta.get("role") in ("teacher", "fp_twin"):
-                save_snapshot(self.runs / j.name, self.snapshots)
+                if not self._snapshotted_elsewhere(j):  # not a second copy of a teacher's megabytes
+                    save_snapshot(self.runs / j.name, self.snapshots)
             elif _is_partial(self.snapshots / j.name):  # its row is the result now
                 shutil.rmtree(self.snapshots / j.name)
         self.write()
         if self.committer:
             self.committer()
+
+    def _snapshotted_elsewhere(self, job: Job) -> bool:
+        """Whether a continued grid's committed snapshots hold this very run, finished (a fresh clone
+        restores it from there)."""
+        for snaps in self.shared:
+            spec, done = snaps / job.name / "job.json", snaps / job.name / "summary.json"
+            if done.is_file() and spec.is_file() and json.loads(spec.read_text()) == job.overrides:
+                return True
+        return False
 
     def interrupted(self, names: list[str]) -> None:
         """Keep the checkpoints of the runs ``names`` (stopped half way) beside the results, then write and commit."""

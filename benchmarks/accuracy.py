@@ -36,13 +36,18 @@ from _runner import (
     run_jobs,
 )
 from _stamp import REPO, stamp
-from accuracy_report import SCHEMES, act_quantizer, split_label
+from accuracy_report import (
+    SCHEMES,
+    act_quantizer,
+    parse_label,
+    per_channel,
+    split_label,
+)
 
 from apprentice.cli.user_code import import_user_code
 from apprentice.config import DistillConfig
 from apprentice.errors import ApprenticeError
 from apprentice.losses import LOSSES
-from apprentice.quant import parse_precision
 
 PRECISIONS = ("2W/32A", "2W/8A", "4W/8A")
 SWEEP_GAMMA = (0.5, 1.0, 2.0)
@@ -54,12 +59,13 @@ DEFAULT = {"gamma": DistillConfig().gamma, "temperature": DistillConfig().temper
 
 
 def _slug(label: str) -> str:
-    return label.replace(":", "-").replace("@", "-").replace("/", "").lower()
+    return label.replace(":", "-").replace("@", "-").replace("+", "-").replace("/", "").lower()
 
 
 def _precision_overrides(label: str) -> dict[str, Any]:
     (quantizer, precision), act = split_label(label), act_quantizer(label)
     return {"quant.precision": precision, **({"quant.quantizer": quantizer} if quantizer else {}),
+            **({"quant.per_channel": True} if per_channel(label) else {}),
             **({"quant.act_quantizer": act} if act else {})}
 
 
@@ -358,7 +364,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--runs-dir", default="runs/accuracy", help="run folders (resumed when rerun)")
     ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS),
                     help="precision labels: 2W/8A (default quantizers), lsq:2W/8A (a weight quantizer named), "
-                         "4W/8A@asym (an activation quantizer named: quant.act_quantizer)")
+                         "pc:2W/32A or uniform+pc:4W/8A (per-channel weight scales: quant.per_channel), 4W/8A@asym (an activation quantizer named: quant.act_quantizer)")
     ap.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=list(SCHEMES), help="schemes per precision")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--plateau", action="store_true", help="also the seed-0 FP twin trained twice as long")
@@ -394,8 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.imports:  # a user's model (or this VM's shim) is needed here too: the report's sizes
             import_user_code(spec)
         for label in args.precisions:
-            quantizer, precision = split_label(label)
-            parse_precision(precision, quantizer=quantizer, act_quantizer=act_quantizer(label))
+            parse_label(label)
     except ApprenticeError as e:
         raise SystemExit(f"accuracy: {e}") from None
     if len(set(args.teacher_seeds)) != len(args.teacher_seeds):
@@ -413,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     committed, matching = continue_from(jobs, runs, [out, *(REPO / f for f in args.continue_from)], args.runs_dir)
 
     report = AfterRuns(jobs, runs, out, lambda: accuracy_report.write(out, jobs, runs, info, matching),
-                            args.commit, f"accuracy grid {out.stem}")
+                       args.commit, f"accuracy grid {out.stem}", shared=tuple(REPO / f for f in args.continue_from))
 
     if args.report_only:
         report()

@@ -181,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     # A shared row keeps its numbers and takes this job's labels (the grid's rows have no width).
     matching = {j.name: {**matching[j.name], **j.meta} for j in jobs if j.name in matching}
 
-    on_done = _runner.AfterRuns(jobs, runs, out, lambda: report(out, jobs, runs, info, matching),
-                                     args.commit, f"frontier {out.stem}")
+    on_done = _runner.AfterRuns(jobs, runs, out, lambda: report(out, jobs, runs, info, matching), args.commit,
+                                f"frontier {out.stem}", shared=tuple(REPO / s for s in args.shared_results))
 
     if not args.report_only:
         t0 = time.time()

@@ -132,6 +132,26 @@ def test_a_run_stopped_half_way_is_kept_committed_and_resumed_on_a_fresh_machine
     assert "results/grid_runs" not in _git(repo, "ls-files")
 
 
+def test_a_teacher_snapshotted_beside_a_continued_grid_is_not_copied_again(tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    teacher = _runner.Job("teacher", {"train.epochs": 2}, meta={"role": "teacher"})
+    twin = _runner.Job("fp-s0", {"train.seed": 0}, meta={"role": "fp_twin"})
+    for j in (teacher, twin):  # both finished here
+        (runs / j.name / "checkpoints").mkdir(parents=True)
+        (runs / j.name / "job.json").write_text(json.dumps(j.overrides))
+        (runs / j.name / "summary.json").write_text(json.dumps({"status": "finished"}))
+        (runs / j.name / "checkpoints" / "best.pt").write_bytes(b"weights")
+    earlier = results / "earlier.json"  # the grid this one continues: its teacher's snapshot is committed
+    _runner.save_snapshot(runs / "teacher", _runner.snapshot_dir(earlier))
+    out = results / "levers.json"
+    _runner.AfterRuns([teacher, twin], runs, out, lambda: None, False, "grid", shared=(earlier,))()
+    mine = _runner.snapshot_dir(out)
+    assert not (mine / "teacher").exists() and (mine / "fp-s0" / "checkpoints" / "best.pt").is_file()
+    (_runner.snapshot_dir(earlier) / "teacher" / "job.json").write_text(json.dumps({"train.epochs": 3}))
+    _runner.AfterRuns([teacher], runs, out, lambda: None, False, "grid", shared=(earlier,))()
+    assert (mine / "teacher" / "summary.json").is_file()  # another run of that name there: this one is kept
+
+
 def test_each_finished_run_reports_its_time_the_count_and_the_time_left(tmp_path, monkeypatch, capsys):
     def finishing_launch(job, runs, threads, imports=()):  # a run that ends at once, finished
         (runs / job.name).mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import _runner
 import accuracy
+import accuracy_report
 
 
 def _args(**kw) -> argparse.Namespace:
@@ -73,11 +74,22 @@ def test_grid_labels_name_the_activation_quantizer_and_runs_get_the_imports(tmp_
     monkeypatch.setattr(_runner.subprocess, "Popen", lambda cmd, **kw: started.append(cmd))
     _runner.launch(jobs["fp-s0"], tmp_path, 1, ("shim.py", "my_models"))
     assert started[0][3:8] == ["train", "--import", "shim.py", "--import", "my_models"]
-    for bad, word in (("4W/8A@bogus", "bogus"), ("5X/8A", "5X")):
+    for bad, word in (("4W/8A@bogus", "bogus"), ("5X/8A", "5X"), ("pc:32W/32A", "32W/32A")):
         with pytest.raises(SystemExit, match=f"accuracy: .*{word}"):
             accuracy.main(["--precisions", bad, "--runs-dir", str(tmp_path / "r"), "--report-only"])
     with pytest.raises(SystemExit, match="accuracy: .*nowhere.py"):
         accuracy.main(["--import", str(tmp_path / "nowhere.py"), "--runs-dir", str(tmp_path / "r"), "--report-only"])
+
+
+def test_a_pc_label_asks_for_per_channel_weight_scales_alone_or_beside_a_quantizer(tmp_path):
+    labels = ["pc:2W/32A", "uniform+pc:4W/8A@asym", "4W/8A"]
+    jobs = {j.name: j for j in accuracy.grid_jobs(_args(precisions=labels, schemes=["baseline"]), tmp_path)}
+    a, b, c = (jobs[n].overrides for n in ("pc-2w32a-baseline-s0", "uniform-pc-4w8a-asym-baseline-s0", "4w8a-baseline-s0"))
+    assert a["quant.per_channel"] is True and "quant.quantizer" not in a and a["quant.precision"] == "2W/32A"
+    assert (b["quant.per_channel"], b["quant.quantizer"], b["quant.act_quantizer"]) == (True, "uniform", "asym")
+    assert "quant.per_channel" not in c
+    assert accuracy_report.split_label("uniform+pc:4W/8A@asym") == ("uniform", "4W/8A")
+    assert accuracy_report.parse_label("pc:2W/32A")[0].per_channel and not accuracy_report.parse_label("2W/32A")[0].per_channel
 
 
 def test_a_k_view_grid_names_its_cache_and_its_cached_cells_apart(tmp_path, monkeypatch):
@@ -437,6 +449,10 @@ def test_quiet_wait_counts_running_training_processes_but_not_stopped_ones():
 
     probe = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "apprentice-busy-probe"])
     try:
+        for _ in range(100):  # the child's command line shows once it has exec'd
+            if any(line.startswith(f"{probe.pid}:") for line in _timing.busy_processes()):
+                break
+            time.sleep(0.05)
         assert any(line.startswith(f"{probe.pid}:") for line in _timing.busy_processes())
         probe.send_signal(signal.SIGSTOP)
         for _ in range(100):  # the state changes asynchronously

@@ -219,7 +219,7 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]], an: dict[str, Any
     text = [
         "# Accuracy grid: Fashion-MNIST (not ImageNet)", "",
         stamp_markdown(info["stamp"]), "",
-        (f"Student `{st['student']}` (1×28×28 inputs, option-A shortcuts), teacher {_teacher_text(st, an)}. "
+        (f"Student `{st['student']}` (1×28×28 inputs{_shortcut_text(st['student'])}), teacher {_teacher_text(st, an)}. "
         f"Training images: "
         f"{'all' if not st['train_images'] else 'the first ' + format(st['train_images'], ',')} "
         f"after setting aside {st['holdout']:,} for the sweep's choice; test: the 10,000 test images. "
@@ -305,6 +305,13 @@ def _paired_at(conv: list[dict[str, Any]], epoch: int) -> dict[str, Any]:
     at = {(r["scheme"], r["seed"]): _at(r, epoch) for r in conv}
     seeds = sorted({s for sch, s in at if sch == "A"} & {s for sch, s in at if sch == "B"})
     return _ms([at["B", s] - at["A", s] for s in seeds if at["A", s] is not None and at["B", s] is not None])
+
+
+def _shortcut_text(student: str) -> str:
+    """The built-in CIFAR ResNets' shortcut (option A, the paper's); a stock or user network has its own."""
+    from apprentice.models import CIFAR_DEPTHS
+
+    return ", option-A shortcuts" if student in {f"resnet{d}" for d in CIFAR_DEPTHS} else ""
 
 
 def _teacher_text(settings: dict[str, Any], an: dict[str, Any]) -> str:

@@ -12,6 +12,10 @@
 #             the teacher (32W/32A, C); the teacher is the ensemble of the two (--teacher-seeds 0 1), the
 #             pilot's identical runs (FP twin and no-teacher students at seed 0) are reused
 #             (--continue-from); results in accuracy_patient_grid.{json,md}
+#   levers    (named only, after grid) quantizer levers for the missed goals: seed 0 of per-channel ternary
+#             (pc:2W/32A) and of per-channel 4-bit weights with asym 8-bit activations (pc:4W/8A@asym), without
+#             and with scheme C (accuracy_levers); then that 4W/8A over seeds 0-2 beside the grid's default
+#             4W/8A rows, reused (accuracy_levers_4w8a)
 # Usage: benchmarks/patient_study.sh [STEP ...]   (stop with Ctrl-C or SIGTERM: the runs checkpoint)
 #        DRY_RUN=1 benchmarks/patient_study.sh ...  prints the steps' commands instead
 #        WORKERS=1 benchmarks/patient_study.sh ...  one run at a time (default two), e.g. beside teacher2
@@ -60,14 +64,23 @@ step() {
             --precisions 2W/32A 4W/8A lsq:2W/2A 32W/32A --schemes baseline C --seeds 0 1 2 \
             --loss-from benchmarks/results/accuracy_patient.json --no-sweep \
             --teacher-seeds 0 1 --continue-from benchmarks/results/accuracy_patient.json ;;
+    levers)
+      local lever=(--precisions pc:2W/32A pc:4W/8A@asym --seeds 0 --loss pc:2W/32A=gamma-rise pc:4W/8A@asym=gamma-rise)
+      local four=(--precisions 4W/8A pc:4W/8A@asym --seeds 0 1 2 --loss-from benchmarks/results/accuracy_patient.json
+                  --loss pc:4W/8A@asym=gamma-rise)
+      "${PY[@]}" benchmarks/accuracy.py "${REGIME[@]/%accuracy_patient.json/accuracy_levers.json}" "${lever[@]}" \
+        --schemes baseline C --no-sweep --teacher-seeds 0 1 --continue-from benchmarks/results/accuracy_patient_grid.json
+      "${PY[@]}" benchmarks/accuracy.py "${REGIME[@]/%accuracy_patient.json/accuracy_levers_4w8a.json}" "${four[@]}" \
+        --schemes baseline C --no-sweep --teacher-seeds 0 1 \
+        --continue-from benchmarks/results/accuracy_levers.json benchmarks/results/accuracy_patient_grid.json ;;
   esac
 }
 
 STEPS=("$@")
 [ ${#STEPS[@]} -eq 0 ] && STEPS=(pilot teacher2 losses grid)
 for s in "${STEPS[@]}"; do  # every name checked before any step runs
-  case "$s" in pilot|teacher2|losses|grid) ;;
-    *) echo "patient_study: unknown step '$s' (pilot, teacher2, losses, grid)" >&2; exit 2 ;;
+  case "$s" in pilot|teacher2|losses|grid|levers) ;;
+    *) echo "patient_study: unknown step '$s' (pilot, teacher2, losses, grid, levers)" >&2; exit 2 ;;
   esac
 done
 for s in "${STEPS[@]}"; do step "$s"; done

@@ -38,6 +38,11 @@ def test_the_patient_study_script_plans_its_steps_and_checks_names_first(tmp_pat
     assert grid.teacher_seeds == [0, 1] and grid.continue_from == ["benchmarks/results/accuracy_patient.json"]
     for line in (dry[0], dry[2], dry[3]):  # the accuracy grid's own parser takes every option
         accuracy.parser().parse_args(line.split()[2:])
+    levers = subprocess.run([str(script), "levers"], capture_output=True, text=True, check=True, env=env).stdout
+    first, four = (accuracy.parser().parse_args(line.split()[2:]) for line in levers.splitlines())
+    assert first.precisions == ["pc:2W/32A", "pc:4W/8A@asym"] and first.seeds == [0]
+    assert four.precisions == ["4W/8A", "pc:4W/8A@asym"] and four.seeds == [0, 1, 2]
+    assert four.continue_from == ["benchmarks/results/accuracy_levers.json", "benchmarks/results/accuracy_patient_grid.json"]
     (snapshot / "checkpoints").mkdir(parents=True)  # the committed second teacher, finished: nothing to train
     (snapshot / "summary.json").write_text('{"status": "finished"}')
     plan = subprocess.run([str(script), "teacher2"], capture_output=True, text=True, check=True, env=env).stdout

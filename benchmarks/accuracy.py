@@ -27,6 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy_goals
 import accuracy_report
+from _labels import act_quantizer, parse_label, per_channel, split_label
 from _runner import (
     CACHE,
     AfterRuns,
@@ -36,13 +37,7 @@ from _runner import (
     run_jobs,
 )
 from _stamp import REPO, stamp
-from accuracy_report import (
-    SCHEMES,
-    act_quantizer,
-    parse_label,
-    per_channel,
-    split_label,
-)
+from accuracy_report import SCHEMES
 
 from apprentice.cli.user_code import import_user_code
 from apprentice.config import DistillConfig

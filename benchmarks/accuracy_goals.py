@@ -2,7 +2,9 @@
 
 Each goal compares a student *with a teacher* to the FP twin, paired by seed. Which scheme stands for
 "with a teacher" is chosen on the holdout split (highest mean final holdout top-1 among the schemes
-that ran), never on the test set the verdict reads. A difference whose |mean| is at most its standard
+that ran), never on the test set the verdict reads; so is the variant, where a grid ran a goal's precision
+with other quantizer options too ("pc:4W/8A@asym" beside "4W/8A": per-channel weight scales, another
+activation quantizer, the same weight quantizer and bit widths). A difference whose |mean| is at most its standard
 deviation over seeds is called noise, whichever side of the target its mean falls.
 """
 
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import statistics
 from typing import Any
+
+from _labels import split_label
 
 #: label -> (precision, minimum of student − FP twin in points); precision None: the FP twin's own top-1.
 GOALS: dict[str, tuple[str | None, float]] = {
@@ -61,14 +65,35 @@ def _measured(ms: dict[str, Any], sign: str = "") -> str:
     return f"{ms['mean']:{sign}.2f}{spread} over {ms['n']} seed{'s' if ms['n'] != 1 else ''}"
 
 
-def _student_goal(precision: str, an: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    """A precision's scheme with a teacher (chosen on the holdout) and its difference from the FP twin;
-    None if absent."""
-    entry = an["precisions"].get(precision)
+def _holdout_choice(label: str, an: dict[str, Any]) -> tuple[str, float] | None:
+    """A label's scheme with a teacher chosen on the holdout, and its mean final holdout top-1."""
+    entry = an["precisions"].get(label)
     scheme = entry and chosen_on_holdout(entry["schemes"])
-    if scheme is None or entry["schemes"][scheme]["vs_fp_twin_points"]["mean"] is None:
+    return (scheme, entry["schemes"][scheme]["final_holdout_top1"]["mean"]) if scheme else None
+
+
+def variant(precision: str, an: dict[str, Any]) -> str | None:
+    """The grid's label that stands for a goal's ``precision``: of the labels with its weight quantizer and
+    bit widths ("4W/8A", "pc:4W/8A@asym"), the one whose teacher cell scores highest on the holdout."""
+    scored = {label: found[1] for label in an["precisions"]
+              if split_label(label) == split_label(precision) and (found := _holdout_choice(label, an))}
+    return max(scored, key=scored.get) if scored else None
+
+
+def _student_goal(precision: str, an: dict[str, Any]) -> tuple[str, str, dict[str, Any]] | None:
+    """A precision's variant and scheme with a teacher (both chosen on the holdout) and its difference
+    from the FP twin; None if absent."""
+    label = variant(precision, an)
+    if label is None:
         return None
-    return scheme, entry["schemes"][scheme]["vs_fp_twin_points"]
+    scheme = _holdout_choice(label, an)[0]
+    d = an["precisions"][label]["schemes"][scheme]["vs_fp_twin_points"]
+    return None if d["mean"] is None else (label, scheme, d)
+
+
+def _cell(precision: str, label: str, scheme: str) -> str:
+    """"scheme C" or, where a variant stands for the goal's precision, "pc:4W/8A@asym scheme C"."""
+    return f"scheme {scheme}" if label == precision else f"{label} scheme {scheme}"
 
 
 def _teacher_line(label: str, an: dict[str, Any], target: float) -> str | None:
@@ -82,20 +107,27 @@ def _teacher_line(label: str, an: dict[str, Any], target: float) -> str | None:
 
 
 def _gain_line(label: str, an: dict[str, Any], times: float) -> str | None:
-    """The GAIN goal: per precision, the holdout-chosen scheme − no teacher (paired by seed) against
-    ``times`` its std; met only if every precision's is (one seed has no std: not judged)."""
+    """The GAIN goal: per precision (its variant chosen on the holdout), the holdout-chosen scheme − no
+    teacher (paired by seed) against ``times`` its std; met only if every precision's is (one seed has no
+    std: not judged)."""
     parts, met = [], True
-    for precision, entry in an["precisions"].items():
+    for precision in dict.fromkeys(_base(p) for p in an["precisions"]):
         found = _student_goal(precision, an)
-        gain = found and entry["schemes"][found[0]].get("recovered_points")
+        gain = found and an["precisions"][found[0]]["schemes"][found[1]].get("recovered_points")
         if not gain or gain["mean"] is None:
             continue
         clear = gain["std"] is not None and gain["mean"] > times * gain["std"]
         met &= clear
-        parts.append(f"{precision} {found[0]} {_measured(gain, '+')}" + ("" if clear else " (not clear)"))
+        parts.append(f"{found[0]} {found[1]} {_measured(gain, '+')}" + ("" if clear else " (not clear)"))
     if not parts:
         return None
     return f"- {label}: {'; '.join(parts)} — **{'met' if met else 'missed'}**."
+
+
+def _base(label: str) -> str:
+    """A label without its variant options: "pc:4W/8A@asym" → "4W/8A", "lsq+pc:2W/2A" → "lsq:2W/2A"."""
+    quantizer, precision = split_label(label)
+    return f"{quantizer}:{precision}" if quantizer else precision
 
 
 def judge(label: str, an: dict[str, Any], goals: dict[str, tuple[str | None, float]] = GOALS) -> str | None:
@@ -113,10 +145,10 @@ def judge(label: str, an: dict[str, Any], goals: dict[str, tuple[str | None, flo
         return f"- {label}: {_measured(fp)} (%) — **{verdict}**."
     if (found := _student_goal(precision, an)) is None:
         return None
-    scheme, d = found
+    cell, scheme, d = found
     verdict = "met" if d["mean"] >= target else f"missed by {target - d['mean']:.2f} points"
     noise = " The difference from the FP twin is noise (|mean| ≤ std)." if is_noise(d) else ""
-    return (f"- {label}: scheme {scheme} (chosen on the holdout) − FP twin = {_measured(d, '+')} "
+    return (f"- {label}: {_cell(precision, cell, scheme)} (chosen on the holdout) − FP twin = {_measured(d, '+')} "
             f"(points, paired by seed) — **{verdict}**.{noise}")
 
 
@@ -126,8 +158,8 @@ def missed_cells(an: dict[str, Any], goals: dict[str, tuple[str | None, float]] 
     cells = []
     for precision, target in goals.values():
         found = precision not in (None, TEACHER, GAIN) and _student_goal(precision, an)
-        if found and found[1]["mean"] < target:
-            cells.append(f"{precision}:{found[0]}")
+        if found and found[2]["mean"] < target:
+            cells.append(f"{found[0]}:{found[1]}")
     return cells
 
 

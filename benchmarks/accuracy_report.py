@@ -12,6 +12,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from _labels import parse_label, split_label
 from _stamp import markdown_table, stamp_markdown, write_results
 from accuracy_goals import (
     GOALS,
@@ -29,7 +30,6 @@ from apprentice.distill import SCHEMES as _LIBRARY_SCHEMES
 from apprentice.losses import LOSSES
 
 SCHEMES = tuple(_LIBRARY_SCHEMES)  # baseline, A, B, C: every scheme the library has is a grid column
-PER_CHANNEL = "pc"  # the weight-quantizer marker of a label for one scale per output channel
 # The paper's ImageNet ResNet-18 top-1 error (Mishra & Marr 2018; ../shared/design/method.md §4).
 PAPER_RESNET18 = {"FP": 30.4, "2W/32A": {"baseline": 33.4, "teacher": 31.5},
                   "2W/8A": {"baseline": None, "teacher": 32.0}, "4W/8A": {"baseline": None, "teacher": 29.6}}
@@ -403,41 +403,6 @@ def findings(an: dict[str, Any]) -> list[str]:
                      + (f", C {ec:.1f}" if ec else "") + f" (B {when}).")
         out.append(line)
     return out
-
-
-def _weight_tokens(label: str) -> list[str]:
-    prefix = label.rpartition(":")[0]
-    return prefix.split("+") if prefix else []
-
-
-def split_label(label: str) -> tuple[str | None, str]:
-    """A grid precision label: "2W/8A" (the default quantizers), "lsq:2W/8A" (weight quantizer named),
-    "pc:2W/32A" or "uniform+pc:4W/8A" (one weight scale per output channel: `per_channel`), "4W/8A@asym"
-    (activation quantizer named: `act_quantizer`); returns (weight quantizer, precision)."""
-    quantizer = next((t for t in _weight_tokens(label) if t != PER_CHANNEL), None)
-    return quantizer, label.rpartition(":")[2].partition("@")[0]
-
-
-def per_channel(label: str) -> bool:
-    """Whether a label asks for one weight scale per output channel ("pc:2W/32A": quant.per_channel)."""
-    return PER_CHANNEL in _weight_tokens(label)
-
-
-def act_quantizer(label: str) -> str | None:
-    """The activation quantizer a label names after "@" ("4W/8A@asym": "asym"), else None (the default)."""
-    return label.partition("@")[2] or None
-
-
-def parse_label(label: str) -> tuple[Any, Any]:
-    """A label's (weight, activation) quantizer settings, `apprentice.quant.parse_precision`'s."""
-    from apprentice.errors import ApprenticeError
-    from apprentice.quant import parse_precision
-
-    quantizer, precision = split_label(label)
-    if per_channel(label) and precision.upper().startswith("32W"):
-        raise ApprenticeError(f"precision label {label!r}: per-channel scales ({PER_CHANNEL}:) need quantized weights, not 32W")
-    return parse_precision(precision, quantizer=quantizer, per_channel=per_channel(label),
-                           act_quantizer=act_quantizer(label))
 
 
 def model_sizes(student: str, teacher: str, precisions: list[str], width: float = 1.0) -> dict[str, int]:

@@ -114,6 +114,32 @@ def test_the_patient_goals_judge_the_ensemble_and_the_gain_over_no_teacher(tmp_p
     assert accuracy_goals.missed_cells(an, accuracy_goals.PATIENT_GOALS) == ["2W/32A:C"]
 
 
+def test_a_goal_is_judged_on_the_variant_of_its_precision_that_the_holdout_chooses():
+    import accuracy_goals
+
+    rows = []
+    # (FP twin, default no teacher, default C, variant no teacher, variant C) per seed; the variant's C cell is
+    # higher on the holdout (92.6 against 92.0), so it stands for 4W/8A, and the default's cells do not count.
+    for seed, (fp, base, c, vbase, vc) in enumerate([(92.0, 91.3, 91.4, 91.6, 92.4), (92.4, 91.5, 91.6, 91.9, 92.6)]):
+        rows += [_row("fp_twin", "32W/32A", "baseline", seed, fp), _row("student", "4W/8A", "baseline", seed, base),
+                 {**_row("student", "4W/8A", "C", seed, c), "final_holdout_top1": 92.0},
+                 _row("student", "pc:4W/8A@asym", "baseline", seed, vbase),
+                 {**_row("student", "pc:4W/8A@asym", "C", seed, vc), "final_holdout_top1": 92.6},
+                 {**_row("student", "lsq+pc:4W/8A", "C", seed, 99.0), "final_holdout_top1": 99.0}]  # another quantizer
+    an = accuracy_report.analyse(rows, ["4W/8A", "pc:4W/8A@asym", "lsq+pc:4W/8A"])
+    assert accuracy_goals.variant("4W/8A", an) == "pc:4W/8A@asym"
+    assert accuracy_goals.variant("lsq:4W/8A", an) == "lsq+pc:4W/8A" and accuracy_goals.variant("2W/32A", an) is None
+    w4, gain = accuracy_goals.goal_lines(an, accuracy_goals.PATIENT_GOALS)
+    # variant C − FP twin = +0.4, +0.2; variant C − its own no teacher = +0.8, +0.7
+    assert "pc:4W/8A@asym scheme C (chosen on the holdout) − FP twin = +0.30 ± 0.14 over 2 seeds" in w4 and "**met**" in w4
+    assert gain.startswith("- at every precision") and "pc:4W/8A@asym C +0.75 ± 0.07 over 2 seeds" in gain
+    assert "4W/8A C +0.15" not in gain and "**met**" in gain
+    rows = [r for r in rows if r["precision"] != "pc:4W/8A@asym" or r["scheme"] != "C"]
+    an = accuracy_report.analyse(rows, ["4W/8A", "pc:4W/8A@asym"])  # no teacher cell of the variant: the default
+    assert accuracy_goals.variant("4W/8A", an) == "4W/8A"
+    assert accuracy_goals.missed_cells(an, accuracy_goals.PATIENT_GOALS) == ["4W/8A:C"]
+
+
 def test_convergence_sentence_pairs_b_with_a_by_seed():
     import accuracy_goals
 

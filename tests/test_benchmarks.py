@@ -18,9 +18,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import _labels
 import _runner
 import accuracy
-import accuracy_report
 
 
 def _args(**kw) -> argparse.Namespace:
@@ -88,8 +88,8 @@ def test_a_pc_label_asks_for_per_channel_weight_scales_alone_or_beside_a_quantiz
     assert a["quant.per_channel"] is True and "quant.quantizer" not in a and a["quant.precision"] == "2W/32A"
     assert (b["quant.per_channel"], b["quant.quantizer"], b["quant.act_quantizer"]) == (True, "uniform", "asym")
     assert "quant.per_channel" not in c
-    assert accuracy_report.split_label("uniform+pc:4W/8A@asym") == ("uniform", "4W/8A")
-    assert accuracy_report.parse_label("pc:2W/32A")[0].per_channel and not accuracy_report.parse_label("2W/32A")[0].per_channel
+    assert _labels.split_label("uniform+pc:4W/8A@asym") == ("uniform", "4W/8A")
+    assert _labels.parse_label("pc:2W/32A")[0].per_channel and not _labels.parse_label("2W/32A")[0].per_channel
 
 
 def test_a_k_view_grid_names_its_cache_and_its_cached_cells_apart(tmp_path, monkeypatch):

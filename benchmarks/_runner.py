@@ -104,6 +104,10 @@ def save_snapshot(folder: Path, snapshots: Path, files: tuple[str, ...] = SNAPSH
             tmp.replace(dst)
 
 
+def _same_bytes(a: Path, b: Path) -> bool:
+    return a.is_file() and b.is_file() and a.read_bytes() == b.read_bytes()
+
+
 def _is_partial(snap: Path) -> bool:
     return (snap / "checkpoints" / "last.pt").is_file() and not (snap / "summary.json").is_file()
 
@@ -139,10 +143,15 @@ class AfterRuns:
 
     def _snapshotted_elsewhere(self, job: Job) -> bool:
         """Whether a continued grid's committed snapshots hold this very run, finished (a fresh clone
-        restores it from there)."""
-        for snaps in self.shared:
-            spec, done = snaps / job.name / "job.json", snaps / job.name / "summary.json"
-            if done.is_file() and spec.is_file() and json.loads(spec.read_text()) == job.overrides:
+        restores it from there): the same overrides, or, for a run made outside the grid (a study's
+        second teacher: no job.json), the same resolved config."""
+        for snap in (snaps / job.name for snaps in self.shared):
+            if not (snap / "summary.json").is_file():
+                continue
+            if (snap / "job.json").is_file():
+                if json.loads((snap / "job.json").read_text()) == job.overrides:
+                    return True
+            elif _same_bytes(snap / "config.yaml", self.runs / job.name / "config.yaml"):
                 return True
         return False
 

@@ -150,6 +150,16 @@ def test_a_teacher_snapshotted_beside_a_continued_grid_is_not_copied_again(tmp_p
     (_runner.snapshot_dir(earlier) / "teacher" / "job.json").write_text(json.dumps({"train.epochs": 3}))
     _runner.AfterRuns([teacher], runs, out, lambda: None, False, "grid", shared=(earlier,))()
     assert (mine / "teacher" / "summary.json").is_file()  # another run of that name there: this one is kept
+    second = _runner.Job("teacher-s1", {"train.seed": 1}, meta={"role": "teacher"})  # trained outside the grid
+    (runs / "teacher-s1").mkdir()
+    for name, text in (("config.yaml", "train:\n  seed: 1\n"), ("summary.json", json.dumps({"status": "finished"}))):
+        (runs / "teacher-s1" / name).write_text(text)
+    _runner.save_snapshot(runs / "teacher-s1", _runner.snapshot_dir(earlier))  # no job.json on either side
+    _runner.AfterRuns([second], runs, out, lambda: None, False, "grid", shared=(earlier,))()
+    assert not (mine / "teacher-s1").exists()
+    (runs / "teacher-s1" / "config.yaml").write_text("train:\n  seed: 2\n")
+    _runner.AfterRuns([second], runs, out, lambda: None, False, "grid", shared=(earlier,))()
+    assert (mine / "teacher-s1" / "config.yaml").is_file()  # another config: kept
 
 
 def test_each_finished_run_reports_its_time_the_count_and_the_time_left(tmp_path, monkeypatch, capsys):

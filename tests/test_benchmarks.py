@@ -18,7 +18,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import _labels
 import _runner
 import accuracy
 
@@ -79,17 +78,6 @@ def test_grid_labels_name_the_activation_quantizer_and_runs_get_the_imports(tmp_
             accuracy.main(["--precisions", bad, "--runs-dir", str(tmp_path / "r"), "--report-only"])
     with pytest.raises(SystemExit, match="accuracy: .*nowhere.py"):
         accuracy.main(["--import", str(tmp_path / "nowhere.py"), "--runs-dir", str(tmp_path / "r"), "--report-only"])
-
-
-def test_a_pc_label_asks_for_per_channel_weight_scales_alone_or_beside_a_quantizer(tmp_path):
-    labels = ["pc:2W/32A", "uniform+pc:4W/8A@asym", "4W/8A"]
-    jobs = {j.name: j for j in accuracy.grid_jobs(_args(precisions=labels, schemes=["baseline"]), tmp_path)}
-    a, b, c = (jobs[n].overrides for n in ("pc-2w32a-baseline-s0", "uniform-pc-4w8a-asym-baseline-s0", "4w8a-baseline-s0"))
-    assert a["quant.per_channel"] is True and "quant.quantizer" not in a and a["quant.precision"] == "2W/32A"
-    assert (b["quant.per_channel"], b["quant.quantizer"], b["quant.act_quantizer"]) == (True, "uniform", "asym")
-    assert "quant.per_channel" not in c
-    assert _labels.split_label("uniform+pc:4W/8A@asym") == ("uniform", "4W/8A")
-    assert _labels.parse_label("pc:2W/32A")[0].per_channel and not _labels.parse_label("2W/32A")[0].per_channel
 
 
 def test_a_k_view_grid_names_its_cache_and_its_cached_cells_apart(tmp_path, monkeypatch):

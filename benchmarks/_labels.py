@@ -23,6 +23,12 @@ def split_label(label: str) -> tuple[str | None, str]:
     return quantizer, label.rpartition(":")[2].partition("@")[0]
 
 
+def base_label(label: str) -> str:
+    """A label without its variant options: "pc:4W/8A@asym" → "4W/8A", "lsq+pc:2W/2A" → "lsq:2W/2A"."""
+    quantizer, precision = split_label(label)
+    return f"{quantizer}:{precision}" if quantizer else precision
+
+
 def per_channel(label: str) -> bool:
     """Whether a label asks for one weight scale per output channel ("pc:2W/32A": quant.per_channel)."""
     return PER_CHANNEL in _weight_tokens(label)

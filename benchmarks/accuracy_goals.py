@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from _labels import split_label
+from _labels import base_label
 
 #: label -> (precision, minimum of student − FP twin in points); precision None: the FP twin's own top-1.
 GOALS: dict[str, tuple[str | None, float]] = {
@@ -76,7 +76,7 @@ def variant(precision: str, an: dict[str, Any]) -> str | None:
     """The grid's label that stands for a goal's ``precision``: of the labels with its weight quantizer and
     bit widths ("4W/8A", "pc:4W/8A@asym"), the one whose teacher cell scores highest on the holdout."""
     scored = {label: found[1] for label in an["precisions"]
-              if split_label(label) == split_label(precision) and (found := _holdout_choice(label, an))}
+              if base_label(label) == base_label(precision) and (found := _holdout_choice(label, an))}
     return max(scored, key=scored.get) if scored else None
 
 
@@ -111,7 +111,7 @@ def _gain_line(label: str, an: dict[str, Any], times: float) -> str | None:
     teacher (paired by seed) against ``times`` its std; met only if every precision's is (one seed has no
     std: not judged)."""
     parts, met = [], True
-    for precision in dict.fromkeys(_base(p) for p in an["precisions"]):
+    for precision in dict.fromkeys(base_label(p) for p in an["precisions"]):
         found = _student_goal(precision, an)
         gain = found and an["precisions"][found[0]]["schemes"][found[1]].get("recovered_points")
         if not gain or gain["mean"] is None:
@@ -122,12 +122,6 @@ def _gain_line(label: str, an: dict[str, Any], times: float) -> str | None:
     if not parts:
         return None
     return f"- {label}: {'; '.join(parts)} — **{'met' if met else 'missed'}**."
-
-
-def _base(label: str) -> str:
-    """A label without its variant options: "pc:4W/8A@asym" → "4W/8A", "lsq+pc:2W/2A" → "lsq:2W/2A"."""
-    quantizer, precision = split_label(label)
-    return f"{quantizer}:{precision}" if quantizer else precision
 
 
 def judge(label: str, an: dict[str, Any], goals: dict[str, tuple[str | None, float]] = GOALS) -> str | None:

@@ -13,4 +13,5 @@ def test_a_pc_label_asks_for_per_channel_weight_scales_alone_or_beside_a_quantiz
     assert (b["quant.per_channel"], b["quant.quantizer"], b["quant.act_quantizer"]) == (True, "uniform", "asym")
     assert "quant.per_channel" not in c
     assert accuracy.split_label("uniform+pc:4W/8A@asym") == ("uniform", "4W/8A")
+    assert [accuracy.accuracy_goals.base_label(x) for x in ("pc:4W/8A@asym", "lsq+pc:2W/2A", "2W/32A")] == ["4W/8A", "lsq:2W/2A", "2W/32A"]
     assert accuracy.parse_label("pc:2W/32A")[0].per_channel and not accuracy.parse_label("2W/32A")[0].per_channel

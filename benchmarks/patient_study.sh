@@ -16,6 +16,9 @@
 #             (pc:2W/32A) and of per-channel 4-bit weights with asym 8-bit activations (pc:4W/8A@asym), without
 #             and with scheme C (accuracy_levers); then that 4W/8A over seeds 0-2 beside the grid's default
 #             4W/8A rows, reused (accuracy_levers_4w8a)
+#   levers-lsq (named only) learned steps for the other two missed goals, seed 0 without and with scheme C:
+#             ternary with LSQ's learned step (lsq:2W/32A) and LSQ 2W/2A with per-channel weight steps
+#             (lsq+pc:2W/2A), each at its base precision's chosen loss (accuracy_levers_lsq)
 # Usage: benchmarks/patient_study.sh [STEP ...]   (stop with Ctrl-C or SIGTERM: the runs checkpoint)
 #        DRY_RUN=1 benchmarks/patient_study.sh ...  prints the steps' commands instead
 #        WORKERS=1 benchmarks/patient_study.sh ...  one run at a time (default two), e.g. beside teacher2
@@ -73,14 +76,17 @@ step() {
       "${PY[@]}" benchmarks/accuracy.py "${REGIME[@]/%accuracy_patient.json/accuracy_levers_4w8a.json}" "${four[@]}" \
         --schemes baseline C --no-sweep --teacher-seeds 0 1 \
         --continue-from benchmarks/results/accuracy_levers.json benchmarks/results/accuracy_patient_grid.json ;;
+    levers-lsq) "${PY[@]}" benchmarks/accuracy.py "${REGIME[@]/%accuracy_patient.json/accuracy_levers_lsq.json}" \
+        --precisions lsq:2W/32A lsq+pc:2W/2A --seeds 0 --loss lsq:2W/32A=gamma-rise lsq+pc:2W/2A=paper \
+        --schemes baseline C --no-sweep --teacher-seeds 0 1 --continue-from benchmarks/results/accuracy_patient_grid.json ;;
   esac
 }
 
 STEPS=("$@")
 [ ${#STEPS[@]} -eq 0 ] && STEPS=(pilot teacher2 losses grid)
 for s in "${STEPS[@]}"; do  # every name checked before any step runs
-  case "$s" in pilot|teacher2|losses|grid|levers) ;;
-    *) echo "patient_study: unknown step '$s' (pilot, teacher2, losses, grid, levers)" >&2; exit 2 ;;
+  case "$s" in pilot|teacher2|losses|grid|levers|levers-lsq) ;;
+    *) echo "patient_study: unknown step '$s' (pilot, teacher2, losses, grid, levers, levers-lsq)" >&2; exit 2 ;;
   esac
 done
 for s in "${STEPS[@]}"; do step "$s"; done

@@ -131,10 +131,11 @@ class _Graph:
         return out
 
     def own_outputs(self, batchnorms: Mapping[str, str]) -> set[str]:
-        """The quantized convs (8-bit input, called once) whose output, after their BatchNorm, goes on to
-        something other than 8-bit quantizers and adds (a SiLU, a hard-swish, a plain '+', a pooling):
-        they quantize it themselves (`LayerPlan.output`), so the export runs them as integer kernels. An
-        output that goes through a ReLU or a max-pool first is left as it is (`integer_layers` says why)."""
+        """The quantized convs (8-bit input, called once) whose output, after their BatchNorm and any ReLU,
+        goes on to something other than 8-bit quantizers and adds (a SiLU, a hard-swish, a plain '+', a
+        pooling, squeeze-excitation's product): they quantize it themselves (`LayerPlan.output`, after the
+        BatchNorm, so a ReLU runs on the codes' values), and the export runs them as integer kernels. An
+        output that reaches a max-pool is left to `pools_read_by` (`integer_layers` says why)."""
         nodes = {n.target: n for n in self.graph.nodes if n.op == "call_module"}
         out = set()
         for name, lp in self.plan.items():
@@ -143,11 +144,25 @@ class _Graph:
                     or lp.activations.bits != INTEGER_ACT_BITS or self.calls[name] != 1:
                 continue
             tensor = next(iter(node.users)) if name in batchnorms else node
+            relu = self.after_relus(tensor)
+            if relu is not tensor:  # after a ReLU: only where float ops alone read it (`_float_reason` names the rest)
+                if relu.users and all(self._plain_float(u) for u in relu.users):
+                    out.add(name)
+                continue
             users = list(tensor.users)
             if users and not any(_fused_after(u, self.modules) for u in users) \
                     and not all(self._reads_8bit(u, tensor) for u in users):
                 out.add(name)
         return out
+
+    def _plain_float(self, user: torch.fx.Node) -> bool:
+        """Whether ``user`` is a float op that no quantizer, add or max-pool is part of (a pooling for
+        squeeze-excitation, its product)."""
+        if user.op == "call_module":
+            return user.target not in self.plan and not isinstance(
+                _module(user, self.modules), (Add, QAdd, _QuantMixin, nn.Conv2d, nn.Linear, nn.MaxPool2d))
+        return user.op in ("call_function", "call_method") and user.target not in (
+            operator.add, torch.add, "add", "add_", F.max_pool2d, torch.max_pool2d)
 
     def _reads_8bit(self, user: torch.fx.Node, tensor: torch.fx.Node) -> bool:
         """Whether ``user`` (of a plan being made) quantizes ``tensor`` to 8 bits: an 8-bit layer input, or an add."""

@@ -111,7 +111,8 @@ def test_a_signed_input_runs_as_an_integer_kernel_with_its_zero_point_in_the_int
     assert zero["3"] == 0 and zero["5"] > 0
     export_onnx(net, tmp_path / "m.onnx", input_shape=(1, 8, 8))
     check = runtime_ops(str(tmp_path / "m.onnx"), str(tmp_path / "opt.onnx"))
-    assert check["ops"]["QLinearConv"] == 2 and not {"model.3", "model.5"} & set(check["float_layers"])
+    # 8 too: its ReLU's output goes to a float pooling, so it quantizes its own output
+    assert check["ops"]["QLinearConv"] == 3 and not {"model.3", "model.5", "model.8"} & set(check["float_layers"])
     x = torch.randn(500, 1, 8, 8)
     with torch.no_grad():
         ref = net(x)
@@ -139,6 +140,32 @@ def test_every_quantized_conv_of_a_silu_network_runs_as_an_integer_kernel(tmp_pa
         save_packed(net, tmp_path / "m.safetensors")
         assert torch.equal(load_packed(tmp_path / "m.safetensors", model=net)(x), ref)
         assert torch.equal(copy.deepcopy(net)(x), ref)  # the copy's BatchNorm hooks the copy's quantizer
+    export_onnx(net, tmp_path / "m.onnx", input_shape=(1, 8, 8))
+    check = runtime_ops(str(tmp_path / "m.onnx"), str(tmp_path / "opt.onnx"))
+    assert check["ops"]["QLinearConv"] == 5 and check["float_layers"] == ["model.0", "model.14"]  # stem, classifier
+    out = torch.from_numpy(ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+                           .run(None, {"input": x.numpy()})[0])
+    assert (out.argmax(1) == ref.argmax(1)).float().mean().item() >= 0.999
+    assert (out - ref).abs().max().item() <= 1e-3 * ref.abs().max().item()
+
+
+def test_a_conv_whose_relu_output_goes_to_squeeze_excitation_runs_as_an_integer_kernel(tmp_path):
+    """MobileNetV3's first block: depthwise conv, BatchNorm, ReLU, then squeeze-excitation's float pooling and
+    product. The conv quantizes its output after the BatchNorm (the ReLU runs on the codes' values), so ONNX
+    Runtime runs it as QLinearConv; a ReLU that 8-bit layers alone read keeps its readers' quantizer."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+                        SqueezeExcite(8), nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 1),
+                        nn.BatchNorm2d(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    plan = prepare(net, "4W/8A", deploy="int8")
+    assert {n for n, p in plan.items() if p.output is not None} == {"3", "6.reduce", "6.expand", "10"}
+    three_steps(net, batch=32)
+    x = torch.randn(500, 1, 8, 8)
+    with torch.no_grad():
+        ref = net(x)
+        save_packed(net, tmp_path / "m.safetensors")
+        assert torch.equal(load_packed(tmp_path / "m.safetensors", model=net)(x), ref)
     export_onnx(net, tmp_path / "m.onnx", input_shape=(1, 8, 8))
     check = runtime_ops(str(tmp_path / "m.onnx"), str(tmp_path / "opt.onnx"))
     assert check["ops"]["QLinearConv"] == 5 and check["float_layers"] == ["model.0", "model.14"]  # stem, classifier

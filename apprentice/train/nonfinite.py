@@ -15,7 +15,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["describe_module", "first_nonfinite_gradient", "locate_nonfinite"]
+from apprentice.quant import QUANTIZER_PARAMETERS
+
+__all__ = ["collapsed_steps", "describe_module", "first_nonfinite_gradient", "locate_nonfinite"]
 
 
 def _finite(t: object) -> bool:
@@ -82,6 +84,18 @@ def first_nonfinite_gradient(named: list[tuple[str, nn.Module, str]], grads: lis
     i = present[int(torch.nonzero(~ok).max())][0]
     name, module, p_name = named[i]
     return f"the gradient of {describe_module(name, module)}'s parameter {p_name!r}"
+
+
+def collapsed_steps(model: nn.Module) -> list[str]:
+    """The learned quantizer steps and clips (`QUANTIZER_PARAMETERS`) that an update pushed to or below zero,
+    as ``"name = value"`` (the lowest value of a per-channel one). Such a quantizer runs at its floor (every
+    value clipped) and the layers after it lose their scale: a sign that those parameters' learning rate is
+    too high for their size (a step of 0.01 moved by lr 0.1), which ``optim.quant_lr_scale`` lowers."""
+    out = []
+    for name, p in model.named_parameters():
+        if name.rsplit(".", 1)[-1] in QUANTIZER_PARAMETERS and p.numel() and float(p.detach().min()) <= 0:
+            out.append(f"{name} = {float(p.detach().min()):.3g}")
+    return out
 
 
 def locate_nonfinite(model: nn.Module, loss_of_batch: Callable[[], Tensor]) -> str:

@@ -8,8 +8,12 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from apprentice.distill import Distiller
-from apprentice.quant import prepare
-from apprentice.train.nonfinite import first_nonfinite_gradient, locate_nonfinite
+from apprentice.quant import ActQuant, WeightQuant, prepare
+from apprentice.train.nonfinite import (
+    collapsed_steps,
+    first_nonfinite_gradient,
+    locate_nonfinite,
+)
 from apprentice.train.step import NonFiniteLossError
 
 
@@ -111,3 +115,15 @@ def test_check_finite_off_leaves_the_decision_to_the_caller():
     assert not torch.isfinite(losses["loss"])
     with torch.no_grad():  # evaluation is never stopped, with the check on either
         assert not torch.isfinite(Distiller(model, scheme="baseline")(x, y)[1]["loss"])
+
+
+def test_learned_steps_pushed_to_or_below_zero_are_named_with_their_lowest_value():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(16, 2))
+    prepare(net, weights=WeightQuant("lsq", 4, per_channel=True), activations=ActQuant(4, quantizer="lsq"))
+    net.train()(torch.rand(8, 1, 6, 6))  # the first batch sets the activation steps
+    assert collapsed_steps(net) == []
+    with torch.no_grad():
+        net[2].weight_step[1] = -0.25   # one channel of a per-channel step crossed zero
+        net[2].act_step.fill_(0.0)
+    assert collapsed_steps(net) == ["2.weight_step = -0.25", "2.act_step = 0"]  # in registration order

@@ -18,7 +18,8 @@
 #             4W/8A rows, reused (accuracy_levers_4w8a)
 #   levers-lsq (named only) learned steps for the other two missed goals, seed 0 without and with scheme C:
 #             ternary with LSQ's learned step (lsq:2W/32A) and LSQ 2W/2A with per-channel weight steps
-#             (lsq+pc:2W/2A), each at its base precision's chosen loss (accuracy_levers_lsq)
+#             (lsq+pc:2W/2A), each at its base precision's chosen loss (accuracy_levers_lsq); then that LSQ
+#             2W/2A over seeds 0-2 beside the grid's own lsq:2W/2A rows, reused (accuracy_levers_lsq_2w2a)
 # Usage: benchmarks/patient_study.sh [STEP ...]   (stop with Ctrl-C or SIGTERM: the runs checkpoint)
 #        DRY_RUN=1 benchmarks/patient_study.sh ...  prints the steps' commands instead
 #        WORKERS=1 benchmarks/patient_study.sh ...  one run at a time (default two), e.g. beside teacher2
@@ -76,9 +77,14 @@ step() {
       "${PY[@]}" benchmarks/accuracy.py "${REGIME[@]/%accuracy_patient.json/accuracy_levers_4w8a.json}" "${four[@]}" \
         --schemes baseline C --no-sweep --teacher-seeds 0 1 \
         --continue-from benchmarks/results/accuracy_levers.json benchmarks/results/accuracy_patient_grid.json ;;
-    levers-lsq) "${PY[@]}" benchmarks/accuracy.py "${REGIME[@]/%accuracy_patient.json/accuracy_levers_lsq.json}" \
+    levers-lsq)
+      "${PY[@]}" benchmarks/accuracy.py "${REGIME[@]/%accuracy_patient.json/accuracy_levers_lsq.json}" \
         --precisions lsq:2W/32A lsq+pc:2W/2A --seeds 0 --loss lsq:2W/32A=gamma-rise lsq+pc:2W/2A=paper \
-        --schemes baseline C --no-sweep --teacher-seeds 0 1 --continue-from benchmarks/results/accuracy_patient_grid.json ;;
+        --schemes baseline C --no-sweep --teacher-seeds 0 1 --continue-from benchmarks/results/accuracy_patient_grid.json
+      "${PY[@]}" benchmarks/accuracy.py "${REGIME[@]/%accuracy_patient.json/accuracy_levers_lsq_2w2a.json}" \
+        --precisions lsq:2W/2A lsq+pc:2W/2A --seeds 0 1 2 --loss-from benchmarks/results/accuracy_patient.json \
+        --loss lsq+pc:2W/2A=paper --schemes baseline C --no-sweep --teacher-seeds 0 1 \
+        --continue-from benchmarks/results/accuracy_levers_lsq.json benchmarks/results/accuracy_patient_grid.json ;;
   esac
 }
 

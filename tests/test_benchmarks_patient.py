@@ -44,8 +44,11 @@ def test_the_patient_study_script_plans_its_steps_and_checks_names_first(tmp_pat
     assert four.precisions == ["4W/8A", "pc:4W/8A@asym"] and four.seeds == [0, 1, 2]
     assert four.continue_from == ["benchmarks/results/accuracy_levers.json", "benchmarks/results/accuracy_patient_grid.json"]
     lsq = subprocess.run([str(script), "levers-lsq"], capture_output=True, text=True, check=True, env=env).stdout
-    lsq = accuracy.parser().parse_args(lsq.split()[2:])
+    lsq, lsq3 = (accuracy.parser().parse_args(line.split()[2:]) for line in lsq.splitlines())
     assert lsq.precisions == ["lsq:2W/32A", "lsq+pc:2W/2A"] and lsq.out.endswith("accuracy_levers_lsq.json")
+    assert lsq3.precisions == ["lsq:2W/2A", "lsq+pc:2W/2A"] and lsq3.seeds == [0, 1, 2]
+    assert lsq3.continue_from == ["benchmarks/results/accuracy_levers_lsq.json",
+                                  "benchmarks/results/accuracy_patient_grid.json"]
     (snapshot / "checkpoints").mkdir(parents=True)  # the committed second teacher, finished: nothing to train
     (snapshot / "summary.json").write_text('{"status": "finished"}')
     plan = subprocess.run([str(script), "teacher2"], capture_output=True, text=True, check=True, env=env).stdout

@@ -70,6 +70,20 @@ def compare(name: str, logits: np.ndarray, reference: np.ndarray, labels: np.nda
     }
 
 
+def reference_spread(model: Any, batches: list, reference: np.ndarray, labels: np.ndarray) -> list[dict]:
+    """The same PyTorch model computed two other ways, against the reference: in float64, and one image at a
+    time. A fake-quant model's rounding puts some values on a quantization boundary, where float32's summation
+    order decides the code; how often that changes a prediction is the floor any exported file can reach."""
+    import copy
+
+    with torch.no_grad():
+        wide = copy.deepcopy(model).double()
+        in_f64 = torch.cat([wide(x.double()).float() for x, _ in batches]).numpy()
+        one = torch.cat([model(x[i:i + 1]) for x, _ in batches for i in range(len(x))]).numpy()
+    return [compare("pytorch float64 (same model)", in_f64, reference, labels, fold_bn=False),
+            compare("pytorch batch 1 (same model)", one, reference, labels, fold_bn=False)]
+
+
 def check_exports(model: Any, batches: list, reference: np.ndarray, labels: np.ndarray, shape: tuple[int, ...],
                   fold: bool, tmp: str, threads: int) -> list[dict]:
     """The ONNX file in ONNX Runtime (and OpenVINO) and the packed reload, compared with the reference."""
@@ -156,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="FILE",
                    help="a user's model file to import first (as apprentice's --import), for a run of its model")
+    p.add_argument("--reference-spread", action="store_true",
+                   help="also the PyTorch model in float64 and one image at a time, against the reference")
     p.add_argument("--runtimes", nargs="*", default=[], choices=["executorch", "litert"],
                    help="a deployable run: also its ExecuTorch and/or LiteRT file (extras executorch, litert)")
     args = p.parse_args(argv)
@@ -177,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         reference = torch.cat([model(x) for x, _ in batches]).numpy()
     results = [compare("pytorch fake-quant (reference)", reference, reference, labels, fold_bn=False)]
+    if args.reference_spread:
+        results += reference_spread(model, batches, reference, labels)
 
     with tempfile.TemporaryDirectory() as tmp:
         deployable = any(getattr(m, "deploy", None) for m in model.modules())

@@ -422,8 +422,11 @@ def test_onnx_agreement_on_a_tiny_deployable_run(tmp_path):
     run = tmp_path / "run"
     fit(tiny(run, "quant.precision=4W/8A", "quant.deploy=int8", "model.shortcut=B"))
     out = tmp_path / "agreement.json"
-    _benchmark_process("onnx_agreement.py", str(run), "--dataset", "synthetic", "--threads", "1", "--out", str(out))
+    _benchmark_process("onnx_agreement.py", str(run), "--dataset", "synthetic", "--threads", "1", "--out", str(out),
+                       "--reference-spread")
     rows = {r["model"]: r for r in json.loads(out.read_text())["results"]}
+    for spread in ("pytorch float64 (same model)", "pytorch batch 1 (same model)"):  # the same model, computed otherwise
+        assert rows[spread]["images"] == 512 and rows[spread]["max_abs_logit_diff"] < 0.05
     ort_row = rows["onnxruntime int8"]
     assert ort_row["onnx_mode"] == "int8" and ort_row["ops_after_optimization"]["QLinearAdd"] == 3
     assert ort_row["images"] == 512 and ort_row["top1_agreement"] >= 0.999

@@ -49,7 +49,11 @@ from apprentice.quant import (
     prepare,
     quantized_layers,
 )
-from apprentice.train.nonfinite import first_nonfinite_gradient, locate_nonfinite
+from apprentice.train.nonfinite import (
+    collapsed_note,
+    first_nonfinite_gradient,
+    locate_nonfinite,
+)
 from apprentice.train.step import NonFiniteLossError
 from apprentice.weights import load_strict
 
@@ -315,8 +319,9 @@ class Distiller(nn.Module):
         def check(grads: Sequence[Tensor | None]) -> None:
             where = first_nonfinite_gradient([x[:3] for x in named], list(grads))
             if where is not None:
+                note = collapsed_note(self)
                 raise NonFiniteLossError(f"non-finite gradient at training step {self.steps}: the first non-finite "
-                                         f"value is {where}", step=self.steps)
+                                         f"value is {where}" + (f"; {note}" if note else ""), step=self.steps)
 
         torch.autograd.graph.register_multi_grad_hook([x[3] for x in named], check, mode="all")
 
@@ -379,8 +384,9 @@ class Distiller(nn.Module):
         student_logits, losses = self._losses(images, labels, teacher_logits)
         if self.check_finite and training and not bool(torch.isfinite(losses["loss"].detach()).all()):
             where = locate_nonfinite(self, lambda: self._losses(images, labels, teacher_logits)[1]["loss"])
+            note = collapsed_note(self)
             raise NonFiniteLossError(f"non-finite loss at training step {self.steps}: the first non-finite value is "
-                                     f"{where}", step=self.steps)
+                                     f"{where}" + (f"; {note}" if note else ""), step=self.steps)
         return student_logits, losses
 
     def _losses(self, images: Tensor, labels: Tensor,

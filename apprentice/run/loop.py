@@ -73,7 +73,7 @@ from apprentice.train.checkpoint import (
     LAST,
     SUMMARY_FILE,
 )
-from apprentice.train.nonfinite import collapsed_steps, locate_nonfinite
+from apprentice.train.nonfinite import collapsed_note, locate_nonfinite
 from apprentice.train.progress import (
     MetricsWriter,
     Progress,
@@ -286,11 +286,9 @@ def _nonfinite(run: _Run, res: Any, epoch: int, loss_of_batch: Callable[[], Tens
     if not skip:
         kept = f"the last good checkpoint {run.last} is kept" if run.last.is_file() else "no checkpoint was written yet"
         first = locate_nonfinite(run.training.distiller, loss_of_batch)
-        collapsed = collapsed_steps(run.training.distiller)
-        advice = (f"{len(collapsed)} learned quantizer steps fell to or below zero (first: {collapsed[0]}): lower "
-                  f"their learning rate, e.g. optim.quant_lr_scale=0.1" if collapsed else
-                  "Lower optim.lr, try train.amp=off or quant.per_channel=true (a per-layer weight scale can zero "
-                  "whole channels)")
+        advice = collapsed_note(run.training.distiller) or (
+            "Lower optim.lr, try train.amp=off or quant.per_channel=true (a per-layer weight scale can zero whole "
+            "channels)")
         raise NonFiniteLossError(f"non-finite loss or gradient at {where}: loss {res.loss}, gradient norm "
                                  f"{res.grad_norm}; the first non-finite value is {first}. This step was not "
                                  f"saved and {kept}. {advice}, or set train.on_nonfinite=skip",

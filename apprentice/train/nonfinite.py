@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from apprentice.quant import QUANTIZER_PARAMETERS
 
-__all__ = ["collapsed_steps", "describe_module", "first_nonfinite_gradient", "locate_nonfinite"]
+__all__ = ["collapsed_note", "collapsed_steps", "describe_module", "first_nonfinite_gradient", "locate_nonfinite"]
 
 
 def _finite(t: object) -> bool:
@@ -96,6 +96,15 @@ def collapsed_steps(model: nn.Module) -> list[str]:
         if name.rsplit(".", 1)[-1] in QUANTIZER_PARAMETERS and p.numel() and float(p.detach().min()) <= 0:
             out.append(f"{name} = {float(p.detach().min()):.3g}")
     return out
+
+
+def collapsed_note(model: nn.Module) -> str | None:
+    """The sentence a non-finite stop adds when `collapsed_steps` finds any, else None."""
+    collapsed = collapsed_steps(model)
+    if not collapsed:
+        return None
+    return (f"{len(collapsed)} learned quantizer steps fell to or below zero (first: {collapsed[0]}): lower their "
+            f"learning rate, e.g. optim.quant_lr_scale=0.1 (a param group's own lr in a loop of your own)")
 
 
 def locate_nonfinite(model: nn.Module, loss_of_batch: Callable[[], Tensor]) -> str:

@@ -127,3 +127,16 @@ def test_learned_steps_pushed_to_or_below_zero_are_named_with_their_lowest_value
         net[2].weight_step[1] = -0.25   # one channel of a per-channel step crossed zero
         net[2].act_step.fill_(0.0)
     assert collapsed_steps(net) == ["2.weight_step = -0.25", "2.act_step = 0"]  # in registration order
+
+
+def test_the_distillers_stop_names_learned_steps_pushed_through_zero():
+    model, (x, y) = net(), batch()
+    prepare(model, "2W/8A")
+    distiller = Distiller(model, scheme="baseline")
+    distiller(x, y)  # the first batch sets the activation steps
+    with torch.no_grad():
+        model[3].act_step.fill_(-2.0)
+    model[4].armed = "output"
+    with pytest.raises(NonFiniteLossError, match=r"1 learned quantizer steps fell to or below zero \(first: "
+                                                 r"student.3.act_step = -2\): lower their learning rate"):
+        distiller(x, y)

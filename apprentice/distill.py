@@ -319,9 +319,7 @@ class Distiller(nn.Module):
         def check(grads: Sequence[Tensor | None]) -> None:
             where = first_nonfinite_gradient([x[:3] for x in named], list(grads))
             if where is not None:
-                note = collapsed_note(self)
-                raise NonFiniteLossError(f"non-finite gradient at training step {self.steps}: the first non-finite "
-                                         f"value is {where}" + (f"; {note}" if note else ""), step=self.steps)
+                self._stop(f"non-finite gradient at training step {self.steps}: the first non-finite value is {where}")
 
         torch.autograd.graph.register_multi_grad_hook([x[3] for x in named], check, mode="all")
 
@@ -384,10 +382,13 @@ class Distiller(nn.Module):
         student_logits, losses = self._losses(images, labels, teacher_logits)
         if self.check_finite and training and not bool(torch.isfinite(losses["loss"].detach()).all()):
             where = locate_nonfinite(self, lambda: self._losses(images, labels, teacher_logits)[1]["loss"])
-            note = collapsed_note(self)
-            raise NonFiniteLossError(f"non-finite loss at training step {self.steps}: the first non-finite value is "
-                                     f"{where}" + (f"; {note}" if note else ""), step=self.steps)
+            self._stop(f"non-finite loss at training step {self.steps}: the first non-finite value is {where}")
         return student_logits, losses
+
+    def _stop(self, message: str) -> None:
+        """Raise the non-finite stop, naming any learned quantizer steps pushed through zero (`collapsed_note`)."""
+        note = collapsed_note(self)
+        raise NonFiniteLossError(message + (f"; {note}" if note else ""), step=self.steps)
 
     def _losses(self, images: Tensor, labels: Tensor,
                 teacher_logits: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:

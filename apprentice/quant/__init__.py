@@ -52,6 +52,7 @@ from apprentice.quant.modules import (
     LayerPlan,
     QConv2d,
     QLinear,
+    is_quantizer_parameter,
 )
 from apprentice.quant.prepare import (
     DEFAULT_EXCLUDE,
@@ -135,6 +136,7 @@ __all__ = [
     "fake_quant_weight",
     "format_precision",
     "integer_layers",
+    "is_quantizer_parameter",
     "lsq_activation",
     "lsq_grad_scale",
     "lsq_init_step",

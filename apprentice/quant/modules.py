@@ -45,6 +45,13 @@ from apprentice.quant.quantizers import (
 
 #: Trainable parameters of the quantizers themselves (no weight decay; see `apprentice.train.optim`).
 QUANTIZER_PARAMETERS: tuple[str, ...] = ("act_clip", "act_step", "weight_step")
+
+
+def is_quantizer_parameter(name: str) -> bool:
+    """Whether a parameter's (dotted) name is a quantizer's own (`QUANTIZER_PARAMETERS`): ``"layer1.0.conv1.act_step"``."""
+    return name.rsplit(".", 1)[-1] in QUANTIZER_PARAMETERS
+
+
 #: Everything a quantized layer holds beyond its float module's state: not part of a float model.
 QUANTIZER_STATE: tuple[str, ...] = (*QUANTIZER_PARAMETERS, "act_step_initialized", "zero_point")
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from apprentice.quant import QUANTIZER_PARAMETERS
+from apprentice.quant import is_quantizer_parameter
 
 __all__ = ["collapsed_note", "collapsed_steps", "describe_module", "first_nonfinite_gradient", "locate_nonfinite"]
 
@@ -93,7 +93,7 @@ def collapsed_steps(model: nn.Module) -> list[str]:
     too high for their size (a step of 0.01 moved by lr 0.1), which ``optim.quant_lr_scale`` lowers."""
     out = []
     for name, p in model.named_parameters():
-        if name.rsplit(".", 1)[-1] in QUANTIZER_PARAMETERS and p.numel() and float(p.detach().min()) <= 0:
+        if is_quantizer_parameter(name) and p.numel() and float(p.detach().min()) <= 0:
             out.append(f"{name} = {float(p.detach().min()):.3g}")
     return out
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from apprentice.errors import ApprenticeError, lookup
-from apprentice.quant import QUANTIZER_PARAMETERS
+from apprentice.quant import is_quantizer_parameter
 
 __all__ = ["LR_SCHEDULES", "OPTIMIZERS", "LRSchedule", "lr_factor", "make_optimizer", "param_groups", "set_lr"]
 
@@ -79,7 +79,7 @@ def param_groups(modules: Iterable[nn.Module], *, weight_decay: float, decay_nor
         for name, p in module.named_parameters():
             if not p.requires_grad:
                 continue
-            if name.rsplit(".", 1)[-1] in QUANTIZER_PARAMETERS:
+            if is_quantizer_parameter(name):
                 (quant if quant_lr_scale != 1 else no_decay).append(p)
             else:
                 (no_decay if p.ndim <= 1 and not decay_norm_and_bias else decay).append(p)

@@ -20,6 +20,10 @@
 #             ternary with LSQ's learned step (lsq:2W/32A) and LSQ 2W/2A with per-channel weight steps
 #             (lsq+pc:2W/2A), each at its base precision's chosen loss (accuracy_levers_lsq); then that LSQ
 #             2W/2A over seeds 0-2 beside the grid's own lsq:2W/2A rows, reused (accuracy_levers_lsq_2w2a)
+#   width     (named only) the capacity lever for the two goals no quantizer lever moved: seed 0 at width 1
+#             (75,002 parameters, 3.9x the grid's): the FP twin; 2W/32A and LSQ 2W/2A without and with scheme C,
+#             each at its precision's chosen loss (accuracy_width1); its own runs folder (runs/patient-w1: the
+#             grid's run names carry no width), the teachers and their cache copied in from RUNS_DIR
 # Usage: benchmarks/patient_study.sh [STEP ...]   (stop with Ctrl-C or SIGTERM: the runs checkpoint)
 #        DRY_RUN=1 benchmarks/patient_study.sh ...  prints the steps' commands instead
 #        WORKERS=1 benchmarks/patient_study.sh ...  one run at a time (default two), e.g. beside teacher2
@@ -85,14 +89,23 @@ step() {
         --precisions lsq:2W/2A lsq+pc:2W/2A --seeds 0 1 2 --loss-from benchmarks/results/accuracy_patient.json \
         --loss lsq+pc:2W/2A=paper --schemes baseline C --no-sweep --teacher-seeds 0 1 \
         --continue-from benchmarks/results/accuracy_levers_lsq.json benchmarks/results/accuracy_patient_grid.json ;;
+    width)
+      local wide=${RUNS%/}-w1 n
+      for n in teacher teacher-s1 teacher-cache-s0-1; do  # the same teachers: no 5.4 h teacher, no 41 min cache again
+        [ -e "$wide/$n" ] || [ ! -d "$RUNS/$n" ] || { mkdir -p "$wide" && cp -r "$RUNS/$n" "$wide/$n"; }
+      done
+      local w1=("${REGIME[@]/%accuracy_patient.json/accuracy_width1.json}")
+      w1=("${w1[@]/#0.5/1.0}"); w1=("${w1[@]/#$RUNS/$wide}")
+      "${PY[@]}" benchmarks/accuracy.py "${w1[@]}" --precisions 2W/32A lsq:2W/2A --seeds 0 --schemes baseline C \
+        --loss-from benchmarks/results/accuracy_patient.json --no-sweep --teacher-seeds 0 1 ;;
   esac
 }
 
 STEPS=("$@")
 [ ${#STEPS[@]} -eq 0 ] && STEPS=(pilot teacher2 losses grid)
 for s in "${STEPS[@]}"; do  # every name checked before any step runs
-  case "$s" in pilot|teacher2|losses|grid|levers|levers-lsq) ;;
-    *) echo "patient_study: unknown step '$s' (pilot, teacher2, losses, grid, levers, levers-lsq)" >&2; exit 2 ;;
+  case "$s" in pilot|teacher2|losses|grid|levers|levers-lsq|width) ;;
+    *) echo "patient_study: unknown step '$s' (pilot, teacher2, losses, grid, levers, levers-lsq, width)" >&2; exit 2 ;;
   esac
 done
 for s in "${STEPS[@]}"; do step "$s"; done

@@ -55,6 +55,7 @@ def _owners() -> SimpleNamespace:
         choices={  # dotted key -> (what the message calls it, the owner's table)
             "distill.scheme": ("scheme", distill.SCHEMES), "data.name": ("data set", data.DATASETS),
             "optim.name": ("optimizer", optim.OPTIMIZERS), "optim.schedule": ("schedule", optim.LR_SCHEDULES),
+            "optim.quant_domain": ("quantizer parameter domain", optim.QUANT_DOMAINS),
             "train.amp": ("amp mode", step.AMP_MODES),
             "train.on_nonfinite": ("non-finite policy", step.NONFINITE_POLICIES),
         },

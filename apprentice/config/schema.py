@@ -95,6 +95,9 @@ class OptimConfig:
     lr_decay: float = _f(0.1, "step schedule: factor applied at each milestone")
     warmup_epochs: float = _f(0.0, "linear warm-up length in epochs (fractions allowed)")
     quant_lr_scale: float = _f(1.0, "learning-rate factor of the quantizer parameters (PACT clips, LSQ steps); never decayed")
+    quant_domain: str = _f("linear", "how the quantizer parameters are updated: linear | log (the optimizer steps ln s, as TQT "
+                           "does: relative updates, so a learned step never reaches zero; for networks whose steps "
+                           "collapse, e.g. EfficientNet at SGD lr 0.1)")
 
 
 @dataclass(frozen=True)

@@ -337,5 +337,6 @@ def build_optimizer(cfg: Config, distiller: Distiller) -> torch.optim.Optimizer:
     """``cfg.optim``'s optimizer over the parameters of what the distiller trains."""
     o = cfg.optim
     groups = param_groups(distiller.trained_modules(), weight_decay=o.weight_decay,
-                          decay_norm_and_bias=o.decay_norm_and_bias, quant_lr_scale=o.quant_lr_scale)
+                          decay_norm_and_bias=o.decay_norm_and_bias, quant_lr_scale=o.quant_lr_scale,
+                          quant_domain=o.quant_domain)
     return make_optimizer(o.name, groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)

@@ -90,7 +90,8 @@ def collapsed_steps(model: nn.Module) -> list[str]:
     """The learned quantizer steps and clips (`QUANTIZER_PARAMETERS`) that an update pushed to or below zero,
     as ``"name = value"`` (the lowest value of a per-channel one). Such a quantizer runs at its floor (every
     value clipped) and the layers after it lose their scale: a sign that those parameters' learning rate is
-    too high for their size (a step of 0.01 moved by lr 0.1), which ``optim.quant_lr_scale`` lowers."""
+    too high for their size (a step of 0.01 moved by lr 0.1), which ``optim.quant_lr_scale`` lowers and
+    ``optim.quant_domain=log`` makes relative."""
     out = []
     for name, p in model.named_parameters():
         if is_quantizer_parameter(name) and p.numel() and float(p.detach().min()) <= 0:
@@ -103,8 +104,9 @@ def collapsed_note(model: nn.Module) -> str | None:
     collapsed = collapsed_steps(model)
     if not collapsed:
         return None
-    return (f"{len(collapsed)} learned quantizer steps fell to or below zero (first: {collapsed[0]}): lower their "
-            f"learning rate, e.g. optim.quant_lr_scale=0.1 (a param group's own lr in a loop of your own)")
+    return (f"{len(collapsed)} learned quantizer steps fell to or below zero (first: {collapsed[0]}): update them "
+            f"in the log domain (optim.quant_domain=log) or lower their learning rate (optim.quant_lr_scale=0.1); in a "
+            f"loop of your own, a param group of their own")
 
 
 def locate_nonfinite(model: nn.Module, loss_of_batch: Callable[[], Tensor]) -> str:

@@ -7,6 +7,15 @@ Decisions:
   clips, LSQ weight and activation steps): decay would shrink the quantization range for no reason
   found in the data. They may also take their own learning rate, ``quant_lr_scale`` times the
   others' (a group's ``"lr_scale"``, applied by `set_lr`).
+- Quantizer parameters are positive scales whose gradients can be large against their value (LSQ
+  steps of squeeze-excitation and depthwise inputs in EfficientNet-B0: 20-300 times the step per
+  unit of learning rate at the first step, so one SGD update at lr 0.01 takes a step through zero).
+  With ``quant_domain="log"`` they are updated in the log domain instead (TQT: Jain et al., "Trained
+  Quantization Thresholds for Accurate and Efficient Fixed-Point Inference of Deep Neural Networks",
+  MLSys 2020, sec. 3.2): the optimizer steps θ = ln s with ∂L/∂θ = s·∂L/∂s, so every update is
+  relative, s·exp(Δθ), and no step reaches zero. The parameter still holds s between steps
+  (checkpoints, plans and exports unchanged); the optimizer's own state (momentum, Adam's moments)
+  is θ's.
 - The learning rate is a pure function of the global step (`lr_factor`), set before every step,
   so a resumed run is on the exact schedule.
 """
@@ -22,9 +31,10 @@ import torch
 from torch import nn
 
 from apprentice.errors import ApprenticeError, lookup
-from apprentice.quant import is_quantizer_parameter
+from apprentice.quant import MIN_LEARNED_STEP, is_quantizer_parameter
 
-__all__ = ["LR_SCHEDULES", "OPTIMIZERS", "LRSchedule", "lr_factor", "make_optimizer", "param_groups", "set_lr"]
+__all__ = ["LR_SCHEDULES", "OPTIMIZERS", "QUANT_DOMAINS", "LRSchedule", "lr_factor", "make_optimizer", "param_groups",
+           "set_lr"]
 
 
 def _onecycle(t: int, total: int, warmup: int) -> float:
@@ -64,28 +74,59 @@ def lr_factor(step: int, *, schedule: str, total_steps: int, warmup_steps: int =
     return fn(step, total_steps, warmup_steps, milestones, decay)
 
 
+#: How the quantizers' own parameters are updated (the module notes): a param group's ``"log_domain"``.
+QUANT_DOMAINS = {"linear": "the optimizer steps s itself, as every other parameter",
+                 "log": "the optimizer steps ln s (TQT): relative updates, s stays positive"}
+
+
 def param_groups(modules: Iterable[nn.Module], *, weight_decay: float, decay_norm_and_bias: bool = False,
-                 quant_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+                 quant_lr_scale: float = 1.0, quant_domain: str = "linear") -> list[dict[str, Any]]:
     """Trainable parameters split into a decayed and an undecayed group (see the module notes).
 
     Quantizer parameters (PACT clips, LSQ steps) are never decayed. With ``quant_lr_scale`` other
-    than 1 they form a third group, ``{"weight_decay": 0.0, "lr_scale": quant_lr_scale}``, whose
-    learning rate `set_lr` scales; at 1 they stay in the undecayed group (the groups of earlier runs).
+    than 1, or ``quant_domain`` "log", they form a third group, ``{"weight_decay": 0.0, "lr_scale":
+    quant_lr_scale}`` (and ``"log_domain": True``), whose learning rate `set_lr` scales and which
+    `make_optimizer` steps in the log domain; otherwise they stay in the undecayed group (the groups
+    of earlier runs).
     """
     if isinstance(quant_lr_scale, bool) or not isinstance(quant_lr_scale, (int, float)) or not quant_lr_scale > 0:
         raise ApprenticeError(f"quant_lr_scale must be a positive number, got {quant_lr_scale!r}")
+    lookup(QUANT_DOMAINS, quant_domain, "quantizer parameter domain (optim.quant_domain)")
+    log = quant_domain == "log"
+    own_group = quant_lr_scale != 1 or log
     decay, no_decay, quant = [], [], []
     for module in modules:
         for name, p in module.named_parameters():
             if not p.requires_grad:
                 continue
             if is_quantizer_parameter(name):
-                (quant if quant_lr_scale != 1 else no_decay).append(p)
+                (quant if own_group else no_decay).append(p)
             else:
                 (no_decay if p.ndim <= 1 and not decay_norm_and_bias else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0},
-              {"params": quant, "weight_decay": 0.0, "lr_scale": float(quant_lr_scale)}]
+              {"params": quant, "weight_decay": 0.0, "lr_scale": float(quant_lr_scale), **({"log_domain": True} if log else {})}]
     return [g for g in groups if g["params"]]
+
+
+def _log_domain_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The parameters of the ``"log_domain"`` groups that this step updates (those with a gradient)."""
+    return [p for g in optimizer.param_groups if g.get("log_domain") for p in g["params"] if p.grad is not None]
+
+
+@torch.no_grad()
+def _into_log(optimizer: torch.optim.Optimizer, *_: Any) -> None:
+    """Before the step: θ = ln s and ∂L/∂θ = s·∂L/∂s (a step is floored as the forward floors it)."""
+    for p in _log_domain_params(optimizer):
+        p.clamp_(min=MIN_LEARNED_STEP)
+        p.grad.mul_(p)
+        p.log_()
+
+
+@torch.no_grad()
+def _out_of_log(optimizer: torch.optim.Optimizer, *_: Any) -> None:
+    """After the step: s = exp(θ), what the forward and every reader of the parameter expect."""
+    for p in _log_domain_params(optimizer):
+        p.exp_()
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -109,11 +150,18 @@ def make_optimizer(name: str, groups: list[dict[str, Any]], *, lr: float, moment
     """SGD (``momentum``, ``nesterov``) or AdamW (``momentum`` is its beta1) over ``groups``.
 
     Nesterov needs a momentum > 0; torch's SGD refuses it otherwise (config.validate says so first).
+    Groups marked ``"log_domain"`` (`param_groups`) are stepped in the log domain: hooks around every
+    ``step()`` turn their parameters into ln s and back (a GradScaler's step included).
     """
     lookup(OPTIMIZERS, name, "optimizer")
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+        opt: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
+    else:
+        opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+    if any(g.get("log_domain") for g in groups):
+        opt.register_step_pre_hook(_into_log)
+        opt.register_step_post_hook(_out_of_log)
+    return opt
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ def test_ranges(override, key):
         ("distill.scheme=D", "distill.scheme: unknown scheme 'D'; choose from ["),
         ("optim.name=lamb", "optim.name: unknown optimizer 'lamb'; choose from ['adamw', 'sgd']"),
         ("optim.schedule=poly", "optim.schedule: unknown schedule 'poly'"),
+        ("optim.quant_domain=exp", "optim.quant_domain: unknown quantizer parameter domain 'exp'"),
         ("train.amp=fp8", "train.amp: unknown amp mode 'fp8'"),
         ("train.on_nonfinite=ignore", "train.on_nonfinite: unknown non-finite policy 'ignore'"),
         ("train.device=gpu", "train.device: unknown device 'gpu'"),

@@ -254,6 +254,24 @@ def test_deployable_run_resumes_bit_identically_without_calibrating_again(nan_at
     assert all(torch.equal(whole[k], cut[k]) for k in whole)
 
 
+def test_log_domain_steps_learn_and_resume_bit_identically(nan_at, tmp_path):
+    """optim.quant_domain=log: the LSQ steps move (relative updates of ln s, momentum in that domain) and a
+    run resumed from its step-5 checkpoint ends exactly where an uninterrupted one ends."""
+    settings = ("quant.precision=2W/2A", "quant.quantizer=lsq", "optim.quant_domain=log", "train.epochs=2",
+                "train.checkpoint_every=5")
+    fit(tiny(tmp_path / "whole", *settings))
+    nan_at(6)
+    with pytest.raises(NonFiniteLossError):
+        fit(tiny(tmp_path / "cut", *settings))
+    first = ck.read_checkpoint(tmp_path / "cut" / "checkpoints/last.pt")
+    fit(tiny(tmp_path / "cut", *settings), resume=True)
+    whole, cut = (ck.read_checkpoint(tmp_path / r / "checkpoints/last.pt")["model"] for r in ("whole", "cut"))
+    steps = [k for k in whole if k.endswith(("weight_step", "act_step"))]
+    assert steps and all(torch.equal(whole[k], cut[k]) for k in whole)
+    assert all(bool((whole[k] > 0).all()) for k in steps)
+    assert any(not torch.equal(whole[k], first["model"][k]) for k in steps)
+
+
 # ---------------------------------------------------------------------------------------------
 # Several processes
 

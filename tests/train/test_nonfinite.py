@@ -138,5 +138,6 @@ def test_the_distillers_stop_names_learned_steps_pushed_through_zero():
         model[3].act_step.fill_(-2.0)
     model[4].armed = "output"
     with pytest.raises(NonFiniteLossError, match=r"1 learned quantizer steps fell to or below zero \(first: "
-                                                 r"student.3.act_step = -2\): lower their learning rate"):
+                                                 r"student.3.act_step = -2\): update them in the log domain "
+                                                 r"\(optim.quant_domain=log\) or lower their learning rate"):
         distiller(x, y)

@@ -78,6 +78,55 @@ def test_quantizer_parameters_are_never_decayed_and_may_take_their_own_lr():
         param_groups([model], weight_decay=1e-4, quant_lr_scale=0)
 
 
+def _log_domain_model():
+    from apprentice.quant import parse_precision, prepare
+
+    model = build_model("resnet8", num_classes=10, in_channels=1, width=0.25)
+    weights, acts = parse_precision("4W/8A", quantizer="lsq")
+    prepare(model, weights=weights, activations=acts)
+    return model, [p for n, p in model.named_parameters() if n.endswith(("weight_step", "act_step"))]
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_log_domain_steps_the_log_of_the_quantizer_parameters(name):
+    model, steps = _log_domain_model()
+    groups = param_groups([model], weight_decay=1e-4, quant_domain="log")
+    assert groups[-1]["log_domain"] and {id(p) for p in groups[-1]["params"]} == {id(p) for p in steps}
+    opt = make_optimizer(name, groups, lr=0.1, momentum=0.9, nesterov=False)
+    # the same optimizer on θ = ln s, by hand: what the log-domain group must compute, two steps (momentum)
+    theta = [torch.nn.Parameter(p.detach().log()) for p in steps]
+    ref = make_optimizer(name, [{"params": theta, "weight_decay": 0.0}], lr=0.1, momentum=0.9, nesterov=False)
+    weight = model.fc.weight.detach().clone()
+    for grad_of_s in (50.0, -3.0):  # 50 / unit lr: a linear SGD step of 0.1 would take every step below zero
+        for p, t in zip(steps, theta):
+            p.grad = torch.full_like(p, grad_of_s)
+            t.grad = p.detach() * grad_of_s  # ∂L/∂θ = s·∂L/∂s
+        model.fc.weight.grad = torch.ones_like(model.fc.weight)
+        opt.step()
+        ref.step()
+        for p, t in zip(steps, theta):
+            torch.testing.assert_close(p.detach(), t.detach().exp())
+    assert all(bool((p > 0).all()) for p in steps)
+    assert not torch.equal(model.fc.weight.detach(), weight)  # the other groups step as before, in s
+
+
+def test_linear_domain_takes_a_large_gradient_through_zero_and_log_does_not():
+    model, steps = _log_domain_model()
+    for domain, positive in (("linear", False), ("log", True)):
+        start = [p.detach().clone() for p in steps]
+        opt = make_optimizer("sgd", param_groups([model], weight_decay=0.0, quant_domain=domain), lr=0.1,
+                             momentum=0.0, nesterov=False)
+        for p in steps:
+            p.grad = 300 * p.detach()  # 300 times the step: EfficientNet-B0's worst, measured
+        opt.step()
+        assert all(bool((p > 0).all()) for p in steps) is positive
+        with torch.no_grad():
+            for p, s in zip(steps, start):
+                p.copy_(s)
+    with pytest.raises(ApprenticeError, match="unknown quantizer parameter domain.*'exp'"):
+        param_groups([model], weight_decay=1e-4, quant_domain="exp")
+
+
 def test_sgd_nesterov_without_momentum_is_refused_not_silently_dropped():
     groups = [{"params": [torch.nn.Parameter(torch.zeros(2))]}]
     assert make_optimizer("sgd", groups, lr=0.1, momentum=0.9, nesterov=True).defaults["nesterov"]

@@ -73,8 +73,27 @@ REGIME = {"student_width": (1.0, "model.width", True), "batch_size": (128, "data
           "channels_last": (False, "train.channels_last", False), "pad": (None, "data.pad", True)}
 
 
-def common(args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    """Overrides every run shares: data size, holdout, schedule, seed (the student's own recipe)."""
+#: what a --set may not say: the grid's own axes, set per cell
+GRID_KEYS = ("quant.", "distill.", "model.name", "train.seed", "train.epochs", "train.out")
+
+
+def parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """``--set KEY=VALUE ...`` as overrides (YAML values, as the command line reads them)."""
+    import yaml
+
+    sets: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key or key.startswith(GRID_KEYS):
+            raise SystemExit(f"accuracy: --set {item!r}: expected KEY=VALUE with a key the grid does not set per "
+                             f"cell (not {', '.join(k + '*' if k.endswith('.') else k for k in GRID_KEYS)})")
+        sets[key] = yaml.safe_load(value)
+    return sets
+
+
+def common(args: argparse.Namespace, seed: int, *, students: bool = True) -> dict[str, Any]:
+    """Overrides every run shares: data size, holdout, schedule, seed (the student's own recipe), and
+    for the students and FP twins (``students``) the regime's ``--set``."""
     o = {
         "model.name": args.student, "data.name": "fashion_mnist", "data.holdout": args.holdout,
         "data.limit": args.train_images or None, "data.batch_size": 128, "optim.name": "sgd",
@@ -86,7 +105,7 @@ def common(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         value = getattr(args, option, default)
         if value != default:
             o[key] = value
-    return o
+    return {**o, **(parse_sets(getattr(args, "set", None)) if students else {})}
 
 
 def teacher_overrides(args: argparse.Namespace, seed: int = 0) -> dict[str, Any]:
@@ -94,7 +113,8 @@ def teacher_overrides(args: argparse.Namespace, seed: int = 0) -> dict[str, Any]
     With ``--teacher-recipe`` the recipe says all of it but the seed and the holdout (the students')."""
     if getattr(args, "teacher_recipe", None):
         return {"data.holdout": args.holdout, "train.seed": seed}
-    o = {**common(args, seed), "model.name": args.teacher, "quant.precision": "32W/32A", "distill.scheme": "baseline"}
+    o = {**common(args, seed, students=False), "model.name": args.teacher, "quant.precision": "32W/32A",
+         "distill.scheme": "baseline"}
     for _, key, students_only in REGIME.values():  # e.g. the teacher trains with the data set's own augmentation
         if students_only:
             o.pop(key, None)
@@ -330,6 +350,9 @@ def regime_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--c-lr", type=float, default=0.01, help="scheme C's (fine-tuning) learning rate")
     ap.add_argument("--loss", nargs="+", default=None, metavar="PRECISION=NAME",
                     help="the distilled cells' loss per precision, a LOSSES row (default: the paper's)")
+    ap.add_argument("--set", nargs="+", default=None, metavar="KEY=VALUE",
+                    help="overrides of every student and FP twin (not the teacher), e.g. an optimizer of their own: "
+                         "optim.name=adamw optim.lr=0.002 optim.weight_decay=0.01 optim.quant_domain=log")
     ap.add_argument("--loss-from", default=None, metavar="PILOT.json",
                     help="choose each precision's loss on the holdout from a pilot's seed-0 rows (its loss sweep)")
 

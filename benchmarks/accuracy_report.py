@@ -223,8 +223,8 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]], an: dict[str, Any
         f"Training images: "
         f"{'all' if not st['train_images'] else 'the first ' + format(st['train_images'], ',')} "
         f"after setting aside {st['holdout']:,} for the sweep's choice; test: the 10,000 test images. "
-        f"{st['epochs']} epochs, batch {o['data.batch_size']}, {o['optim.name'].upper()} (Nesterov momentum 0.9, "
-        f"the recipe's), lr {o['optim.lr']:g} {o['optim.schedule']} (scheme C {st['c_lr']:g}, starting from the "
+        f"{st['epochs']} epochs, batch {o['data.batch_size']}, {_optimizer_text(o)}, "
+        f"lr {o['optim.lr']:g} {o['optim.schedule']} (scheme C {st['c_lr']:g}, starting from the "
         f"same seed's FP twin), weight decay {o['optim.weight_decay']:g}, loss weights α={DistillConfig().alpha:g}, "
         f"β={o['distill.beta']:g}, γ={o['distill.gamma']:g}, τ={o['distill.temperature']:g} (the paper's){_losses_text(rows)}. "
         f"Seeds {st['seeds']}; {st['workers']} runs at a time, {st['threads']} torch thread each. "
@@ -312,6 +312,16 @@ def _shortcut_text(student: str) -> str:
     from apprentice.models import CIFAR_DEPTHS
 
     return ", option-A shortcuts" if student in {f"resnet{d}" for d in CIFAR_DEPTHS} else ""
+
+
+def _optimizer_text(o: dict[str, Any]) -> str:
+    """The students' optimizer as the shared overrides say (``--set`` included), e.g. "SGD (Nesterov momentum 0.9)"."""
+    name = "AdamW (β1 0.9, β2 0.999" if o["optim.name"] == "adamw" else "SGD (Nesterov momentum 0.9, the recipe's"
+    extra = [f"{k.removeprefix('optim.')} {v:g}" if isinstance(v, float) else f"{k.removeprefix('optim.')} {v}"
+             for k, v in o.items() if k.startswith("optim.") and k not in ("optim.name", "optim.lr", "optim.schedule",
+                                                                          "optim.weight_decay")
+             and not (k == "optim.warmup_epochs" and not v)]
+    return name + "".join(f", {e}" for e in extra) + ")"
 
 
 def _teacher_text(settings: dict[str, Any], an: dict[str, Any]) -> str:

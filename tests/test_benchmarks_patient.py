@@ -49,6 +49,11 @@ def test_the_patient_study_script_plans_its_steps_and_checks_names_first(tmp_pat
     assert lsq3.precisions == ["lsq:2W/2A", "lsq+pc:2W/2A"] and lsq3.seeds == [0, 1, 2]
     assert lsq3.continue_from == ["benchmarks/results/accuracy_levers_lsq.json",
                                   "benchmarks/results/accuracy_patient_grid.json"]
+    width = subprocess.run([str(script), "width"], capture_output=True, text=True, check=True, env=env).stdout
+    wide = accuracy.parser().parse_args(width.split()[2:])
+    assert wide.student_width == 1.0 and wide.runs_dir == f"{runs}-w1" and wide.seeds == [0]
+    assert wide.precisions == ["2W/32A", "lsq:2W/2A"] and wide.out.endswith("accuracy_width1.json")
+    assert not wide.continue_from  # the grid's rows are width 0.5's: none is this step's run
     (snapshot / "checkpoints").mkdir(parents=True)  # the committed second teacher, finished: nothing to train
     (snapshot / "summary.json").write_text('{"status": "finished"}')
     plan = subprocess.run([str(script), "teacher2"], capture_output=True, text=True, check=True, env=env).stdout
@@ -75,6 +80,23 @@ def test_the_grid_takes_each_precisions_loss_as_the_pilot_chose_it_on_the_holdou
     assert "2w32a-C-mse-s0" in explicit  # a loss given outright wins over the pilot's choice
     with pytest.raises(SystemExit, match="expected PRECISION=NAME"):
         accuracy.grid_jobs(_args(schemes=["C"], loss=["2W/32A=nope"]), tmp_path)
+
+
+def test_a_regime_of_its_own_is_set_on_students_and_twins_never_on_the_teacher(tmp_path):
+    sets = ["optim.name=adamw", "optim.lr=0.002", "optim.quant_domain=log"]
+    jobs = {j.name: j for j in accuracy.grid_jobs(_args(schemes=["baseline", "C"], set=sets), tmp_path)}
+    for name in ("fp-s0", "2w32a-baseline-s1", "4w8a-C-s0"):
+        o = jobs[name].overrides
+        assert o["optim.name"] == "adamw" and o["optim.quant_domain"] == "log"
+    assert jobs["fp-s0"].overrides["optim.lr"] == 0.002 and jobs["4w8a-C-s0"].overrides["optim.lr"] == 0.01  # --c-lr
+    assert jobs["teacher"].overrides["optim.name"] == "sgd" and "optim.quant_domain" not in jobs["teacher"].overrides
+    for bad in ("quant.precision=4W/8A", "train.seed=3", "optim.lr"):
+        with pytest.raises(SystemExit, match="--set"):
+            accuracy.grid_jobs(_args(set=[bad]), tmp_path)
+    import accuracy_report  # benchmarks/ is on the path once test_benchmarks is imported
+
+    text = accuracy_report._optimizer_text(accuracy.common(_args(set=sets), 0))
+    assert text == "AdamW (β1 0.9, β2 0.999, quant_domain log)"
 
 
 def test_an_ensemble_teacher_trains_each_member_and_caches_their_mean_once(tmp_path, monkeypatch):

@@ -236,20 +236,26 @@ def test_nonfinite_skip_counts_and_rolls_back(nan_at, tmp_path):
     assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
 
 
+def _whole_and_resumed(nan_at, tmp_path, settings: tuple[str, ...]) -> tuple[dict, dict, dict]:
+    """An uninterrupted run, and the same run stopped at step 6 then resumed from its step-5 checkpoint:
+    the final weights of both and the checkpoint the resume started from."""
+    fit(tiny(tmp_path / "whole", *settings, "train.epochs=2", "train.checkpoint_every=5"))
+    nan_at(6)
+    with pytest.raises(NonFiniteLossError):
+        fit(tiny(tmp_path / "cut", *settings, "train.epochs=2", "train.checkpoint_every=5"))
+    stopped = ck.read_checkpoint(tmp_path / "cut" / "checkpoints/last.pt")
+    fit(tiny(tmp_path / "cut", *settings, "train.epochs=2", "train.checkpoint_every=5"), resume=True)
+    whole, cut = (ck.read_checkpoint(tmp_path / r / "checkpoints/last.pt")["model"] for r in ("whole", "cut"))
+    return whole, cut, stopped
+
+
 def test_deployable_run_resumes_bit_identically_without_calibrating_again(nan_at, tmp_path):
     """quant.deploy=int8: the adds' quantizers calibrate on the first batch and are saved; a run stopped
     at step 6 and resumed from its step-5 checkpoint ends exactly where an uninterrupted run ends."""
-    settings = ("quant.precision=2W/8A", "quant.deploy=int8", "train.epochs=2", "train.checkpoint_every=5",
-                "model.shortcut=B")
-    fit(tiny(tmp_path / "whole", *settings))
-    nan_at(6)
-    with pytest.raises(NonFiniteLossError):
-        fit(tiny(tmp_path / "cut", *settings))
-    stopped = ck.read_checkpoint(tmp_path / "cut" / "checkpoints/last.pt")
+    whole, cut, stopped = _whole_and_resumed(nan_at, tmp_path, ("quant.precision=2W/8A", "quant.deploy=int8",
+                                                                "model.shortcut=B"))
     assert stopped["step"] == 5 and stopped["plan"]["layer3.0.add"]["kind"] == "add"
     assert bool(stopped["model"]["layer3.0.add.quant_out.act_step_initialized"])
-    fit(tiny(tmp_path / "cut", *settings), resume=True)
-    whole, cut = (ck.read_checkpoint(tmp_path / r / "checkpoints/last.pt")["model"] for r in ("whole", "cut"))
     assert whole.keys() == cut.keys() and any(k.endswith(".zero_point") for k in whole)
     assert all(torch.equal(whole[k], cut[k]) for k in whole)
 
@@ -257,19 +263,12 @@ def test_deployable_run_resumes_bit_identically_without_calibrating_again(nan_at
 def test_log_domain_steps_learn_and_resume_bit_identically(nan_at, tmp_path):
     """optim.quant_domain=log: the LSQ steps move (relative updates of ln s, momentum in that domain) and a
     run resumed from its step-5 checkpoint ends exactly where an uninterrupted one ends."""
-    settings = ("quant.precision=2W/2A", "quant.quantizer=lsq", "optim.quant_domain=log", "train.epochs=2",
-                "train.checkpoint_every=5")
-    fit(tiny(tmp_path / "whole", *settings))
-    nan_at(6)
-    with pytest.raises(NonFiniteLossError):
-        fit(tiny(tmp_path / "cut", *settings))
-    first = ck.read_checkpoint(tmp_path / "cut" / "checkpoints/last.pt")
-    fit(tiny(tmp_path / "cut", *settings), resume=True)
-    whole, cut = (ck.read_checkpoint(tmp_path / r / "checkpoints/last.pt")["model"] for r in ("whole", "cut"))
+    whole, cut, stopped = _whole_and_resumed(nan_at, tmp_path, ("quant.precision=2W/2A", "quant.quantizer=lsq",
+                                                                "optim.quant_domain=log"))
     steps = [k for k in whole if k.endswith(("weight_step", "act_step"))]
     assert steps and all(torch.equal(whole[k], cut[k]) for k in whole)
     assert all(bool((whole[k] > 0).all()) for k in steps)
-    assert any(not torch.equal(whole[k], first["model"][k]) for k in steps)
+    assert any(not torch.equal(whole[k], stopped["model"][k]) for k in steps)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,8 +22,9 @@
 #             2W/2A over seeds 0-2 beside the grid's own lsq:2W/2A rows, reused (accuracy_levers_lsq_2w2a)
 #   width     (named only) the capacity lever for the two goals no quantizer lever moved: seed 0 at width 1
 #             (75,002 parameters, 3.9x the grid's): the FP twin; 2W/32A and LSQ 2W/2A without and with scheme C,
-#             each at its precision's chosen loss (accuracy_width1); its own runs folder (runs/patient-w1: the
-#             grid's run names carry no width), the teachers and their cache copied in from RUNS_DIR
+#             each at its precision's chosen loss (accuracy_width1); then the best 4W/8A variant, pc:4W/8A@asym
+#             (accuracy_width1_4w8a); its own runs folder (runs/patient-w1: the grid's run names carry no
+#             width), the teachers and their cache copied in from RUNS_DIR
 # Usage: benchmarks/patient_study.sh [STEP ...]   (stop with Ctrl-C or SIGTERM: the runs checkpoint)
 #        DRY_RUN=1 benchmarks/patient_study.sh ...  prints the steps' commands instead
 #        WORKERS=1 benchmarks/patient_study.sh ...  one run at a time (default two), e.g. beside teacher2
@@ -97,7 +98,10 @@ step() {
       local w1=("${REGIME[@]/%accuracy_patient.json/accuracy_width1.json}")
       w1=("${w1[@]/#0.5/1.0}"); w1=("${w1[@]/#$RUNS/$wide}")
       "${PY[@]}" benchmarks/accuracy.py "${w1[@]}" --precisions 2W/32A lsq:2W/2A --seeds 0 --schemes baseline C \
-        --loss-from benchmarks/results/accuracy_patient.json --no-sweep --teacher-seeds 0 1 ;;
+        --loss-from benchmarks/results/accuracy_patient.json --no-sweep --teacher-seeds 0 1
+      "${PY[@]}" benchmarks/accuracy.py "${w1[@]/%accuracy_width1.json/accuracy_width1_4w8a.json}" \
+        --precisions pc:4W/8A@asym --loss pc:4W/8A@asym=gamma-rise --seeds 0 --schemes baseline C --no-sweep \
+        --teacher-seeds 0 1 ;;
   esac
 }
 

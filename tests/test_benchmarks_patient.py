@@ -50,7 +50,8 @@ def test_the_patient_study_script_plans_its_steps_and_checks_names_first(tmp_pat
     assert lsq3.continue_from == ["benchmarks/results/accuracy_levers_lsq.json",
                                   "benchmarks/results/accuracy_patient_grid.json"]
     width = subprocess.run([str(script), "width"], capture_output=True, text=True, check=True, env=env).stdout
-    wide = accuracy.parser().parse_args(width.split()[2:])
+    wide, four = (accuracy.parser().parse_args(line.split()[2:]) for line in width.splitlines())
+    assert four.precisions == ["pc:4W/8A@asym"] and four.runs_dir == wide.runs_dir and four.out.endswith("_4w8a.json")
     assert wide.student_width == 1.0 and wide.runs_dir == f"{runs}-w1" and wide.seeds == [0]
     assert wide.precisions == ["2W/32A", "lsq:2W/2A"] and wide.out.endswith("accuracy_width1.json")
     assert not wide.continue_from  # the grid's rows are width 0.5's: none is this step's run

@@ -419,10 +419,10 @@ def model_sizes(student: str, teacher: str, precisions: list[str], width: float 
     """Bytes of each student's packed file (base-3 ternary) and of the FP32 teacher/twin, from the size report."""
     from apprentice import build_model, prepare
     from apprentice.export import size_report, size_totals
-    from apprentice.models import takes_argument
 
     out = {}
-    shape = {"num_classes": 10, "in_channels": 1, **({"width": width} if width != 1.0 or takes_argument(student, "width") else {})}
+    # as the runs are built: model.width only where --student-width is not 1 (a stock model takes none)
+    shape = {"num_classes": 10, "in_channels": 1, **({"width": width} if width != 1.0 else {})}
     for label in ["32W/32A", *precisions]:
         m = build_model(student, **shape)
         if split_label(label)[1] != "32W/32A":

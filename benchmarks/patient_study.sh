@@ -25,6 +25,9 @@
 #             each at its precision's chosen loss (accuracy_width1); then the best 4W/8A variant, pc:4W/8A@asym
 #             (accuracy_width1_4w8a); its own runs folder (runs/patient-w1: the grid's run names carry no
 #             width), the teachers and their cache copied in from RUNS_DIR
+#   grid-w1   (named only, after width) the grid at width 1 over seeds 0-2: the FP twin; 2W/32A, pc:4W/8A@asym and
+#             LSQ 2W/2A without and with scheme C; the FP student with the teacher; the width step's seed-0
+#             rows reused (accuracy_patient_grid_w1)
 # Usage: benchmarks/patient_study.sh [STEP ...]   (stop with Ctrl-C or SIGTERM: the runs checkpoint)
 #        DRY_RUN=1 benchmarks/patient_study.sh ...  prints the steps' commands instead
 #        WORKERS=1 benchmarks/patient_study.sh ...  one run at a time (default two), e.g. beside teacher2
@@ -102,14 +105,21 @@ step() {
       "${PY[@]}" benchmarks/accuracy.py "${w1[@]/%accuracy_width1.json/accuracy_width1_4w8a.json}" \
         --precisions pc:4W/8A@asym --loss pc:4W/8A@asym=gamma-rise --seeds 0 --schemes baseline C --no-sweep \
         --teacher-seeds 0 1 ;;
+    grid-w1)
+      local wide=${RUNS%/}-w1 w1=("${REGIME[@]/%accuracy_patient.json/accuracy_patient_grid_w1.json}")
+      w1=("${w1[@]/#0.5/1.0}"); w1=("${w1[@]/#$RUNS/$wide}")
+      "${PY[@]}" benchmarks/accuracy.py "${w1[@]}" --precisions 2W/32A pc:4W/8A@asym lsq:2W/2A 32W/32A \
+        --schemes baseline C --seeds 0 1 2 --loss-from benchmarks/results/accuracy_patient.json \
+        --loss pc:4W/8A@asym=gamma-rise --no-sweep --teacher-seeds 0 1 \
+        --continue-from benchmarks/results/accuracy_width1.json benchmarks/results/accuracy_width1_4w8a.json ;;
   esac
 }
 
 STEPS=("$@")
 [ ${#STEPS[@]} -eq 0 ] && STEPS=(pilot teacher2 losses grid)
 for s in "${STEPS[@]}"; do  # every name checked before any step runs
-  case "$s" in pilot|teacher2|losses|grid|levers|levers-lsq|width) ;;
-    *) echo "patient_study: unknown step '$s' (pilot, teacher2, losses, grid, levers, levers-lsq, width)" >&2; exit 2 ;;
+  case "$s" in pilot|teacher2|losses|grid|levers|levers-lsq|width|grid-w1) ;;
+    *) echo "patient_study: unknown step '$s' (pilot, teacher2, losses, grid, levers, levers-lsq, width, grid-w1)" >&2; exit 2 ;;
   esac
 done
 for s in "${STEPS[@]}"; do step "$s"; done

@@ -55,6 +55,10 @@ def test_the_patient_study_script_plans_its_steps_and_checks_names_first(tmp_pat
     assert wide.student_width == 1.0 and wide.runs_dir == f"{runs}-w1" and wide.seeds == [0]
     assert wide.precisions == ["2W/32A", "lsq:2W/2A"] and wide.out.endswith("accuracy_width1.json")
     assert not wide.continue_from  # the grid's rows are width 0.5's: none is this step's run
+    line = subprocess.run([str(script), "grid-w1"], capture_output=True, text=True, check=True, env=env).stdout
+    grid1 = accuracy.parser().parse_args(line.split()[2:])
+    assert grid1.seeds == [0, 1, 2] and grid1.runs_dir == wide.runs_dir and grid1.student_width == 1.0
+    assert grid1.continue_from == [wide.out, four.out] and "32W/32A" in grid1.precisions
     (snapshot / "checkpoints").mkdir(parents=True)  # the committed second teacher, finished: nothing to train
     (snapshot / "summary.json").write_text('{"status": "finished"}')
     plan = subprocess.run([str(script), "teacher2"], capture_output=True, text=True, check=True, env=env).stdout

@@ -497,14 +497,3 @@ def test_bn_reestimate_measures_a_grids_final_checkpoints_and_resumes(tmp_path, 
         bn_reestimate.main([*argv[:-1], "other.json"])
     assert bn_reestimate.fell([90.0, 90.4, 90.1, 89.9]) == 0.5 and bn_reestimate.fell([90.0, 90.2, 90.1]) is None
 
-
-def test_the_reports_sizes_build_students_as_the_runs_do_a_stock_one_without_a_width():
-    """A stock constructor takes any keyword, and timm's refuses ``width`` inside: the report builds
-    the student with ``model.width`` only where the grid's runs set it (not 1)."""
-    pytest.importorskip("timm")
-    import accuracy_report
-
-    sizes = accuracy_report.model_sizes("timm:mobilenetv3_small_050", "resnet8", ["4W/8A@asym"])
-    assert 0 < sizes["4W/8A@asym"] < sizes["32W/32A"] and sizes["teacher"] > 0
-    half = accuracy_report.model_sizes("resnet8", "resnet8", ["2W/32A"], width=0.5)
-    assert half["32W/32A"] < sizes["teacher"] / 3  # width 0.5 passed on: a quarter of the weights

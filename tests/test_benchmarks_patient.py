@@ -172,3 +172,15 @@ def test_the_patient_recipes_in_configs_are_the_grids_fp_twin_and_distilled_cell
     grid = load_config(str(ROOT / _runner.RECIPE), _runner._override_args(lever.overrides))
     recipe = load_config(str(ROOT / "configs" / "fashion_mnist" / "student_patient.yaml"), documented.split())
     assert flat(grid) == flat(recipe)
+
+
+def test_the_reports_sizes_build_students_as_the_runs_do_a_stock_one_without_a_width():
+    """A stock constructor takes any keyword, and timm's refuses ``width`` inside: the report builds
+    the student with ``model.width`` only where the grid's runs set it (not 1)."""
+    pytest.importorskip("timm")
+    import accuracy_report  # benchmarks/ is on the path once test_benchmarks is imported
+
+    sizes = accuracy_report.model_sizes("timm:mobilenetv3_small_050", "resnet8", ["4W/8A@asym"])
+    assert 0 < sizes["4W/8A@asym"] < sizes["32W/32A"] and sizes["teacher"] > 0
+    half = accuracy_report.model_sizes("resnet8", "resnet8", ["2W/32A"], width=0.5)
+    assert half["32W/32A"] < sizes["teacher"] / 3  # width 0.5 passed on: a quarter of the weights

@@ -65,6 +65,10 @@ teacher2() {  # a plain run folder beside the grid's: resumed if it has a checkp
   return $rc
 }
 
+wide_regime() {  # the caller's w1: REGIME at width 1, in RUNS_DIR-w1 (the grid's run names carry no width), out $1
+  w1=("${REGIME[@]/%accuracy_patient.json/$1}"); w1=("${w1[@]/#0.5/1.0}"); w1=("${w1[@]/#$RUNS/${RUNS%/}-w1}")
+}
+
 step() {
   case "$1" in
     pilot) "${PY[@]}" benchmarks/accuracy.py "${REGIME[@]}" --precisions 2W/32A --schemes baseline --seeds 0 \
@@ -94,20 +98,19 @@ step() {
         --loss lsq+pc:2W/2A=paper --schemes baseline C --no-sweep --teacher-seeds 0 1 \
         --continue-from benchmarks/results/accuracy_levers_lsq.json benchmarks/results/accuracy_patient_grid.json ;;
     width)
-      local wide=${RUNS%/}-w1 n
+      local wide=${RUNS%/}-w1 n w1
       for n in teacher teacher-s1 teacher-cache-s0-1; do  # the same teachers: no 5.4 h teacher, no 41 min cache again
         [ -e "$wide/$n" ] || [ ! -d "$RUNS/$n" ] || { mkdir -p "$wide" && cp -r "$RUNS/$n" "$wide/$n"; }
       done
-      local w1=("${REGIME[@]/%accuracy_patient.json/accuracy_width1.json}")
-      w1=("${w1[@]/#0.5/1.0}"); w1=("${w1[@]/#$RUNS/$wide}")
+      wide_regime accuracy_width1.json
       "${PY[@]}" benchmarks/accuracy.py "${w1[@]}" --precisions 2W/32A lsq:2W/2A --seeds 0 --schemes baseline C \
         --loss-from benchmarks/results/accuracy_patient.json --no-sweep --teacher-seeds 0 1
       "${PY[@]}" benchmarks/accuracy.py "${w1[@]/%accuracy_width1.json/accuracy_width1_4w8a.json}" \
         --precisions pc:4W/8A@asym --loss pc:4W/8A@asym=gamma-rise --seeds 0 --schemes baseline C --no-sweep \
         --teacher-seeds 0 1 ;;
     grid-w1)
-      local wide=${RUNS%/}-w1 w1=("${REGIME[@]/%accuracy_patient.json/accuracy_patient_grid_w1.json}")
-      w1=("${w1[@]/#0.5/1.0}"); w1=("${w1[@]/#$RUNS/$wide}")
+      local w1
+      wide_regime accuracy_patient_grid_w1.json
       "${PY[@]}" benchmarks/accuracy.py "${w1[@]}" --precisions 2W/32A pc:4W/8A@asym lsq:2W/2A 32W/32A \
         --schemes baseline C --seeds 0 1 2 --loss-from benchmarks/results/accuracy_patient.json \
         --loss pc:4W/8A@asym=gamma-rise --no-sweep --teacher-seeds 0 1 \

@@ -29,7 +29,7 @@ from apprentice.cli.user_code import import_user_code
 from apprentice.data import load_tensors, normalize
 from apprentice.models import build_model
 from apprentice.quant import is_quantizer_parameter, prepare
-from apprentice.train.optim import make_optimizer, param_groups
+from apprentice.train.optim import lr_factor, make_optimizer, param_groups, set_lr
 
 #: variant name -> (optimizer, peak lr, quant_domain, quantized): a linear warm-up of --warmup steps each
 VARIANTS: dict[str, tuple[str, float, str, bool]] = {
@@ -62,8 +62,7 @@ def run_variant(args: argparse.Namespace, name: str, images: torch.Tensor, label
                          lr=lr, momentum=0.9, nesterov=optimizer == "sgd")
     records = []
     for i in range(args.steps):
-        for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (i + 1) / args.warmup) if args.warmup else lr
+        set_lr(opt, lr * lr_factor(i, schedule="constant", total_steps=args.steps, warmup_steps=args.warmup))
         at = (i * args.batch) % (len(labels) - args.batch + 1)
         x = images[at:at + args.batch].contiguous(memory_format=torch.channels_last)
         loss = torch.nn.functional.cross_entropy(net(x), labels[at:at + args.batch])

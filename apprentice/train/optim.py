@@ -7,9 +7,10 @@ Decisions:
   clips, LSQ weight and activation steps): decay would shrink the quantization range for no reason
   found in the data. They may also take their own learning rate, ``quant_lr_scale`` times the
   others' (a group's ``"lr_scale"``, applied by `set_lr`).
-- Quantizer parameters are positive scales whose gradients can be large against their value (LSQ
-  steps of squeeze-excitation and depthwise inputs in EfficientNet-B0: 20-300 times the step per
-  unit of learning rate at the first step, so one SGD update at lr 0.01 takes a step through zero).
+- Quantizer parameters are positive scales whose gradients can be large against their value (the
+  learned steps of a deployable 4W/8A EfficientNet-B0: up to 33.5 times the step before the first
+  update, so one SGD update at lr 0.1 takes a step through zero;
+  benchmarks/results/quant_steps_efficientnet.md).
   With ``quant_domain="log"`` they are updated in the log domain instead (TQT: Jain et al., "Trained
   Quantization Thresholds for Accurate and Efficient Fixed-Point Inference of Deep Neural Networks",
   MLSys 2020, sec. 3.2): the optimizer steps θ = ln s with ∂L/∂θ = s·∂L/∂s, so every update is

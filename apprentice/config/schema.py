@@ -97,7 +97,7 @@ class OptimConfig:
     quant_lr_scale: float = _f(1.0, "learning-rate factor of the quantizer parameters (PACT clips, LSQ steps); never decayed")
     quant_domain: str = _f("linear", "how the quantizer parameters are updated: linear | log (the optimizer steps ln s, as TQT "
                            "does: relative updates, so a learned step never reaches zero; for networks whose steps "
-                           "collapse, e.g. EfficientNet at SGD lr 0.1)")
+                           "collapse, e.g. EfficientNet-B0's: benchmarks/README.md, Modern networks)")
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,13 @@ test suite or training run doubles step times. `wait_quiet` waits for that and s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +95,43 @@ def timing_arguments(p: Any) -> None:
     p.add_argument("--warmup", type=int, default=5, help="discarded runs per variant before timing")
     p.add_argument("--pause-ms", type=float, default=50.0,
                    help="idle time before each timed call, so the previous variant's thread pool has stopped spinning")
+    p.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="leave thread placement to the OS (default: with several threads, the calling thread on one "
+                        "core and every other thread of the process on the others; see `pinned_threads`)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--wait-load", type=float, default=None, metavar="LOAD",
                    help="before timing, wait until the 1-minute load average is below LOAD and no pytest/apprentice "
                         "process runs (at most --wait-max seconds; the outcome is recorded)")
     p.add_argument("--wait-max", type=float, default=1200)
+
+
+@contextlib.contextmanager
+def pinned_threads(threads: int, enabled: bool = True) -> Iterator[dict[str, Any] | None]:
+    """Pin the calling thread to core 0 and every other thread of this process to cores 1..threads-1
+    while the block runs (nothing at one thread, or with more threads than cores, or when not ``enabled``);
+    yields what it did, for the record. Back to every core afterwards, so that thread pools made later
+    are not born pinned (a new thread inherits its creator's affinity).
+
+    Why: on this project's 2-vCPU VM a runtime's pool worker, woken for a call, was often placed on
+    the core of the thread that woke it and the call ran at one-thread speed: ExecuTorch's two-thread
+    ResNet-18 calls were either ~6 ms or ~11 ms, the fast share 25-65 % by file, so a median landed on
+    either mode. With the pools' threads pinned, 93-100 % of calls ran fast for every file
+    (benchmarks/README.md, "Two threads, pinned"). Call after the runtimes' pools exist (warm-up).
+    """
+    cores = sorted(os.sched_getaffinity(0))
+    if not enabled or threads < 2 or threads > len(cores):
+        yield None
+        return
+    me, tasks = threading.get_native_id(), [int(t) for t in os.listdir("/proc/self/task")]
+    others = set(cores[1:threads])
+    placed = {}
+    for tid in tasks:
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(tid, {cores[0]} if tid == me else others)
+            placed[tid] = cores[0] if tid == me else sorted(others)
+    try:
+        yield {"calling_thread_core": cores[0], "other_threads_cores": sorted(others), "threads_pinned": len(placed)}
+    finally:
+        for tid in placed:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, set(cores))

@@ -57,7 +57,13 @@ from _runtimes import (
     ort_runner,
 )
 from _stamp import load_average, markdown_table, stamp, stamp_markdown, write_results
-from _timing import quiet_sentence, summarize, timing_arguments, wait_quiet
+from _timing import (
+    pinned_threads,
+    quiet_sentence,
+    summarize,
+    timing_arguments,
+    wait_quiet,
+)
 
 import apprentice as ap
 from apprentice.export import export_onnx
@@ -137,25 +143,28 @@ def graph_info(variant: str, files: dict[str, str], threads: int) -> dict[str, A
 
 
 def time_alternating(fns: dict[str, Callable[[], Any]], *, warmup: int, runs: int,
-                     pause_ms: float = 0.0) -> dict[str, dict[str, Any]]:
+                     pause_ms: float = 0.0, pin: int = 1) -> dict[str, dict[str, Any]]:
     """Wall-clock ms of each ``fn()``: ``warmup`` calls each, then ``runs`` rounds calling each once in turn.
 
     ``pause_ms`` of idle time (not timed) precede each call: with several threads every runtime's pool
     (OpenMP in PyTorch, ONNX Runtime's, OpenVINO's) spins for a while after its call before it sleeps,
     and without the pause those spinning threads take the cores from the next variant (measured on
-    the 2-core VM without it: PyTorch FP32 ResNet-20 at 2 threads 83 ms against 8 ms at 1 thread)."""
+    the 2-core VM without it: PyTorch FP32 ResNet-20 at 2 threads 83 ms against 8 ms at 1 thread).
+    ``pin``: the thread count to pin the process's threads for after the warm-up (`pinned_threads`; 1: none)."""
     load_before = load_average()
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(runs):
-        for k, fn in fns.items():
-            time.sleep(pause_ms / 1e3)
-            t0 = time.perf_counter()
-            fn()
-            times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: {**summarize(t), "warmup": warmup, "load_average_before": load_before} for k, t in times.items()}
+    with pinned_threads(pin) as pinning:
+        for _ in range(runs):
+            for k, fn in fns.items():
+                time.sleep(pause_ms / 1e3)
+                t0 = time.perf_counter()
+                fn()
+                times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: {**summarize(t), "warmup": warmup, "load_average_before": load_before, "pinning": pinning}
+            for k, t in times.items()}
 
 
 def bench_cell(model_name: str, precision: str, threads: int, batch: int, variants: list[str], models: dict,
@@ -168,7 +177,7 @@ def bench_cell(model_name: str, precision: str, threads: int, batch: int, varian
     with torch.inference_mode():
         reference = {k: models[k](torch.from_numpy(x)).numpy() for k in CHECKED.values()}
         timings = time_alternating({v: (lambda f=f: f(x)) for v, f in run.items()}, warmup=args.warmup, runs=args.runs,
-                                   pause_ms=args.pause_ms)
+                                   pause_ms=args.pause_ms, pin=threads if args.pin else 1)
         outputs = {v: run[v](x) for v in variants if VARIANTS[v][1] in CHECKED}
     rows = []
     for v in variants:
@@ -208,7 +217,9 @@ def report(rows: list[dict], st: dict, settings: dict, quiet: Any) -> tuple[str,
     md = (f"# CPU latency: ONNX Runtime and OpenVINO, int8 and FP32\n\n{stamp_markdown(st)}\n\n"
           f"onnxruntime {settings['onnxruntime']}, openvino {settings['openvino'] or 'not installed'}; median of "
           f"{settings['runs']} alternating runs after {settings['warmup']} warm-up runs; random weights. "
-          f"\"vs {BASELINE}\" = {BASELINE} median / this median (> 1 is faster)."
+          f"\"vs {BASELINE}\" = {BASELINE} median / this median (> 1 is faster). "
+          + ("At two or more threads the calling thread is pinned to one core and every other thread to the others "
+             "(`_timing.pinned_threads`)." if settings.get("pinned") else "Threads placed by the OS.")
           + quiet_sentence(quiet)
           + f"\n\n{table}\n")
     return md, table
@@ -247,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                         rows += bench_cell(m, precision, threads, batch, variants, models, files, args)
     settings = {"threads": args.threads, "ort_inter_op_threads": 1, "pause_ms": args.pause_ms, "onnxruntime": ort.__version__,
                 "openvino": _openvino_version() if has_ov else None, "runs": args.runs, "warmup": args.warmup,
-                "seed": args.seed, "variants": variants, "protocol": "alternating"}
+                "seed": args.seed, "variants": variants, "protocol": "alternating", "pinned": args.pin}
     out = {"benchmark": "onnx_speed", "stamp": st, "settings": settings, "quiet_wait": quiet,
            "load_average_end": load_average(), "seconds": round(time.perf_counter() - t0, 1), "results": rows}
     md, table = report(rows, st, settings, quiet)

@@ -133,7 +133,7 @@ def bench_cell(model_name: str, precision: str, threads: int, variants: list[str
     with torch.inference_mode():
         reference = {k: models[k](torch.from_numpy(x)).numpy() for k in ("student", "student8")}
     timings = time_alternating({v: (lambda f=f: f(x)) for v, f in run.items()}, warmup=args.warmup, runs=args.runs,
-                               pause_ms=args.pause_ms)
+                               pause_ms=args.pause_ms, pin=threads if args.pin else 1)
     rows = []
     for v in variants:
         file = VARIANTS[v][1]
@@ -187,7 +187,9 @@ def report(rows: list[dict], summary: list[dict], st: dict, settings: dict, quie
           f"{stamp_markdown(st)}\n\nexecutorch {settings['executorch']}, litert-torch {settings['litert_torch']}, "
           f"ai-edge-litert {settings['ai_edge_litert']}, onnxruntime {settings['onnxruntime']}; batch 1; median of "
           f"{settings['runs']} alternating runs after {settings['warmup']} warm-up runs, {settings['pause_ms']} ms idle "
-          "before each call; random weights."
+          "before each call; random weights. "
+          + ("At two or more threads the calling thread is pinned to one core and every other thread to the others "
+             "(`_timing.pinned_threads`)." if settings.get("pinned") else "Threads placed by the OS (`--no-pin`).")
           + quiet_sentence(quiet)
           + f"\n\n## Against each runtime's own anchors\n\n{goals}\n\n## Every timing\n\n{table}\n")
     return md, goals
@@ -229,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows += bench_cell(m, precision, threads, args.variants, models, paths, kernels, args)
     summary = ratios(rows)
     settings = {"threads": args.threads, "pause_ms": args.pause_ms, "runs": args.runs, "warmup": args.warmup,
-                "seed": args.seed, "variants": args.variants, "protocol": "alternating", **_versions()}
+                "seed": args.seed, "variants": args.variants, "protocol": "alternating", "pinned": args.pin, **_versions()}
     out = {"benchmark": "phone_speed", "stamp": st, "settings": settings, "quiet_wait": quiet,
            "load_average_end": load_average(), "seconds": round(time.perf_counter() - t0, 1), "results": rows,
            "against_anchors": summary}

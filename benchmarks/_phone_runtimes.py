@@ -87,7 +87,8 @@ def executorch_kernels(graph_module: torch.fx.GraphModule) -> dict[str, Any]:
 
 def counted(report: dict[str, Any]) -> dict[str, Any]:
     """A `delegated_layers` report (also an ExecuTorch export's) as counts: the table's kernel column."""
-    return {"xnnpack": {k: len(v) for k, v in report["delegated"].items()}, "portable": report["portable"]}
+    return {"xnnpack": {k: len(v) for k, v in report["delegated"].items()}, "portable": report["portable"],
+            "delegate_calls": report.get("delegate_calls")}
 
 
 def _litert_write(converted: Any, path: str) -> dict[str, Any]:
@@ -164,7 +165,9 @@ def count_ops(counts: dict[str, Any]) -> str:
     if "xnnpack" in counts:
         portable = collections.Counter(counts["portable"])
         x = counts["xnnpack"]
+        calls = counts.get("delegate_calls")
         return f"XNNPACK convs/linears: {x['int8']} int8, {x['float']} float" + (
+            f" in {calls} delegate call{'s' if calls != 1 else ''}" if calls else "") + (
             f"; portable: {', '.join(f'{n} {k}' for k, n in portable.most_common())}" if portable else "")
     ops = counts["ops"]
     return "; ".join(f"{kind}: {', '.join(f'{n} {k}' for k, n in sorted(ops[kind].items()))}"

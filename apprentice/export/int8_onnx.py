@@ -99,19 +99,22 @@ class _Uint8Input(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # In a PT2E graph, quantizers of equal settings reading one tensor (a block input read by its first
-        # conv and by its residual add) share one q -> dq pair: the codes are the same, and a tensor with
-        # two quantize readers cannot become one int8 kernel's int8 output in XNNPACK.
+        # conv and by its residual add) share one quantize: the codes are the same, and a tensor with two
+        # quantize readers cannot become one int8 kernel's int8 output in XNNPACK. Each reader then gets a
+        # dequantize of its own, as convert_pt2e writes it: a dequantize with two readers split ExecuTorch's
+        # XNNPACK partition at every block (9 delegate calls for ResNet-18 instead of 1, a measured 3-4 %
+        # of its latency: benchmarks/README.md, "phone_speed.py").
         key = (self.pt2e if self.pt2e is not None else id(self), id(x))
         hit = self._cache.get(key)
         if hit is None or hit[0] is not x:
             if self.pt2e is not None:
-                y = pt2e_quantize(x, *self.pt2e)
+                y = pt2e_codes(x, *self.pt2e)
             elif self.bits < 8:
                 y = ClipQuantize.apply(x, self.low, self.high, self.scale, self.zero_point, self.bits)
             else:
                 y = QuantizeUint8.apply(x, self.scale, self.zero_point)
             hit = self._cache[key] = (x, y)
-        return hit[1]
+        return pt2e_dequantize(hit[1], *self.pt2e) if self.pt2e is not None else hit[1]
 
 
 def _fold(codes: Tensor, scale: Tensor, bias: Tensor | None,
@@ -198,12 +201,15 @@ def pt2e_weights(layer: nn.Module) -> Tensor:
     return ops.dequantize_per_channel(layer.codes, *args)
 
 
-def pt2e_quantize(x: Tensor, scale: float, zero_point: int, low: int, high: int) -> Tensor:
-    """``dequantize(quantize(x))`` as the int8 pair of PyTorch's ``quantized_decomposed`` ops:
-    (clamp(round(x/s) + z, low, high) − z)·s, the node pair a PT2E graph carries for each quantized tensor."""
-    ops = _decomposed()
-    q = ops.quantize_per_tensor(x, scale, zero_point, low, high, torch.int8)
-    return ops.dequantize_per_tensor(q, scale, zero_point, low, high, torch.int8)
+def pt2e_codes(x: Tensor, scale: float, zero_point: int, low: int, high: int) -> Tensor:
+    """The int8 codes clamp(round(x/s) + z, low, high) of PyTorch's ``quantized_decomposed``
+    ``quantize_per_tensor``: the first node of the pair a PT2E graph carries for each quantized tensor."""
+    return _decomposed().quantize_per_tensor(x, scale, zero_point, low, high, torch.int8)
+
+
+def pt2e_dequantize(codes: Tensor, scale: float, zero_point: int, low: int, high: int) -> Tensor:
+    """(codes − z)·s, ``dequantize_per_tensor``: the pair's second node, one per reader of the codes."""
+    return _decomposed().dequantize_per_tensor(codes, scale, zero_point, low, high, torch.int8)
 
 
 class _Int8Add(nn.Module):

@@ -63,9 +63,9 @@ def export_executorch(model_or_packed_path: nn.Module | str | os.PathLike, path:
 
     Returns:
         The quantization map with ``"executorch": {"float_layers": {layer: why},
-        "delegated": {"int8": [...], "float": [...]}, "portable": {op: count}}``: the quantized layers
-        that stay float (as in the int8 ONNX export), the layers whose conv/linear XNNPACK runs in int8
-        or in float, and the ops left to the portable kernels.
+        "delegated": {"int8": [...], "float": [...]}, "portable": {op: count}, "delegate_calls": n}``: the
+        quantized layers that stay float (as in the int8 ONNX export), the layers whose conv/linear XNNPACK
+        runs in int8 or in float, the ops left to the portable kernels, and the XNNPACK calls per inference.
     """
     exir, partitioner = _executorch()
     module, qmap = pt2e_module(model_or_packed_path, runtime="executorch", model=model)
@@ -101,12 +101,14 @@ def _is_dequantize(node: Any) -> bool:
 
 def delegated_layers(graph_module: torch.fx.GraphModule, layers: set[str] = frozenset()) -> dict[str, Any]:
     """Which convs and linears XNNPACK runs in int8 (input and weights dequantized int8) or float, by layer,
-    and the ops left outside the delegates (the portable kernels)."""
-    int8, floats, portable = [], [], collections.Counter()
+    the ops left outside the delegates (the portable kernels), and how many delegate calls the program
+    makes (each a separate XNNPACK runtime call: one is what a fully lowered network takes)."""
+    int8, floats, portable, delegates = [], [], collections.Counter(), 0
     for node in graph_module.graph.nodes:
         if node.op != "call_function":
             continue
         if "executorch_call_delegate" in str(node.target):
+            delegates += 1
             lowered = getattr(graph_module, node.args[0].target)
             for inner in lowered.original_module.graph.nodes:
                 if inner.op == "call_function" and _op_name(inner) in _OPERANDS:
@@ -115,7 +117,7 @@ def delegated_layers(graph_module: torch.fx.GraphModule, layers: set[str] = froz
                     (int8 if quantized else floats).append(_layer(inner, layers))
         elif "getitem" not in str(node.target):
             portable[_op_name(node)] += 1
-    return {"delegated": {"int8": int8, "float": floats}, "portable": dict(portable)}
+    return {"delegated": {"int8": int8, "float": floats}, "portable": dict(portable), "delegate_calls": delegates}
 
 
 def _op_name(node: torch.fx.Node) -> str:

@@ -28,6 +28,9 @@ def test_every_quantized_conv_is_an_int8_kernel_and_the_program_equals_the_stude
     report = qmap["executorch"]
     assert sorted(report["delegated"]["int8"]) == sorted(convs + shortcuts)  # every quantized conv, by name
     assert len(report["delegated"]["float"]) == 2 and report["portable"] == {}  # the float stem and classifier
+    # One XNNPACK call for the whole network: a shared dequantize (block input -> first conv and add) split
+    # the partition at every block.
+    assert report["delegate_calls"] == 1
     program = ExecuTorchModel(tmp_path / "m.pte")
     assert program.metadata["classes"] == list("abcdefghij") and program.metadata["apprentice"]["deploy"] == "int8"
     x = torch.randn(500, 1, 16, 16, generator=torch.Generator().manual_seed(1))

@@ -116,7 +116,7 @@ def pinned_threads(threads: int, enabled: bool = True) -> Iterator[dict[str, Any
     the core of the thread that woke it and the call ran at one-thread speed: ExecuTorch's two-thread
     ResNet-18 calls were either ~6 ms or ~11 ms, the fast share 25-65 % by file, so a median landed on
     either mode. With the pools' threads pinned, 93-100 % of calls ran fast for every file
-    (benchmarks/README.md, "Two threads, pinned"). Call after the runtimes' pools exist (warm-up).
+    (benchmarks/README.md, phone_speed.py's "Pinned threads"). Call after the runtimes' pools exist (warm-up).
     """
     cores = sorted(os.sched_getaffinity(0))
     if not enabled or threads < 2 or threads > len(cores):

@@ -102,8 +102,8 @@ class _Uint8Input(nn.Module):
         # conv and by its residual add) share one quantize: the codes are the same, and a tensor with two
         # quantize readers cannot become one int8 kernel's int8 output in XNNPACK. Each reader then gets a
         # dequantize of its own, as convert_pt2e writes it: a dequantize with two readers split ExecuTorch's
-        # XNNPACK partition at every block (9 delegate calls for ResNet-18 instead of 1, a measured 3-4 %
-        # of its latency: benchmarks/README.md, "phone_speed.py").
+        # XNNPACK partition at every block (9 delegate calls for ResNet-18 instead of 1; one call is 1-6 %
+        # faster by file and thread count: benchmarks/README.md, "phone_speed.py").
         key = (self.pt2e if self.pt2e is not None else id(self), id(x))
         hit = self._cache.get(key)
         if hit is None or hit[0] is not x:

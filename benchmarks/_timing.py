@@ -124,11 +124,11 @@ def pinned_threads(threads: int, enabled: bool = True) -> Iterator[dict[str, Any
         return
     me, tasks = threading.get_native_id(), [int(t) for t in os.listdir("/proc/self/task")]
     others = set(cores[1:threads])
-    placed = {}
+    placed = []
     for tid in tasks:
         with contextlib.suppress(OSError):  # a thread that ended meanwhile
             os.sched_setaffinity(tid, {cores[0]} if tid == me else others)
-            placed[tid] = cores[0] if tid == me else sorted(others)
+            placed.append(tid)
     try:
         yield {"calling_thread_core": cores[0], "other_threads_cores": sorted(others), "threads_pinned": len(placed)}
     finally:

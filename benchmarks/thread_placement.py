@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _phone_runtimes as phone
 import phone_speed
-from _timing import percentile, pinned_threads
+from onnx_speed import time_alternating
 
 
 def build(folder: str) -> None:
@@ -42,22 +40,13 @@ def time_modes(folder: str, modes: list[str], calls: int, fast_ms: float) -> Non
     phone.executorch_threads(2)
     x = torch.randn(1, 3, 224, 224).numpy()
     run = {k: phone.executorch_runner(p) for k, p in paths.items()}
-    for f in run.values():  # warm-up: the pools exist before any pinning
-        for _ in range(5):
-            f(x)
-    for mode in modes:
-        with pinned_threads(2, enabled=mode == "pinned"):
-            times = {k: [] for k in run}
-            for _ in range(calls):
-                for k, f in run.items():
-                    time.sleep(0.05)
-                    t0 = time.perf_counter()
-                    f(x)
-                    times[k].append((time.perf_counter() - t0) * 1e3)
-        for k, v in times.items():
-            fast = "" if "fp32" in k else f" fast {sum(t < fast_ms for t in v) / len(v):.0%}"
-            print(f"{mode:8s} {k:10s} median {statistics.median(v):6.2f} p10 {percentile(v, 10):6.2f} "
-                  f"p90 {percentile(v, 90):6.2f}{fast}", flush=True)
+    for mode in modes:  # the latency benchmarks' own loop: warm-up (the pools exist), then pinned or not
+        timings = time_alternating({k: (lambda f=f: f(x)) for k, f in run.items()}, warmup=5, runs=calls,
+                                   pause_ms=50.0, pin=2 if mode == "pinned" else 1)
+        for k, t in timings.items():
+            fast = "" if "fp32" in k else f" fast {sum(v < fast_ms for v in t['times_ms']) / len(t['times_ms']):.0%}"
+            print(f"{mode:8s} {k:10s} median {t['median_ms']:6.2f} p10 {t['p10_ms']:6.2f} p90 {t['p90_ms']:6.2f}{fast}",
+                  flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -187,7 +187,9 @@ def _add_cache_teacher(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", nargs="+", type=float, default=None, metavar="W",
                    help="an ensemble's weights, one a teacher (distill.teacher_weights); default equal")
     p.add_argument("overrides", nargs="*", metavar="data.key=value",
-                   help="the students' data settings where they differ from the teacher's, e.g. data.holdout=5000")
+                   help="the students' data settings where they differ from the teacher's, e.g. data.holdout=5000; "
+                        "data.erase=P stores the views erased as the students' loader erases them (the "
+                        "teacher's own data.erase is not used)")
     p.add_argument("--out", required=True, help="the cache file to write")
     p.add_argument("--dtype", default="float16", help="stored logits: float16 (default) or float32")
     p.add_argument("--batch-size", type=_positive_int, default=500, help="images per teacher forward (default 500)")

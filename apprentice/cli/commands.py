@@ -353,6 +353,9 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
         raise ApprenticeError(f"--out {args.out!r} already exists; a finished cache is never replaced (remove it "
                               f"or choose another file)")
     tree = config_to_dict(loaded.config)
+    # The teacher's own random erasing trained the teacher; the cache serves the students' views, whose
+    # erasing (keyed by image and view, so the cache can hold it) is given like any of their settings.
+    tree.setdefault("data", {})["erase"] = 0.0
     for text in args.overrides:
         if not text.startswith("data."):
             raise ApprenticeError(f"{text!r}: only data.* settings can be given (the data the students train on)")

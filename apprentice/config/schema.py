@@ -78,7 +78,7 @@ class DataConfig:
     augmentation: str | None = _f(None, "training augmentation, a data.AUGMENTATIONS key: none | pad-crop-flip | random-resized-crop; null = the data set's (imagenet random-resized-crop, others pad-crop-flip)")
     pad: int | None = _f(None, "pad-crop-flip: pixels of zero padding; null = the data set's (Fashion-MNIST 2, CIFAR 4; folder, npz: image_size // 8)")
     flip: bool | None = _f(None, "random horizontal flips; null = the data set's (MNIST and synthetic no; others yes: set false for digits, text, ...)")
-    erase: float = _f(0.0, "probability of random erasing (Zhong et al. 2020) per training image, after the augmentation; 0 = off. Tensors only, and not with distill.teacher_cache (the cache holds the views without it)")
+    erase: float = _f(0.0, "probability of random erasing (Zhong et al. 2020) per training image, after the augmentation; 0 = off. Tensors only. With distill.teacher_cache each (image, view) is erased the same way every time, as the cache's views were (apprentice cache-teacher ... data.erase=P): the cache must have been built with the same value")
     tensor_cache: bool | None = _f(None, "image folders: decode every image once into a uint8 tensor file beside the data and train at tensor speed; null = when the training images fit in 2 GiB and the augmentation runs on tensors")
 
 

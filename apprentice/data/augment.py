@@ -11,7 +11,8 @@
   shorter side to size / 0.875 before the centre crop, as that recipe does.
 
 ``data.augment=false`` turns any of them off (``none``); ``data.flip`` turns the mirroring off.
-``data.erase`` adds random erasing (`random_erase`) after the crop and flip, on tensors only.
+``data.erase`` adds random erasing (`random_erase`) after the crop and flip, on tensors only; beside a
+teacher cache it is keyed by each sample's (image, view) (`keyed_erase`), so the cache holds the erased views.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from apprentice.errors import lookup
 
-__all__ = ["AUGMENTATIONS", "ERASE_AREA", "ERASE_ASPECT", "Augmentation", "eval_resize", "pad_crop_flip", "random_erase"]
+__all__ = ["AUGMENTATIONS", "ERASE_AREA", "ERASE_ASPECT", "Augmentation", "eval_resize", "keyed_erase", "keyed_uniforms", "pad_crop_flip",
+           "random_erase"]
 
 
 #: Random erasing's rectangle: its share of the image's area and its aspect ratio (log-uniform), the
@@ -92,9 +95,37 @@ def random_erase(images: Tensor, p: float, *, generator: torch.Generator) -> Ten
         >>> bool((random_erase(x, 0.0, generator=torch.Generator().manual_seed(0)) == x).all())
         True
     """
-    b, _, h, w = images.shape
-    draw = torch.rand(5, b, generator=generator)
+    draw = torch.rand(5, images.shape[0], generator=generator)
     fill = torch.randint(0, 256, images.shape, generator=generator, dtype=torch.uint8)
+    return _erase(images, draw, fill, p)
+
+
+def keyed_erase(images: Tensor, index: Tensor, views: Tensor, p: float) -> Tensor:
+    """`random_erase` whose draws are a fixed function of each sample's key ``(image index, view id)``.
+
+    The same rectangle, fill and yes/no (probability ``p``) for an image's view every time it is
+    drawn, in any run, on any rank: so a teacher cache can hold the logits of exactly the erased view
+    a student sees (Beyer et al., CVPR 2022: the teacher and the student see the same view). The
+    draws are splitmix64 hashes of the key (`keyed_uniforms`), so nothing is stored per view.
+
+    Example:
+        >>> x = torch.zeros(3, 1, 8, 8, dtype=torch.uint8)
+        >>> a = keyed_erase(x, torch.tensor([0, 1, 2]), torch.tensor([5, 5, 5]), 1.0)
+        >>> torch.equal(a, keyed_erase(x, torch.tensor([0, 1, 2]), torch.tensor([5, 5, 5]), 1.0)), bool(a.any())
+        (True, True)
+    """
+    b, c, h, w = images.shape
+    keys = _keys(index, views)
+    draw = torch.from_numpy(keyed_uniforms(keys, 5).T.copy())
+    pixels = _splitmix64(keys[:, None] + np.arange(5, 5 + c * h * w, dtype=np.uint64)[None, :])
+    fill = torch.from_numpy((pixels >> np.uint64(56)).astype(np.uint8).reshape(b, c, h, w))
+    return _erase(images, draw, fill, p)
+
+
+def _erase(images: Tensor, draw: Tensor, fill: Tensor, p: float) -> Tensor:
+    """Erase the rectangle each column of ``draw`` (5 × B uniforms in [0, 1): area, aspect, top, left,
+    yes if below ``p``) says with ``fill`` (uint8, the images' shape)."""
+    _, _, h, w = images.shape
     area = (ERASE_AREA[0] + draw[0] * (ERASE_AREA[1] - ERASE_AREA[0])) * h * w
     log_lo, log_hi = math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1])
     aspect = torch.exp(log_lo + draw[1] * (log_hi - log_lo))
@@ -108,3 +139,31 @@ def random_erase(images: Tensor, p: float, *, generator: torch.Generator) -> Ten
               & ((cols >= left[:, None]) & (cols < (left + ew)[:, None]))[:, None, :])
     mask = (inside & (draw[4] < p)[:, None, None])[:, None].to(images.device)
     return torch.where(mask, fill.to(images.device), images)
+
+
+# splitmix64 (Steele, Lea and Flood, "Fast splittable pseudorandom number generators", OOPSLA 2014):
+# a bijection of 64-bit integers whose outputs, fed a counter, pass BigCrush. numpy's uint64 arrays wrap
+# on overflow, which is the arithmetic it needs.
+_GAMMA, _M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        z = z + _GAMMA
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def _keys(index: Tensor, views: Tensor) -> np.ndarray:
+    """One well-mixed uint64 per sample from its ``(image index, view id)``."""
+    i = torch.as_tensor(index).cpu().numpy().astype(np.uint64)
+    v = torch.as_tensor(views).cpu().numpy().astype(np.uint64)
+    return _splitmix64(_splitmix64(i) ^ v)
+
+
+def keyed_uniforms(keys: np.ndarray, n: int) -> np.ndarray:
+    """``n`` uniforms in [0, 1) for each key (B × n, float32): the top 24 bits of hash(key + j), exact in
+    float32 (so never 1.0)."""
+    bits = _splitmix64(keys[:, None] + np.arange(n, dtype=np.uint64)[None, :]) >> np.uint64(40)
+    return (bits.astype(np.float64) * 2.0**-24).astype(np.float32)

@@ -271,11 +271,12 @@ def train_batches(name: str, *, batch_size: int, seed: int, data_dir: str | None
         limited = f" (data.limit={limit})" if limit is not None and limit <= len(train) else ""
         raise ApprenticeError(f"data.batch_size={batch_size} is larger than the {len(train)} training images{held}"
                               f"{limited}: an epoch would have no step; lower data.batch_size")
+    erase = spec.erase if spec.augmentation != "none" else 0.0
     loader = TensorLoader(train, batch_size=per_rank, shuffle=True, augment=spec.augmentation != "none",
                           device=device, seed=seed, drop_last=True, rank=rank, world_size=world_size,
-                          keys=teacher_cache is not None, erase=spec.erase if spec.augmentation != "none" else 0.0)
+                          keys=teacher_cache is not None, erase=erase)
     if teacher_cache is not None:
-        source = tensor_source(train, teacher=teacher_hash, holdout=holdout, limit=limit, views=None)
+        source = tensor_source(train, teacher=teacher_hash, holdout=holdout, limit=limit, views=None, erase=erase)
         loader = CachedBatches(loader, open_teacher_cache(teacher_cache, source))
     return TrainSet(loader, train.num_classes, int(train.images.shape[1]), len(train))
 
@@ -317,6 +318,7 @@ def cache_teacher(path: str, teacher: torch.nn.Module, name: str, *, data_dir: s
         name, data_dir, download, holdout, limit, image_size: the training data, as for `train_batches`.
         dtype: "float16" or "float32" logits.
         views, seed: K views an image (tensors: None = every view; folders: None = 10); topk: folders only.
+            Tensors with ``spec.erase``: each view erased as the students' loader erases it (`keyed_erase`).
         batch_size: inputs a teacher forward.
         report: called with progress lines.
         spec: the resolved data set (`resolve_spec`), as the students' runs resolve it.
@@ -332,4 +334,5 @@ def cache_teacher(path: str, teacher: torch.nn.Module, name: str, *, data_dir: s
                                 batch_size=batch_size, report=report)
     train = load_split(spec, "train", download=download, holdout=holdout, seed=HOLDOUT_SEED, limit=limit)
     return build_teacher_cache(path, teacher, train, holdout=holdout, limit=limit, dtype=dtype, batch_size=batch_size,
-                               report=report, views=views, seed=seed)
+                               report=report, views=views, seed=seed,
+                               erase=spec.erase if spec.augmentation != "none" else 0.0)

@@ -17,8 +17,10 @@ image's views, drawn once (seeded) and stored beside the logits (``view_ids``); 
 then draws each sample's view among its image's K (`TensorLoader.view_table`), so the student still
 sees exactly the view its teacher saw, at K/`view_count` of the forwards (Fashion-MNIST, pad 2:
 K = 8 is 16 % of the 50-view build). Beyer et al. (CVPR 2022) call this "consistent" distillation;
-what K costs in accuracy is measured in benchmarks/README.md. Sampled mode (image folders,
-random-resized crops): `apprentice.data.crop_cache`.
+what K costs in accuracy is measured in benchmarks/README.md. Random erasing (``data.erase``) is
+cached too: beside a cache a loader erases each (image, view) by a fixed function of that key
+(`apprentice.data.augment.keyed_erase`), so the file holds the logits of the erased view and records
+the probability (``erase``). Sampled mode (image folders, random-resized crops): `apprentice.data.crop_cache`.
 
 Decisions:
 
@@ -49,6 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from apprentice.data.augment import keyed_erase
 from apprentice.data.cache_file import Layout, MappedFile, PartialFile
 from apprentice.data.tensors import (
     TensorData,
@@ -110,6 +113,8 @@ class CacheSource:
         dtype, views, topk, crop: how the cache stores them (a key of `CACHE_DTYPES`; views an
             image; logits kept per view (all classes in exact mode); sampled mode's crop settings).
             Properties of the file, not requirements of a run: None in an expected source means any.
+        erase: the random-erasing probability of the views the teacher saw (exact mode, `keyed_erase`;
+            0: none); a cache written before it was recorded reads as 0.
     """
 
     mode: str
@@ -128,11 +133,14 @@ class CacheSource:
     views: int | None = None
     topk: int | None = None
     crop: str | None = None
+    erase: float = 0.0
 
     @classmethod
     def from_json(cls, text: str) -> CacheSource:
         d = json.loads(text)
         names = {f.name for f in fields(cls)}
+        if isinstance(d, dict) and "erase" not in d:
+            d["erase"] = 0.0  # written before erasing could be cached: its views were not erased
         if not isinstance(d, dict) or set(d) != names:
             raise ValueError("fields")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
@@ -154,7 +162,8 @@ _ALWAYS = {"limit"}  # None is a value here (no limit), not "any"
 _FIELD_NAMES = {"teacher": "teacher weights (hash)", "fingerprint": "training images and labels (fingerprint)",
                 "mean": "normalisation mean", "std": "normalisation std", "pad": "augmentation pad",
                 "flip": "augmentation flip", "num_classes": "number of classes", "views": "views an image",
-                "topk": "logits kept per view"}
+                "topk": "logits kept per view",
+                "erase": "random erasing (data.erase)"}
 
 
 def _short(v: Any) -> str:
@@ -162,7 +171,7 @@ def _short(v: Any) -> str:
 
 
 def tensor_source(data: TensorData, *, teacher: str, holdout: int = 0, limit: int | None = None,
-                  dtype: str | None = None, views: int | None = -1) -> CacheSource:
+                  dtype: str | None = None, views: int | None = -1, erase: float = 0.0) -> CacheSource:
     """The `CacheSource` of an exact cache for ``data`` (the training split after holdout and limit).
 
     Args:
@@ -172,11 +181,12 @@ def tensor_source(data: TensorData, *, teacher: str, holdout: int = 0, limit: in
         dtype: the stored precision to require (None: any).
         views: views an image the cache holds (-1: every view, `view_count`; None: any, as a student's
             run opens a cache: all views or K of them serve it alike).
+        erase: the random-erasing probability of the views (`keyed_erase`).
     """
     held = view_count(data.pad, data.flip) if views == -1 else views
     return CacheSource("exact", teacher, data.name, tensor_fingerprint(data), int(holdout), limit,
                        data.num_classes, tuple(data.mean), tuple(data.std), int(data.pad), bool(data.flip),
-                       int(data.images.shape[-1]), dtype, held, data.num_classes, "")
+                       int(data.images.shape[-1]), dtype, held, data.num_classes, "", float(erase))
 
 
 def check_source(path: Path, mapped: MappedFile, expected: CacheSource) -> CacheSource:
@@ -417,7 +427,7 @@ def check_logits(logits: Tensor, stored: np.ndarray, dtype: str, where: Callable
 def build_teacher_cache(path: str | os.PathLike, teacher: nn.Module, data: TensorData, *, holdout: int = 0,
                         limit: int | None = None, dtype: str = "float16", batch_size: int = 500,
                         chunk_images: int | None = None, report: Callable[[str], None] | None = None,
-                        views: int | None = None, seed: int = 0) -> CacheSource:
+                        views: int | None = None, seed: int = 0, erase: float = 0.0) -> CacheSource:
     """Run ``teacher`` over every view of every image of ``data`` and store the logits at ``path``.
 
     Resumable: the work goes to ``.<name>.partial`` beside ``path`` chunk by chunk; calling again
@@ -436,6 +446,8 @@ def build_teacher_cache(path: str | os.PathLike, teacher: nn.Module, data: Tenso
         views: K, the views an image to hold (drawn without replacement, seeded by ``seed``); None
             (or `view_count` or more): every view.
         seed: the draw of the K views.
+        erase: random erasing's probability (`keyed_erase`: each (image, view) erased as a student's
+            loader with ``data.erase`` at this value erases it); 0: none.
 
     Returns:
         The recorded `CacheSource`.
@@ -445,7 +457,10 @@ def build_teacher_cache(path: str | os.PathLike, teacher: nn.Module, data: Tenso
         raise ApprenticeError(f"batch_size and chunk_images must be >= 1, got {batch_size} and {chunk_images}")
     n, classes, table = len(data), data.num_classes, held_views(len(data), data.pad, data.flip, views, seed)
     views = view_count(data.pad, data.flip) if table is None else table.shape[1]
-    source = tensor_source(data, teacher=teacher_hash(teacher), holdout=holdout, limit=limit, dtype=dtype, views=views)
+    if not 0.0 <= erase <= 1.0:
+        raise ApprenticeError(f"erase must be in [0, 1], got {erase}")
+    source = tensor_source(data, teacher=teacher_hash(teacher), holdout=holdout, limit=limit, dtype=dtype, views=views,
+                           erase=erase)
     chunk = chunk_images or max(1, 16384 // views)
     entries = {"logits": (stored, (n, views, classes)), "done": ("U8", (-(-n // chunk),)),
                **({} if table is None else {"view_ids": ("I32", (n, views))})}
@@ -457,9 +472,8 @@ def build_teacher_cache(path: str | os.PathLike, teacher: nn.Module, data: Tenso
     def compute(start: int, stop: int) -> dict[str, np.ndarray]:
         index = torch.arange(start, stop).repeat_interleave(views)
         view = torch.arange(views).repeat(stop - start) if table is None else table[start:stop].reshape(-1)
-        logits = torch.cat([run_teacher(teacher, normalize(apply_views(data.images[index[i:i + batch_size]],
-                                                                       view[i:i + batch_size], pad=data.pad,
-                                                                       flip=data.flip), mean, std), batch_size)
+        logits = torch.cat([run_teacher(teacher, normalize(_views(data, index[i:i + batch_size], view[i:i + batch_size],
+                                                                  erase), mean, std), batch_size)
                             for i in range(0, len(index), batch_size)])
         with np.errstate(over="ignore"):  # a float16 overflow is reported below, naming the image
             out = logits.numpy().astype(np.float16 if dtype == "float16" else np.float32)
@@ -469,6 +483,12 @@ def build_teacher_cache(path: str | os.PathLike, teacher: nn.Module, data: Tenso
 
     fill_chunks(Path(path), layout, items=n, chunk=chunk, work=n * views, compute=compute, report=report)
     return source
+
+
+def _views(data: TensorData, index: Tensor, view: Tensor, erase: float) -> Tensor:
+    """The uint8 images of ``(index, view)`` as `TensorLoader` (``keys=True``) gives them."""
+    images = apply_views(data.images[index], view, pad=data.pad, flip=data.flip)
+    return keyed_erase(images, index, view, erase) if erase else images
 
 
 def held_views(images: int, pad: int, flip: bool, views: int | None, seed: int) -> Tensor | None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from apprentice.data.augment import random_erase
+from apprentice.data.augment import keyed_erase, random_erase
 from apprentice.data.catalog import DATASETS, TENSOR_SPLITS
 from apprentice.data.files import load_cifar, load_idx
 from apprentice.errors import ApprenticeError, lookup
@@ -278,14 +278,17 @@ class TensorLoader:
         shuffle: permute every epoch (else file order).
         augment: random crop after zero padding (``data.pad``) and flips (``data.flip``).
         erase: with ``augment``, the probability of random erasing (`random_erase`) after them; its
-            draws have their own seed, so the crops and flips are those of a run without it.
+            draws have their own seed, so the crops and flips are those of a run without it. With
+            ``keys`` the erasing is `keyed_erase`: a fixed function of each sample's (index, view), the
+            erased view a teacher cache built with the same probability holds.
         device: where the uint8 set and the batches live (e.g. "cuda").
         seed: seeds the permutations and the augmentation.
         drop_last: drop the last partial batch (and trim, rather than pad, the rank shares).
         rank, world_size: this process's share of each epoch.
         keys: yield a `Batch` ``(images, labels, index, view)`` instead of ``(images, labels)``:
             each sample's index in ``data`` and its view id (`view_ids`), what a teacher cache is
-            keyed by. The images and the random draws are the same either way.
+            keyed by. The images and the random draws are the same either way (random erasing aside:
+            keyed, see ``erase``).
     """
 
     def __init__(self, data: TensorData, *, batch_size: int, shuffle: bool = True, augment: bool = False,
@@ -299,9 +302,6 @@ class TensorLoader:
         self.keys, self.erase = keys, erase
         #: a K-view teacher cache's views (images × K view ids): each sample's view is drawn among its image's
         self.view_table: Tensor | None = None
-        if erase and keys:
-            raise ApprenticeError("random erasing (data.erase) changes the views a teacher cache is keyed by; "
-                                  "set data.erase=0 for a cached teacher")
         self.device = torch.device(device)
         self.images = data.images.to(self.device)
         self.labels = data.labels.to(self.device)
@@ -359,7 +359,9 @@ class TensorLoader:
             images = apply_views(images, views, pad=pad, flip=flip)
         else:
             views = center_views(len(cpu_idx), pad=pad, flip=flip)
-        if self.augment and self.erase:
+        if self.augment and self.erase and self.keys:  # what a teacher cache saw of this (image, view)
+            images = keyed_erase(images, cpu_idx, views, self.erase)
+        elif self.augment and self.erase:
             g = torch.Generator().manual_seed(mix_seeds(self.seed, 2, epoch, step, self.rank))
             images = random_erase(images, self.erase, generator=g)
         x, y = normalize(images, self._mean, self._std), self.labels.index_select(0, idx)

@@ -152,7 +152,7 @@ def test_the_file_is_plain_safetensors_and_its_size_is_the_logits(built):
 
 _OTHER = {"mode": "sampled", "teacher": "0" * 64, "dataset": "mnist", "fingerprint": "f" * 64, "holdout": 100,
           "limit": 5, "num_classes": 7, "mean": (0.4,), "std": (0.3,), "pad": 4, "flip": False,
-          "image_size": 32, "dtype": "float32", "views": 162, "topk": 3, "crop": "scale (0.08, 1.0)"}
+          "image_size": 32, "dtype": "float32", "views": 162, "topk": 3, "crop": "scale (0.08, 1.0)", "erase": 0.5}
 
 
 def test_every_recorded_field_is_checked():

@@ -1,9 +1,12 @@
 """The teacher cache beyond one teacher and every view: an ensemble's cache (the weighted mean of its
-members' logits, refused to another ensemble) and K views an image (a student draws only among them).
+members' logits, refused to another ensemble), K views an image (a student draws only among them) and
+erased views (keyed erasing: the cache holds what the student sees).
 The cache itself: tests/data/test_teacher_cache.py, whose small data, teacher and live-logit helpers
 these tests share."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -103,3 +106,49 @@ def test_k_of_at_least_every_view_is_the_exact_cache(tmp_path):
     assert (tmp_path / "None.cache").read_bytes() == (tmp_path / "40.cache").read_bytes()
     with pytest.raises(ApprenticeError, match="views an image must be >= 1"):
         tc.build_teacher_cache(tmp_path / "0.cache", teacher, data, views=0)
+
+
+# ---------------------------------------------------------------- erased views
+
+
+@pytest.mark.parametrize("views", [None, 4])
+def test_a_student_with_keyed_erasing_sees_exactly_the_erased_views_its_cache_holds(tmp_path, views):
+    data, teacher = _data(n=8), _teacher(6)
+    path = tmp_path / "erase.cache"
+    source = tc.build_teacher_cache(path, teacher, data, views=views, seed=1, erase=0.5, dtype="float32",
+                                    batch_size=9)
+    assert source.erase == 0.5
+    cache = tc.open_teacher_cache(path, tc.tensor_source(data, teacher=source.teacher, views=None, erase=0.5))
+    loader = tensors.TensorLoader(data, batch_size=4, augment=True, seed=2, keys=True, erase=0.5)
+    batches, erased = tc.CachedBatches(loader, cache), 0
+    for epoch in range(4):
+        batches.set_epoch(epoch)
+        for images, _, logits in batches:
+            with torch.no_grad():
+                torch.testing.assert_close(logits, teacher(images), rtol=1e-5, atol=1e-6)
+    for epoch in range(4):
+        loader.set_epoch(epoch)
+        for images, _, index, view in loader:
+            plain = tensors.normalize(tensors.apply_views(data.images[index], view, pad=data.pad, flip=data.flip),
+                                      data.mean, data.std)
+            erased += int((images != plain).flatten(1).any(1).sum())
+    assert 0 < erased < 4 * 8  # some samples erased, not all (p = 0.5)
+
+
+def test_a_cache_of_other_erasing_is_refused_in_one_line_naming_both_values(tmp_path):
+    data, teacher = _data(), _teacher()
+    tc.build_teacher_cache(tmp_path / "e.cache", teacher, data, views=2, erase=0.5)
+    for here in (0.0, 0.25):
+        expected = tc.tensor_source(data, teacher=tc.teacher_hash(teacher), views=None, erase=here)
+        with pytest.raises(ApprenticeError, match=rf"random erasing \(data.erase\): file 0.5, here {here}"):
+            tc.open_teacher_cache(tmp_path / "e.cache", expected)
+    with pytest.raises(ApprenticeError, match=r"erase must be in \[0, 1\], got 1.5"):
+        tc.build_teacher_cache(tmp_path / "bad.cache", teacher, data, erase=1.5)
+    assert not (tmp_path / "bad.cache").exists()
+
+
+def test_a_cache_written_before_erasing_was_recorded_reads_as_unerased():
+    data = _data()
+    record = json.loads(tc.tensor_source(data, teacher="0" * 64).to_json())
+    del record["erase"]
+    assert tc.CacheSource.from_json(json.dumps(record)).erase == 0.0

@@ -142,3 +142,29 @@ def test_a_full_precision_packed_export_teaches_alone_and_in_an_ensemble(tmp_pat
     assert main(["export", str(tmp_path / "q"), "--format", "packed", "--out", str(quantized)]) == 0
     with pytest.raises(ApprenticeError, match="is a packed export"):
         fit(load_config(None, [*TINY, f"train.out={tmp_path / 'x'}", "distill.scheme=B", f"distill.teacher={quantized}"]))
+
+
+def test_an_erased_view_cache_from_the_command_line_serves_students_of_its_erasing_only(tmp_path, teachers, capsys):
+    cache = tmp_path / "erase.cache"
+    assert main(["cache-teacher", str(teachers[0]), "data.erase=0.5", "--views", "3", "--out", str(cache),
+                 "--device", "cpu"]) == 0
+    student = [*TINY, "distill.scheme=B", f"distill.teacher={teachers[0]}", f"distill.teacher_cache={cache}"]
+    assert fit(load_config(None, [*student, "data.erase=0.5", f"train.out={tmp_path / 's'}"]))["status"] == "finished"
+    capsys.readouterr()
+    code = main(["train", str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"), *student,
+                 f"train.out={tmp_path / 'plain'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "random erasing (data.erase): file 0.5, here 0.0" in err[0], err
+    assert not (tmp_path / "plain").exists() or not any((tmp_path / "plain" / "checkpoints").glob("*.pt"))
+
+
+def test_cache_teacher_does_not_take_the_teachers_own_erasing(tmp_path):
+    from apprentice.data.cache_file import MappedFile
+    from apprentice.data.teacher_cache import CacheSource
+
+    fit(tiny(tmp_path / "t", *FP, "data.erase=0.5"))
+    for given, erase in (([], 0.0), (["data.erase=0.25"], 0.25)):
+        cache = tmp_path / f"{erase}.cache"
+        assert main(["cache-teacher", str(tmp_path / "t"), *given, "--views", "2", "--out", str(cache),
+                     "--device", "cpu"]) == 0
+        assert CacheSource.from_json(MappedFile(cache).layout.metadata["source"]).erase == erase

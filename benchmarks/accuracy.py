@@ -70,7 +70,8 @@ def _precision_overrides(label: str) -> dict[str, Any]:
 #: (so that grid's rows keep matching their jobs): option -> (default, override key)
 # option: (default, override key, students' only: the teacher keeps its own value)
 REGIME = {"student_width": (1.0, "model.width", True), "batch_size": (128, "data.batch_size", False),
-          "channels_last": (False, "train.channels_last", False), "pad": (None, "data.pad", True)}
+          "channels_last": (False, "train.channels_last", False), "pad": (None, "data.pad", True),
+          "erase": (0.0, "data.erase", True)}
 
 
 #: what a --set may not say: the grid's own axes, set per cell
@@ -154,6 +155,8 @@ def grid_jobs(args: argparse.Namespace, runs: Path) -> list[Job]:
             for name, seed in zip(teacher_names(args), getattr(args, "teacher_seeds", [0]))]
     if args.teacher_cache:  # the students' data: the grid's holdout and limit
         views = {"data.pad": args.pad} if getattr(args, "pad", None) is not None else {}
+        if getattr(args, "erase", 0.0):  # the cache holds the students' erased views (keyed erasing)
+            views["data.erase"] = args.erase
         k = {"views": args.cache_views} if getattr(args, "cache_views", None) else {}
         jobs.append(Job(cache_name(args), {"data.holdout": args.holdout, "data.limit": args.train_images or None,
                                            **views}, teacher_names(args), {"role": "cache", **k}))
@@ -344,6 +347,9 @@ def regime_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--pad", type=int, default=None,
                     help="the students' crop padding (data.pad; 0 = flips only: 2 views an image, a cache 25x "
                          "smaller and cheaper than pad 2's 50); the teacher keeps the data set's own")
+    ap.add_argument("--erase", type=float, default=0.0, metavar="P",
+                    help="the students' random erasing (data.erase); with --teacher-cache the cache holds the "
+                         "same erased views (keyed by image and view); the teacher keeps its own")
     ap.add_argument("--milestones", nargs="+", type=float, default=[0.5, 0.75],
                     help="fractions of the run where the step schedule divides lr by 10")
     ap.add_argument("--holdout", type=int, default=5000, help="training images held out for the sweep")

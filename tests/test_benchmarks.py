@@ -472,3 +472,14 @@ def test_bn_reestimate_measures_a_grids_final_checkpoints_and_resumes(tmp_path, 
         bn_reestimate.main([*argv[:-1], "other.json"])
     assert bn_reestimate.fell([90.0, 90.4, 90.1, 89.9]) == 0.5 and bn_reestimate.fell([90.0, 90.2, 90.1]) is None
 
+
+
+def test_the_grids_erasing_reaches_students_twins_and_cache_not_the_teacher(tmp_path):
+    args = _args(teacher_cache=True, train_images=0, pad=2, erase=0.5)
+    jobs = {j.name: j for j in accuracy.grid_jobs(args, tmp_path)}
+    assert jobs["fp-s0"].overrides["data.erase"] == 0.5
+    assert all(j.overrides["data.erase"] == 0.5 for j in jobs.values() if j.meta.get("role") == "student")
+    assert jobs[accuracy.CACHE].overrides["data.erase"] == 0.5  # the cache holds the erased views
+    assert "data.erase" not in accuracy.teacher_overrides(args)
+    plain = {j.name: j for j in accuracy.grid_jobs(_args(teacher_cache=True, train_images=0), tmp_path)}
+    assert "data.erase" not in plain["fp-s0"].overrides and "data.erase" not in plain[accuracy.CACHE].overrides

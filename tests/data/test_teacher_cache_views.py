@@ -80,17 +80,21 @@ def test_a_k_view_cache_serves_only_the_views_it_holds(k_view):
         tc.open_teacher_cache(path, tc.tensor_source(data, teacher=source.teacher))  # a run that wants all 50
 
 
-def test_a_student_on_a_k_view_cache_sees_only_held_views_with_their_logits(k_view):
-    path, data, teacher, source = k_view
-    cache = tc.open_teacher_cache(path, source)
-    loader = tensors.TensorLoader(data, batch_size=3, augment=True, seed=5, keys=True)
-    batches = tc.CachedBatches(loader, cache)
-    views_seen = set()
-    for epoch in range(6):
+def _assert_cached_logits_are_the_teachers_on_every_batch(batches, teacher, *, epochs: int) -> None:
+    """The student's batches over ``epochs`` carry the teacher's own logits of the very images they hold."""
+    for epoch in range(epochs):
         batches.set_epoch(epoch)
         for images, _, logits in batches:
             with torch.no_grad():
                 torch.testing.assert_close(logits, teacher(images), rtol=1e-5, atol=1e-6)
+
+
+def test_a_student_on_a_k_view_cache_sees_only_held_views_with_their_logits(k_view):
+    path, data, teacher, source = k_view
+    cache = tc.open_teacher_cache(path, source)
+    loader = tensors.TensorLoader(data, batch_size=3, augment=True, seed=5, keys=True)
+    _assert_cached_logits_are_the_teachers_on_every_batch(tc.CachedBatches(loader, cache), teacher, epochs=6)
+    views_seen = set()
     for epoch in range(6):
         loader.set_epoch(epoch)
         for _, _, index, view in loader:
@@ -120,12 +124,8 @@ def test_a_student_with_keyed_erasing_sees_exactly_the_erased_views_its_cache_ho
     assert source.erase == 0.5
     cache = tc.open_teacher_cache(path, tc.tensor_source(data, teacher=source.teacher, views=None, erase=0.5))
     loader = tensors.TensorLoader(data, batch_size=4, augment=True, seed=2, keys=True, erase=0.5)
-    batches, erased = tc.CachedBatches(loader, cache), 0
-    for epoch in range(4):
-        batches.set_epoch(epoch)
-        for images, _, logits in batches:
-            with torch.no_grad():
-                torch.testing.assert_close(logits, teacher(images), rtol=1e-5, atol=1e-6)
+    _assert_cached_logits_are_the_teachers_on_every_batch(tc.CachedBatches(loader, cache), teacher, epochs=4)
+    erased = 0
     for epoch in range(4):
         loader.set_epoch(epoch)
         for images, _, index, view in loader:

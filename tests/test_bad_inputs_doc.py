@@ -35,6 +35,7 @@ def _cache_messages() -> list[str]:
     """The teacher-cache messages no command line of the catalogue reaches, made by the code itself."""
     from types import SimpleNamespace
 
+    from apprentice.data import cache_build
     from apprentice.data import teacher_cache as tc
     from apprentice.errors import ApprenticeError
 
@@ -45,7 +46,7 @@ def _cache_messages() -> list[str]:
     calls = [lambda: tc.check_source(Path("F"), mapped, dataclasses.replace(source, holdout=16)),
              lambda: tc.check_source(Path("F"), mapped, dataclasses.replace(source, mode="sampled"))]
     for logit, stored in ((float("nan"), float("nan")), (1e6, float("inf"))):
-        calls.append(lambda logit=logit, stored=stored: tc.check_logits(
+        calls.append(lambda logit=logit, stored=stored: cache_build.check_logits(
             torch.tensor([[logit]]), np.array([[stored]], np.float16), "float16", lambda row: "image 12 view 3"))
     messages = []
     for call in calls:

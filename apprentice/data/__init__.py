@@ -20,6 +20,7 @@
 - `apprentice.data.teacher_cache`: teacher logits for every view of every training image (exact
   mode, tensor data sets), checked against teacher and data when opened; `apprentice.data.crop_cache`:
   K stored random-resized crops an image with top-k logits (image folders);
+  `apprentice.data.cache_build`: the chunked, resumable build both share (progress, ETA, logit checks);
   `apprentice.data.cache_file`: the resumable, memory-mapped safetensors file behind both.
 """
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from apprentice.data.cache_build import check_logits, fill_chunks, run_teacher
 from apprentice.data.cache_file import Layout
 from apprentice.data.folders import ImageFolder
 from apprentice.data.teacher_cache import (
@@ -43,10 +44,7 @@ from apprentice.data.teacher_cache import (
     FORMAT,
     VERSION,
     CacheSource,
-    check_logits,
-    fill_chunks,
     open_checked,
-    run_teacher,
     teacher_hash,
 )
 from apprentice.data.tensors import mix_seeds, normalize

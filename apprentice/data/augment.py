@@ -26,8 +26,8 @@ from torch import Tensor
 
 from apprentice.errors import lookup
 
-__all__ = ["AUGMENTATIONS", "ERASE_AREA", "ERASE_ASPECT", "Augmentation", "eval_resize", "keyed_erase", "keyed_uniforms", "pad_crop_flip",
-           "random_erase"]
+__all__ = ["AUGMENTATIONS", "ERASE_AREA", "ERASE_ASPECT", "Augmentation", "eval_resize", "keyed_erase",
+           "keyed_uniforms", "pad_crop_flip", "random_erase"]
 
 
 #: Random erasing's rectangle: its share of the image's area and its aspect ratio (log-uniform), the

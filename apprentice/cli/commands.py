@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -323,9 +324,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_cache_teacher(args: argparse.Namespace) -> int:
     """Run a trained teacher over every training view once and store its logits (schemes B and C)."""
-    from apprentice.config import config_from_dict, config_to_dict
-    from apprentice.config.schema import Config
-    from apprentice.config.typed_yaml import apply_override
     from apprentice.data import cache_teacher
     from apprentice.ensemble import Ensemble, check_members
     from apprentice.run.file_checks import check_output_apart
@@ -352,19 +350,12 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
     if out.exists():
         raise ApprenticeError(f"--out {args.out!r} already exists; a finished cache is never replaced (remove it "
                               f"or choose another file)")
-    tree = config_to_dict(loaded.config)
-    # The teacher's own random erasing trained the teacher; the cache serves the students' views, whose
-    # erasing (keyed by image and view, so the cache can hold it) is given like any of their settings.
-    tree.setdefault("data", {})["erase"] = 0.0
-    for text in args.overrides:
-        if not text.startswith("data."):
-            raise ApprenticeError(f"{text!r}: only data.* settings can be given (the data the students train on)")
-        apply_override(tree, text, Config)
-    cfg = config_from_dict(tree)
+    report = lambda line: print(f"{PROG}: {line}", file=sys.stderr)
+    cfg = _students_data(loaded.config, args.overrides, report)
     from apprentice.run.build import data_spec
     from apprentice.train.runtime import resolve_device
 
-    data, report = cfg.data, lambda line: print(f"{PROG}: {line}", file=sys.stderr)
+    data = cfg.data
     spec = data_spec(cfg, report=report)
     models = [m.model for m in members]
     check_members(models, channels=spec.preprocess.channels, image_size=spec.preprocess.image_size,
@@ -374,5 +365,29 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
     cache_teacher(str(out), teacher, spec.name, download=data.download, holdout=data.holdout,
                   limit=data.limit, dtype=args.dtype, views=args.views, topk=args.topk, seed=args.seed,
                   batch_size=args.batch_size, report=report, spec=spec)
-    print(f"{PROG}: wrote {out} ({out.stat().st_size:,} bytes); train students with distill.teacher_cache={out}")
+    erased = f" data.erase={data.erase}" if data.erase else ""
+    print(f"{PROG}: wrote {out} ({out.stat().st_size:,} bytes); train students with distill.teacher_cache={out}{erased}")
     return 0
+
+
+def _students_data(teacher_config: Any, overrides: list[str], report: Callable[[str], None]) -> Any:
+    """The teacher's config with the students' data.* overrides: what the cache is built for.
+
+    The teacher's own random erasing trained the teacher and is not taken: the cache serves the
+    students' views, whose erasing (keyed by image and view, so a cache can hold it) is given like
+    any of their settings."""
+    from apprentice.config import config_from_dict, config_to_dict
+    from apprentice.config.schema import Config
+    from apprentice.config.typed_yaml import apply_override
+
+    tree = config_to_dict(teacher_config)
+    own = tree.setdefault("data", {}).get("erase") or 0.0
+    tree["data"]["erase"] = 0.0
+    for text in overrides:
+        if not text.startswith("data."):
+            raise ApprenticeError(f"{text!r}: only data.* settings can be given (the data the students train on)")
+        apply_override(tree, text, Config)
+    if own and not any(text.startswith("data.erase=") for text in overrides):
+        report(f"the teacher trained with data.erase={own}; this cache holds unerased views (students with "
+               f"random erasing need a cache built with their data.erase=P)")
+    return config_from_dict(tree)

@@ -106,7 +106,9 @@ def keyed_erase(images: Tensor, index: Tensor, views: Tensor, p: float) -> Tenso
     The same rectangle, fill and yes/no (probability ``p``) for an image's view every time it is
     drawn, in any run, on any rank: so a teacher cache can hold the logits of exactly the erased view
     a student sees (Beyer et al., CVPR 2022: the teacher and the student see the same view). The
-    draws are splitmix64 hashes of the key (`keyed_uniforms`), so nothing is stored per view.
+    draws are splitmix64 hashes of the key (`keyed_uniforms`), so nothing is stored per view, and
+    they do not depend on the run's seed. Erased caches hold this function's images: a change to it
+    (pinned by a golden test) must come with a new cache format version.
 
     Example:
         >>> x = torch.zeros(3, 1, 8, 8, dtype=torch.uint8)
@@ -114,18 +116,31 @@ def keyed_erase(images: Tensor, index: Tensor, views: Tensor, p: float) -> Tenso
         >>> torch.equal(a, keyed_erase(x, torch.tensor([0, 1, 2]), torch.tensor([5, 5, 5]), 1.0)), bool(a.any())
         (True, True)
     """
-    b, c, h, w = images.shape
+    _, c, h, w = images.shape
     keys = _keys(index, views)
-    draw = torch.from_numpy(keyed_uniforms(keys, 5).T.copy())
-    pixels = _splitmix64(keys[:, None] + np.arange(5, 5 + c * h * w, dtype=np.uint64)[None, :])
-    fill = torch.from_numpy((pixels >> np.uint64(56)).astype(np.uint8).reshape(b, c, h, w))
-    return _erase(images, draw, fill, p)
+    erased = _rectangles(torch.from_numpy(keyed_uniforms(keys, 5).T.copy()), h, w, p)
+    rows, ys, xs = (t.numpy() for t in erased.nonzero(as_tuple=True))
+    if len(rows) == 0:
+        return images
+    # The fill of pixel (channel, y, x) is byte 7 of hash(key + 5 + its index in the C×H×W image), made
+    # only where a rectangle is: hashing every pixel costs 10x more on 224-px images.
+    at = (np.arange(c, dtype=np.uint64)[None, :] * np.uint64(h * w) + (ys * w + xs).astype(np.uint64)[:, None])
+    fill = (_splitmix64(keys[rows][:, None] + np.uint64(5) + at) >> np.uint64(56)).astype(np.uint8)
+    out = images.clone()
+    at_rows, at_ys, at_xs = (torch.from_numpy(a).to(images.device) for a in (rows, ys, xs))
+    out[at_rows, :, at_ys, at_xs] = torch.from_numpy(fill).to(images.device)
+    return out
 
 
 def _erase(images: Tensor, draw: Tensor, fill: Tensor, p: float) -> Tensor:
-    """Erase the rectangle each column of ``draw`` (5 × B uniforms in [0, 1): area, aspect, top, left,
-    yes if below ``p``) says with ``fill`` (uint8, the images' shape)."""
-    _, _, h, w = images.shape
+    """Fill with ``fill`` (uint8, the images' shape) the rectangles `_rectangles` draws."""
+    mask = _rectangles(draw, images.shape[2], images.shape[3], p)[:, None].to(images.device)
+    return torch.where(mask, fill.to(images.device), images)
+
+
+def _rectangles(draw: Tensor, h: int, w: int, p: float) -> Tensor:
+    """B×H×W: the erased pixels that each column of ``draw`` (5 × B uniforms in [0, 1): area, aspect,
+    top, left, and yes when below ``p``) says, per Zhong et al.'s rectangle (`random_erase`)."""
     area = (ERASE_AREA[0] + draw[0] * (ERASE_AREA[1] - ERASE_AREA[0])) * h * w
     log_lo, log_hi = math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1])
     aspect = torch.exp(log_lo + draw[1] * (log_hi - log_lo))
@@ -137,8 +152,7 @@ def _erase(images: Tensor, draw: Tensor, fill: Tensor, p: float) -> Tensor:
     cols = torch.arange(w)[None, :]
     inside = (((rows >= top[:, None]) & (rows < (top + eh)[:, None]))[:, :, None]
               & ((cols >= left[:, None]) & (cols < (left + ew)[:, None]))[:, None, :])
-    mask = (inside & (draw[4] < p)[:, None, None])[:, None].to(images.device)
-    return torch.where(mask, fill.to(images.device), images)
+    return inside & (draw[4] < p)[:, None, None]
 
 
 # splitmix64 (Steele, Lea and Flood, "Fast splittable pseudorandom number generators", OOPSLA 2014):

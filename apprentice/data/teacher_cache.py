@@ -206,8 +206,9 @@ def check_source(path: Path, mapped: MappedFile, expected: CacheSource) -> Cache
                               f"{expected.mode} mode")
     diffs = source.differences(expected)
     if diffs:
+        erase = f" ... data.erase={expected.erase}" if source.erase != expected.erase else ""
         raise ApprenticeError(f"teacher cache {str(path)!r} was made for something else; "
-                              f"{'; '.join(diffs)}. Rebuild it with apprentice cache-teacher")
+                              f"{'; '.join(diffs)}. Rebuild it with apprentice cache-teacher{erase}")
     return source
 
 

@@ -3,6 +3,8 @@ form (`keyed_erase`), a fixed function of each sample's (image, view) that a tea
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 
@@ -58,3 +60,13 @@ def test_random_erasing_is_reproducible_from_its_generator_and_off_at_zero():
     assert torch.equal(run(1, 0.5), run(1, 0.5)) and not torch.equal(run(1, 0.5), run(2, 0.5))
     assert torch.equal(run(1, 0.0), _images(64))
     assert 0.3 < float((_erased(_images(64), run(3, 0.5)) > 0).float().mean()) < 0.7
+
+
+def test_keyed_erasing_gives_the_bytes_it_gave_when_caches_were_built_with_it():
+    """Golden bytes: a change to keyed_erase (its hash, rectangle or fill) would make every erased teacher
+    cache serve logits of other images than its students see; such a change must bump the cache format."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 3, 12, 10), dtype=torch.uint8, generator=g)
+    out = augment.keyed_erase(images, torch.arange(100, 164), torch.arange(64) % 50, 0.5)
+    digest = hashlib.sha256(out.numpy().tobytes()).hexdigest()
+    assert digest == "f9f2a058c726a92b696e7d677bcce23d5dc67aa430f498f80195d5d4874eb30c"

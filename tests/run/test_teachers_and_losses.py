@@ -155,16 +155,21 @@ def test_an_erased_view_cache_from_the_command_line_serves_students_of_its_erasi
                  f"train.out={tmp_path / 'plain'}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "random erasing (data.erase): file 0.5, here 0.0" in err[0], err
+    assert err[0].endswith("Rebuild it with apprentice cache-teacher ... data.erase=0.0"), err
     assert not (tmp_path / "plain").exists() or not any((tmp_path / "plain" / "checkpoints").glob("*.pt"))
 
 
-def test_cache_teacher_does_not_take_the_teachers_own_erasing(tmp_path):
+def test_cache_teacher_does_not_take_the_teachers_own_erasing_and_says_so(tmp_path, capsys):
     from apprentice.data.cache_file import MappedFile
     from apprentice.data.teacher_cache import CacheSource
 
     fit(tiny(tmp_path / "t", *FP, "data.erase=0.5"))
+    capsys.readouterr()
     for given, erase in (([], 0.0), (["data.erase=0.25"], 0.25)):
         cache = tmp_path / f"{erase}.cache"
         assert main(["cache-teacher", str(tmp_path / "t"), *given, "--views", "2", "--out", str(cache),
                      "--device", "cpu"]) == 0
         assert CacheSource.from_json(MappedFile(cache).layout.metadata["source"]).erase == erase
+        out, err = capsys.readouterr()
+        assert ("the teacher trained with data.erase=0.5; this cache holds unerased views" in err) == (not given)
+        assert out.strip().endswith(f"distill.teacher_cache={cache}" + (" data.erase=0.25" if given else ""))

@@ -48,8 +48,14 @@ def epoch_seconds(run: Path) -> list[float]:
 
 
 def summary_table(stdout: str) -> str:
-    """The markdown table ``apprentice compare`` printed (its lines starting with '|')."""
-    return "\n".join(line for line in stdout.splitlines() if line.startswith("|"))
+    """The table ``apprentice compare`` printed: from its header line (``run ... top-1 ...``) to the
+    first blank line."""
+    lines = stdout.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("run ") and "top-1" in line), None)
+    if start is None:
+        return ""
+    end = next((i for i in range(start, len(lines)) if not lines[i].strip()), len(lines))
+    return "\n".join(lines[start:end])
 
 
 def run_quickstart(root: Path) -> dict[str, Any]:
@@ -73,7 +79,8 @@ def markdown(result: dict[str, Any]) -> str:
     return (f"# The README's first command on a fresh clone\n\n{_stamp.stamp_markdown(result['stamp'])}\n\n"
             f"Clone of commit `{result['clone_commit']}`; `./quickstart.sh` in it, venv set-up included: "
             f"**{m} min {s:02d} s** of wall time. Epochs: {epochs}. Packed student: "
-            f"{result['packed_bytes']:,} bytes.\n\nWhat it printed (`apprentice compare`):\n\n{result['table']}\n")
+            f"{result['packed_bytes']:,} bytes.\n\nWhat it printed (`apprentice compare`):\n\n    "
+            + result["table"].replace("\n", "\n    ") + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,5 +17,7 @@ def test_it_reads_epoch_times_from_the_runs_metrics_and_the_table_from_compares_
              {"type": "activations", "step": 1}, {"type": "epoch", "epoch": 2, "epoch_time_s": 39.04}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     assert quickstart_check.epoch_seconds(tmp_path) == [41.3, 39.0]
-    printed = "apprentice: wrote x\n| run | top-1 % |\n|---|---:|\n| teacher | 91.02 |\n\nquickstart: a 3-epoch sketch"
-    assert quickstart_check.summary_table(printed) == "| run | top-1 % |\n|---|---:|\n| teacher | 91.02 |"
+    table = "run      model  final top-1\n-------  -----  -----------\nrun/t    r14          91.02"
+    printed = f"apprentice: wrote x\n{table}\n\nquickstart: a 3-epoch sketch"
+    assert quickstart_check.summary_table(printed) == table
+    assert quickstart_check.summary_table("no table here") == ""

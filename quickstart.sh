@@ -3,7 +3,7 @@
 # ternary student into it with scheme B, train the same student without a teacher (the baseline),
 # export the student as a packed file and print teacher / baseline / student accuracy and sizes.
 #
-#   ./quickstart.sh                     # about 9–10 minutes on 2 CPU cores (21 without AVX-512)
+#   ./quickstart.sh                     # about 7 minutes on 2 CPU cores with AVX-512 (21 without)
 #   OUT=runs/mine ./quickstart.sh       # where the runs go (default: runs/quickstart-<time>)
 #   QS_ARGS="train.epochs=1" ./quickstart.sh   # extra overrides for every training run
 set -euo pipefail

@@ -271,7 +271,7 @@ def train_batches(name: str, *, batch_size: int, seed: int, data_dir: str | None
         limited = f" (data.limit={limit})" if limit is not None and limit <= len(train) else ""
         raise ApprenticeError(f"data.batch_size={batch_size} is larger than the {len(train)} training images{held}"
                               f"{limited}: an epoch would have no step; lower data.batch_size")
-    erase = spec.erase if spec.augmentation != "none" else 0.0
+    erase = spec.training_erase
     loader = TensorLoader(train, batch_size=per_rank, shuffle=True, augment=spec.augmentation != "none",
                           device=device, seed=seed, drop_last=True, rank=rank, world_size=world_size,
                           keys=teacher_cache is not None, erase=erase)
@@ -334,5 +334,4 @@ def cache_teacher(path: str, teacher: torch.nn.Module, name: str, *, data_dir: s
                                 batch_size=batch_size, report=report)
     train = load_split(spec, "train", download=download, holdout=holdout, seed=HOLDOUT_SEED, limit=limit)
     return build_teacher_cache(path, teacher, train, holdout=holdout, limit=limit, dtype=dtype, batch_size=batch_size,
-                               report=report, views=views, seed=seed,
-                               erase=spec.erase if spec.augmentation != "none" else 0.0)
+                               report=report, views=views, seed=seed, erase=spec.training_erase)

@@ -76,6 +76,11 @@ class DataSpec:
         return len(self.preprocess.classes)
 
     @property
+    def training_erase(self) -> float:
+        """The random erasing training applies: ``erase``, or 0 with the augmentation off."""
+        return self.erase if self.augmentation != "none" else 0.0
+
+    @property
     def info(self) -> DatasetInfo:
         """The data set's `DATASETS` row: its kind (`DatasetInfo.is_folder`, ...) and table facts."""
         return DATASETS[self.name]

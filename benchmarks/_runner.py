@@ -189,16 +189,20 @@ def restore_snapshots(jobs: list[Job], runs: Path, snapshots: Path, runs_dir: st
 
     A finished snapshot (teacher, FP twin) replaces a folder without a finished run; a partial one (a run
     stopped half way) only fills a folder with no checkpoint of its own, and only for the same overrides
-    written the same way (a checkout elsewhere would store other paths, which its resume refuses)."""
+    written the same way (a checkout elsewhere would store other paths, which its resume refuses). A
+    snapshot of the same name made for other overrides (another grid's "fp-s0" at another width) is
+    never put back: that run is not this job's."""
     restored = []
     for job in jobs:
         snap, folder = snapshots / job.name, runs / job.name
         if not snap.is_dir() or (folder / "summary.json").exists():
             continue
+        stored = json.loads((snap / "job.json").read_text()) if (snap / "job.json").is_file() else None
+        if stored is not None and portable(stored, runs_dir) != portable(job.overrides, runs_dir):
+            continue
         if _is_partial(snap):
             if (folder / "checkpoints" / "last.pt").exists():
                 continue
-            stored = json.loads((snap / "job.json").read_text())
             if stored != job.overrides:
                 if portable(stored, runs_dir) == portable(job.overrides, runs_dir):
                     print(f"grid: {job.name}'s half-way checkpoint names other paths; it starts again", flush=True)

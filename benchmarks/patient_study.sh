@@ -114,7 +114,8 @@ step() {
       "${PY[@]}" benchmarks/accuracy.py "${w1[@]}" --precisions 2W/32A pc:4W/8A@asym lsq:2W/2A 32W/32A \
         --schemes baseline C --seeds 0 1 2 --loss-from benchmarks/results/accuracy_patient.json \
         --loss pc:4W/8A@asym=gamma-rise --no-sweep --teacher-seeds 0 1 \
-        --continue-from benchmarks/results/accuracy_width1.json benchmarks/results/accuracy_width1_4w8a.json ;;
+        --continue-from benchmarks/results/accuracy_width1.json benchmarks/results/accuracy_width1_4w8a.json \
+        benchmarks/results/accuracy_patient_grid.json ;;
   esac
 }
 

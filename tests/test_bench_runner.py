@@ -132,6 +132,23 @@ def test_a_run_stopped_half_way_is_kept_committed_and_resumed_on_a_fresh_machine
     assert "results/grid_runs" not in _git(repo, "ls-files")
 
 
+def test_a_finished_snapshot_of_another_grids_run_of_the_same_name_is_not_put_back(tmp_path):
+    # the width-0.5 grid's finished "fp-s0" beside a width-1 grid's "fp-s0": restoring it would make the
+    # width-1 grid stop on "run with other settings" (or, worse, start its C cells from the wrong twin)
+    snaps, runs = tmp_path / "grid_runs", tmp_path / "runs"
+    for name, overrides in (("fp-s0", {"model.width": 0.5, "train.seed": 0}), ("teacher", {"train.seed": 0})):
+        (snaps / name / "checkpoints").mkdir(parents=True)
+        (snaps / name / "job.json").write_text(json.dumps(overrides))
+        (snaps / name / "summary.json").write_text(json.dumps({"status": "finished"}))
+        (snaps / name / "checkpoints" / "best.pt").write_bytes(b"w")
+    wide = _runner.Job("fp-s0", {"model.width": 1.0, "train.seed": 0})
+    teacher = _runner.Job("teacher", {"train.seed": 0})
+    assert _runner.restore_snapshots([wide, teacher], runs, snaps, "runs") == ["teacher"]
+    assert not (runs / "fp-s0").exists() and _runner.state(runs / "teacher", teacher) == "done"
+    same = _runner.Job("fp-s0", {"model.width": 0.5, "train.seed": 0})
+    assert _runner.restore_snapshots([same], runs, snaps, "runs") == ["fp-s0"]
+
+
 def test_a_teacher_snapshotted_beside_a_continued_grid_is_not_copied_again(tmp_path):
     runs, results = tmp_path / "runs", tmp_path / "results"
     teacher = _runner.Job("teacher", {"train.epochs": 2}, meta={"role": "teacher"})

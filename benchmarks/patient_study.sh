@@ -25,6 +25,10 @@
 #             each at its precision's chosen loss (accuracy_width1); then the best 4W/8A variant, pc:4W/8A@asym
 #             (accuracy_width1_4w8a); its own runs folder (runs/patient-w1: the grid's run names carry no
 #             width), the teachers and their cache copied in from RUNS_DIR
+#   erase     (named only) the lever for the teacher's gain, seed 0 (SEEDS="1 2" for the rest): the width-1 regime
+#             with pad-crop-flip at pad 2 and random erasing 0.5 for every cell, the ensemble's cache holding
+#             K = 4 erased views an image; the FP twin, 2W/32A, pc:4W/8A@asym and LSQ 2W/2A without and with
+#             scheme C (accuracy_erase_w1; runs/erase-w1, ERASE_RUNS_DIR); the teachers from the grid's snapshots
 #   grid-w1   (named only, after width) the grid at width 1 over seeds 0-2: the FP twin; 2W/32A, pc:4W/8A@asym and
 #             LSQ 2W/2A without and with scheme C; the FP student with the teacher; the width step's seed-0
 #             rows reused (accuracy_patient_grid_w1)
@@ -108,6 +112,14 @@ step() {
       "${PY[@]}" benchmarks/accuracy.py "${w1[@]/%accuracy_width1.json/accuracy_width1_4w8a.json}" \
         --precisions pc:4W/8A@asym --loss pc:4W/8A@asym=gamma-rise --seeds 0 --schemes baseline C --no-sweep \
         --teacher-seeds 0 1 ;;
+    erase)
+      local w1
+      wide_regime accuracy_erase_w1.json   # argparse keeps an option's last value: these replace the regime's
+      "${PY[@]}" benchmarks/accuracy.py "${w1[@]}" --pad 2 --erase 0.5 --cache-views 4 \
+        --runs-dir "${ERASE_RUNS_DIR:-runs/erase-w1}" --precisions 2W/32A pc:4W/8A@asym lsq:2W/2A \
+        --schemes baseline C --seeds ${SEEDS:-0} --loss-from benchmarks/results/accuracy_patient.json \
+        --loss pc:4W/8A@asym=gamma-rise --no-sweep --teacher-seeds 0 1 \
+        --continue-from benchmarks/results/accuracy_patient_grid.json ;;
     grid-w1)
       local w1
       wide_regime accuracy_patient_grid_w1.json
@@ -122,8 +134,8 @@ step() {
 STEPS=("$@")
 [ ${#STEPS[@]} -eq 0 ] && STEPS=(pilot teacher2 losses grid)
 for s in "${STEPS[@]}"; do  # every name checked before any step runs
-  case "$s" in pilot|teacher2|losses|grid|levers|levers-lsq|width|grid-w1) ;;
-    *) echo "patient_study: unknown step '$s' (pilot, teacher2, losses, grid, levers, levers-lsq, width, grid-w1)" >&2; exit 2 ;;
+  case "$s" in pilot|teacher2|losses|grid|levers|levers-lsq|width|grid-w1|erase) ;;
+    *) echo "patient_study: unknown step '$s' (pilot, teacher2, losses, grid, levers, levers-lsq, width, grid-w1, erase)" >&2; exit 2 ;;
   esac
 done
 for s in "${STEPS[@]}"; do step "$s"; done

@@ -58,7 +58,14 @@ def test_the_patient_study_script_plans_its_steps_and_checks_names_first(tmp_pat
     line = subprocess.run([str(script), "grid-w1"], capture_output=True, text=True, check=True, env=env).stdout
     grid1 = accuracy.parser().parse_args(line.split()[2:])
     assert grid1.seeds == [0, 1, 2] and grid1.runs_dir == wide.runs_dir and grid1.student_width == 1.0
-    assert grid1.continue_from == [wide.out, four.out] and "32W/32A" in grid1.precisions
+    assert grid1.continue_from == [wide.out, four.out, "benchmarks/results/accuracy_patient_grid.json"]
+    assert "32W/32A" in grid1.precisions  # the teachers come from the width-0.5 grid's snapshots (same runs)
+    line = subprocess.run([str(script), "erase"], capture_output=True, text=True, check=True,
+                          env={**env, "SEEDS": "1 2"}).stdout
+    erase = accuracy.parser().parse_args(line.split()[2:])  # the regime's options, replaced by the step's last ones
+    assert (erase.pad, erase.erase, erase.cache_views, erase.student_width) == (2, 0.5, 4, 1.0)
+    assert erase.runs_dir == "runs/erase-w1" and erase.seeds == [1, 2] and erase.out.endswith("accuracy_erase_w1.json")
+    assert "32W/32A" not in erase.precisions and erase.teacher_seeds == [0, 1]
     (snapshot / "checkpoints").mkdir(parents=True)  # the committed second teacher, finished: nothing to train
     (snapshot / "summary.json").write_text('{"status": "finished"}')
     plan = subprocess.run([str(script), "teacher2"], capture_output=True, text=True, check=True, env=env).stdout

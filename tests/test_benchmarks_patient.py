@@ -153,7 +153,7 @@ def test_the_patient_recipes_in_configs_are_the_grids_fp_twin_and_distilled_cell
     import dataclasses
 
     from apprentice.config import load_config
-    dry = subprocess.run([str(ROOT / "benchmarks" / "patient_study.sh"), "grid"], capture_output=True, text=True,
+    dry = subprocess.run([str(ROOT / "benchmarks" / "patient_study.sh"), "grid-w1"], capture_output=True, text=True,
                          check=True, env={**os.environ, "DRY_RUN": "1"}).stdout
     args = accuracy.parser().parse_args(dry.split()[2:])
     args.precisions, args.seeds = ["2W/32A"], [0]
@@ -167,11 +167,8 @@ def test_the_patient_recipes_in_configs_are_the_grids_fp_twin_and_distilled_cell
     for job, recipe in (("fp-s0", "student_patient_fp.yaml"), (cell, "student_patient.yaml")):
         grid = load_config(str(ROOT / _runner.RECIPE), _runner._override_args(jobs[job].overrides))
         assert flat(grid) == flat(load_config(str(ROOT / "configs" / "fashion_mnist" / recipe), [])), recipe
-    # the 4W/8A the recipe's header names (the levers step's cell): the recipe with those overrides
-    dry = subprocess.run([str(ROOT / "benchmarks" / "patient_study.sh"), "levers"], capture_output=True, text=True,
-                         check=True, env={**os.environ, "DRY_RUN": "1"}).stdout.splitlines()[1]
-    args = accuracy.parser().parse_args(dry.split()[2:])
-    args.seeds = [0]
+    # the 4W/8A the recipe's header names (the width-1 grid's cell): the recipe with those overrides
+    args.precisions = ["pc:4W/8A@asym"]
     lever = next(j for j in accuracy.grid_jobs(args, tmp_path) if j.name.startswith("pc-4w8a-asym-C-"))
     header = (ROOT / "configs" / "fashion_mnist" / "student_patient.yaml").read_text()
     documented = "quant.precision=4W/8A quant.per_channel=true quant.act_quantizer=asym"

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from apprentice.cli.commands import (
+    CACHE_BATCH,
     EXPORT_SUFFIXES,
     PROG,
     cmd_cache_teacher,
@@ -192,7 +193,9 @@ def _add_cache_teacher(sub: Any, common: argparse.ArgumentParser) -> None:
                         "teacher's own data.erase is not used)")
     p.add_argument("--out", required=True, help="the cache file to write")
     p.add_argument("--dtype", default="float16", help="stored logits: float16 (default) or float32")
-    p.add_argument("--batch-size", type=_positive_int, default=500, help="images per teacher forward (default 500)")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help=f"images per teacher forward (default {CACHE_BATCH['cpu']} on a CPU, where larger batches' "
+                        f"activations outgrow malloc's reuse; {CACHE_BATCH['gpu']} on a GPU)")
     p.add_argument("--device", default="auto", help=f"one of {DEVICE_NAMES} (default auto)")
     p.add_argument("--views", type=_positive_int, default=None,
                    help="views stored per image: tensor data sets K of their pad-crop-flip views, drawn once "

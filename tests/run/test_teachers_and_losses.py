@@ -173,3 +173,20 @@ def test_cache_teacher_does_not_take_the_teachers_own_erasing_and_says_so(tmp_pa
         out, err = capsys.readouterr()
         assert ("the teacher trained with data.erase=0.5; this cache holds unerased views" in err) == (not given)
         assert out.strip().endswith(f"distill.teacher_cache={cache}" + (" data.erase=0.25" if given else ""))
+
+
+def test_cache_teacher_on_a_cpu_keeps_freed_memory_and_forwards_cpu_sized_batches(teachers, tmp_path, monkeypatch):
+    import json
+
+    import apprentice.train
+    from apprentice.cli.commands import CACHE_BATCH
+    from apprentice.data.cache_file import MappedFile
+
+    kept = []
+    monkeypatch.setattr(apprentice.train, "keep_freed_memory", lambda: kept.append(True) or True)
+    for given, batch in (([], CACHE_BATCH["cpu"]), (["--batch-size", "7"], 7)):
+        cache = tmp_path / f"{batch}.cache"
+        assert main(["cache-teacher", str(teachers[0]), "--views", "2", *given, "--out", str(cache),
+                     "--device", "cpu"]) == 0
+        assert json.loads(MappedFile(cache).layout.metadata["build"])["batch_size"] == batch
+    assert kept == [True, True]  # the glibc setting training uses: no page faults a forward

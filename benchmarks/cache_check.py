@@ -18,6 +18,7 @@ teacher's forward over one epoch of training batches, timed here at the grid's b
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import time
@@ -39,6 +40,7 @@ from apprentice.data import (
     tensor_source,
     view_count,
 )
+from apprentice.data.cache_file import MappedFile
 from apprentice.run.runs import load_run
 
 
@@ -48,6 +50,11 @@ def build_seconds(log: Path) -> float | None:
         return None
     found = re.findall(r"(\d+) min (\d+) s so far", log.read_text(errors="replace"))
     return 60 * int(found[-1][0]) + int(found[-1][1]) if found else None
+
+
+def build_batch(path: Path) -> int:
+    """The images a teacher forward that the build of the cache at ``path`` used (recorded in its header)."""
+    return int(json.loads(MappedFile(path).layout.metadata["build"])["batch_size"])
 
 
 def equality(teacher: torch.nn.Module, cache: Any, data: Any, pairs: int) -> dict[str, Any]:
@@ -99,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
                                                    limit=args.train_images))
     views = view_count(data.pad, data.flip)
     # The build's own wall time is logged but counts whatever shared the CPU with it; the estimate is
-    # the same work at this process's quiet, one-thread pace (the build's batch of 500).
+    # the same work at this process's quiet, one-thread pace (at the batch size the build recorded).
     logged = build_seconds(runs / "logs" / "teacher-cache.log")
-    estimate = len(data) * views * forward_seconds(teacher, data, 500) / 500
+    batch = build_batch(path)
+    estimate = len(data) * views * forward_seconds(teacher, data, batch) / batch
     per_epoch = forward_seconds(teacher, data, args.batch) * (len(data) // args.batch)
     result = {"benchmark": "teacher_cache", "stamp": stamp(argv), "settings": vars(args),
               "images": len(data), "views": views, "file_bytes": path.stat().st_size,

@@ -29,6 +29,7 @@ from apprentice.cli.user_code import import_user_code
 from apprentice.data import load_tensors, normalize
 from apprentice.models import build_model
 from apprentice.quant import is_quantizer_parameter, prepare
+from apprentice.train.layout import to_memory_format
 from apprentice.train.optim import lr_factor, make_optimizer, param_groups, set_lr
 
 #: variant name -> (optimizer, peak lr, quant_domain, quantized): a linear warm-up of --warmup steps each
@@ -47,7 +48,8 @@ def _network(args: argparse.Namespace, quantized: bool) -> torch.nn.Module:
     net = build_model(args.model, num_classes=10, in_channels=1)
     if quantized:
         prepare(net, args.precision, act_quantizer=args.act_quantizer, deploy=args.deploy)
-    return net.to(memory_format=torch.channels_last).train()
+    to_memory_format(net, torch.device("cpu"), channels_last=True)  # as training lays it out
+    return net.train()
 
 
 def _steps(net: torch.nn.Module) -> dict[str, torch.nn.Parameter]:

@@ -152,8 +152,11 @@ def build_case(name: str, args: argparse.Namespace, pkg=None):
     opt = build.build_optimizer(cfg, d)
     if VARIANTS.get(name) == "compiled":
         d.student = torch.compile(d.student)
-    if VARIANTS.get(name) == "channels_last":
-        d.to(memory_format=torch.channels_last)
+    if VARIANTS.get(name) == "channels_last":  # as the package's training lays it out (older ones: no layout module)
+        try:
+            importlib.import_module(pkg.__name__ + ".train.layout").to_memory_format(d, torch.device("cpu"), True)
+        except ModuleNotFoundError:
+            d.to(memory_format=torch.channels_last)
     return d, opt, teacher
 
 

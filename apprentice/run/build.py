@@ -45,6 +45,7 @@ from apprentice.quant import (
 from apprentice.run.file_checks import NOT_WEIGHTS, check_kind
 from apprentice.run.teacher import build_from_config, load_teachers
 from apprentice.train.checkpoint import load_state_dict_file
+from apprentice.train.layout import to_memory_format
 from apprentice.train.optim import LRSchedule, make_optimizer, param_groups
 from apprentice.train.runtime import Runtime
 from apprentice.weights import check_finite
@@ -261,10 +262,9 @@ def build_training(cfg: Config, rt: Runtime, spec: DataSpec | None = None) -> Tr
     cached = cfg.distill.teacher_cache is not None
     if cached:
         data = train_data(cfg, rt, teacher_hash=teacher_hash(teacher), spec=spec)  # type: ignore[arg-type]
-    memory = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     for m in (student, None if cached else teacher):
         if m is not None:
-            m.to(rt.device, memory_format=memory)
+            to_memory_format(m, rt.device, cfg.train.channels_last)
     distiller = build_distiller(cfg, student, teacher)
     steps_per_epoch = len(data.batches)
     total = cfg.train.epochs * steps_per_epoch

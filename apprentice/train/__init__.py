@@ -7,6 +7,8 @@
 - `apprentice.train.state`: `TrainState`, what a checkpoint holds (the counters and `Meter` sums too).
 - `apprentice.train.optim`: optimizers, parameter groups, learning-rate schedules.
 - `apprentice.train.batchnorm`: BatchNorm statistics re-estimated with the final weights.
+- `apprentice.train.layout`: channels-last for a model, bar the convolutions a CPU kernel mishandles.
+- `apprentice.train.allocator`: glibc malloc keeping what a step frees for the next one.
 
 `apprentice.fit` composes them into a training run from a config.
 """

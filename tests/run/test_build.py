@@ -46,10 +46,12 @@ def test_cached_run_equals_live_teacher_run(teacher_and_cache, tmp_path):
     live = fit(_student(tmp_path / "live", teacher))
     cached = fit(_student(tmp_path / "cached", teacher, f"distill.teacher_cache={cache}"))
     assert cached["teacher_cache"] == str(cache) and live["teacher_cache"] is None
-    assert cached["final_top1"] == live["final_top1"]
     # float16 logits: the first logged loss (before any update could differ) equal up to their rounding; later
     # ones close and the weights all but equal (a ternary weight near its threshold may land on the other side
-    # and move a later loss: by 2.3e-3 at the third logged step on a 2-core AMD EPYC AVX-512 VM, 2026-12-06).
+    # and move a later loss: by 2.3e-3 at the third logged step on a 2-core AMD EPYC AVX-512 VM, 2026-12-06),
+    # so a near-chance tiny model may call a test image or two otherwise (equal there; 10.35 against 10.55 %
+    # on the AVX2-only VM of 2026-12-07)
+    assert cached["final_top1"] == pytest.approx(live["final_top1"], abs=0.5)
     losses = [[r["loss"] for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())
                if r["type"] == "step"] for run in ("live", "cached")]
     assert len(losses[0]) == 4 and losses[0][0] == pytest.approx(losses[1][0], abs=1e-3)

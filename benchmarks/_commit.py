@@ -53,21 +53,24 @@ def commit_results(out: Path, message: str, repo: Path = REPO) -> bool:
 
 
 class RowCommitter:
-    """Commits ``out`` whenever its set of finished rows grows, naming the new rows in the message."""
+    """Commits ``out`` whenever a row is added or one changes (a run done again on another machine, whose
+    snapshot changed with it), naming those rows in the message."""
 
     def __init__(self, out: Path, label: str, repo: Path = REPO):
         self.out, self.label, self.repo = out, label, repo
         self.seen = self._rows()
 
-    def _rows(self) -> set[str]:
+    def _rows(self) -> dict[str, str]:
         try:
-            return {r["name"] for r in json.loads(self.out.read_text())["rows"]}
+            return {r["name"]: json.dumps(r, sort_keys=True) for r in json.loads(self.out.read_text())["rows"]}
         except (OSError, ValueError, KeyError, TypeError):
-            return set()
+            return {}
 
     def __call__(self) -> None:
         rows = self._rows()
-        new = sorted(rows - self.seen)
-        if new and commit_results(self.out, f"{self.label}: {', '.join(new)} finished ({len(rows)} rows)", self.repo):
-            print(f"committed {', '.join(new)}", flush=True)
+        new = sorted(set(rows) - set(self.seen))
+        again = sorted(n for n in rows if n in self.seen and rows[n] != self.seen[n])
+        parts = ([f"{', '.join(new)} finished"] if new else []) + ([f"{', '.join(again)} run again"] if again else [])
+        if parts and commit_results(self.out, f"{self.label}: {'; '.join(parts)} ({len(rows)} rows)", self.repo):
+            print(f"committed {', '.join(new + again)}", flush=True)
             self.seen = rows  # a failed commit leaves them new: the next finished run's commit names them too

@@ -53,7 +53,7 @@ def commit_results(out: Path, message: str, repo: Path = REPO) -> bool:
 
 
 class RowCommitter:
-    """Commits ``out`` whenever a row is added or one changes (a run done again on another machine, whose
+    """Commits ``out`` whenever a row is added or one changes (e.g. a run done again on another machine, whose
     snapshot changed with it), naming those rows in the message."""
 
     def __init__(self, out: Path, label: str, repo: Path = REPO):
@@ -70,7 +70,7 @@ class RowCommitter:
         rows = self._rows()
         new = sorted(set(rows) - set(self.seen))
         again = sorted(n for n in rows if n in self.seen and rows[n] != self.seen[n])
-        parts = ([f"{', '.join(new)} finished"] if new else []) + ([f"{', '.join(again)} run again"] if again else [])
+        parts = ([f"{', '.join(new)} finished"] if new else []) + ([f"{', '.join(again)} updated"] if again else [])
         if parts and commit_results(self.out, f"{self.label}: {'; '.join(parts)} ({len(rows)} rows)", self.repo):
             print(f"committed {', '.join(new + again)}", flush=True)
             self.seen = rows  # a failed commit leaves them new: the next finished run's commit names them too

@@ -364,7 +364,7 @@ def test_commit_takes_the_results_new_rows_and_nothing_else(tmp_path):
     out.write_text(json.dumps({"rows": [{"name": "fp-s0", "final_top1": 93.02}]}))  # run again elsewhere
     (out.parent / "grid_runs" / "fp-s0" / "summary.json").write_text('{"final_top1": 93.02}')
     committer()
-    assert git("log", "-1", "--format=%s") == "accuracy grid: fp-s0 run again (1 rows)\n"
+    assert git("log", "-1", "--format=%s") == "accuracy grid: fp-s0 updated (1 rows)\n"
     assert "results/grid_runs/fp-s0/summary.json" in git("show", "--name-only", "--format=", "HEAD")
     with pytest.raises(SystemExit, match="outside the repository"):
         _commit.check_committable(tmp_path.parent / "elsewhere.json", repo=tmp_path)

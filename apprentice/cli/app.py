@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from apprentice.cli.commands import (
-    CACHE_BATCH,
     EXPORT_SUFFIXES,
     PROG,
     cmd_cache_teacher,
@@ -175,6 +174,7 @@ def _add_predict(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_cache_teacher(sub: Any, common: argparse.ArgumentParser) -> None:
+    from apprentice.data.cache_build import CACHE_BATCH
     from apprentice.train.runtime import DEVICE_NAMES
 
     p = sub.add_parser(

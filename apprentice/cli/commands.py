@@ -322,13 +322,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_USER if any(r.error is not None for r in results) else 0
 
 
-#: cache-teacher's default images a forward. On a CPU a batch of 500 ResNet-20x2 activations (50 MB a
-#: tensor) outgrows glibc's reusable blocks (32 MiB, `keep_freed_memory`), so every forward faults its
-#: pages in afresh: 1.5 of 11 s in the kernel at 500 against none at 125 (2,000 images, one thread,
-#: a one-off timing beside two trainings). A GPU takes the larger batch.
-CACHE_BATCH = {"cpu": 128, "gpu": 500}
-
-
 def cmd_cache_teacher(args: argparse.Namespace) -> int:
     """Run a trained teacher over every training view once and store its logits (schemes B and C)."""
     from apprentice.data import cache_teacher
@@ -373,10 +366,9 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
     teacher = teacher.to(device).eval()
     if device.type == "cpu":  # the forwards free and take the same blocks: keep them (a third of the time
         keep_freed_memory()   # went to the kernel's page faults with glibc's defaults, as for training)
-    batch = args.batch_size or CACHE_BATCH["cpu" if device.type == "cpu" else "gpu"]
     cache_teacher(str(out), teacher, spec.name, download=data.download, holdout=data.holdout,
                   limit=data.limit, dtype=args.dtype, views=args.views, topk=args.topk, seed=args.seed,
-                  batch_size=batch, report=report, spec=spec)
+                  batch_size=args.batch_size, report=report, spec=spec)
     erased = f" data.erase={data.erase}" if data.erase else ""
     print(f"{PROG}: wrote {out} ({out.stat().st_size:,} bytes); train students with distill.teacher_cache={out}{erased}")
     return 0

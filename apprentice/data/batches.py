@@ -28,6 +28,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from apprentice.data.cache_build import cache_batch
 from apprentice.data.catalog import DATASETS
 from apprentice.data.crop_cache import (
     CropCache,
@@ -303,7 +304,7 @@ def _cached_folder(spec: DataSpec, path: str, teacher: str, *, batch_size: int, 
 
 def cache_teacher(path: str, teacher: torch.nn.Module, name: str, *, data_dir: str | None = None,
                   download: bool = False, holdout: int = 0, limit: int | None = None, image_size: int | None = None,
-                  dtype: str = "float16", views: int | None = None, topk: int = 10, seed: int = 0, batch_size: int = 500,
+                  dtype: str = "float16", views: int | None = None, topk: int = 10, seed: int = 0, batch_size: int | None = None,
                   report: Callable[[str], None] | None = None, spec: DataSpec | None = None) -> CacheSource:
     """Build the teacher cache of data set ``name``'s training split as `train_batches` loads it.
 
@@ -319,11 +320,12 @@ def cache_teacher(path: str, teacher: torch.nn.Module, name: str, *, data_dir: s
         dtype: "float16" or "float32" logits.
         views, seed: K views an image (tensors: None = every view; folders: None = 10); topk: folders only.
             Tensors with ``spec.erase``: each view erased as the students' loader erases it (`keyed_erase`).
-        batch_size: inputs a teacher forward.
+        batch_size: inputs a teacher forward (None: `CACHE_BATCH` for the teacher's device).
         report: called with progress lines.
         spec: the resolved data set (`resolve_spec`), as the students' runs resolve it.
     """
     spec = _spec(spec, name, data_dir, image_size)
+    batch_size = cache_batch(teacher, batch_size)
     if _streamed(spec):
         if holdout or limit:
             raise ApprenticeError(f"data.holdout and data.limit are not supported for {name}; set them to 0 and null")

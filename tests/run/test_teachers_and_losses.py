@@ -179,7 +179,7 @@ def test_cache_teacher_on_a_cpu_keeps_freed_memory_and_forwards_cpu_sized_batche
     import json
 
     import apprentice.train
-    from apprentice.cli.commands import CACHE_BATCH
+    from apprentice.data.cache_build import CACHE_BATCH
     from apprentice.data.cache_file import MappedFile
 
     kept = []

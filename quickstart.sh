@@ -37,5 +37,5 @@ echo
 echo "quickstart: a 3-epoch sketch. The full recipe, where the teacher pays (issue 29's patient study, 3 seeds:"
 echo "the ternary student 93.31 % with the teachers, 93.09 % without, its FP twin 92.93 %) does not fit a"
 echo "quickstart: two teachers (configs/fashion_mnist/teacher_strong.yaml, 3.6-5.4 h each on 2 CPU cores), their"
-echo "cache (30-39 min), then student_patient_fp.yaml and student_patient.yaml (36-74 min each): about 9-14 h one after another;"
+echo "cache (20-50 min), then student_patient_fp.yaml and student_patient.yaml (36-81 min each): about 9-14 h one after another;"
 echo "the commands are in the header of configs/fashion_mnist/student_patient.yaml, the study in benchmarks/README.md."
